@@ -1,0 +1,43 @@
+"""Blackbox: a trained scikit-learn pipeline, custom feature code and all, as one artifact.
+
+``save`` writes a fitted estimator to a single file with the user's own code
+embedded by value and a manifest that describes it; ``load`` verifies the file
+before unpickling anything and returns a :class:`Model`; ``inspect`` reads the
+manifest without unpickling.
+"""
+
+from .errors import (
+    ArtifactError,
+    AuthenticityError,
+    BlackboxError,
+    EnvironmentMismatchError,
+    IntegrityError,
+    SchemaError,
+    SelfContainmentError,
+    SelfTestError,
+    UsageError,
+    VersionMismatchWarning,
+)
+from .model import Model, SklearnModel
+from .persist import inspect, load, save
+from .schema import Schema, infer_schema
+
+__all__ = [
+    "ArtifactError",
+    "AuthenticityError",
+    "BlackboxError",
+    "EnvironmentMismatchError",
+    "IntegrityError",
+    "Model",
+    "Schema",
+    "SchemaError",
+    "SelfContainmentError",
+    "SelfTestError",
+    "SklearnModel",
+    "UsageError",
+    "VersionMismatchWarning",
+    "infer_schema",
+    "inspect",
+    "load",
+    "save",
+]

@@ -1,0 +1,196 @@
+"""The artifact file format, and nothing else: framing, strict manifest JSON.
+
+One file, read front to back::
+
+    MAGIC             8 bytes  b"\\x89BBX\\r\\n\\x1a\\n" (PNG-style: catches text-mode mangling)
+    format version    2 bytes  unsigned, big-endian
+    manifest length   4 bytes  unsigned, big-endian, at most MAX_MANIFEST_BYTES
+    manifest          UTF-8 JSON object, readable without unpickling anything
+    signature length  4 bytes  unsigned, big-endian, at most MAX_SIGNATURE_BYTES (0: unsigned)
+    signature         opaque bytes, defined by blackbox.signing
+    payload           the pickled estimator: everything up to the end of the file
+
+The manifest records the payload's sha256 and length, so a truncated, padded or
+edited payload is caught before it is unpickled; a signature over the manifest
+bytes therefore covers the payload too.
+
+Bumping FORMAT_VERSION: change the framing or the meaning of a manifest key,
+add the old version to READABLE_VERSIONS only if this module still reads it,
+and keep a header fixture of every version under tests/data/.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ArtifactError, IntegrityError
+
+MAGIC = b"\x89BBX\r\n\x1a\n"
+FORMAT_VERSION = 1
+READABLE_VERSIONS = frozenset({1})
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+MAX_SIGNATURE_BYTES = 64 * 1024
+
+_PREFIX = struct.Struct(">8sHI")  # magic, format version, manifest length
+_LENGTH = struct.Struct(">I")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """The parts of an artifact file, as bytes; nothing here is trusted yet."""
+
+    manifest_bytes: bytes
+    signature: bytes
+    payload: bytes
+
+    def manifest(self) -> dict[str, Any]:
+        return parse_manifest(self.manifest_bytes)
+
+    def check_payload(self, manifest: dict[str, Any]) -> None:
+        """Raise IntegrityError unless the payload has the recorded length and sha256."""
+        expected = manifest.get("payload") or {}
+        if len(self.payload) != expected.get("size"):
+            raise IntegrityError(
+                f"Payload is {len(self.payload)} bytes but the manifest records "
+                f"{expected.get('size')}: the file was truncated or padded. Nothing was unpickled; "
+                "fetch the artifact again from its source."
+            )
+        digest = hashlib.sha256(self.payload).hexdigest()
+        if not hmac.compare_digest(digest, str(expected.get("sha256", ""))):
+            raise IntegrityError(
+                "Payload sha256 does not match the manifest: the file was corrupted or altered. "
+                "Nothing was unpickled; fetch the artifact again from its source."
+            )
+
+    def to_bytes(self) -> bytes:
+        return pack(self.manifest_bytes, self.payload, self.signature)
+
+
+def pack(manifest_bytes: bytes, payload: bytes, signature: bytes = b"") -> bytes:
+    """Frame a manifest, a signature and a payload as one artifact file's bytes."""
+    if len(manifest_bytes) > MAX_MANIFEST_BYTES:
+        raise ArtifactError(
+            f"Manifest is {len(manifest_bytes)} bytes, over the {MAX_MANIFEST_BYTES}-byte limit; "
+            "pass fewer metadata or a smaller sample."
+        )
+    return b"".join(
+        (
+            _PREFIX.pack(MAGIC, FORMAT_VERSION, len(manifest_bytes)),
+            manifest_bytes,
+            _LENGTH.pack(len(signature)),
+            signature,
+            payload,
+        )
+    )
+
+
+def unpack(data: bytes, source: str = "artifact") -> Artifact:
+    """Split artifact bytes into their parts, checking the framing only."""
+    offset, manifest_bytes, signature = _parse_header(data, len(data), source)
+    return Artifact(manifest_bytes, signature, data[offset:])
+
+
+def read_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of an artifact file, with a clear error for a missing path or a directory."""
+    path = Path(path)
+    _check_is_file(path)
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ArtifactError(f"Cannot read {str(path)!r}: {exc.strerror}.") from None
+
+
+def read_header(path: str | os.PathLike[str]) -> tuple[bytes, bytes]:
+    """Read only the manifest bytes and the signature, never the payload."""
+    path = Path(path)
+    _check_is_file(path)
+    with path.open("rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(_PREFIX.size + MAX_MANIFEST_BYTES + _LENGTH.size + MAX_SIGNATURE_BYTES)
+    _, manifest_bytes, signature = _parse_header(head, size, str(path))
+    return manifest_bytes, signature
+
+
+def parse_manifest(manifest_bytes: bytes) -> dict[str, Any]:
+    """Parse manifest JSON strictly: UTF-8, one object, no duplicate keys, no NaN."""
+    try:
+        value = json.loads(
+            manifest_bytes.decode("utf-8"),
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constants,
+        )
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ArtifactError(f"Artifact manifest is not valid JSON ({exc}); the file is damaged.") from None
+    if not isinstance(value, dict):
+        raise ArtifactError("Artifact manifest is not a JSON object; the file is damaged.")
+    return value
+
+
+def dump_manifest(manifest: dict[str, Any]) -> bytes:
+    """Encode a manifest canonically (sorted keys), so its bytes can be signed."""
+    try:
+        text = json.dumps(manifest, sort_keys=True, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise ArtifactError(f"Manifest cannot be written as strict JSON: {exc}") from None
+    return text.encode("utf-8")
+
+
+def _parse_header(data: bytes, total_size: int, source: str) -> tuple[int, bytes, bytes]:
+    if len(data) < _PREFIX.size or not data.startswith(MAGIC):
+        raise ArtifactError(
+            f"{source!r} is not a blackbox artifact (it does not start with the artifact signature bytes). "
+            "Pass a file written by blackbox.save; plain pickles are never loaded."
+        )
+    _, version, manifest_len = _PREFIX.unpack_from(data)
+    if version not in READABLE_VERSIONS:
+        raise ArtifactError(
+            f"{source!r} uses artifact format {version}; this blackbox reads format(s) "
+            f"{sorted(READABLE_VERSIONS)}. Upgrade blackbox, or re-save the model with this version."
+        )
+    if manifest_len > MAX_MANIFEST_BYTES:
+        raise ArtifactError(
+            f"{source!r} declares a {manifest_len}-byte manifest, over the {MAX_MANIFEST_BYTES}-byte limit; "
+            "the file is damaged or not an artifact."
+        )
+    offset = _PREFIX.size + manifest_len
+    if total_size < offset + _LENGTH.size or len(data) < offset + _LENGTH.size:
+        raise ArtifactError(f"{source!r} ends inside its manifest: the file is truncated.")
+    manifest_bytes = bytes(data[_PREFIX.size : offset])
+    (signature_len,) = _LENGTH.unpack_from(data, offset)
+    offset += _LENGTH.size
+    if signature_len > MAX_SIGNATURE_BYTES:
+        raise ArtifactError(
+            f"{source!r} declares a {signature_len}-byte signature, over the {MAX_SIGNATURE_BYTES}-byte limit; "
+            "the file is damaged or not an artifact."
+        )
+    if total_size < offset + signature_len or len(data) < offset + signature_len:
+        raise ArtifactError(f"{source!r} ends inside its signature: the file is truncated.")
+    signature = bytes(data[offset : offset + signature_len])
+    return offset + signature_len, manifest_bytes, signature
+
+
+def _check_is_file(path: Path) -> None:
+    if path.is_dir():
+        raise ArtifactError(f"{str(path)!r} is a directory, not an artifact file. Pass the path of a .bbx file.")
+    if not path.exists():
+        raise ArtifactError(f"{str(path)!r} does not exist. Check the path, or train and save a model first.")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"non-standard constant {name}")

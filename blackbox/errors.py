@@ -1,0 +1,108 @@
+"""The exceptions blackbox raises: one root, one class per failure a caller handles.
+
+Each class carries a stable ``code`` (what the server puts in JSON, so clients
+never match prose) and the ``exit_code`` every command-line tool uses for it.
+Messages say what was wrong, where, and what to do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+class BlackboxError(Exception):
+    """Root of every error blackbox raises on purpose."""
+
+    code = "blackbox_error"
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UsageError(BlackboxError, ValueError):
+    """The call itself is wrong: an unfitted estimator, an unknown option."""
+
+    code = "usage_error"
+    exit_code = 2
+
+
+class ArtifactError(BlackboxError):
+    """The file is not a blackbox artifact, or its framing is broken."""
+
+    code = "malformed_artifact"
+    exit_code = 3
+
+
+class AuthenticityError(BlackboxError):
+    """The artifact's signature is missing, unknown or invalid."""
+
+    code = "authenticity"
+    exit_code = 4
+
+
+class IntegrityError(BlackboxError):
+    """The payload does not match the digest and length its manifest records."""
+
+    code = "integrity"
+    exit_code = 5
+
+
+class EnvironmentMismatchError(BlackboxError):
+    """This interpreter cannot safely load the artifact (Python, packages)."""
+
+    code = "environment_mismatch"
+    exit_code = 6
+
+    def __init__(self, message: str, mismatches: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.mismatches = list(mismatches)
+
+
+class SelfTestError(BlackboxError):
+    """The model no longer gives the predictions recorded in its golden sample."""
+
+    code = "self_test_failed"
+    exit_code = 7
+
+    def __init__(self, message: str, differences: Sequence[Mapping[str, Any]] = ()) -> None:
+        super().__init__(message)
+        self.differences = list(differences)
+
+
+class SchemaError(BlackboxError, ValueError):
+    """Input records do not fit the schema captured at training time."""
+
+    code = "validation_error"
+    exit_code = 9
+
+    def __init__(self, message: str, problems: Sequence[Mapping[str, Any]] = ()) -> None:
+        super().__init__(message)
+        self.problems = list(problems)
+
+
+class SelfContainmentError(BlackboxError):
+    """The payload needs a module that the serving side will not have."""
+
+    code = "not_self_contained"
+    exit_code = 11
+
+    def __init__(self, message: str, references: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.references = list(references)
+
+
+class VersionMismatchWarning(UserWarning):
+    """A package differs from the version the artifact was saved with (within policy)."""
+
+    def __init__(self, distribution: str, saved: str, installed: str) -> None:
+        super().__init__(
+            f"{distribution} {installed} is installed but the artifact was saved with {saved}; "
+            "predictions are checked by the golden-sample self-test, but pin "
+            f"{distribution}=={saved} to be safe (strict=True refuses this)."
+        )
+        self.distribution = distribution
+        self.saved = saved
+        self.installed = installed

@@ -1,0 +1,205 @@
+"""``Model``: the one interface the rest of the project uses to get predictions.
+
+A Model pairs an estimator with its manifest. It takes raw records (dicts, as
+JSON gives them) or a DataFrame, validates and types them with the schema
+captured at training time, and returns plain Python values. Libraries plug in
+by subclassing with an ``adapter`` name; :class:`SklearnModel` is the adapter
+for scikit-learn estimators.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from . import trust
+from .artifact import Artifact, unpack
+from .errors import SelfTestError, UsageError
+from .manifest import jsonable
+from .schema import Schema
+
+Records = Sequence[Mapping[str, Any]] | pd.DataFrame
+
+PROBA_TOLERANCE = 1e-9
+"""Largest absolute difference in a probability that the self-test accepts."""
+
+
+class Model:
+    """A trained model with its manifest; subclass it (with ``adapter=``) for another library."""
+
+    adapter: ClassVar[str] = ""
+    _adapters: ClassVar[dict[str, type[Model]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.adapter:
+            Model._adapters[cls.adapter] = cls
+
+    def __init__(self, estimator: Any, manifest: Mapping[str, Any], artifact: Artifact | None = None) -> None:
+        self.estimator = estimator
+        self.manifest = manifest
+        self.schema = Schema.from_dict(manifest["schema"])
+        self._artifact = artifact
+
+    # -- what an adapter provides -------------------------------------------
+    @classmethod
+    def accepts(cls, estimator: Any) -> bool:
+        """True when this adapter can serve ``estimator``."""
+        raise NotImplementedError
+
+    @classmethod
+    def describe_output(cls, estimator: Any) -> dict[str, Any]:
+        """The output section of the manifest: classes, or regression."""
+        raise NotImplementedError
+
+    def _predict(self, frame: pd.DataFrame) -> np.ndarray:
+        raise NotImplementedError
+
+    def _predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        raise NotImplementedError
+
+    # -- the interface ------------------------------------------------------
+    @classmethod
+    def adapter_for(cls, estimator: Any) -> type[Model]:
+        for adapter in cls._adapters.values():
+            if adapter.accepts(estimator):
+                return adapter
+        raise UsageError(
+            f"No blackbox adapter serves {type(estimator).__name__}; pass a fitted scikit-learn estimator, "
+            "or subclass blackbox.Model with adapter='name' for another library."
+        )
+
+    @classmethod
+    def named(cls, adapter: str) -> type[Model]:
+        try:
+            return cls._adapters[adapter]
+        except KeyError:
+            raise UsageError(
+                f"The artifact needs the {adapter!r} adapter, which this blackbox does not have; "
+                "upgrade blackbox or import the package that defines it."
+            ) from None
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest.get("name"))
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest.get("version"))
+
+    @property
+    def sha256(self) -> str:
+        return str(self.manifest["payload"]["sha256"])
+
+    @property
+    def classes(self) -> list[Any] | None:
+        return self.manifest.get("output", {}).get("classes")
+
+    def prepare(self, records: Records, *, strict: bool = False) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+        """Validate records against the schema; return the typed frame and the warnings."""
+        return self.schema.to_frame(records, strict=strict)
+
+    def predict(self, record: Mapping[str, Any]) -> Any:
+        """The prediction for one record."""
+        return self.predict_batch([record])[0]
+
+    def predict_batch(self, records: Records) -> list[Any]:
+        """Predictions for many records, in input order."""
+        frame, _ = self.prepare(records)
+        return self.predict_frame(frame)
+
+    def predict_frame(self, frame: pd.DataFrame) -> list[Any]:
+        """Predictions for a frame already prepared by :meth:`prepare`."""
+        return jsonable(self._predict(frame))
+
+    def predict_proba(self, records: Mapping[str, Any] | Records) -> list[float] | list[list[float]]:
+        """Class probabilities (columns in ``classes`` order); one row for one record."""
+        single = isinstance(records, Mapping)
+        frame, _ = self.prepare([records] if single else records)  # type: ignore[list-item]
+        rows = self.predict_proba_frame(frame)
+        return rows[0] if single else rows
+
+    def predict_proba_frame(self, frame: pd.DataFrame) -> list[list[float]]:
+        if not self.has_proba:
+            raise UsageError(f"Model {self.name!r} gives no probabilities (it is not a probabilistic classifier).")
+        return np.asarray(self._predict_proba(frame), dtype=float).tolist()
+
+    @property
+    def has_proba(self) -> bool:
+        return bool(self.manifest.get("output", {}).get("probabilities"))
+
+    def self_test(self) -> None:
+        """Re-run the golden sample; raise SelfTestError on any difference."""
+        golden = self.manifest["golden"]
+        frame, _ = self.prepare(golden["records"])
+        got = self.predict_frame(frame)
+        differences = [
+            {"row": i, "expected": e, "got": g} for i, (e, g) in enumerate(zip(golden["predictions"], got)) if e != g
+        ]
+        max_diff = 0.0
+        if golden.get("probabilities") is not None:
+            expected = np.asarray(golden["probabilities"], dtype=float)
+            actual = np.asarray(self.predict_proba_frame(frame), dtype=float)
+            if expected.shape != actual.shape:
+                max_diff = float("inf")
+            else:
+                per_row = np.abs(expected - actual).max(axis=1)
+                max_diff = float(per_row.max(initial=0.0))
+                differences += [
+                    {"row": int(i), "expected_proba": expected[i].tolist(), "got_proba": actual[i].tolist()}
+                    for i in np.flatnonzero(per_row > PROBA_TOLERANCE)
+                ]
+        if differences or max_diff > PROBA_TOLERANCE:
+            shown = "\n".join(f"- {d}" for d in differences[:5])
+            raise SelfTestError(
+                f"Model {self.name!r} {self.version} no longer gives its golden-sample predictions: "
+                f"{len(differences)} difference(s), largest probability difference {max_diff:.3g} "
+                f"(tolerance {PROBA_TOLERANCE}).\n{shown}\n"
+                "Load it with the package versions it was saved with (see its requirements), or retrain.",
+                differences,
+            )
+
+    def serialize(self) -> bytes:
+        """The artifact's bytes, exactly as saved (signature included)."""
+        if self._artifact is None:
+            raise UsageError("This model was not built from an artifact; save it with blackbox.save first.")
+        return self._artifact.to_bytes()
+
+    @classmethod
+    def deserialize(cls, data: bytes, *, source: str = "artifact", **policy: Any) -> Model:
+        """Verify and load artifact bytes; ``policy`` as for :func:`blackbox.load`."""
+        artifact = unpack(data, source)
+        estimator, manifest = trust.unpickle(artifact, **policy)
+        return cls.named(manifest["adapter"])(estimator, manifest, artifact)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} {self.version} sha256={self.sha256[:12]}>"
+
+
+class SklearnModel(Model):
+    """Adapter for scikit-learn estimators and pipelines."""
+
+    adapter = "sklearn"
+
+    @classmethod
+    def accepts(cls, estimator: Any) -> bool:
+        return hasattr(estimator, "predict") and hasattr(estimator, "get_params")
+
+    @classmethod
+    def describe_output(cls, estimator: Any) -> dict[str, Any]:
+        if hasattr(estimator, "classes_"):
+            return {
+                "kind": "classification",
+                "classes": jsonable(estimator.classes_),
+                "probabilities": hasattr(estimator, "predict_proba"),
+            }
+        return {"kind": "regression", "probabilities": False}
+
+    def _predict(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.estimator.predict(frame)
+
+    def _predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.estimator.predict_proba(frame)

@@ -1,0 +1,205 @@
+"""The public persistence API: ``save``, ``load`` and ``inspect``.
+
+``save`` turns a fitted estimator (or a fitted search, whose best estimator is
+stored) into one artifact file: the payload with user code embedded by value,
+and a manifest that describes it, written atomically and only after the bytes
+have been loaded back and have reproduced the golden sample.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import importlib.metadata
+import os
+from collections.abc import Collection, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_is_fitted
+
+from . import serializers
+from .artifact import FORMAT_VERSION, Artifact, dump_manifest, parse_manifest, read_bytes, read_header
+from .atomic import atomic_write
+from .embedding import embed
+from .errors import SchemaError, SelfTestError, UsageError
+from .manifest import data_summary, git_info, jsonable, python_info, search_metrics, source_snapshot, utc_now
+from .model import Model
+from .schema import infer_schema
+
+GOLDEN_ROWS = 5
+
+
+def save(
+    estimator: Any,
+    path: str | os.PathLike[str],
+    *,
+    serializer: str = "dill",
+    sample: pd.DataFrame | None = None,
+    train_data: pd.DataFrame | None = None,
+    name: str | None = None,
+    version: str | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    data_source: str | None = None,
+    by_value: Collection[str] = (),
+    by_reference: Collection[str] = (),
+    **metadata: Any,
+) -> Path:
+    """Write ``estimator`` to ``path`` as one self-contained artifact; return the path.
+
+    :param train_data: the frame the model was fit on: its columns become the
+        input schema, and it is fingerprinted (it is not stored).
+    :param sample: a few input rows for the golden sample (default: rows of ``train_data``).
+    :param metrics: extra scores, e.g. ``{"holdout": {"accuracy": 0.8}}``.
+    :param by_value: modules to embed by value beyond those blackbox detects.
+    :param by_reference: modules the serving side installs itself (kept by reference).
+    """
+    model = build(
+        estimator,
+        serializer=serializer,
+        sample=sample,
+        train_data=train_data,
+        name=name,
+        version=version,
+        metrics=metrics,
+        data_source=data_source,
+        by_value=by_value,
+        by_reference=by_reference,
+        metadata=metadata,
+    )
+    return atomic_write(path, model.serialize())
+
+
+def load(path: str | os.PathLike[str], *, strict: bool = False) -> Model:
+    """Verify and load an artifact; nothing is unpickled before every check passes.
+
+    :param strict: refuse any package version that differs from the manifest's.
+    """
+    return Model.deserialize(read_bytes(path), source=str(path), strict=strict)
+
+
+def inspect(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The artifact's manifest, read without unpickling (or even reading) the payload."""
+    manifest_bytes, _ = read_header(path)
+    return parse_manifest(manifest_bytes)
+
+
+def build(
+    estimator: Any,
+    *,
+    serializer: str,
+    sample: pd.DataFrame | None,
+    train_data: pd.DataFrame | None,
+    name: str | None,
+    version: str | None,
+    metrics: Mapping[str, Any] | None,
+    data_source: str | None,
+    by_value: Collection[str],
+    by_reference: Collection[str],
+    metadata: Mapping[str, Any],
+) -> Model:
+    """Package a fitted estimator as a verified, in-memory artifact (see :func:`save`)."""
+    serializers.check_serializer(serializer)
+    fitted, search = _fitted_estimator(estimator)
+    frame = train_data if train_data is not None else sample
+    if not isinstance(frame, pd.DataFrame):
+        raise UsageError(
+            "blackbox.save needs train_data (the DataFrame the model was fit on) to record the input "
+            "schema and the golden sample; pass train_data=X_train."
+        )
+    schema = infer_schema(frame)
+    if sample is None:
+        sample = frame.sample(n=min(GOLDEN_ROWS, len(frame)), random_state=0)
+    records = jsonable(sample[schema.columns].to_dict("records"))
+    adapter = Model.adapter_for(fitted)
+    payload = embed(fitted, serializer=serializer, by_value=by_value, by_reference=by_reference)
+    created_at = utc_now()
+    manifest: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "name": name or type(fitted).__name__.lower(),
+        "version": version or dt.datetime.strptime(created_at, "%Y-%m-%dT%H:%M:%SZ").strftime("%Y%m%d.%H%M%S"),
+        "created_at": created_at,
+        "adapter": adapter.adapter,
+        "estimator": f"{type(fitted).__module__}.{type(fitted).__qualname__}",
+        "serializer": {"name": serializer, "version": serializers.version(serializer)},
+        "python": python_info(),
+        "blackbox_version": importlib.metadata.version("blackbox"),
+        "requirements": payload.requirements,
+        "by_value": list(payload.by_value),
+        "imports": [g.key for g in payload.imports],
+        "payload": {"sha256": hashlib.sha256(payload.data).hexdigest(), "size": len(payload.data)},
+        "git": git_info(payload.by_value),
+        "data": data_summary(train_data, data_source) if train_data is not None else None,
+        "schema": schema.to_dict(),
+        "features": {"input": schema.columns, "transformed": _transformed_names(fitted)},
+        "output": adapter.describe_output(fitted),
+        "metrics": jsonable({**({"search": search_metrics(search)} if search is not None else {}), **(metrics or {})}),
+        "source": source_snapshot(payload.by_value),
+        "metadata": jsonable(metadata),
+    }
+    manifest["golden"] = _golden(adapter(fitted, manifest), records)
+    artifact = Artifact(dump_manifest(manifest), b"", payload.data)
+    reloaded = Model.deserialize(artifact.to_bytes(), source="the artifact being saved")
+    try:
+        reloaded.self_test()
+    except SelfTestError as exc:
+        raise SelfTestError(
+            "Refusing to save: the pickled model, loaded back, does not reproduce the predictions of the "
+            f"model in memory; the serializer lost something.\n{exc.message}",
+            exc.differences,
+        ) from exc
+    return reloaded
+
+
+def _fitted_estimator(estimator: Any) -> tuple[Any, Any]:
+    """The estimator to store, and the search it came from (or None)."""
+    try:
+        check_is_fitted(estimator)
+    except NotFittedError:
+        raise UsageError(
+            f"This {type(estimator).__name__} is not fitted, and only fitted models can be saved; "
+            "call fit first."
+        ) from None
+    except TypeError as exc:
+        raise UsageError(f"blackbox.save takes a fitted scikit-learn estimator: {exc}") from None
+    if hasattr(estimator, "cv_results_"):
+        if not hasattr(estimator, "best_estimator_"):
+            raise UsageError(
+                f"This {type(estimator).__name__} was fitted with refit=False, so it holds no model to save; "
+                "fit it with refit=True (the default)."
+            )
+        return estimator.best_estimator_, estimator
+    return estimator, None
+
+
+def _golden(model: Model, records: list[dict[str, Any]]) -> dict[str, Any]:
+    try:
+        frame, _ = model.prepare(records)
+    except SchemaError as exc:
+        raise UsageError(
+            f"The golden sample does not fit the schema inferred from train_data:\n{exc.message}\n"
+            "Pass sample rows drawn from the same data as train_data."
+        ) from None
+    return {
+        "records": records,
+        "predictions": model.predict_frame(frame),
+        "probabilities": model.predict_proba_frame(frame) if model.has_proba else None,
+    }
+
+
+def _transformed_names(estimator: Any) -> list[str] | None:
+    """Names of the features the final step sees, when the pipeline can tell."""
+    steps = getattr(estimator, "steps", None)
+    if not steps:
+        return None
+    try:
+        return jsonable(estimator[:-1].get_feature_names_out())
+    except (AttributeError, ValueError, TypeError, IndexError):
+        pass
+    for _, step in steps[:-1]:
+        names = getattr(step, "transformed_names_", None)
+        if names is not None:
+            return jsonable(names)
+    return None

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Creates .venv with blackbox (editable, with its dev extras) and the example
+# training package. Re-running is cheap: it reinstalls only when the packaging
+# files changed since the last successful run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=.venv
+stamp_inputs=(pyproject.toml training/pyproject.toml _blackbox_compat.py _blackbox_compat.pth)
+stamp=$(cat "${stamp_inputs[@]}" | sha256sum | cut -d' ' -f1)
+
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "setup: creating $VENV with $($PYTHON --version)"
+    "$PYTHON" -m venv "$VENV"
+fi
+if [ "$(cat "$VENV/.blackbox-stamp" 2>/dev/null)" != "$stamp" ]; then
+    echo "setup: installing blackbox and the training package into $VENV"
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    "$VENV/bin/python" -m pip install --quiet -e ".[dev]" -e ./training
+    echo "$stamp" > "$VENV/.blackbox-stamp"
+else
+    echo "setup: $VENV is up to date"
+fi
