@@ -18,6 +18,7 @@ from .errors import (
     UsageError,
     VersionMismatchWarning,
 )
+from .isolation import Verification, verify
 from .model import Model, SklearnModel
 from .persist import inspect, load, save
 from .schema import Schema, infer_schema
@@ -35,9 +36,11 @@ __all__ = [
     "SelfTestError",
     "SklearnModel",
     "UsageError",
+    "Verification",
     "VersionMismatchWarning",
     "infer_schema",
     "inspect",
     "load",
     "save",
+    "verify",
 ]

@@ -6,15 +6,17 @@ and the error class's exit code (see blackbox.errors); never a traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
 import click
 
-from . import persist
+from . import isolation, persist
 from .artifact import read_bytes, unpack
 from .errors import BlackboxError
 from .imports import pickle_globals
+from .isolation import DEFAULT_BLOCK
 
 
 @click.group()
@@ -36,6 +38,30 @@ def inspect(path: str, as_json: bool, imports: bool) -> None:
         click.echo(json.dumps(manifest, indent=2, sort_keys=True))
     else:
         click.echo(_summary(manifest))
+
+
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=True))
+@click.option("--block", multiple=True, default=DEFAULT_BLOCK, show_default=True, metavar="MODULE",
+              help="Top-level module to make unimportable (repeatable); by-value modules are always blocked.")
+@click.option("--python", "python", default=None, help="Interpreter to load it with (default: this one).")
+@click.option("--strict", is_flag=True, help="Refuse any package version that differs from the manifest's.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+def verify(path: str, block: tuple[str, ...], python: str | None, strict: bool, as_json: bool) -> None:
+    """Load an artifact where its training code cannot be imported, and re-run its golden sample.
+
+    Exit 0 when self-contained; 11 when it needs a module the serving side won't have;
+    7 when it loads but predicts differently; 3 when it cannot be read.
+    """
+    outcome = isolation.verify(path, block=block, python=python, strict=strict)
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(outcome), indent=2, default=str))
+    else:
+        head = "self-contained" if outcome.ok else f"FAILED ({outcome.status})"
+        click.echo(f"{path}: {head} in {outcome.seconds:.2f} s, with {', '.join(outcome.blocked)} blocked")
+        click.echo(f"  {outcome.message}" if outcome.ok else "  " + outcome.message.replace("\n", "\n  "))
+    if not outcome.ok:
+        raise click.exceptions.Exit(outcome.exit_code)
 
 
 def _summary(m: dict[str, Any]) -> str:
@@ -70,11 +96,9 @@ def _summary(m: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code instead of exiting (tests pass argv)."""
     try:
-        cli.main(args=argv, prog_name="blackbox", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="blackbox", standalone_mode=False)
     except BlackboxError as exc:
         click.echo(f"blackbox: {exc.message}", err=True)
-        return exc.exit_code
-    except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:
         exc.show()
@@ -82,5 +106,5 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         return 1
-    return 0
+    return code if isinstance(code, int) else 0
 

@@ -106,3 +106,14 @@ class VersionMismatchWarning(UserWarning):
         self.distribution = distribution
         self.saved = saved
         self.installed = installed
+
+
+def error_class(code: str) -> type[BlackboxError]:
+    """The error class whose ``code`` is ``code`` (BlackboxError if none is)."""
+    pending: list[type[BlackboxError]] = [BlackboxError]
+    while pending:
+        cls = pending.pop()
+        if cls.code == code:
+            return cls
+        pending.extend(cls.__subclasses__())
+    return BlackboxError

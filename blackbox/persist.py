@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import importlib.metadata
 import os
+import tempfile
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,11 @@ import pandas as pd
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
-from . import serializers
+from . import isolation, serializers
 from .artifact import FORMAT_VERSION, Artifact, dump_manifest, parse_manifest, read_bytes, read_header
 from .atomic import atomic_write
 from .embedding import embed
+from .isolation import DEFAULT_BLOCK
 from .errors import SchemaError, SelfTestError, UsageError
 from .manifest import data_summary, git_info, jsonable, python_info, search_metrics, source_snapshot, utc_now
 from .model import Model
@@ -45,6 +47,8 @@ def save(
     data_source: str | None = None,
     by_value: Collection[str] = (),
     by_reference: Collection[str] = (),
+    verify: bool = False,
+    block: Collection[str] = DEFAULT_BLOCK,
     **metadata: Any,
 ) -> Path:
     """Write ``estimator`` to ``path`` as one self-contained artifact; return the path.
@@ -55,6 +59,9 @@ def save(
     :param metrics: extra scores, e.g. ``{"holdout": {"accuracy": 0.8}}``.
     :param by_value: modules to embed by value beyond those blackbox detects.
     :param by_reference: modules the serving side installs itself (kept by reference).
+    :param verify: before publishing at ``path``, load the artifact in an isolated
+        interpreter with ``block`` and the by-value modules unimportable
+        (:func:`blackbox.verify`); raise if it fails.
     """
     model = build(
         estimator,
@@ -69,7 +76,13 @@ def save(
         by_reference=by_reference,
         metadata=metadata,
     )
-    return atomic_write(path, model.serialize())
+    data = model.serialize()
+    if verify:
+        with tempfile.TemporaryDirectory(prefix="blackbox-save-") as scratch:
+            candidate = Path(scratch) / "candidate.bbx"
+            candidate.write_bytes(data)
+            isolation.verify(candidate, block=block).raise_for_status()
+    return atomic_write(path, data)
 
 
 def load(path: str | os.PathLike[str], *, strict: bool = False) -> Model:

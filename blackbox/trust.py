@@ -14,7 +14,7 @@ import _blackbox_compat
 
 from . import environment, serializers
 from .artifact import FORMAT_VERSION, Artifact
-from .errors import ArtifactError, EnvironmentMismatchError
+from .errors import ArtifactError, SelfContainmentError
 
 _REQUIRED = ("format_version", "name", "version", "adapter", "serializer", "python", "payload", "schema")
 
@@ -33,10 +33,16 @@ def unpickle(artifact: Artifact, *, strict: bool = False) -> tuple[Any, dict[str
     try:
         estimator = serializers.loads(artifact.payload, manifest["serializer"]["name"])
     except ModuleNotFoundError as exc:
-        raise EnvironmentMismatchError(
-            f"The payload needs module {exc.name!r}, which is not installed here. It was not embedded at "
-            "save time: install it, or re-save the model so that blackbox embeds it by value.",
-            [f"module {exc.name} is missing"],
+        # Requirements were checked above, so this module is one the payload names
+        # without declaring: code kept by reference that the serving side lacks.
+        missing = str(exc.name)
+        references = [i for i in manifest.get("imports", []) if i.partition(".")[0].partition(":")[0] == missing]
+        raise SelfContainmentError(
+            f"The payload needs module {missing!r}, which is not available here"
+            + (f" (it refers to {', '.join(references[:5])})" if references else "")
+            + ". It was kept by reference at save time: re-save the model without by_reference="
+            f"[{missing!r}] so that blackbox embeds it by value, or install {missing!r} on the serving side.",
+            references or [missing],
         ) from exc
     except Exception as exc:  # a verified payload that still fails to load is a broken artifact
         raise ArtifactError(f"The payload passed verification but could not be unpickled: {exc!r}.") from exc

@@ -1,0 +1,56 @@
+"""Child-process side of blackbox.isolation: load an artifact where user code cannot be found.
+
+Run as ``python -I -m blackbox._probe ARTIFACT JSON_OPTIONS`` from an empty
+directory. Before anything else it makes the blocked top-level modules
+unimportable, then loads the artifact with blackbox.load and runs its golden
+sample, and prints one JSON line with the outcome. Its exit code is the outcome's.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import json
+import sys
+import time
+
+
+class _Blocker(importlib.abc.MetaPathFinder):
+    """Makes modules unimportable, so an accidental reference cannot be satisfied."""
+
+    def __init__(self, blocked: frozenset[str]) -> None:
+        self.blocked = blocked
+
+    def find_spec(self, fullname, path=None, target=None):  # type: ignore[no-untyped-def]
+        if fullname.partition(".")[0] in self.blocked:
+            raise ModuleNotFoundError(f"No module named {fullname!r} (blocked by blackbox verify)", name=fullname)
+        return None
+
+
+def main(path: str, options: dict) -> int:
+    blocked = frozenset(options["block"])
+    sys.meta_path.insert(0, _Blocker(blocked))
+    for name in [m for m in sys.modules if m.partition(".")[0] in blocked]:
+        del sys.modules[name]
+    started = time.perf_counter()
+    import blackbox
+
+    outcome: dict = {"status": "ok", "blocked": sorted(blocked)}
+    try:
+        model = blackbox.load(path, strict=options.get("strict", False))
+        model.self_test()
+        outcome["leaked"] = sorted(m for m in sys.modules if m.partition(".")[0] in blocked)
+    except blackbox.BlackboxError as exc:
+        outcome.update(
+            status=exc.code,
+            error=type(exc).__name__,
+            message=exc.message,
+            exit_code=exc.exit_code,
+            details=getattr(exc, "differences", None) or getattr(exc, "references", None) or [],
+        )
+    outcome["seconds"] = round(time.perf_counter() - started, 4)
+    print(json.dumps(outcome, default=str))
+    return int(outcome.get("exit_code", 0))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], json.loads(sys.argv[2])))

@@ -1,0 +1,98 @@
+"""Prove self-containment: load an artifact in a separate, isolated interpreter.
+
+:func:`verify` starts ``python -I`` (no current directory, no PYTHONPATH on
+``sys.path``) in an empty temporary directory, blocks the artifact's by-value
+modules and any others named (``training`` by default) so that nothing from the
+training machine can satisfy a stray reference, loads the artifact with every
+pre-unpickling check, and compares its golden-sample predictions exactly and
+its probabilities to ``blackbox.model.PROBA_TOLERANCE``. Never in-process:
+swapping ``sys.path`` or ``sys.modules`` in place would prove nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .artifact import parse_manifest, read_header
+from .errors import ArtifactError, SelfContainmentError, SelfTestError, error_class
+
+DEFAULT_BLOCK = ("training",)
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The outcome of an isolated load: ``ok``, or which check failed and why."""
+
+    ok: bool
+    status: str
+    message: str
+    exit_code: int
+    blocked: list[str]
+    seconds: float
+    details: list[Any] = field(default_factory=list)
+
+    def raise_for_status(self) -> None:
+        """Raise the error class matching a failed verification."""
+        if self.ok:
+            return
+        cls = error_class(self.status)
+        if cls in (SelfContainmentError, SelfTestError):
+            raise cls(self.message, self.details)
+        raise cls(self.message)
+
+
+def verify(
+    path: str | os.PathLike[str],
+    *,
+    block: Iterable[str] = DEFAULT_BLOCK,
+    python: str | os.PathLike[str] | None = None,
+    strict: bool = False,
+    timeout: float = 300,
+) -> Verification:
+    """Load ``path`` in an isolated interpreter where its user code cannot be imported.
+
+    :param block: top-level modules made unimportable, on top of the artifact's by-value modules.
+    :param python: the interpreter to use (default: this one); it must have blackbox installed.
+    """
+    path = Path(path).resolve()
+    manifest = parse_manifest(read_header(path)[0])
+    blocked = sorted({*block, *manifest.get("by_value", [])} - {"blackbox", "serving"})
+    options = json.dumps({"block": blocked, "strict": strict})
+    with tempfile.TemporaryDirectory(prefix="blackbox-verify-") as empty:
+        try:
+            done = subprocess.run(
+                [str(python or sys.executable), "-I", "-m", "blackbox._probe", str(path), options],
+                cwd=empty,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env={k: v for k, v in os.environ.items() if not k.startswith("PYTHON")},
+            )
+        except subprocess.TimeoutExpired:
+            return Verification(False, "timeout", f"The isolated load took over {timeout} s.", 1, blocked, timeout)
+    try:
+        outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        tail = "\n".join(done.stderr.strip().splitlines()[-5:])
+        return Verification(
+            False, ArtifactError.code, f"The isolated interpreter failed (exit {done.returncode}):\n{tail}",
+            ArtifactError.exit_code, blocked, 0.0,
+        )
+    ok = outcome["status"] == "ok" and not outcome.get("leaked")
+    message = outcome.get("message") or (
+        f"Loaded with {', '.join(blocked) or 'nothing'} blocked; golden sample reproduced."
+        if ok
+        else f"Blocked modules were imported anyway: {outcome.get('leaked')}"
+    )
+    return Verification(
+        ok, outcome["status"], message, int(outcome.get("exit_code", 0)), blocked, float(outcome["seconds"]),
+        outcome.get("details") or [],
+    )
