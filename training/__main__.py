@@ -9,6 +9,7 @@ a one-line error with exit code 2 instead of a traceback.
 from __future__ import annotations
 
 import hashlib
+import json
 import shlex
 import sys
 import time
@@ -88,12 +89,15 @@ def train(
     version: str | None = None,
     *,
     verify: bool = True,
+    predictions_out: str | Path | None = None,
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Load, split, search, evaluate once on the holdout, save; return the run summary.
 
     With ``verify`` (the default) the artifact is loaded in an isolated
     interpreter, with this package unimportable, before it is published.
+    ``predictions_out`` receives the holdout records and what the trained model
+    predicted for them, to check a server elsewhere against (isolation_env/).
 
     Raises :class:`training.data.DataError` for unusable input data.
     """
@@ -162,6 +166,8 @@ def train(
     else:
         say(f"save: NOT verified (--no-verify); run `blackbox verify {path}` before shipping it")
     manifest = blackbox.inspect(path)
+    if predictions_out is not None:
+        write_predictions(Path(predictions_out), grid.best_estimator_, X_test, manifest)
 
     summary: dict[str, Any] = {
         "name": name,
@@ -186,6 +192,29 @@ def train(
     }
     say(format_summary(summary))
     return summary
+
+
+def write_predictions(path: Path, estimator: Any, X, manifest: dict[str, Any]) -> None:
+    """Holdout records the served model accepts, with this process's predictions for them."""
+    schema = blackbox.Schema.from_dict(manifest["schema"])
+    all_records = json.loads(X.to_json(orient="records"))
+    kept = [i for i, record in enumerate(all_records) if _accepted(schema, record)]
+    records, frame = [all_records[i] for i in kept], X.iloc[kept]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "classes": [int(c) for c in estimator.classes_],
+        "records": records,
+        "predictions": estimator.predict(frame).tolist(),
+        "probabilities": estimator.predict_proba(frame).tolist(),
+    }))
+
+
+def _accepted(schema: blackbox.Schema, record: dict[str, Any]) -> bool:
+    try:
+        schema.to_frame([record])
+    except blackbox.SchemaError:  # e.g. a null where training never saw one: the server answers 422
+        return False
+    return True
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -221,14 +250,17 @@ def format_summary(summary: dict[str, Any]) -> str:
               help="Model version recorded in the artifact (default: blackbox picks one).")
 @click.option("--no-verify", is_flag=True,
               help="Skip the isolated load check before the artifact is published.")
+@click.option("--predictions-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the holdout records and this model's predictions for them (JSON).")
 def cli(
     out: Path, data: Path | None, seed: int, serializer: str, n_jobs: int,
-    small_grid: bool, name: str, version: str | None, no_verify: bool,
+    small_grid: bool, name: str, version: str | None, no_verify: bool, predictions_out: Path | None,
 ) -> None:
     """Train the Titanic survival model and save it as a blackbox artifact."""
     try:
         train(out, data=data, seed=seed, serializer=serializer, n_jobs=n_jobs,
-              small_grid=small_grid, name=name, version=version, verify=not no_verify)
+              small_grid=small_grid, name=name, version=version, verify=not no_verify,
+              predictions_out=predictions_out)
     except (DataError, OSError) as exc:  # OSError: e.g. --out where no directory can be created
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

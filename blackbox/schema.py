@@ -1,0 +1,570 @@
+"""Input schema: inferred from the training frame, enforced on raw JSON records.
+
+Scope: inference and validation only; no HTTP, no pickle. :func:`infer_schema`
+captures at save time what each column the pipeline consumes looked like in
+training; the schema travels as plain JSON (:meth:`Schema.to_dict`) and
+:meth:`Schema.to_frame` checks a batch of raw records against it and rebuilds
+the DataFrame with exactly the training dtypes, so a served record is
+predicted bit for bit like the same row in training. Nothing is per model.
+
+Kinds: ``integer``, ``number``, ``string``, ``boolean`` and ``category`` (an
+unordered pandas ``category`` column of strings: ``categories`` keeps all of the
+dtype's categories in dtype order, uncapped, and a value outside them cannot be
+represented, so it is a ``type`` error, not a warning). Training dtypes that a
+JSON record cannot carry faithfully (datetimes, mixed objects, ...) are refused
+at :func:`infer_schema` with a :class:`UsageError`.
+
+Rules callers rely on:
+
+* Names match exactly: ``"Age"`` is an unknown field and ``"age"`` is missing.
+* An absent key or ``null`` is a missing value when training saw missing values
+  in that field (``nullable``); otherwise it is ``missing`` / ``null``. In JSON
+  NaN is never a missing value (send null); in a DataFrame NaN/None/NA is.
+* Numbers may be JSON numbers or numeric strings (``"22"``, ``"7.25"``);
+  booleans are not numbers; an integer field takes ``3`` and ``3.0``, not ``3.5``.
+* Strings are normalised to NFC; numbers are not strings; a lone surrogate
+  (not encodable as UTF-8) is a ``type`` error.
+* ``row`` is the 0-based position in the batch (also for DataFrame input).
+  Problems and warnings are sorted by row, then schema order (unknown last).
+* The frame's index is a RangeIndex for records, the caller's for a DataFrame.
+* :meth:`Schema.to_dict` carries ``"version": 1``; :meth:`Schema.from_dict`
+  refuses any other version and any unknown or missing key (``UsageError``).
+* DataFrame input: a missing column is an error even for a nullable field,
+  object columns are checked value by value, and row-level entries are capped
+  at 100 per (field, issue), followed by one ``row: None`` "N more rows" entry.
+
+Every problem and warning is ``{"row", "field", "issue", "expected", "received"}``.
+Problems (one :class:`SchemaError` lists them all; nothing is predicted):
+``not_a_list`` (the batch is not a list), ``empty`` (no records),
+``not_an_object``, ``missing``, ``null``, ``type``, ``non_finite``, ``too_long``
+(longer than ``max(4 * max_length, 1024)``) and, with ``strict=True``,
+``unknown_field``. Warnings (returned; the record is still predicted):
+``unknown_field``, ``unseen_category``, ``out_of_range``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from blackbox.errors import SchemaError, UsageError
+
+__all__ = ["Field", "Schema", "infer_schema"]
+
+_VERSION = 1
+_EXPECTED = {
+    "integer": "an integer",
+    "number": "a number",
+    "string": "a string",
+    "category": "a string",
+    "boolean": "a boolean (true or false)",
+}
+_FAMILIES = ({"integer", "number"}, {"string", "category"}, {"boolean"})
+_WARNINGS = frozenset({"out_of_range", "unseen_category"})
+_ABSENT = object()  # the record has no such key
+_SKIP = object()  # the record is not an object (already reported)
+_INT = re.compile(r"\s*[+-]?\d+\s*", re.ASCII)
+_FLOAT = re.compile(r"\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*", re.ASCII)
+_NON_FINITE_WORDS = frozenset({"nan", "inf", "infinity"})
+_SHOWN = 5  # bullet lines in a SchemaError message
+_FRAME_CAP = 100  # row-level entries per (field, issue) for DataFrame input
+
+_Check = Callable[[Any], "tuple[Any, str | None, str | None]"]
+
+
+@dataclass(frozen=True)
+class Field:
+    """One input column as training saw it, which bounds what a record may hold.
+
+    ``dtype`` is ``str(series.dtype)`` in training and is what :meth:`Schema.to_frame`
+    rebuilds; ``categories`` (sorted, for strings with few distinct values),
+    ``minimum``/``maximum`` (finite values) and ``max_length`` only feed warnings
+    and the ``too_long`` limit.
+    """
+
+    name: str
+    kind: str
+    dtype: str
+    nullable: bool
+    categories: tuple[str, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    max_length: int | None = None
+
+
+@dataclass(frozen=True)
+class Schema:
+    """The columns a pipeline consumes, in order; validates and rebuilds its input."""
+
+    fields: tuple[Field, ...]
+
+    @property
+    def columns(self) -> list[str]:
+        return [field.name for field in self.fields]
+
+    def to_dict(self) -> dict:
+        """Plain JSON for the artifact manifest (no NaN, no tuples)."""
+        fields = []
+        for field in self.fields:
+            item = asdict(field)
+            item["categories"] = None if field.categories is None else list(field.categories)
+            fields.append(item)
+        return {"version": _VERSION, "fields": fields}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Schema:
+        """Read a manifest's schema strictly: it is a trust boundary, so refuse anything odd."""
+        if not isinstance(data, Mapping) or set(data) != {"version", "fields"}:
+            raise UsageError("A schema must be a mapping with exactly the keys 'version' and 'fields'.")
+        if data["version"] != _VERSION:
+            raise UsageError(f"Unsupported schema version {data['version']!r}; this blackbox reads version {_VERSION}.")
+        items = data["fields"]
+        if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Sequence) or not items:
+            raise UsageError("A schema's 'fields' must be a non-empty list of field mappings.")
+        fields = tuple(_field_from_dict(position, item) for position, item in enumerate(items))
+        duplicates = sorted(name for name, count in Counter(f.name for f in fields).items() if count > 1)
+        if duplicates:
+            raise UsageError(f"Schema fields must have unique names; repeated: {duplicates}.")
+        return cls(fields)
+
+    def openapi(self) -> dict:
+        """JSON Schema (OpenAPI 3.0) of one record; ranges and seen values are documentation, not limits."""
+        properties = {}
+        for field in self.fields:
+            prop: dict[str, Any] = {"type": "string" if field.kind == "category" else field.kind}
+            notes = [f"Training dtype {field.dtype}."]
+            if field.kind in ("string", "category"):
+                prop["maxLength"] = _limit(field)
+            if field.kind == "category":
+                prop["enum"] = [*field.categories, *([None] if field.nullable else [])]
+            elif field.categories is not None:
+                notes.append(f"Values seen in training: {', '.join(field.categories)}.")
+            if field.minimum is not None:
+                notes.append(f"Range seen in training: {field.minimum:g} to {field.maximum:g}.")
+            if field.nullable:
+                prop["nullable"] = True
+            prop["description"] = " ".join(notes)
+            properties[field.name] = prop
+        required = [field.name for field in self.fields if not field.nullable]
+        return {"type": "object", "properties": properties, "required": required, "additionalProperties": True}
+
+    def to_frame(self, records: Any, *, strict: bool = False) -> tuple[pd.DataFrame, list[dict]]:
+        """Check a whole batch, then build the frame the pipeline gets, one column at a time.
+
+        Returns ``(frame, warnings)``; raises one :class:`SchemaError` listing every problem.
+        """
+        report = _Report({name: position for position, name in enumerate(self.columns)})
+        index = None
+        if isinstance(records, pd.DataFrame):
+            report.cap, index, total = _FRAME_CAP, records.index, len(records)
+            columns = self._from_frame(records, strict, report) if total else {}
+        elif isinstance(records, (str, bytes, Mapping)) or not isinstance(records, Iterable):
+            report.add(None, None, "not_a_list", "a list of records", _describe(records))
+            report.check(0)  # raises
+        else:
+            records = records if isinstance(records, Sequence) else list(records)
+            total = len(records)
+            columns = self._from_records(records, strict, report) if total else {}
+        if not total:
+            report.add(None, None, "empty", "at least one record", "0 records")
+        report.check(total)
+        index = pd.RangeIndex(total) if index is None else index
+        frame = pd.DataFrame({name: _build(values, dtype, index) for (name, values), dtype in zip(columns.items(), self._dtypes)}, index=index)
+        return frame, report.warnings
+
+    @cached_property
+    def _dtypes(self) -> list:
+        return [_dtype_of(field) for field in self.fields]
+
+    @cached_property
+    def _folded(self) -> dict[str, str]:
+        return {name.casefold(): name for name in self.columns}
+
+    @cached_property
+    def _checks(self) -> list[_Check]:
+        return [_CHECKERS[field.kind](field, dtype) for field, dtype in zip(self.fields, self._dtypes)]
+
+    def _from_records(self, records: Sequence, strict: bool, report: _Report) -> dict[str, list]:
+        names = set(self.columns)
+        skip = dict.fromkeys(names, _SKIP)
+        safe = []
+        for row, record in enumerate(records):
+            if not isinstance(record, Mapping):
+                report.add(row, None, "not_an_object", "a JSON object", _describe(record))
+                record = skip
+            elif not names.issuperset(record):
+                for key in record:
+                    if key not in names:
+                        self._unknown(report, row, key, _describe(record[key]), strict)
+            safe.append(record)
+        return {
+            field.name: _convert(field, dtype, check, [record.get(field.name, _ABSENT) for record in safe], report)
+            for field, dtype, check in zip(self.fields, self._dtypes, self._checks)
+        }
+
+    def _from_frame(self, frame: pd.DataFrame, strict: bool, report: _Report) -> dict[str, Any]:
+        names = set(self.columns)
+        for name in frame.columns:
+            if name not in names:
+                self._unknown(report, None, name, "a column", strict)
+        columns: dict[str, Any] = {}
+        for field, dtype, check in zip(self.fields, self._dtypes, self._checks):
+            if field.name not in frame.columns:
+                report.add(None, field.name, "missing", f"a column of {_EXPECTED[field.kind]}s", "no such column")
+                continue
+            column = frame[field.name]
+            if isinstance(column, pd.DataFrame):
+                report.add(None, field.name, "type", "one column", f"{column.shape[1]} columns with this name")
+            elif not _compatible(field.kind, column.dtype):
+                report.add(None, field.name, "type", f"a column of {_EXPECTED[field.kind]}s", f"column of dtype {column.dtype}")
+            elif isinstance(dtype, np.dtype) and dtype.kind in "biuf" and column.dtype == dtype:
+                columns[field.name] = _check_array(field, column.to_numpy(), report)
+            else:
+                missing = column.isna().to_numpy()
+                values = [None if gap else value for value, gap in zip(column.tolist(), missing)]
+                columns[field.name] = _convert(field, dtype, check, values, report)
+        return columns
+
+    def _unknown(self, report: _Report, row: int | None, key: Any, received: str, strict: bool) -> None:
+        name = _clip(key if isinstance(key, str) else repr(key), 40)
+        match = self._folded.get(name.casefold())
+        expected = "only the schema's fields" + (f" (did you mean {match!r}?)" if match else "")
+        report.add(row, name, "unknown_field", expected, received, warning=not strict)
+
+
+def infer_schema(frame: pd.DataFrame, *, max_categories: int = 50) -> Schema:
+    """Capture the columns a pipeline is fitted on, so serving can check and rebuild them."""
+    if not isinstance(frame, pd.DataFrame):
+        raise UsageError(f"infer_schema needs a pandas DataFrame, got {type(frame).__name__}.")
+    if frame.shape[1] == 0:
+        raise UsageError("The training frame has no columns; a schema needs at least one.")
+    bad = [name for name in frame.columns if not isinstance(name, str)]
+    if bad:
+        raise UsageError(f"Column names must be strings, got {bad[:5]!r}; rename them (frame.columns = frame.columns.map(str)) before fitting.")
+    if not frame.columns.is_unique:
+        raise UsageError(f"Column names must be unique; repeated: {sorted(set(frame.columns[frame.columns.duplicated()]))}.")
+    return Schema(tuple(_infer_field(name, frame[name], max_categories) for name in frame.columns))
+
+
+def _infer_field(name: str, column: pd.Series, max_categories: int) -> Field:
+    missing = column.isna().to_numpy()
+    present = column[~missing].tolist()
+    dtype = column.dtype
+    kinds = _kinds_for(dtype)
+    if dtype == object:  # decided by the values
+        if all(isinstance(value, str) for value in present):
+            kinds = {"string"}
+        elif all(isinstance(value, (bool, np.bool_)) for value in present):
+            kinds = {"boolean"}
+        else:
+            kinds = set()
+    elif isinstance(dtype, pd.CategoricalDtype) and (dtype.ordered or not all(isinstance(c, str) for c in dtype.categories)):
+        kinds = set()
+    if len(kinds) != 1:
+        example = _describe(present[0]) if present else "no values"
+        raise UsageError(
+            f"Column {name!r} has dtype {dtype} (e.g. {example}), which JSON records cannot carry faithfully; "
+            "convert it to numbers, strings, booleans or an unordered category of strings before fitting and saving."
+        )
+    (kind,) = kinds
+    extra: dict[str, Any] = {}
+    if kind in ("integer", "number"):
+        values = np.asarray(present, dtype="float64")
+        finite = values[np.isfinite(values)]
+        if finite.size:
+            extra.update(minimum=float(finite.min()), maximum=float(finite.max()))
+    elif kind == "category":
+        extra.update(categories=tuple(dtype.categories), max_length=max(map(len, dtype.categories), default=None))
+    elif kind == "string":
+        distinct = set(present)
+        extra["max_length"] = max(map(len, distinct), default=None)
+        extra["categories"] = tuple(sorted(distinct)) if len(distinct) <= max_categories else None
+    return Field(name=name, kind=kind, dtype=str(dtype), nullable=bool(missing.any()), **extra)
+
+
+def _kinds_for(dtype: Any) -> set[str]:
+    """The kinds a training dtype can serve (object: decided by the values)."""
+    if isinstance(dtype, pd.CategoricalDtype):
+        return {"category"}
+    if dtype == object:
+        return {"string", "boolean"}
+    if pd.api.types.is_bool_dtype(dtype):
+        return {"boolean"}
+    if pd.api.types.is_integer_dtype(dtype):
+        return {"integer"}
+    if pd.api.types.is_float_dtype(dtype):
+        return {"number"}
+    if isinstance(dtype, pd.StringDtype):
+        return {"string"}
+    return set()
+
+
+def _compatible(kind: str, dtype: Any) -> bool:
+    """Whether a DataFrame column of this dtype can hold values of this kind (object: checked per value)."""
+    family = next(family for family in _FAMILIES if kind in family)
+    return dtype == object or bool(_kinds_for(dtype) & family)
+
+
+def _dtype_of(field: Field) -> Any:
+    if field.kind == "category":
+        return pd.CategoricalDtype(list(field.categories))
+    return pd.api.types.pandas_dtype(field.dtype)
+
+
+def _field_from_dict(position: int, item: Any) -> Field:
+    if not isinstance(item, Mapping) or set(item) != set(_FIELD_RULES):
+        keys = sorted(map(str, item)) if isinstance(item, Mapping) else type(item).__name__
+        raise UsageError(f"Schema field {position} must have exactly the keys {sorted(_FIELD_RULES)}; got {keys}.")
+
+    def bad(key: str, what: str) -> None:
+        got = _clip(repr(item[key]), 60)
+        raise UsageError(f"Schema field {position} ({_clip(repr(item['name']), 60)}): {key!r} must be {what}, got {got}.")
+
+    for key, (valid, what) in _FIELD_RULES.items():
+        if not valid(item[key]):
+            bad(key, what)
+    numbers = {key: None if item[key] is None else float(item[key]) for key in ("minimum", "maximum")}
+    categories = None if item["categories"] is None else tuple(item["categories"])
+    field = Field(**{**item, **numbers, "categories": categories})
+    if field.kind == "category" and field.categories is None:
+        bad("categories", "the list of categories of a 'category' field")
+    try:
+        dtype = _dtype_of(field)
+    except (TypeError, ValueError):
+        dtype = bad("dtype", "a pandas dtype")
+    if field.kind not in _kinds_for(dtype):
+        bad("dtype", f"a dtype that holds {field.kind} values")
+    if field.nullable and isinstance(dtype, np.dtype) and dtype.kind in "biu":
+        bad("nullable", f"false for dtype {dtype}, which cannot hold missing values")
+    return field
+
+
+def _is_finite_or_none(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
+
+
+_FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "name": (lambda v: isinstance(v, str), "a string"),
+    "kind": (lambda v: v in _EXPECTED, f"one of {sorted(_EXPECTED)}"),
+    "dtype": (lambda v: isinstance(v, str), "a string"),
+    "nullable": (lambda v: isinstance(v, bool), "true or false"),
+    "categories": (lambda v: v is None or (isinstance(v, (list, tuple)) and all(isinstance(c, str) for c in v)), "a list of strings or null"),
+    "minimum": (_is_finite_or_none, "a finite number or null"),
+    "maximum": (_is_finite_or_none, "a finite number or null"),
+    "max_length": (lambda v: v is None or (type(v) is int and v >= 0), "a non-negative integer or null"),
+}
+
+
+class _Report:
+    """Problems and warnings of one batch, sorted by row then schema order when checked."""
+
+    def __init__(self, order: dict[str, int]) -> None:
+        self.problems: list[dict] = []
+        self.warnings: list[dict] = []
+        self.cap: int | None = None
+        self._order = order
+        self._bad_rows: set[int] = set()
+        self._counts: Counter = Counter()
+
+    def add(self, row: int | None, field: str | None, issue: str, expected: str, received: str, *, warning: bool = False) -> None:
+        if row is not None and not warning:
+            self._bad_rows.add(row)
+        if row is not None and self.cap is not None:
+            self._counts[field, issue, warning] += 1
+            if self._counts[field, issue, warning] > self.cap:
+                return
+        entry = {"row": row, "field": field, "issue": issue, "expected": expected, "received": received}
+        (self.warnings if warning else self.problems).append(entry)
+
+    def add_rows(self, rows: np.ndarray, field: str, issue: str, expected: str, values: np.ndarray, *, warning: bool = False) -> None:
+        """Many rows with one issue (DataFrame input): count them all, keep entries up to the cap."""
+        if not warning:
+            self._bad_rows.update(rows.tolist())
+        room = max(self.cap - self._counts[field, issue, warning], 0)
+        self._counts[field, issue, warning] += len(rows)
+        for row in rows[:room].tolist():
+            entry = {"row": row, "field": field, "issue": issue, "expected": expected, "received": _describe(values[row].item())}
+            (self.warnings if warning else self.problems).append(entry)
+
+    def check(self, total: int) -> None:
+        """Raise the batch's one SchemaError if anything is wrong."""
+        for (field, issue, warning), count in self._counts.items():
+            if count > self.cap:
+                entry = {"row": None, "field": field, "issue": issue, "expected": "as above", "received": f"{count - self.cap} more rows"}
+                (self.warnings if warning else self.problems).append(entry)
+        key = lambda p: (p["row"] is not None, p["row"] or 0, self._order.get(p["field"], len(self._order)))  # noqa: E731
+        self.problems.sort(key=key)
+        self.warnings.sort(key=key)
+        if not self.problems:
+            return
+        head = f"{len(self._bad_rows)} of {total} records failed validation against the model's schema:"
+        lines = [head if self._bad_rows else "The input failed validation against the model's schema:"]
+        for p in self.problems[:_SHOWN]:
+            where = ", ".join(([f"record {p['row']}"] if p["row"] is not None else []) + ([f"field {p['field']!r}"] if p["field"] is not None else []))
+            lines.append(f"- {where or 'input'}: expected {p['expected']}, got {p['received']}")
+        if len(self.problems) > _SHOWN:
+            lines.append(f"- ... and {len(self.problems) - _SHOWN} more")
+        lines.append("Send records with the fields listed by the model's schema (GET /schema); `problems` lists every issue.")
+        raise SchemaError("\n".join(lines), self.problems)
+
+
+def _convert(field: Field, dtype: Any, check: _Check, values: list, report: _Report) -> list:
+    """Check one column's raw values; return them with missing values as the dtype's marker."""
+    fill = np.nan if isinstance(dtype, np.dtype) and dtype.kind in "fO" else None
+    out = []
+    for row, value in enumerate(values):
+        if value is None or value is _ABSENT or value is _SKIP:
+            if value is None and not field.nullable:
+                report.add(row, field.name, "null", f"{_EXPECTED[field.kind]} (training never saw a missing value)", "null")
+            elif value is _ABSENT and not field.nullable:
+                report.add(row, field.name, "missing", _EXPECTED[field.kind], "no value (field absent)")
+            out.append(fill)
+            continue
+        converted, issue, expected = check(value)
+        if issue is not None:
+            report.add(row, field.name, issue, expected, _describe(value), warning=issue in _WARNINGS)
+        out.append(fill if converted is None else converted)
+    return out
+
+
+def _check_array(field: Field, values: np.ndarray, report: _Report) -> np.ndarray:
+    """Vectorised checks for a DataFrame column that already has the training dtype."""
+    def flag(mask: np.ndarray, issue: str, expected: str, warning: bool = False) -> None:
+        report.add_rows(np.flatnonzero(mask), field.name, issue, expected, values, warning=warning)
+
+    if values.dtype.kind == "f":
+        if not field.nullable:
+            flag(np.isnan(values), "null", f"{_EXPECTED[field.kind]} (training never saw a missing value)")
+        flag(np.isinf(values), "non_finite", f"a finite {_EXPECTED[field.kind][2:]}")
+    if field.minimum is not None and values.dtype.kind != "b":
+        with np.errstate(invalid="ignore"):
+            outside = (values < field.minimum) | (values > field.maximum)
+        flag(outside, "out_of_range", f"between {field.minimum:g} and {field.maximum:g} (seen in training)", warning=True)
+    return values
+
+
+def _number_check(field: Field, dtype: Any) -> _Check:
+    integer = field.kind == "integer"
+    base = np.dtype(getattr(dtype, "numpy_dtype", dtype))
+    info = np.iinfo(base) if integer else np.finfo(base)
+    low, high = (int(info.min), int(info.max)) if integer else (float(info.min), float(info.max))
+    expected = _EXPECTED[field.kind]
+    bounds = f"{expected} between {low} and {high}"
+    seen = None if field.minimum is None else f"between {field.minimum:g} and {field.maximum:g} (seen in training)"
+
+    def check(value: Any) -> tuple[Any, str | None, str | None]:
+        if isinstance(value, str) and len(value) <= 100:
+            value = _parse_number(value)
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+            return None, "type", expected
+        if isinstance(value, (float, np.floating)):
+            value = float(value)
+            if not math.isfinite(value):
+                return None, "non_finite", f"a finite {expected[2:]} (send null for a missing value)"
+            if integer:
+                if not value.is_integer():
+                    return None, "type", expected
+                value = int(value)
+        else:
+            value = int(value)
+            if not integer:
+                try:
+                    value = float(value)
+                except OverflowError:
+                    return None, "non_finite", f"a finite {expected[2:]}"
+        if not low <= value <= high:
+            return None, "type" if integer else "non_finite", bounds
+        if seen is not None and not field.minimum <= value <= field.maximum:
+            return value, "out_of_range", seen
+        return value, None, None
+
+    return check
+
+
+def _parse_number(text: str) -> Any:
+    """A numeric string as int or float; anything else stays a string (a type error)."""
+    if _INT.fullmatch(text):
+        return int(text)
+    if _FLOAT.fullmatch(text) or text.strip().lower().lstrip("+-") in _NON_FINITE_WORDS:
+        return float(text)
+    return text
+
+
+def _string_check(field: Field, dtype: Any) -> _Check:
+    limit = _limit(field)
+    seen = None if field.categories is None else frozenset(field.categories)
+    choices = None if seen is None else _clip("one of " + ", ".join(map(repr, field.categories)), 80)
+
+    def check(value: Any) -> tuple[Any, str | None, str | None]:
+        if not isinstance(value, str):
+            return None, "type", _EXPECTED[field.kind]
+        if len(value) > limit:
+            return None, "too_long", f"a string of at most {limit} characters"
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return None, "type", "valid Unicode text (no lone surrogates)"
+            value = unicodedata.normalize("NFC", value)
+        if seen is not None and value not in seen:
+            return (None, "type", choices) if field.kind == "category" else (value, "unseen_category", choices)
+        return value, None, None
+
+    return check
+
+
+def _boolean_check(field: Field, dtype: Any) -> _Check:
+    def check(value: Any) -> tuple[Any, str | None, str | None]:
+        if isinstance(value, (bool, np.bool_)):
+            return bool(value), None, None
+        return None, "type", _EXPECTED["boolean"]
+
+    return check
+
+
+_CHECKERS = {"integer": _number_check, "number": _number_check, "string": _string_check, "category": _string_check, "boolean": _boolean_check}
+
+
+def _build(values: Any, dtype: Any, index: pd.Index) -> Any:
+    """One column for the whole batch, in the training dtype."""
+    if dtype == object:  # a Series, since pandas 3 turns a bare object array of strings into "str"
+        return pd.Series(values, index=index, dtype=object)
+    if isinstance(dtype, np.dtype):
+        return np.asarray(values, dtype=dtype)
+    return pd.array(values, dtype=dtype)
+
+
+def _limit(field: Field) -> int:
+    return max(4 * (field.max_length or 0), 1024)
+
+
+def _describe(value: Any) -> str:
+    """A short, safe description of a received value: never echo a huge one."""
+    if value is None:
+        return "null"
+    if isinstance(value, (bool, np.bool_)):
+        return f"bool {'true' if value else 'false'}"
+    if isinstance(value, str):
+        return f"str of {len(value)} characters" if len(value) > 1024 else _clip(f"str {value[:40]!r}", 40)
+    if isinstance(value, (int, np.integer)) and abs(int(value)) > 10**30:
+        return f"int of {int(value).bit_length()} bits"
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return _clip(f"{type(value).__name__} {value}", 40)
+    if isinstance(value, Mapping):
+        return f"object with {len(value)} keys"
+    if isinstance(value, (list, tuple)):
+        return f"list of {len(value)} items"
+    return _clip(type(value).__name__, 40)
+
+
+def _clip(text: str, size: int) -> str:
+    return text if len(text) <= size else text[: size - 3] + "..."
