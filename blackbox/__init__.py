@@ -1,6 +1,6 @@
 """Blackbox: a trained scikit-learn pipeline, custom feature code and all, as one artifact.
 
-``save`` writes a fitted estimator to a single file with the user's own code
+``save`` writes a fitted estimator (signed with an Ed25519 key) to a single file with the user's own code
 embedded by value and a manifest that describes it; ``load`` verifies the file
 before unpickling anything and returns a :class:`Model`; ``inspect`` reads the
 manifest without unpickling.
@@ -20,7 +20,7 @@ from .errors import (
 )
 from .isolation import Verification, verify
 from .model import Model, SklearnModel
-from .persist import inspect, load, save
+from .persist import inspect, load, save, sign
 from .schema import Schema, infer_schema
 
 __all__ = [
@@ -42,5 +42,6 @@ __all__ = [
     "inspect",
     "load",
     "save",
+    "sign",
     "verify",
 ]

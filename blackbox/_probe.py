@@ -36,7 +36,12 @@ def main(path: str, options: dict) -> int:
 
     outcome: dict = {"status": "ok", "blocked": sorted(blocked)}
     try:
-        model = blackbox.load(path, strict=options.get("strict", False))
+        model = blackbox.load(
+            path,
+            trusted_keys=options["trusted_keys"],
+            allow_unsigned=options["allow_unsigned"],
+            strict=options["strict"],
+        )
         model.self_test()
         outcome["leaked"] = sorted(m for m in sys.modules if m.partition(".")[0] in blocked)
     except blackbox.BlackboxError as exc:

@@ -7,16 +7,19 @@ and the error class's exit code (see blackbox.errors); never a traceback.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
+from collections.abc import Callable
 from typing import Any
 
 import click
 
-from . import isolation, persist
+from . import isolation, persist, signing
 from .artifact import read_bytes, unpack
-from .errors import BlackboxError
+from .errors import AuthenticityError, BlackboxError
 from .imports import pickle_globals
 from .isolation import DEFAULT_BLOCK
+from .signing import TRUSTED_KEYS_ENV
 
 
 @click.group()
@@ -25,19 +28,66 @@ def cli() -> None:
     """Self-contained, verified artifacts for scikit-learn pipelines."""
 
 
+def trust_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The load policy options every command that loads an artifact takes."""
+    command = click.option(
+        "--allow-unsigned", is_flag=True,
+        help="Also load unsigned artifacts (logged loudly). A bad signature is refused regardless.",
+    )(command)
+    return click.option(
+        "--trusted-keys", "trusted_keys", multiple=True, type=click.Path(exists=True), metavar="PATH",
+        help=f"Trusted public key (.pub) or directory of them; repeatable. Default: ${TRUSTED_KEYS_ENV}.",
+    )(command)
+
+
+def _keys(trusted_keys: tuple[str, ...]) -> list[str] | None:
+    return list(trusted_keys) or None
+
+
 @cli.command()
 @click.argument("path", type=click.Path(dir_okay=True))
 @click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
 @click.option("--imports", is_flag=True, help="List the globals the payload would import, read from its opcodes.")
-def inspect(path: str, as_json: bool, imports: bool) -> None:
-    """Show what an artifact is, without unpickling it."""
-    manifest = persist.inspect(path)
+@click.option("--trusted-keys", "trusted_keys", multiple=True, type=click.Path(exists=True), metavar="PATH",
+              help=f"Public keys to check the signature against. Default: ${TRUSTED_KEYS_ENV}.")
+@click.option("--require-valid", is_flag=True, help="Exit 4 unless the signature verifies.")
+def inspect(path: str, as_json: bool, imports: bool, trusted_keys: tuple[str, ...], require_valid: bool) -> None:
+    """Show what an artifact is and who signed it, without unpickling it."""
+    manifest = persist.inspect(path, trusted_keys=_keys(trusted_keys))
     if imports:
         manifest = {**manifest, "payload_imports": [str(g) for g in pickle_globals(unpack(read_bytes(path)).payload)]}
     if as_json:
         click.echo(json.dumps(manifest, indent=2, sort_keys=True))
     else:
         click.echo(_summary(manifest))
+        if imports:
+            click.echo("  payload imports\n" + "\n".join(f"    {g}" for g in manifest["payload_imports"]))
+    if require_valid and not manifest["signature"]["valid"]:
+        raise click.exceptions.Exit(AuthenticityError.exit_code)
+
+
+@cli.command()
+@click.option("--out", "directory", required=True, type=click.Path(file_okay=False), help="Directory for the key pair.")
+@click.option("--name", default="blackbox", show_default=True, help="File name stem: NAME.key and NAME.pub.")
+def keygen(directory: str, name: str) -> None:
+    """Create an Ed25519 key pair for signing artifacts."""
+    private, public = signing.keygen(directory, name)
+    kid = signing.key_id(signing.load_private_key(private).public_key())
+    click.echo(f"key id {kid}\n  private {private} (keep it secret; sign with --key)\n  public  {public} (give it to servers: --trusted-keys)")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=False, exists=True))
+@click.option("--key", required=True, type=click.Path(dir_okay=False, exists=True), help="Private key from keygen.")
+@click.option("--expires-in", type=click.IntRange(min=1), default=None, metavar="DAYS",
+              help="Make the signature expire after this many days.")
+def sign(path: str, key: str, expires_in: int | None) -> None:
+    """Sign an existing artifact in place (replacing any signature)."""
+    expires_at = None
+    if expires_in:
+        expires_at = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=expires_in)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    claims = persist.sign(path, key, expires_at=expires_at)
+    click.echo(f"{path}: signed by key {claims['key_id']}" + (f", expires {expires_at}" if expires_at else ""))
 
 
 @cli.command()
@@ -47,13 +97,22 @@ def inspect(path: str, as_json: bool, imports: bool) -> None:
 @click.option("--python", "python", default=None, help="Interpreter to load it with (default: this one).")
 @click.option("--strict", is_flag=True, help="Refuse any package version that differs from the manifest's.")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
-def verify(path: str, block: tuple[str, ...], python: str | None, strict: bool, as_json: bool) -> None:
+@trust_options
+def verify(
+    path: str, block: tuple[str, ...], python: str | None, strict: bool, as_json: bool,
+    trusted_keys: tuple[str, ...], allow_unsigned: bool,
+) -> None:
     """Load an artifact where its training code cannot be imported, and re-run its golden sample.
 
     Exit 0 when self-contained; 11 when it needs a module the serving side won't have;
-    7 when it loads but predicts differently; 3 when it cannot be read.
+    7 when it loads but predicts differently; 3 when it cannot be read; 4 when its
+    signature is missing or not trusted; 5 when its payload is damaged; 6 when this
+    environment cannot load it.
     """
-    outcome = isolation.verify(path, block=block, python=python, strict=strict)
+    outcome = isolation.verify(
+        path, block=block, python=python, strict=strict,
+        trusted_keys=_keys(trusted_keys), allow_unsigned=allow_unsigned,
+    )
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(outcome), indent=2, default=str))
     else:
@@ -69,8 +128,13 @@ def _summary(m: dict[str, Any]) -> str:
     git = m.get("git") or {}
     data = m.get("data") or {}
     output = m.get("output") or {}
+    sig = m["signature"]
+    signer = (f"key {sig.get('key_id')}, signed {sig.get('signed_at')}" if sig["signed"] else "unsigned") + (
+        ", verified" if sig["valid"] else f", NOT verified: {sig.get('reason')}"
+    )
     lines = [
         f"{m['name']} {m['version']}  (created {m.get('created_at')}, format {m['format_version']})",
+        f"  signature     {signer}",
         f"  estimator     {m.get('estimator')}",
         f"  serializer    {m['serializer']['name']} {m['serializer']['version']}, Python {m['python']['version']}",
         f"  payload       {m['payload']['size']} bytes, sha256 {m['payload']['sha256']}",

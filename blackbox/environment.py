@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import importlib.util
 import json
 import re
 import sys
 import warnings
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import EnvironmentMismatchError, VersionMismatchWarning
+from .errors import EnvironmentMismatchError, SelfContainmentError, VersionMismatchWarning
 from .imports import Global
 
 OWN_MODULES = frozenset({"blackbox", "serving", "_blackbox_compat"})
@@ -106,9 +107,35 @@ def check(manifest: Mapping[str, Any], *, strict: bool = False) -> list[VersionM
             "and load it with the same Python major.minor.",
             refusals,
         )
+    unavailable = _unavailable_modules(manifest.get("imports", []))
+    if unavailable:
+        references = [ref for refs in unavailable.values() for ref in refs]
+        raise SelfContainmentError(
+            f"The artifact needs module(s) {', '.join(map(repr, unavailable))}, which cannot be imported here "
+            f"(it refers to {', '.join(references[:5])}). They were kept by reference at save time: re-save the "
+            "model so that blackbox embeds them by value, or install them on the serving side.",
+            references,
+        )
     for notice in notices:
         warnings.warn(notice, stacklevel=3)
     return notices
+
+
+def _unavailable_modules(imports: Iterable[str]) -> dict[str, list[str]]:
+    """Top-level modules of the manifest's imports that cannot be found, with the imports naming them."""
+    missing: dict[str, list[str]] = {}
+    for key in imports:
+        top = top_level(key.partition(":")[0])
+        if top not in _ALWAYS_PRESENT and (top in missing or not _importable(top)):
+            missing.setdefault(top, []).append(key)
+    return missing
+
+
+def _importable(top: str) -> bool:
+    try:
+        return importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):  # a blocked or broken module is not importable
+        return False
 
 
 def _major(version: str) -> str:
@@ -135,8 +162,3 @@ def _installed_from_index(dist: str) -> bool:
     except ValueError:
         return False
     return "dir_info" not in origin and not str(origin.get("url", "")).startswith("file:")
-
-
-def distribution_of(module: str) -> Collection[str]:
-    """The installed distributions that provide a module's top-level package."""
-    return _distributions().get(top_level(module), [])

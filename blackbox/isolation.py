@@ -54,6 +54,8 @@ def verify(
     *,
     block: Iterable[str] = DEFAULT_BLOCK,
     python: str | os.PathLike[str] | None = None,
+    trusted_keys: Iterable[str | os.PathLike[str]] | None = None,
+    allow_unsigned: bool = False,
     strict: bool = False,
     timeout: float = 300,
 ) -> Verification:
@@ -61,11 +63,17 @@ def verify(
 
     :param block: top-level modules made unimportable, on top of the artifact's by-value modules.
     :param python: the interpreter to use (default: this one); it must have blackbox installed.
+    :param trusted_keys, allow_unsigned, strict: the load policy, as for :func:`blackbox.load`.
     """
     path = Path(path).resolve()
     manifest = parse_manifest(read_header(path)[0])
     blocked = sorted({*block, *manifest.get("by_value", [])} - {"blackbox", "serving"})
-    options = json.dumps({"block": blocked, "strict": strict})
+    options = json.dumps({
+        "block": blocked,
+        "strict": strict,
+        "allow_unsigned": allow_unsigned,
+        "trusted_keys": None if trusted_keys is None else [str(Path(k).resolve()) for k in trusted_keys],
+    })
     with tempfile.TemporaryDirectory(prefix="blackbox-verify-") as empty:
         try:
             done = subprocess.run(

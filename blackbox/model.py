@@ -20,6 +20,7 @@ from .artifact import Artifact, unpack
 from .errors import SelfTestError, UsageError
 from .manifest import jsonable
 from .schema import Schema
+from .signing import read_block
 
 Records = Sequence[Mapping[str, Any]] | pd.DataFrame
 
@@ -93,6 +94,13 @@ class Model:
     @property
     def sha256(self) -> str:
         return str(self.manifest["payload"]["sha256"])
+
+    @property
+    def signer(self) -> str | None:
+        """Key id of the verified signature, or None for an unsigned artifact."""
+        if self._artifact is None or not self._artifact.signature:
+            return None
+        return str(read_block(self._artifact.signature)["key_id"])
 
     @property
     def classes(self) -> list[Any] | None:

@@ -1,4 +1,4 @@
-"""The public persistence API: ``save``, ``load`` and ``inspect``.
+"""The public persistence API: ``save``, ``load``, ``inspect`` and ``sign``.
 
 ``save`` turns a fitted estimator (or a fitted search, whose best estimator is
 stored) into one artifact file: the payload with user code embedded by value,
@@ -18,18 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sklearn.exceptions import NotFittedError
-from sklearn.utils.validation import check_is_fitted
 
-from . import isolation, serializers
-from .artifact import FORMAT_VERSION, Artifact, dump_manifest, parse_manifest, read_bytes, read_header
+from . import isolation, serializers, signing, trust
+from .artifact import FORMAT_VERSION, Artifact, dump_manifest, pack, parse_manifest, read_bytes, read_header, unpack
 from .atomic import atomic_write
 from .embedding import embed
 from .isolation import DEFAULT_BLOCK
-from .errors import SchemaError, SelfTestError, UsageError
+from .errors import AuthenticityError, SchemaError, SelfTestError, UsageError
 from .manifest import data_summary, git_info, jsonable, python_info, search_metrics, source_snapshot, utc_now
 from .model import Model
 from .schema import infer_schema
+from .signing import SIGNING_KEY_ENV
+from .trust import TrustedKeys
 
 GOLDEN_ROWS = 5
 
@@ -49,6 +49,7 @@ def save(
     by_reference: Collection[str] = (),
     verify: bool = False,
     block: Collection[str] = DEFAULT_BLOCK,
+    signing_key: str | os.PathLike[str] | None = None,
     **metadata: Any,
 ) -> Path:
     """Write ``estimator`` to ``path`` as one self-contained artifact; return the path.
@@ -59,6 +60,8 @@ def save(
     :param metrics: extra scores, e.g. ``{"holdout": {"accuracy": 0.8}}``.
     :param by_value: modules to embed by value beyond those blackbox detects.
     :param by_reference: modules the serving side installs itself (kept by reference).
+    :param signing_key: an Ed25519 private key file (``blackbox keygen``) to sign with;
+        default: the file named by BLACKBOX_SIGNING_KEY, if set. Loaders refuse unsigned artifacts.
     :param verify: before publishing at ``path``, load the artifact in an isolated
         interpreter with ``block`` and the by-value modules unimportable
         (:func:`blackbox.verify`); raise if it fails.
@@ -74,6 +77,7 @@ def save(
         data_source=data_source,
         by_value=by_value,
         by_reference=by_reference,
+        signing_key=signing_key or os.environ.get(SIGNING_KEY_ENV) or None,
         metadata=metadata,
     )
     data = model.serialize()
@@ -85,18 +89,60 @@ def save(
     return atomic_write(path, data)
 
 
-def load(path: str | os.PathLike[str], *, strict: bool = False) -> Model:
+def load(
+    path: str | os.PathLike[str],
+    *,
+    trusted_keys: TrustedKeys = None,
+    allow_unsigned: bool = False,
+    strict: bool = False,
+) -> Model:
     """Verify and load an artifact; nothing is unpickled before every check passes.
 
+    :param trusted_keys: public keys (``.pub`` files or directories of them) whose
+        signatures are accepted; default: BLACKBOX_TRUSTED_KEYS.
+    :param allow_unsigned: also load an unsigned artifact (logged loudly). A present
+        but invalid signature is refused whatever this says.
     :param strict: refuse any package version that differs from the manifest's.
     """
-    return Model.deserialize(read_bytes(path), source=str(path), strict=strict)
+    return Model.deserialize(
+        read_bytes(path), source=str(path), trusted_keys=trusted_keys, allow_unsigned=allow_unsigned, strict=strict
+    )
 
 
-def inspect(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The artifact's manifest, read without unpickling (or even reading) the payload."""
-    manifest_bytes, _ = read_header(path)
-    return parse_manifest(manifest_bytes)
+def inspect(path: str | os.PathLike[str], *, trusted_keys: TrustedKeys = None) -> dict[str, Any]:
+    """The artifact's manifest, read without unpickling (or even reading) the payload.
+
+    A ``signature`` key is added: the signer's key id and claims, and whether the
+    signature verifies against ``trusted_keys`` (default: BLACKBOX_TRUSTED_KEYS).
+    """
+    manifest_bytes, block = read_header(path)
+    manifest = parse_manifest(manifest_bytes)
+    status: dict[str, Any] = {"signed": bool(block), "valid": False}
+    if block:
+        try:
+            status.update(signing.read_block(block))
+            status.pop("signature", None)
+            trust.authenticate(Artifact(manifest_bytes, block, b""), trusted_keys, allow_unsigned=False)
+            status["valid"] = True
+        except AuthenticityError as exc:
+            status["reason"] = exc.message
+    else:
+        status["reason"] = "unsigned"
+    return {**manifest, "signature": status}
+
+
+def sign(
+    path: str | os.PathLike[str], key: str | os.PathLike[str], *, expires_at: str | None = None
+) -> dict[str, Any]:
+    """Sign an existing artifact in place (atomically), replacing any signature; return the claims.
+
+    The payload is checked against the manifest first: a signature never vouches for damaged bytes.
+    """
+    parts = unpack(read_bytes(path), str(path))
+    parts.check_payload(parts.manifest())
+    block = signing.sign(parts.manifest_bytes, signing.load_private_key(key), expires_at=expires_at)
+    atomic_write(path, pack(parts.manifest_bytes, parts.payload, block))
+    return signing.read_block(block)
 
 
 def build(
@@ -111,6 +157,7 @@ def build(
     data_source: str | None,
     by_value: Collection[str],
     by_reference: Collection[str],
+    signing_key: str | os.PathLike[str] | None,
     metadata: Mapping[str, Any],
 ) -> Model:
     """Package a fitted estimator as a verified, in-memory artifact (see :func:`save`)."""
@@ -153,8 +200,11 @@ def build(
         "metadata": jsonable(metadata),
     }
     manifest["golden"] = _golden(adapter(fitted, manifest), records)
-    artifact = Artifact(dump_manifest(manifest), b"", payload.data)
-    reloaded = Model.deserialize(artifact.to_bytes(), source="the artifact being saved")
+    manifest_bytes = dump_manifest(manifest)
+    signature = signing.sign(manifest_bytes, signing.load_private_key(signing_key)) if signing_key else b""
+    artifact = Artifact(manifest_bytes, signature, payload.data)
+    estimator, _ = trust.unpickle_own(artifact)
+    reloaded = adapter(estimator, manifest, artifact)
     try:
         reloaded.self_test()
     except SelfTestError as exc:
@@ -168,6 +218,10 @@ def build(
 
 def _fitted_estimator(estimator: Any) -> tuple[Any, Any]:
     """The estimator to store, and the search it came from (or None)."""
+    # Imported here: loading and inspecting must not import scikit-learn before verification.
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
     try:
         check_is_fitted(estimator)
     except NotFittedError:

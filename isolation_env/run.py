@@ -10,7 +10,7 @@ this checkout, never the training package. Then, in that environment:
    training process predicted them (``--expected``, written by
    ``blackbox-train --predictions-out``; the golden sample otherwise).
 
-Usage: python isolation_env/run.py ARTIFACT [--expected FILE] [--rebuild]
+Usage: python isolation_env/run.py ARTIFACT [--trusted-keys PUB] [--expected FILE] [--rebuild]
 Exit status: 0 when every step passes; otherwise the failing step's status,
 with the reason on stderr. Only the standard library is used here.
 """
@@ -175,8 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--expected", type=Path, help="JSON from blackbox-train --predictions-out")
     parser.add_argument("--rebuild", action="store_true", help="build the environment from scratch")
     parser.add_argument("--no-serve", action="store_true", help="skip the server step")
+    parser.add_argument("--trusted-keys", help="public key(s) the artifact is signed with (default: $BLACKBOX_TRUSTED_KEYS)")
     args = parser.parse_args(argv)
     artifact = args.artifact.resolve()
+    if args.trusted_keys:  # every child below (verify, serve) reads the trust policy from here
+        os.environ["BLACKBOX_TRUSTED_KEYS"] = str(Path(args.trusted_keys).resolve())
     try:
         seconds = build(args.rebuild)
         print(f"build: ready in {seconds:.1f}s")

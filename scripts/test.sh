@@ -10,6 +10,9 @@ bash scripts/setup.sh
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-echo "== isolation_env: train a small artifact, then check it where training does not exist"
-.venv/bin/python -m training --small-grid --out "$work/titanic.bbx" --predictions-out "$work/expected.json"
-.venv/bin/python isolation_env/run.py "$work/titanic.bbx" --expected "$work/expected.json"
+echo "== isolation_env: train a small signed artifact, then check it where training does not exist"
+.venv/bin/blackbox keygen --out "$work/keys" --name ci
+.venv/bin/python -m training --small-grid --out "$work/titanic.bbx" --signing-key "$work/keys/ci.key" \
+    --predictions-out "$work/expected.json"
+.venv/bin/python isolation_env/run.py "$work/titanic.bbx" --trusted-keys "$work/keys/ci.pub" \
+    --expected "$work/expected.json"

@@ -14,6 +14,32 @@ import blackbox
 SERIALIZERS = ["dill", "cloudpickle"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def keys(tmp_path_factory) -> dict[str, Path]:
+    """A test key pair: every save signs with it and every load trusts it (as a deployment would)."""
+    from blackbox.signing import SIGNING_KEY_ENV, TRUSTED_KEYS_ENV, keygen
+
+    private, public = keygen(tmp_path_factory.mktemp("keys"), "test")
+    patch = pytest.MonkeyPatch()
+    patch.setenv(SIGNING_KEY_ENV, str(private))
+    patch.setenv(TRUSTED_KEYS_ENV, str(public))
+    yield {"private": private, "public": public}
+    patch.undo()
+
+
+def resign(data: bytes, manifest: dict | None = None, payload: bytes | None = None) -> bytes:
+    """Artifact bytes with the manifest and/or payload replaced, signed again with the test key."""
+    import os
+
+    from blackbox.artifact import dump_manifest, pack, unpack
+    from blackbox.signing import SIGNING_KEY_ENV, load_private_key, sign
+
+    parts = unpack(data)
+    manifest_bytes = parts.manifest_bytes if manifest is None else dump_manifest(manifest)
+    block = sign(manifest_bytes, load_private_key(os.environ[SIGNING_KEY_ENV]))
+    return pack(manifest_bytes, parts.payload if payload is None else payload, block)
+
+
 @pytest.fixture(scope="session")
 def titanic():
     from training.data import load_titanic

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 import blackbox
-from blackbox.artifact import dump_manifest, pack, unpack
+from blackbox.artifact import unpack
 from blackbox.cli import main as blackbox_cli
-from conftest import child_env
+from conftest import child_env, resign
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,11 +28,10 @@ def by_reference(search, titanic, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def mispredicting(saved, tmp_path_factory) -> Path:
     """A valid artifact whose golden sample says something the model does not predict."""
-    parts = unpack(saved.read_bytes())
-    manifest = parts.manifest()
+    manifest = unpack(saved.read_bytes()).manifest()
     manifest["golden"]["predictions"] = [1 - p for p in manifest["golden"]["predictions"]]
     path = tmp_path_factory.mktemp("mispredict") / "wrong-golden.bbx"
-    path.write_bytes(pack(dump_manifest(manifest), parts.payload))
+    path.write_bytes(resign(saved.read_bytes(), manifest))
     return path
 
 

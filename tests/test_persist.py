@@ -20,7 +20,7 @@ from sklearn.pipeline import Pipeline
 import blackbox
 from blackbox import artifact
 from blackbox.artifact import dump_manifest, pack, unpack
-from conftest import PYTHON, child_env, marker_payload
+from conftest import PYTHON, child_env, marker_payload, resign
 
 
 def records_of(frame: pd.DataFrame) -> list[dict]:
@@ -81,9 +81,8 @@ def test_fingerprint_changes_with_the_data(titanic):
 
 def test_inspect_reads_no_payload(saved, tmp_path):
     """inspect works on a file whose payload is garbage: it never touches the payload."""
-    parts = unpack(saved.read_bytes())
     broken = tmp_path / "broken.bbx"
-    broken.write_bytes(pack(parts.manifest_bytes, b"\x00garbage"))
+    broken.write_bytes(resign(saved.read_bytes(), payload=b"\x00garbage"))
     assert blackbox.inspect(broken)["name"] == "titanic"
 
 
@@ -217,11 +216,11 @@ def test_by_reference_keeps_the_module_out_of_the_payload(saved, search, titanic
 
 
 def rewrite(path: Path, out: Path, *, payload: bytes | None = None, edit=None) -> Path:
-    parts = unpack(path.read_bytes())
-    manifest = parts.manifest()
+    """A copy of an artifact with its manifest edited or payload replaced, validly signed again."""
+    manifest = unpack(path.read_bytes()).manifest()
     if edit:
         edit(manifest)
-    out.write_bytes(pack(dump_manifest(manifest), parts.payload if payload is None else payload))
+    out.write_bytes(resign(path.read_bytes(), manifest, payload))
     return out
 
 

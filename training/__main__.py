@@ -89,6 +89,7 @@ def train(
     version: str | None = None,
     *,
     verify: bool = True,
+    signing_key: str | Path | None = None,
     predictions_out: str | Path | None = None,
     quiet: bool = False,
 ) -> dict[str, Any]:
@@ -96,6 +97,7 @@ def train(
 
     With ``verify`` (the default) the artifact is loaded in an isolated
     interpreter, with this package unimportable, before it is published.
+    ``signing_key`` signs the artifact (default: $BLACKBOX_SIGNING_KEY, if set).
     ``predictions_out`` receives the holdout records and what the trained model
     predicted for them, to check a server elsewhere against (isolation_env/).
 
@@ -156,11 +158,15 @@ def train(
             metrics={"holdout": holdout},
             data_source=source,
             verify=verify,
+            signing_key=signing_key,
             seed=seed,
             training_command=training_command,
         )
     )
     save_seconds = time.perf_counter() - started
+    signer = blackbox.inspect(path)["signature"]
+    say(f"save: signed by key {signer['key_id']}" if signer["signed"] else
+        "save: UNSIGNED (no --signing-key): servers refuse it unless told --allow-unsigned")
     if verify:
         say(f"save: verified in an isolated interpreter with training blocked ({save_seconds:.1f}s)")
     else:
@@ -250,17 +256,20 @@ def format_summary(summary: dict[str, Any]) -> str:
               help="Model version recorded in the artifact (default: blackbox picks one).")
 @click.option("--no-verify", is_flag=True,
               help="Skip the isolated load check before the artifact is published.")
+@click.option("--signing-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Ed25519 private key to sign the artifact with (blackbox keygen). "
+                   "Default: $BLACKBOX_SIGNING_KEY.")
 @click.option("--predictions-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the holdout records and this model's predictions for them (JSON).")
 def cli(
-    out: Path, data: Path | None, seed: int, serializer: str, n_jobs: int,
-    small_grid: bool, name: str, version: str | None, no_verify: bool, predictions_out: Path | None,
+    out: Path, data: Path | None, seed: int, serializer: str, n_jobs: int, small_grid: bool, name: str,
+    version: str | None, no_verify: bool, signing_key: Path | None, predictions_out: Path | None,
 ) -> None:
     """Train the Titanic survival model and save it as a blackbox artifact."""
     try:
         train(out, data=data, seed=seed, serializer=serializer, n_jobs=n_jobs,
               small_grid=small_grid, name=name, version=version, verify=not no_verify,
-              predictions_out=predictions_out)
+              signing_key=signing_key, predictions_out=predictions_out)
     except (DataError, OSError) as exc:  # OSError: e.g. --out where no directory can be created
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
