@@ -1,6 +1,6 @@
 """Child-process side of blackbox.isolation: load an artifact where user code cannot be found.
 
-Run as ``python -I -m blackbox._probe ARTIFACT JSON_OPTIONS`` from an empty
+Run as ``python -I -m blackbox._probe ARTIFACT`` (JSON options on stdin) from an empty
 directory. Before anything else it makes the blocked top-level modules
 unimportable, then loads the artifact with blackbox.load and runs its golden
 sample, and prints one JSON line with the outcome. Its exit code is the outcome's.
@@ -43,6 +43,8 @@ def main(path: str, options: dict) -> int:
             strict=options["strict"],
         )
         model.self_test()
+        if options.get("records") is not None:
+            outcome["predictions"] = model.predict_batch(options["records"])
         outcome["leaked"] = sorted(m for m in sys.modules if m.partition(".")[0] in blocked)
     except blackbox.BlackboxError as exc:
         outcome.update(
@@ -58,4 +60,4 @@ def main(path: str, options: dict) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], json.loads(sys.argv[2])))
+    sys.exit(main(sys.argv[1], json.loads(sys.stdin.read())))

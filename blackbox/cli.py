@@ -10,11 +10,14 @@ import dataclasses
 import datetime as dt
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 
 from . import isolation, persist, signing
+from . import rebuild as rebuild_
+from .atomic import atomic_write
 from .artifact import read_bytes, unpack
 from .errors import AuthenticityError, BlackboxError
 from .imports import pickle_globals
@@ -121,6 +124,39 @@ def verify(
         click.echo(f"  {outcome.message}" if outcome.ok else "  " + outcome.message.replace("\n", "\n  "))
     if not outcome.ok:
         raise click.exceptions.Exit(outcome.exit_code)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=False, exists=True))
+@click.option("--data", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="The training data snapshot (default: the file the recipe recorded).")
+@click.option("-o", "--out", type=click.Path(dir_okay=False), default=None,
+              help="Where to write the rebuilt artifact (default: NAME.rebuilt.bbx beside PATH).")
+@click.option("--allow-data-change", is_flag=True, help="Rebuild even if the data's sha256 differs from the recorded one.")
+@click.option("--report", type=click.Path(dir_okay=False), default=None,
+              help="Where to write the JSON report (default: the rebuilt artifact's path + .report.json).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@trust_options
+def rebuild(
+    path: str, data: str | None, out: str | None, allow_data_change: bool, report: str | None, as_json: bool,
+    trusted_keys: tuple[str, ...], allow_unsigned: bool,
+) -> None:
+    """Train the model again from the recipe recorded in its artifact, and compare.
+
+    Exit 0 when reproduced (same CV score, same golden predictions), 12 when it drifted,
+    13 when the rebuild failed or its data snapshot changed.
+    """
+    result = rebuild_.rebuild(
+        path, data=data, out=out, allow_data_change=allow_data_change,
+        trusted_keys=_keys(trusted_keys), allow_unsigned=allow_unsigned,
+    )
+    report_path = Path(report or f"{result.rebuilt}.report.json")
+    atomic_write(report_path, json.dumps(result.to_dict(), indent=2).encode())
+    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else rebuild_.format_report(result))
+    if not as_json:
+        click.echo(f"  report        {report_path}")
+    if result.exit_code:
+        raise click.exceptions.Exit(result.exit_code)
 
 
 def _summary(m: dict[str, Any]) -> str:

@@ -38,6 +38,7 @@ class Verification:
     blocked: list[str]
     seconds: float
     details: list[Any] = field(default_factory=list)
+    predictions: list[Any] | None = None
 
     def raise_for_status(self) -> None:
         """Raise the error class matching a failed verification."""
@@ -57,6 +58,7 @@ def verify(
     trusted_keys: Iterable[str | os.PathLike[str]] | None = None,
     allow_unsigned: bool = False,
     strict: bool = False,
+    records: list[dict[str, Any]] | None = None,
     timeout: float = 300,
 ) -> Verification:
     """Load ``path`` in an isolated interpreter where its user code cannot be imported.
@@ -64,6 +66,7 @@ def verify(
     :param block: top-level modules made unimportable, on top of the artifact's by-value modules.
     :param python: the interpreter to use (default: this one); it must have blackbox installed.
     :param trusted_keys, allow_unsigned, strict: the load policy, as for :func:`blackbox.load`.
+    :param records: also predict these records there (``Verification.predictions``).
     """
     path = Path(path).resolve()
     manifest = parse_manifest(read_header(path)[0])
@@ -73,11 +76,13 @@ def verify(
         "strict": strict,
         "allow_unsigned": allow_unsigned,
         "trusted_keys": None if trusted_keys is None else [str(Path(k).resolve()) for k in trusted_keys],
+        "records": records,
     })
     with tempfile.TemporaryDirectory(prefix="blackbox-verify-") as empty:
         try:
             done = subprocess.run(
-                [str(python or sys.executable), "-I", "-m", "blackbox._probe", str(path), options],
+                [str(python or sys.executable), "-I", "-m", "blackbox._probe", str(path)],
+                input=options,
                 cwd=empty,
                 capture_output=True,
                 text=True,
@@ -102,5 +107,5 @@ def verify(
     )
     return Verification(
         ok, outcome["status"], message, int(outcome.get("exit_code", 0)), blocked, float(outcome["seconds"]),
-        outcome.get("details") or [],
+        outcome.get("details") or [], outcome.get("predictions"),
     )

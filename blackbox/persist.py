@@ -27,6 +27,7 @@ from .isolation import DEFAULT_BLOCK
 from .errors import AuthenticityError, SchemaError, SelfTestError, UsageError
 from .manifest import data_summary, git_info, jsonable, python_info, search_metrics, source_snapshot, utc_now
 from .model import Model
+from .rebuild import recipe_section
 from .schema import infer_schema
 from .signing import SIGNING_KEY_ENV
 from .trust import TrustedKeys
@@ -50,6 +51,7 @@ def save(
     verify: bool = False,
     block: Collection[str] = DEFAULT_BLOCK,
     signing_key: str | os.PathLike[str] | None = None,
+    recipe: Mapping[str, Any] | None = None,
     **metadata: Any,
 ) -> Path:
     """Write ``estimator`` to ``path`` as one self-contained artifact; return the path.
@@ -62,10 +64,13 @@ def save(
     :param by_reference: modules the serving side installs itself (kept by reference).
     :param signing_key: an Ed25519 private key file (``blackbox keygen``) to sign with;
         default: the file named by BLACKBOX_SIGNING_KEY, if set. Loaders refuse unsigned artifacts.
+    :param recipe: how to train it again (``blackbox rebuild``): ``entry_point`` (module run
+        with ``python -m``), ``args``, ``seed`` and ``data`` (the training data file).
     :param verify: before publishing at ``path``, load the artifact in an isolated
         interpreter with ``block`` and the by-value modules unimportable
         (:func:`blackbox.verify`); raise if it fails.
     """
+    signing_key = signing_key or os.environ.get(SIGNING_KEY_ENV) or None
     model = build(
         estimator,
         serializer=serializer,
@@ -77,16 +82,26 @@ def save(
         data_source=data_source,
         by_value=by_value,
         by_reference=by_reference,
-        signing_key=signing_key or os.environ.get(SIGNING_KEY_ENV) or None,
+        signing_key=signing_key,
+        recipe=recipe,
         metadata=metadata,
     )
     data = model.serialize()
     if verify:
-        with tempfile.TemporaryDirectory(prefix="blackbox-save-") as scratch:
-            candidate = Path(scratch) / "candidate.bbx"
-            candidate.write_bytes(data)
-            isolation.verify(candidate, block=block).raise_for_status()
+        _verify_candidate(data, block, signing_key)
     return atomic_write(path, data)
+
+
+def _verify_candidate(data: bytes, block: Collection[str], signing_key: str | os.PathLike[str] | None) -> None:
+    """Isolated check of bytes about to be published, trusting the key they were just signed with."""
+    with tempfile.TemporaryDirectory(prefix="blackbox-save-") as scratch:
+        candidate = Path(scratch) / "candidate.bbx"
+        candidate.write_bytes(data)
+        trusted = None
+        if signing_key:
+            trusted = [Path(scratch) / "signer.pub"]
+            trusted[0].write_bytes(signing.public_pem(signing.load_private_key(signing_key).public_key()))
+        isolation.verify(candidate, block=block, trusted_keys=trusted, allow_unsigned=not signing_key).raise_for_status()
 
 
 def load(
@@ -158,6 +173,7 @@ def build(
     by_value: Collection[str],
     by_reference: Collection[str],
     signing_key: str | os.PathLike[str] | None,
+    recipe: Mapping[str, Any] | None,
     metadata: Mapping[str, Any],
 ) -> Model:
     """Package a fitted estimator as a verified, in-memory artifact (see :func:`save`)."""
@@ -197,6 +213,7 @@ def build(
         "output": adapter.describe_output(fitted),
         "metrics": jsonable({**({"search": search_metrics(search)} if search is not None else {}), **(metrics or {})}),
         "source": source_snapshot(payload.by_value),
+        "recipe": recipe_section(recipe, search) if recipe is not None else None,
         "metadata": jsonable(metadata),
     }
     manifest["golden"] = _golden(adapter(fitted, manifest), records)

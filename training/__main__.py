@@ -23,7 +23,7 @@ import blackbox
 from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
 from sklearn.model_selection import train_test_split
 
-from training.data import DataError, load_data
+from training.data import DataError, builtin_titanic_path, load_data
 from training.pipeline import SCORING, n_candidates, param_grid, search
 
 DEFAULT_OUT = Path("artifacts/titanic.bbx")
@@ -76,6 +76,11 @@ def command_line(
     if version is not None:
         args += ["--version", version]
     return shlex.join(args)
+
+
+def recipe_args(seed: int, serializer: str, small_grid: bool, name: str) -> list[str]:
+    """The options that define the model, recorded so `blackbox rebuild` can train it again."""
+    return ["--seed", str(seed), "--serializer", serializer, "--name", name, *(["--small-grid"] if small_grid else [])]
 
 
 def train(
@@ -161,6 +166,12 @@ def train(
             signing_key=signing_key,
             seed=seed,
             training_command=training_command,
+            recipe={
+                "entry_point": "training",
+                "args": recipe_args(seed, serializer, small_grid, name),
+                "seed": seed,
+                "data": data if data is not None else builtin_titanic_path(),
+            },
         )
     )
     save_seconds = time.perf_counter() - started

@@ -82,25 +82,25 @@ def read_arff(path: str | Path) -> pd.DataFrame:
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a user's CSV or Parquet file, chosen by extension.
+    """Read a user's CSV or Parquet file (or an ARFF like the built-in data), chosen by extension.
 
     Raises :class:`DataError` for a missing or unreadable file and for any
     other extension, so the command can report it in one line.
     """
     path = Path(path)
-    suffix = path.suffix.lower()
-    readers = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".pq": pd.read_parquet}
+    suffix = ".arff" if path.name.lower().endswith((".arff", ".arff.gz")) else path.suffix.lower()
+    readers = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".pq": pd.read_parquet, ".arff": read_arff}
     if suffix not in readers:
         raise DataError(
             f"{path}: unsupported file type {suffix or '(no extension)'!r}; "
-            "expected a .csv or .parquet file"
+            "expected a .csv, .parquet or .arff(.gz) file"
         )
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     try:
         return readers[suffix](path)
     except Exception as exc:  # pandas/pyarrow raise many types; all mean "unreadable"
-        kind = "CSV" if suffix == ".csv" else "Parquet"
+        kind = {".csv": "CSV", ".arff": "ARFF"}.get(suffix, "Parquet")
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{path}: cannot read as {kind}: {first_line}") from exc
 

@@ -1,0 +1,94 @@
+"""blackbox rebuild: re-run the recorded training from the artifact and compare."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+import blackbox
+from blackbox.artifact import unpack
+from blackbox.cli import main as blackbox_cli
+from blackbox.rebuild import RebuildError, rebuild
+from conftest import resign
+
+KAGGLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "titanic_kaggle.csv"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """A small model trained by the real command on a CSV snapshot of our own."""
+    from training.__main__ import train
+
+    root = tmp_path_factory.mktemp("rebuild")
+    data = root / "titanic.csv"
+    data.write_bytes(KAGGLE.read_bytes())
+    out = root / "model.bbx"
+    train(out, data=data, small_grid=True, seed=7, verify=False, quiet=True)
+    return out, data
+
+
+def test_the_recipe_is_recorded(trained):
+    path, data = trained
+    recipe = blackbox.inspect(path)["recipe"]
+    assert recipe["entry_point"] == "training" and recipe["seed"] == 7
+    assert recipe["args"] == ["--seed", "7", "--serializer", "dill", "--name", "titanic", "--small-grid"]
+    assert recipe["data"]["path"] == str(data.resolve())
+    assert {"training/__main__.py", "training/features.py", "training/transforms.py"} <= set(recipe["source"])
+    assert recipe["cv"]["folds"] == 5 and recipe["cv"]["scoring"] == "roc_auc"
+
+
+def test_a_fresh_rebuild_reproduces_the_cv_score_exactly(trained, tmp_path, capsys):
+    path, _ = trained
+    modules_before = {name: getattr(m, "__file__", None) for name, m in sys.modules.items() if name.startswith("training")}
+    out = tmp_path / "again.bbx"
+    assert blackbox_cli(["rebuild", str(path), "-o", str(out)]) == 0
+    assert "REPRODUCED" in capsys.readouterr().out
+    report = json.loads(Path(f"{out}.report.json").read_text())
+    assert report["status"] == "reproduced"
+    assert report["cv"]["old"]["mean"] == report["cv"]["new"]["mean"]  # exactly, not approximately
+    assert report["golden"] == {"rows": 5, "changed": 0}
+    assert all(v["old"] == v["new"] for v in report["versions"].values())
+    assert blackbox.inspect(out)["version"] == f"{blackbox.inspect(path)['version']}+rebuild"
+    # the recorded source ran in a subprocess; nothing of it was imported here
+    after = {name: getattr(m, "__file__", None) for name, m in sys.modules.items() if name.startswith("training")}
+    assert after == modules_before
+
+
+def test_a_changed_data_file_is_refused_by_fingerprint(trained, tmp_path):
+    path, data = trained
+    changed = tmp_path / "changed.csv"
+    changed.write_text(data.read_text().replace(",22.0,", ",23.0,", 1))
+    with pytest.raises(RebuildError, match="another snapshot"):
+        rebuild(path, data=changed, out=tmp_path / "x.bbx")
+    assert not (tmp_path / "x.bbx").exists()
+    report = rebuild(path, data=changed, out=tmp_path / "y.bbx", allow_data_change=True)
+    assert report.data["changed"] and "different data snapshot" in " ".join(report.notes)
+    assert report.status == "drifted"
+
+
+def test_a_changed_recorded_source_reports_the_score_difference(trained, tmp_path):
+    path, _ = trained
+    manifest = unpack(path.read_bytes()).manifest()
+    features = manifest["recipe"]["source"]["training/features.py"]
+    assert "threshold=18" in features
+    manifest["recipe"]["source"]["training/features.py"] = features.replace("threshold=18", "threshold=60")
+    edited = tmp_path / "edited.bbx"
+    edited.write_bytes(resign(path.read_bytes(), manifest))
+    report = rebuild(edited, out=tmp_path / "edited-rebuilt.bbx")
+    assert report.status == "drifted" and report.exit_code == 12
+    assert report.cv["difference"] != 0
+    rebuilt_source = blackbox.inspect(tmp_path / "edited-rebuilt.bbx")["recipe"]["source"]["training/features.py"]
+    assert "threshold=60" in rebuilt_source  # the recorded (edited) code is what ran
+
+
+def test_rebuild_refuses_an_untrusted_or_recipe_less_artifact(trained, saved, tmp_path):
+    path, _ = trained
+    with pytest.raises(blackbox.AuthenticityError):
+        rebuild(path, trusted_keys=[], out=tmp_path / "z.bbx")
+    with pytest.raises(RebuildError, match="no recipe"):
+        rebuild(saved, out=tmp_path / "z.bbx")
