@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import isolation, serializers, signing, trust
+from . import drift, isolation, serializers, signing, trust
 from .artifact import FORMAT_VERSION, Artifact, dump_manifest, pack, parse_manifest, read_bytes, read_header, unpack
 from .atomic import atomic_write
 from .embedding import embed
@@ -213,6 +213,7 @@ def build(
         "output": adapter.describe_output(fitted),
         "metrics": jsonable({**({"search": search_metrics(search)} if search is not None else {}), **(metrics or {})}),
         "source": source_snapshot(payload.by_value),
+        "profile": drift.profile(train_data, schema) if train_data is not None else None,
         "recipe": recipe_section(recipe, search) if recipe is not None else None,
         "metadata": jsonable(metadata),
     }
