@@ -1,0 +1,155 @@
+"""``blackbox serve PATH``: verify an artifact, then serve it under gunicorn.
+
+Scope: the command line. Only click and the standard library are imported at
+module level, so ``blackbox``'s CLI can register :func:`serve` without loading
+Flask or a model. The command resolves the settings once (defaults,
+``BLACKBOX_*`` environment, then its options), refuses a non-loopback bind
+without API keys, verifies and self-tests the artifact in the master (a bad one
+ends the command with its error's exit code and one line), then forks the
+workers, each of which loads its own copy. ``--debug`` runs Flask's
+development server instead, in one process.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import tempfile
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from .config import Settings
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+DEFAULT_THREADS = 2
+"""Threads per gunicorn worker; the measurements behind it are in serving/gunicorn_app.py."""
+
+
+@click.command()
+@click.argument("path", type=click.Path(dir_okay=True))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; non-loopback needs API keys.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Worker processes [default: one per core].")
+@click.option("--threads", type=click.IntRange(min=1), default=DEFAULT_THREADS, show_default=True,
+              help="Threads per worker (1: gunicorn's sync worker).")
+@click.option("--timeout", type=click.IntRange(min=1), default=30, show_default=True,
+              help="gunicorn's worker timeout: a worker silent this long is restarted.")
+@click.option("--trusted-keys", "trusted_keys", multiple=True, type=click.Path(exists=True), metavar="PATH",
+              help="Trusted public key (.pub) or directory of them; repeatable. Default: $BLACKBOX_TRUSTED_KEYS.")
+@click.option("--allow-unsigned", is_flag=True, help="Also serve an unsigned artifact (logged loudly).")
+@click.option("--strict", is_flag=True, help="Refuse any package version that differs from the manifest's.")
+@click.option("--strict-fields", is_flag=True, help="Reject records with unknown fields (422) instead of warning.")
+@click.option("--api-keys-file", type=click.Path(exists=True, dir_okay=False),
+              help="File of `id:key` lines (or a JSON object); clients send `Authorization: Bearer KEY`.")
+@click.option("--insecure-no-auth", is_flag=True, help="Allow a non-loopback bind without API keys.")
+@click.option("--max-records", type=click.IntRange(min=1), default=None, help="Records per request [default: 10000].")
+@click.option("--max-body-bytes", type=click.IntRange(min=1), default=None, help="Request body size [default: 8 MiB].")
+@click.option("--log-format", type=click.Choice(["json", "text"]), default=None, help="Request log lines [default: json].")
+@click.option("--debug", is_flag=True, help="Flask's development server (one process, reloader off) instead of gunicorn.")
+def serve(
+    path: str,
+    host: str,
+    port: int,
+    workers: int | None,
+    threads: int,
+    timeout: int,
+    trusted_keys: tuple[str, ...],
+    allow_unsigned: bool,
+    strict: bool,
+    strict_fields: bool,
+    api_keys_file: str | None,
+    insecure_no_auth: bool,
+    max_records: int | None,
+    max_body_bytes: int | None,
+    log_format: str | None,
+    debug: bool,
+) -> None:
+    """Serve the artifact at PATH over HTTP: POST /predict, /invocations; GET /health, /ready, /model, /schema, /openapi.json, /metrics."""
+    metrics_dir = None if debug else tempfile.mkdtemp(prefix="blackbox-metrics-")
+    previous = os.environ.get(MULTIPROC_ENV)
+    if metrics_dir:  # before prometheus_client is imported: it picks its mode once, at import
+        os.environ[MULTIPROC_ENV] = metrics_dir
+    master = os.getpid()
+    try:
+        config, settings = _config(
+            path,
+            load={"trusted_keys": list(trusted_keys) or None, "allow_unsigned": allow_unsigned or None, "strict": strict or None},
+            STRICT_FIELDS=strict_fields or None,
+            API_KEYS_FILE=api_keys_file,
+            MAX_RECORDS=max_records,
+            MAX_CONTENT_LENGTH=max_body_bytes,
+            LOG_FORMAT=log_format,
+        )
+        _check_exposure(host, settings, insecure_no_auth)
+        if debug:
+            from . import create_app
+
+            create_app(config).run(host=host, port=port, debug=True, use_reloader=False, threaded=True)
+            return
+        _run(config, settings, host, port, workers, threads, timeout)
+    finally:
+        if metrics_dir and os.getpid() == master:  # forked workers unwind through here too
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            _restore(MULTIPROC_ENV, previous)
+
+
+def _restore(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
+def _config(path: str, load: dict[str, Any], **overrides: Any) -> tuple[dict[str, Any], Settings]:
+    """The config every worker gets (defaults, then BLACKBOX_* env, then the options given), checked."""
+    from flask import Config
+
+    from .config import DEFAULTS, Settings, layer
+
+    config = layer(Config("."), {"ARTIFACT": path, **{k: v for k, v in overrides.items() if v is not None}})
+    config["LOAD_OPTIONS"] = {**config["LOAD_OPTIONS"], **{k: v for k, v in load.items() if v is not None}}
+    settings = Settings.from_config(config)  # fail here, once, rather than in every worker
+    return {key: config[key] for key in DEFAULTS}, settings
+
+
+def _check_exposure(host: str, settings: Settings, insecure_no_auth: bool) -> None:
+    """Refuse to serve beyond this machine without API keys, unless told to."""
+    from blackbox import UsageError
+
+    from .auth import load_keys
+
+    if load_keys(settings) or insecure_no_auth or _is_loopback(host):
+        return
+    raise UsageError(
+        f"Refusing to serve on {host} without authentication: anyone who can reach it could use the model. "
+        "Pass --api-keys-file (or set BLACKBOX_API_KEYS), bind to 127.0.0.1, or pass --insecure-no-auth."
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name other than localhost: it may resolve anywhere
+        return False
+
+
+def _run(config: dict[str, Any], settings: Settings, host: str, port: int, workers: int | None, threads: int, timeout: int) -> None:
+    """Verify the artifact here, once, then start gunicorn; its workers load their own copies."""
+    from .gunicorn_app import Server, default_workers, options
+    from .holder import load_model
+
+    model = load_model(settings.artifact, settings.load_options)
+    workers = workers or default_workers()
+    bind = f"[{host.strip('[]')}]:{port}" if ":" in host else f"{host}:{port}"
+    click.echo(
+        f"blackbox serve: {model.name} {model.version} (sha256 {model.sha256[:12]}) verified; "
+        f"starting {workers} worker(s) x {threads} thread(s) on http://{bind}",
+        err=True,
+    )
+    del model  # each worker loads its own after the fork
+    Server(config, options(bind=bind, workers=workers, threads=threads, timeout=timeout)).run()

@@ -1,0 +1,145 @@
+"""Server settings: the defaults, how they are layered, and one typed, validated view of them.
+
+Scope: configuration only. Values come, lowest priority first, from
+:data:`DEFAULTS`, from ``BLACKBOX_``-prefixed environment variables (JSON-decoded
+by Flask, nested with ``__``: ``BLACKBOX_LOAD_OPTIONS__strict=true``) and from
+the mapping given to ``create_app``. :class:`Settings` checks them once, at
+start-up, so a typo fails the start with a :class:`blackbox.UsageError` and the
+request path never reads the environment or a raw config key.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import blackbox
+from blackbox import UsageError
+from flask import Config
+
+DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {
+        # Artifact to serve: a path or a file:// URI.
+        "ARTIFACT": None,
+        # Keyword arguments for blackbox.load (e.g. {"strict": true}); trust options
+        # that blackbox.load gains later pass through here unchanged.
+        "LOAD_OPTIONS": {},
+        # Reject records with fields the schema does not know (422) instead of warning.
+        "STRICT_FIELDS": False,
+        # Largest batch one request may carry, checked before any validation work.
+        "MAX_RECORDS": 10_000,
+        # Largest request body in bytes (Flask's own key: 413 before the body is read).
+        "MAX_CONTENT_LENGTH": 8 * 1024 * 1024,
+        # API keys as {"id": "key"} or "id:key" lines; and/or a file of them. None: no auth.
+        "API_KEYS": None,
+        "API_KEYS_FILE": None,
+        # One line per request as "json" or "text" (key=value).
+        "LOG_FORMAT": "json",
+    }
+)
+
+LOG_FORMATS = ("json", "text")
+
+
+def layer(target: Config, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Fill ``target`` with the defaults, then the environment, then ``overrides``."""
+    target.from_mapping(copy.deepcopy(dict(DEFAULTS)))
+    target.from_prefixed_env("BLACKBOX")
+    if overrides:
+        target.update(overrides)
+    return target
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The checked settings the server runs with (see :data:`DEFAULTS` for their meaning)."""
+
+    artifact: Path | None
+    load_options: Mapping[str, Any]
+    strict_fields: bool
+    max_records: int
+    max_content_length: int
+    api_keys: Mapping[str, str] | str | None
+    api_keys_file: Path | None
+    log_format: str
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Settings:
+        """Validate a layered config; raise UsageError naming the key (and its env variable)."""
+        return cls(
+            artifact=_artifact(config["ARTIFACT"]),
+            load_options=_load_options(config["LOAD_OPTIONS"]),
+            strict_fields=_bool(config, "STRICT_FIELDS"),
+            max_records=_positive_int(config, "MAX_RECORDS"),
+            max_content_length=_positive_int(config, "MAX_CONTENT_LENGTH"),
+            api_keys=_api_keys(config["API_KEYS"]),
+            api_keys_file=None if config["API_KEYS_FILE"] in (None, "") else Path(str(config["API_KEYS_FILE"])),
+            log_format=_choice(config, "LOG_FORMAT", LOG_FORMATS),
+        )
+
+
+def _bad(key: str, what: str, value: Any) -> UsageError:
+    return UsageError(f"Setting {key} (env BLACKBOX_{key}) must be {what}, got {value!r}.")
+
+
+def _bool(config: Mapping[str, Any], key: str) -> bool:
+    value = config[key]
+    if value in (True, False):  # also 1 and 0, as the environment gives them
+        return bool(value)
+    raise _bad(key, "true or false", value)
+
+
+def _positive_int(config: Mapping[str, Any], key: str) -> int:
+    value = config[key]
+    if type(value) is not int or value < 1:
+        raise _bad(key, "a positive integer", value)
+    return value
+
+
+def _choice(config: Mapping[str, Any], key: str, choices: tuple[str, ...]) -> str:
+    value = config[key]
+    if value not in choices:
+        raise _bad(key, f"one of {', '.join(choices)}", value)
+    return str(value)
+
+
+def _artifact(value: Any) -> Path | None:
+    """A local path from a path or a ``file://`` URI (other stores are not served yet)."""
+    if value in (None, ""):
+        return None
+    if not isinstance(value, (str, Path)):
+        raise _bad("ARTIFACT", "a path or a file:// URI", value)
+    text = str(value)
+    parts = urlsplit(text)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise _bad("ARTIFACT", "a file:// URI on this host", value)
+        return Path(unquote(parts.path))
+    if parts.scheme and len(parts.scheme) > 1:  # "C:\..." is a Windows path, not a scheme
+        raise UsageError(f"Cannot serve {text!r}: only local paths and file:// URIs are supported.")
+    return Path(text)
+
+
+def _load_options(value: Any) -> Mapping[str, Any]:
+    """Options for blackbox.load, checked against its signature so a typo fails at start."""
+    if not isinstance(value, Mapping):
+        raise _bad("LOAD_OPTIONS", "a mapping of blackbox.load options", value)
+    accepted = [name for name, p in inspect.signature(blackbox.load).parameters.items() if p.kind is p.KEYWORD_ONLY]
+    unknown = sorted(set(value) - set(accepted))
+    if unknown:
+        raise _bad("LOAD_OPTIONS", f"a mapping with keys among {accepted}", dict(value))
+    return MappingProxyType(dict(value))
+
+
+def _api_keys(value: Any) -> Mapping[str, str] | str | None:
+    if value in (None, "") or isinstance(value, str):
+        return value or None
+    if isinstance(value, Mapping) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        return MappingProxyType(dict(value))
+    raise _bad("API_KEYS", 'a mapping {"id": "key"} or "id:key" lines', "<hidden>")

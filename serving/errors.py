@@ -1,0 +1,81 @@
+"""Every failure as one JSON shape, from one table of exception class -> (HTTP status, code).
+
+Scope: mapping exceptions to responses. Domain code raises blackbox errors and
+werkzeug's HTTP exceptions; nothing else in serving picks a status code. The
+body is always ``{"error": {"code", "message", "details": [...]}, "request_id"}``
+with ``details`` the schema's ``{"row", "field", "issue", "expected",
+"received"}`` entries. Anything not in the table is a bug or a failure inside
+the model: a 500 ``internal_error`` whose traceback goes to the log (found by
+its request id), never to the client.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from blackbox import SchemaError
+from flask import Flask, Response, g
+from werkzeug.exceptions import (
+    BadRequest,
+    HTTPException,
+    InternalServerError,
+    MethodNotAllowed,
+    NotFound,
+    RequestEntityTooLarge,
+    ServiceUnavailable,
+    Unauthorized,
+    UnsupportedMediaType,
+)
+
+from . import jsonio
+from .lifecycle import request_id
+from .payloads import TooManyRecords
+
+TABLE: Mapping[type[BaseException], tuple[int, str]] = {
+    TooManyRecords: (413, "too_many_records"),
+    SchemaError: (422, "validation_error"),
+    BadRequest: (400, "malformed_body"),
+    Unauthorized: (401, "unauthenticated"),
+    NotFound: (404, "not_found"),
+    MethodNotAllowed: (405, "method_not_allowed"),
+    RequestEntityTooLarge: (413, "payload_too_large"),
+    UnsupportedMediaType: (415, "unsupported_media_type"),
+    ServiceUnavailable: (503, "not_ready"),
+    InternalServerError: (500, "internal_error"),
+    Exception: (500, "internal_error"),
+}
+"""Looked up along the exception's MRO, so the most specific class wins."""
+
+INTERNAL_MESSAGE = "The server failed while handling this request; the request id finds the details in its log."
+
+
+def init_app(app: Flask) -> None:
+    """Answer every exception, HTTP errors included (so 404/405/413/415 are JSON too)."""
+    app.register_error_handler(Exception, handle)
+
+
+def classify(exc: BaseException) -> tuple[int, str]:
+    """The (status, code) of an exception; HTTP errors outside the table keep their own status."""
+    cls = next(cls for cls in type(exc).__mro__ if cls in TABLE)
+    if cls is Exception and isinstance(exc, HTTPException) and exc.code:
+        return exc.code, re.sub(r"\W+", "_", (exc.name or "http_error").lower()).strip("_")
+    return TABLE[cls]
+
+
+def handle(exc: Exception) -> Response:
+    """The JSON answer for ``exc``; remembers it so the request's log line can report it."""
+    status, code = classify(exc)
+    g.error = (exc.original_exception or exc) if isinstance(exc, InternalServerError) else exc
+    g.error_code = code
+    details: list[Any] = list(exc.problems) if isinstance(exc, SchemaError) else []
+    if status >= 500 and not isinstance(exc, ServiceUnavailable):
+        message = INTERNAL_MESSAGE
+    elif isinstance(exc, HTTPException):
+        message = exc.description or code
+    else:
+        message = str(exc)
+    headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"} if isinstance(exc, HTTPException) else None
+    body = {"error": {"code": code, "message": message, "details": details}, "request_id": request_id()}
+    return jsonio.response(body, status, headers)

@@ -1,0 +1,85 @@
+"""Prometheus metrics that stay correct under several gunicorn workers.
+
+Scope: defining, updating and exposing the server's metrics. Each app gets its
+own registry, so apps in one process (tests) never collide. When
+``PROMETHEUS_MULTIPROC_DIR`` is set (``blackbox serve`` sets it to a fresh
+directory before any worker starts), prometheus_client writes every value to
+per-process files there and ``/metrics`` sums all workers' files, so any worker
+answers for the whole server; gunicorn's ``child_exit`` hook calls
+:func:`mark_process_dead` to drop an exited worker's live gauges.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """The server's metrics, registered on a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        multiproc = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))  # read once, at app creation
+        if multiproc:
+            multiprocess.MultiProcessCollector(self.registry)
+        target = None if multiproc else self.registry  # multiprocess values live in files, not a registry
+        self.requests = Counter(
+            "blackbox_http_requests", "HTTP requests answered, by route, method and status.",
+            ["route", "method", "status"], registry=target,
+        )
+        self.latency = Histogram(
+            "blackbox_http_request_duration_seconds", "Time to answer a request, by route.", ["route"], registry=target
+        )
+        self.records = Counter(
+            "blackbox_records_predicted", "Records predicted, by model version.", ["model_version"], registry=target
+        )
+        self.problems = Counter(
+            "blackbox_validation_failures", "Problems that made records fail validation, by issue.", ["issue"], registry=target
+        )
+        self.warnings = Counter(
+            "blackbox_input_warnings", "Warnings on records that were predicted (unseen category, out of range...), by issue.",
+            ["issue"], registry=target,
+        )
+        self.model = Gauge(
+            "blackbox_model_info", "The model being served (1 for the current one).", ["name", "version", "sha256"],
+            registry=target, multiprocess_mode="livemax",
+        )
+
+    def serving(self, name: str, version: str, sha256: str) -> None:
+        """Record which model this process serves."""
+        self.model.labels(name, version, sha256).set(1)
+
+    def observe(self, *, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+
+    def predicted(self, count: int, version: str, warnings: Iterable[Mapping[str, Any]]) -> None:
+        self.records.labels(version).inc(count)
+        self._count(self.warnings, warnings)
+
+    def rejected(self, problems: Iterable[Mapping[str, Any]]) -> None:
+        self._count(self.problems, problems)
+
+    def exposition(self) -> bytes:
+        """The text exposition format of every worker's values."""
+        return generate_latest(self.registry)
+
+    @staticmethod
+    def _count(counter: Counter, entries: Iterable[Mapping[str, Any]]) -> None:
+        counts: dict[str, int] = {}
+        for entry in entries:
+            counts[entry["issue"]] = counts.get(entry["issue"], 0) + 1
+        for issue, count in counts.items():
+            counter.labels(issue).inc(count)
+
+
+def mark_process_dead(pid: int) -> None:
+    """gunicorn ``child_exit`` hook body: forget an exited worker's live gauges."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(pid)

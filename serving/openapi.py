@@ -1,0 +1,120 @@
+"""The OpenAPI 3 document of the running server, generated from the served model's schema.
+
+Scope: documentation only; validation is the schema's job. Records are
+described by :meth:`blackbox.Schema.openapi`, so a client generated from
+``/openapi.json`` knows every field, its type and its allowed values without
+anyone writing a line per model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from blackbox import Model
+
+_REF = "#/components/schemas/"
+_KINDS = {bool: "boolean", int: "integer", float: "number", str: "string"}
+
+
+def document(model: Model, *, max_records: int, auth: bool) -> dict[str, Any]:
+    """The OpenAPI 3.0 document for ``model`` behind this server's routes and limits."""
+    records = {"type": "array", "items": _ref("Record"), "minItems": 1, "maxItems": max_records}
+    schemas: dict[str, Any] = {
+        "Record": model.schema.openapi(),
+        "PredictRequest": {
+            "oneOf": [_ref("Record"), records, _object({"records": records}, ["records"])],
+            "description": "One record, a list of records, or {\"records\": [...]}.",
+        },
+        "MLflowRequest": {
+            "oneOf": [
+                _object({"dataframe_records": records}, ["dataframe_records"]),
+                _object({"dataframe_split": _object({
+                    "columns": {"type": "array", "items": {"type": "string"}},
+                    "data": {"type": "array", "items": {"type": "array", "items": {}}},
+                }, ["columns", "data"])}, ["dataframe_split"]),
+                _object({"instances": records}, ["instances"]),
+                _object({"inputs": {"type": "object", "additionalProperties": {"type": "array", "items": {}}}}, ["inputs"]),
+                _ref("PredictRequest"),
+            ],
+            "description": "MLflow's scoring formats, or any /predict body.",
+        },
+        "Issue": _object({
+            "row": {"type": "integer", "nullable": True, "description": "0-based record index; null for the whole body."},
+            "field": {"type": "string", "nullable": True},
+            "issue": {"type": "string"},
+            "expected": {"type": "string"},
+            "received": {"type": "string", "description": "A description of the value, never the value itself."},
+        }, ["row", "field", "issue", "expected", "received"]),
+        "Prediction": _object({
+            "predictions": {"type": "array", "items": _prediction(model)},
+            **({"probabilities": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
+                "classes": {"type": "array", "items": _prediction(model)}} if model.has_proba else {}),
+            "model": _object({name: {"type": "string"} for name in ("name", "version", "sha256")}, ["name", "version", "sha256"]),
+            "warnings": {"type": "array", "items": _ref("Issue")},
+            "request_id": {"type": "string"},
+        }, ["predictions", "model", "warnings", "request_id"]),
+        "Error": _object({
+            "error": _object({
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "details": {"type": "array", "items": _ref("Issue")},
+            }, ["code", "message", "details"]),
+            "request_id": {"type": "string"},
+        }, ["error", "request_id"]),
+    }
+    errors = {str(status): _answer(text, "Error") for status, text in (
+        (400, "Malformed JSON body"), (401, "Missing or unknown API key"),
+        (413, "Body or batch over the limit"), (415, "Not application/json (UTF-8)"),
+        (422, "Records that do not fit the schema; details name each record and field"),
+        (500, "Failure inside the model"), (503, "No model loaded yet"),
+    )}
+    scoring = {"200": _answer("Predictions in input order", "Prediction"), **errors}
+    doc: dict[str, Any] = {
+        "openapi": "3.0.3",
+        "info": {"title": f"{model.name} prediction API", "version": model.version,
+                 "description": f"Serves {model.name} {model.version} (payload sha256 {model.sha256})."},
+        "paths": {
+            "/predict": {"post": _operation("Predict records", scoring, body="PredictRequest")},
+            "/invocations": {"post": _operation("Predict records (MLflow-compatible)", scoring, body="MLflowRequest")},
+            "/health": {"get": {**_operation("Liveness", {"200": {"description": "Alive"}}), "security": []}},
+            "/ready": {"get": {**_operation("Readiness: model loaded and self-tested",
+                                            {"200": {"description": "Ready"}, "503": _answer("Not ready", "Error")}), "security": []}},
+            "/model": {"get": _operation("The served model's manifest", {"200": {"description": "Manifest"}})},
+            "/schema": {"get": _operation("The input schema captured at training", {"200": {"description": "Schema"}})},
+            "/openapi.json": {"get": _operation("This document", {"200": {"description": "OpenAPI 3 document"}})},
+            "/metrics": {"get": _operation("Prometheus metrics", {"200": {"description": "Text exposition format"}})},
+        },
+        "components": {"schemas": schemas},
+    }
+    if auth:
+        doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        doc["security"] = [{"bearer": []}]
+    return doc
+
+
+def _prediction(model: Model) -> dict[str, Any]:
+    """The JSON type of one prediction: the classes' type (as an enum) or a number."""
+    classes = model.classes
+    if not classes:
+        return {"type": "number"}
+    kinds = {_KINDS.get(type(c), "string") for c in classes}
+    return {"type": kinds.pop(), "enum": list(classes)} if len(kinds) == 1 else {"enum": list(classes)}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": _REF + name}
+
+
+def _object(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": required}
+
+
+def _answer(description: str, schema: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+def _operation(summary: str, responses: dict[str, Any], *, body: str | None = None) -> dict[str, Any]:
+    operation: dict[str, Any] = {"summary": summary, "responses": responses}
+    if body:
+        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(body)}}}
+    return operation

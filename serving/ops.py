@@ -1,0 +1,55 @@
+"""Operations routes: liveness, readiness, what is served, its schema and API, and metrics.
+
+Scope: read-only views of the app's state. ``/health`` and ``/ready`` stay open
+when API keys are on and answer with minimal bodies (no paths, no environment).
+``/model`` shows the manifest without the golden records (training rows) and
+the embedded source code.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response
+
+from . import jsonio, openapi, state
+from .metrics import CONTENT_TYPE
+
+bp = Blueprint("ops", __name__)
+
+HIDDEN_MANIFEST_KEYS = frozenset({"golden", "source"})
+
+
+@bp.get("/health")
+def health() -> Response:
+    """Alive: the process answers (says nothing about the model)."""
+    return jsonio.response({"status": "ok"})
+
+
+@bp.get("/ready")
+def ready() -> Response:
+    """Ready: a verified, self-tested model is held (503 otherwise)."""
+    model = state.current().holder.require()
+    return jsonio.response({"status": "ready", "model_version": model.version})
+
+
+@bp.get("/model")
+def model() -> Response:
+    held = state.current().holder.require()
+    manifest = {key: value for key, value in held.manifest.items() if key not in HIDDEN_MANIFEST_KEYS}
+    return jsonio.response(manifest)
+
+
+@bp.get("/schema")
+def schema() -> Response:
+    return jsonio.response(state.current().holder.require().schema.to_dict())
+
+
+@bp.get("/openapi.json")
+def openapi_json() -> Response:
+    current = state.current()
+    doc = openapi.document(current.holder.require(), max_records=current.settings.max_records, auth=bool(current.keys))
+    return jsonio.response(doc)
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    return Response(state.current().metrics.exposition(), content_type=CONTENT_TYPE)

@@ -1,0 +1,39 @@
+"""What one app shares across its requests, kept in ``app.extensions["blackbox"]``.
+
+Scope: the container and its accessor. Nothing lives in module globals, so
+several apps (tests, or one per worker) never see each other's model, keys or
+metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from flask import current_app
+
+from .config import Settings
+from .holder import ModelHolder
+from .inference import Scorer
+from .logs import RequestLog
+from .metrics import Metrics
+
+EXTENSION = "blackbox"
+
+
+@dataclass(frozen=True)
+class State:
+    """Settings, the model holder and its scorer, API keys (id -> key bytes; empty: no auth), metrics, the log."""
+
+    settings: Settings
+    holder: ModelHolder
+    scorer: Scorer
+    keys: Mapping[str, bytes]
+    metrics: Metrics
+    log: RequestLog
+
+
+def current() -> State:
+    """The state of the app handling the current request."""
+    state: State = current_app.extensions[EXTENSION]
+    return state
