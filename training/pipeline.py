@@ -8,9 +8,11 @@ gives the same folds, the same forests and therefore the same winner.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 from typing import Any
 
+import joblib
 import pandas as pd
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
@@ -71,6 +73,23 @@ def n_candidates(grid: list[dict[str, list[Any]]]) -> int:
             count *= len(values)
         total += count
     return total
+
+
+@contextlib.contextmanager
+def parallel_backend(backend: str = "loky", scheduler: str | None = None) -> Iterator[None]:
+    """Where the search's fits run: loky processes on this machine, or a Dask cluster.
+
+    ``dask`` runs them through joblib's Dask backend on the scheduler at
+    ``scheduler``, or on a local cluster of worker processes; the fitted search,
+    and so the artifact, is the same either way.
+    """
+    if backend == "loky":
+        yield
+        return
+    from blackbox.scoring import dask_client
+
+    with dask_client(scheduler), joblib.parallel_config(backend="dask"):
+        yield
 
 
 def search(

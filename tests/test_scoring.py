@@ -1,0 +1,336 @@
+"""Batch scoring: formats, schema-driven reading, rejects, exit codes and atomic publication."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.compose import ColumnTransformer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import OneHotEncoder
+
+import blackbox
+from blackbox import scoring
+from blackbox.artifact import pack, unpack
+from blackbox.cli import main
+
+from conftest import child_env
+
+FORMATS = ["csv", "parquet", "jsonl"]
+
+
+@pytest.fixture(scope="module")
+def artifact(search, titanic, tmp_path_factory) -> Path:
+    X_train = titanic[0]
+    path = tmp_path_factory.mktemp("scoring") / "titanic.bbx"
+    return blackbox.save(search, path, train_data=X_train, name="titanic", version="2.0.0")
+
+
+@pytest.fixture(scope="module")
+def model(artifact):
+    return blackbox.load(artifact)
+
+
+@pytest.fixture(scope="module")
+def rows(titanic, model) -> pd.DataFrame:
+    """Held-out rows the schema accepts, with a passenger id."""
+    X_test = titanic[1]
+    required = [field.name for field in model.schema.fields if not field.nullable]
+    frame = X_test.dropna(subset=required).reset_index(drop=True)
+    return frame.assign(passenger=[f"P{i:05d}" for i in range(len(frame))])
+
+
+def write_input(frame: pd.DataFrame, path: Path) -> Path:
+    if path.suffix == ".csv":
+        frame.to_csv(path, index=False)
+    elif path.suffix == ".parquet":
+        frame.to_parquet(path, index=False)
+    else:
+        records = [{k: _plain(v) for k, v in record.items()} for record in frame.to_dict("records")]
+        path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return path
+
+
+def _plain(value: object) -> object:
+    value = value.item() if isinstance(value, np.generic) else value
+    return None if isinstance(value, float) and np.isnan(value) else value
+
+
+def read_output(path: Path) -> pd.DataFrame:
+    if path.suffix == ".csv":
+        return pd.read_csv(path, dtype={"passenger": str})
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    return pd.DataFrame([json.loads(line) for line in path.read_text().splitlines()])
+
+
+def run(*args: object) -> int:
+    return main(["score", *map(str, args)])
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_round_trip_equals_predict_batch(fmt, artifact, model, rows, tmp_path):
+    source = write_input(rows, tmp_path / f"in.{fmt}")
+    out = tmp_path / f"out.{fmt}"
+    assert run(artifact, source, "-o", out, "--id-column", "passenger", "--chunk-size", 50) == 0
+
+    got = read_output(out)
+    features = rows.drop(columns="passenger")
+    assert list(got.columns) == ["row", "passenger", "prediction", "proba_0", "proba_1", "model_name", "model_version", "model_sha256"]
+    assert got["row"].tolist() == list(range(1, len(rows) + 1))
+    assert got["passenger"].tolist() == rows["passenger"].tolist()
+    assert got["prediction"].tolist() == model.predict_batch(features)
+    assert np.array_equal(got[["proba_0", "proba_1"]].to_numpy(), np.asarray(model.predict_proba(features)))
+    assert set(got["model_name"]) == {"titanic"} and set(got["model_version"]) == {"2.0.0"}
+    assert set(got["model_sha256"]) == {model.sha256}
+    assert (tmp_path / "out.rejects.csv").read_text() == "row,passenger,field,issue,expected,received\n"
+
+
+def test_output_format_follows_its_extension(artifact, model, rows, tmp_path):
+    source = write_input(rows.head(20), tmp_path / "in.csv")
+    assert run(artifact, source, "-o", tmp_path / "out.parquet") == 0
+    assert pd.read_parquet(tmp_path / "out.parquet")["prediction"].tolist() == model.predict_batch(rows.head(20).drop(columns="passenger"))
+    assert run(artifact, source, "-o", tmp_path / "scores.txt") == 0  # unknown extension: the input's format
+    assert (tmp_path / "scores.txt").read_text().startswith('"row","prediction"')
+
+
+def test_probabilities_can_be_left_out(artifact, model, rows, tmp_path):
+    source = write_input(rows.head(20), tmp_path / "in.csv")
+    assert run(artifact, source, "-o", tmp_path / "out.csv", "--no-probabilities") == 0
+    got = read_output(tmp_path / "out.csv")
+    assert list(got.columns) == ["row", "prediction", "model_name", "model_version", "model_sha256"]
+    assert got.prediction.tolist() == model.predict_batch(rows.head(20).drop(columns="passenger"))
+
+
+@pytest.fixture(scope="module")
+def ticket_artifact(tmp_path_factory) -> Path:
+    """A model whose answer depends on a code with a leading zero: "01234" is class 1, "1234" class 0."""
+    X = pd.DataFrame({"ticket": ["01234", "1234"] * 10, "fare": [7.0, 8.0, 9.0, 10.0] * 5})
+    y = [1, 0] * 10
+    encode = ColumnTransformer([("ticket", OneHotEncoder(handle_unknown="ignore"), ["ticket"])], remainder="passthrough")
+    pipeline = make_pipeline(encode, LogisticRegression()).fit(X, y)
+    return blackbox.save(pipeline, tmp_path_factory.mktemp("tickets") / "tickets.bbx", train_data=X, name="tickets", version="1")
+
+
+def test_a_code_with_a_leading_zero_stays_a_string(ticket_artifact, tmp_path):
+    source = tmp_path / "in.csv"
+    source.write_text("ticket,fare\n01234,7.5\n1234,7.5\n")
+    assert run(ticket_artifact, source, "-o", tmp_path / "out.csv") == 0
+    assert read_output(tmp_path / "out.csv")["prediction"].tolist() == [1, 0]
+
+
+def bad_rows(rows: pd.DataFrame, n: int = 10_000, *, null_row: bool = True) -> pd.DataFrame:
+    """``n`` valid rows, except data row n/2+1 (age "abc") and row 7 (no embarked, never missing in training)."""
+    frame = rows.sample(n=n, replace=True, random_state=0).reset_index(drop=True).astype({"age": object})
+    frame.loc[n // 2, "age"] = "abc"
+    if null_row:
+        frame.loc[6, "embarked"] = None
+    return frame
+
+
+def test_invalid_rows_fail_the_run_by_default(artifact, rows, tmp_path, capsys):
+    source = write_input(bad_rows(rows, null_row=False), tmp_path / "in.csv")
+    assert run(artifact, source, "-o", tmp_path / "out.csv") == 9
+    err = capsys.readouterr().err
+    assert "row 5001 (1-based): field 'age': expected a number, got str 'abc'" in err and "--on-error skip" in err
+    assert sorted(os.listdir(tmp_path)) == ["in.csv"]  # nothing published, no temporary file left
+
+
+def test_skip_rejects_invalid_rows_with_row_number_and_reason(artifact, model, rows, tmp_path, capsys):
+    frame = bad_rows(rows)
+    source = write_input(frame, tmp_path / "in.csv")
+    code = run(artifact, source, "-o", tmp_path / "out.csv", "--on-error", "skip", "--id-column", "passenger", "--chunk-size", 3000)
+    assert code == scoring.PARTIAL_SUCCESS == 10
+    assert "scored 9,998 of 10,000 rows (2 rejected)" in capsys.readouterr().out
+
+    rejects = pd.read_csv(tmp_path / "out.rejects.csv", dtype=str, keep_default_na=False)
+    assert rejects[["row", "passenger", "field", "issue"]].values.tolist() == [
+        ["7", frame.passenger[6], "embarked", "null"],
+        ["5001", frame.passenger[5000], "age", "type"],
+    ]
+    assert rejects.received.tolist() == ["null", "str 'abc'"]
+    out = read_output(tmp_path / "out.csv")
+    assert len(out) == 9998 and 7 not in set(out.row) and 5001 not in set(out.row)
+    valid = frame.drop(index=[6, 5000]).drop(columns="passenger")
+    assert out.prediction.tolist() == model.predict_batch(valid.astype({"age": float}))
+
+
+def test_every_row_of_a_chunk_with_many_invalid_rows_is_listed(artifact, rows, tmp_path):
+    """More invalid rows than the schema itemises per batch (100): each is still found and listed."""
+    frame = rows.sample(n=400, replace=True, random_state=1).reset_index(drop=True).astype({"age": object, "pclass": object})
+    frame.loc[::2, "age"] = "abc"  # 200 rows
+    frame.loc[::3, "pclass"] = "first"  # 134 rows, 67 of them also with a bad age
+    source = write_input(frame, tmp_path / "in.csv")
+    assert run(artifact, source, "-o", tmp_path / "out.csv", "--on-error", "skip") == 10
+    rejects = pd.read_csv(tmp_path / "out.rejects.csv")
+    assert sorted(set(rejects.row)) == sorted({i + 1 for i in range(400) if i % 2 == 0 or i % 3 == 0})
+    assert len(rejects) == 200 + 134
+    assert len(read_output(tmp_path / "out.csv")) == 400 - rejects.row.nunique()
+
+
+def test_jsonl_rejects_lines_that_are_not_json(artifact, rows, tmp_path):
+    source = write_input(rows.head(3), tmp_path / "in.jsonl")
+    lines = source.read_text().splitlines()
+    source.write_text("\n".join([lines[0], "{not json", "", lines[1], '["a list"]', lines[2]]) + "\n")
+    assert run(artifact, source, "-o", tmp_path / "out.jsonl", "--on-error", "skip") == 10
+    rejects = pd.read_csv(tmp_path / "out.rejects.csv")
+    assert rejects[["row", "issue"]].values.tolist() == [[2, "invalid_json"], [5, "not_an_object"]]
+    assert read_output(tmp_path / "out.jsonl").row.tolist() == [1, 4, 6]  # JSON Lines rows are line numbers
+
+
+def test_missing_column_is_an_input_error(artifact, rows, tmp_path, capsys):
+    source = write_input(rows.drop(columns=["age", "fare"]), tmp_path / "in.csv")
+    assert run(artifact, source, "-o", tmp_path / "out.csv", "--on-error", "skip") == 9
+    assert "lacks column(s) 'age', 'fare'" in capsys.readouterr().err
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_column_of_the_wrong_type_fails_naming_it(artifact, rows, tmp_path, capsys):
+    source = write_input(rows.assign(sex=1), tmp_path / "in.parquet")
+    assert run(artifact, source, "-o", tmp_path / "out.parquet", "--on-error", "skip") == 9
+    assert "Column 'sex' of the input cannot be scored" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["in.parquet"]
+
+
+def test_unreadable_input_is_an_input_error(artifact, tmp_path, capsys):
+    source = tmp_path / "in.parquet"
+    source.write_bytes(b"not parquet at all")
+    assert run(artifact, source, "-o", tmp_path / "out.parquet") == 9
+    assert "Cannot read" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "name, content, expected",
+    [
+        ("empty.csv", "", '"row","prediction","proba_0","proba_1","model_name","model_version","model_sha256"\n'),
+        ("header.csv", "pclass,sex,age,sibsp,parch,fare,embarked,name\n", '"row","prediction","proba_0","proba_1","model_name","model_version","model_sha256"\n'),
+        ("empty.jsonl", "", ""),
+        ("blank.jsonl", "\n\n", ""),
+    ],
+)
+def test_empty_input_scores_zero_rows(name, content, expected, artifact, tmp_path, capsys):
+    source = tmp_path / name
+    source.write_text(content)
+    out = tmp_path / f"out{source.suffix}"
+    assert run(artifact, source, "-o", out) == 0
+    assert out.read_text() == expected
+    assert "scored 0 of 0 rows" in capsys.readouterr().out
+
+
+def test_empty_parquet_scores_zero_rows(artifact, rows, tmp_path):
+    source = write_input(rows.head(0), tmp_path / "in.parquet")
+    assert run(artifact, source, "-o", tmp_path / "out.parquet") == 0
+    assert len(pd.read_parquet(tmp_path / "out.parquet")) == 0
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_output_does_not_depend_on_chunk_size_and_is_deterministic(fmt, artifact, rows, tmp_path):
+    source = write_input(rows, tmp_path / f"in.{fmt}")
+    outputs = []
+    for i, chunk in enumerate([7, 1000, 1000]):
+        out = tmp_path / f"out{i}.{fmt}"
+        assert run(artifact, source, "-o", out, "--chunk-size", chunk, "--id-column", "passenger") == 0
+        outputs.append(out.read_bytes())
+    assert outputs[0] == outputs[1] == outputs[2]
+
+
+def test_parquet_output_is_deterministic(artifact, rows, tmp_path):
+    source = write_input(rows, tmp_path / "in.parquet")
+    for out in ("a.parquet", "b.parquet"):
+        assert run(artifact, source, "-o", tmp_path / out, "--chunk-size", 100) == 0
+    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+
+
+def test_existing_output_is_refused_unless_overwrite(artifact, rows, tmp_path, capsys):
+    source = write_input(rows.head(5), tmp_path / "in.csv")
+    out = tmp_path / "out.csv"
+    out.write_text("precious")
+    assert run(artifact, source, "-o", out) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert out.read_text() == "precious"
+    assert run(artifact, source, "-o", out, "--overwrite") == 0
+    assert len(read_output(out)) == 5
+
+
+def test_an_interrupted_run_publishes_nothing(artifact, rows, tmp_path, monkeypatch):
+    source = write_input(rows, tmp_path / "in.csv")
+    out = tmp_path / "out.csv"
+    out.write_text("previous run")
+    written = []
+
+    def write_then_fail(self, scored):
+        written.append(len(scored.rows))
+        if len(written) == 2:
+            raise KeyboardInterrupt  # what Ctrl-C raises half-way through
+        real_write(self, scored)
+
+    real_write = scoring._TableWriter.write
+    monkeypatch.setattr(scoring._TableWriter, "write", write_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        scoring.score(artifact, source, out, chunk_size=20, overwrite=True)
+    assert out.read_text() == "previous run"
+    assert sorted(os.listdir(tmp_path)) == ["in.csv", "out.csv"]
+
+
+def test_a_killed_run_leaves_no_output_and_a_rerun_is_complete(artifact, rows, tmp_path):
+    source = write_input(pd.concat([rows] * 40, ignore_index=True), tmp_path / "in.csv")
+    out = tmp_path / "out.csv"
+    command = [sys.executable, "-m", "blackbox", "score", str(artifact), str(source), "-o", str(out), "--chunk-size", "50"]
+    child = subprocess.Popen(command, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not any(p.name.startswith(".out.csv.") and p.stat().st_size > 1000 for p in tmp_path.iterdir()):
+        assert child.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert not out.exists()
+
+    for leftover in tmp_path.glob(".out.*.tmp"):  # what SIGKILL leaves: a temporary file, never the output
+        leftover.unlink()
+    assert run(artifact, source, "-o", out, "--chunk-size", 50) == 0
+    assert run(artifact, source, "-o", tmp_path / "again.csv") == 0
+    assert out.read_bytes() == (tmp_path / "again.csv").read_bytes()
+
+
+@pytest.mark.parametrize("damage, code", [("unsigned", 4), ("tampered", 5)])
+def test_refused_artifact_gives_the_loader_exit_code_and_no_output(damage, code, artifact, rows, tmp_path):
+    parts = unpack(artifact.read_bytes())
+    if damage == "unsigned":
+        data = pack(parts.manifest_bytes, parts.payload)
+    else:
+        payload = bytearray(parts.payload)
+        payload[len(payload) // 2] ^= 0xFF
+        data = pack(parts.manifest_bytes, bytes(payload), parts.signature)
+    bad = tmp_path / "bad.bbx"
+    bad.write_bytes(data)
+    source = write_input(rows.head(5), tmp_path / "in.csv")
+    assert run(bad, source, "-o", tmp_path / "out.csv") == code
+    assert sorted(os.listdir(tmp_path)) == ["bad.bbx", "in.csv"]
+
+
+def test_usage_errors(artifact, rows, tmp_path, capsys):
+    source = write_input(rows.head(5), tmp_path / "in.csv")
+    assert run(artifact, source, "-o", source, "--overwrite") == 2
+    assert "must be three different files" in capsys.readouterr().err
+    assert run(artifact, source, "-o", tmp_path / "out.csv", "--scheduler", "tcp://127.0.0.1:1") == 2
+    assert "--engine dask" in capsys.readouterr().err
+    assert run(artifact, source, "-o", tmp_path / "out.csv", "--id-column", "prediction") == 9  # no such input column
+    assert run(artifact, source, "-o", tmp_path / "out.csv", "--id-column", "passenger", "--chunk-size", 0) == 2
+    assert sorted(os.listdir(tmp_path)) == ["in.csv"]
+
+
+def test_api_summary(artifact, rows, tmp_path):
+    source = write_input(bad_rows(rows, 100), tmp_path / "in.csv")
+    summary = scoring.score(artifact, source, tmp_path / "out.csv", on_error="skip", rejects=tmp_path / "bad.csv")
+    assert (summary.rows_read, summary.rows_scored, summary.rows_rejected, summary.exit_code) == (100, 98, 2, 10)
+    assert summary.rejects == tmp_path / "bad.csv" and summary.rejects.exists()
+    assert summary.rows_per_second > 0 and summary.worker_loads == {}
