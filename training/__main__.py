@@ -20,11 +20,12 @@ import click
 import numpy as np
 
 import blackbox
+from blackbox.store import Store
 from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
 from sklearn.model_selection import train_test_split
 
 from training.data import DataError, builtin_titanic_path, load_data
-from training.pipeline import SCORING, n_candidates, param_grid, search
+from training.pipeline import SCORING, n_candidates, parallel_backend, param_grid, search
 
 DEFAULT_OUT = Path("artifacts/titanic.bbx")
 HOLDOUT_FRACTION = 0.2
@@ -97,6 +98,9 @@ def train(
     signing_key: str | Path | None = None,
     predictions_out: str | Path | None = None,
     quiet: bool = False,
+    backend: str = "loky",
+    scheduler: str | None = None,
+    push: str | None = None,
 ) -> dict[str, Any]:
     """Load, split, search, evaluate once on the holdout, save; return the run summary.
 
@@ -105,6 +109,9 @@ def train(
     ``signing_key`` signs the artifact (default: $BLACKBOX_SIGNING_KEY, if set).
     ``predictions_out`` receives the holdout records and what the trained model
     predicted for them, to check a server elsewhere against (isolation_env/).
+    ``backend="dask"`` runs the search's fits on the Dask cluster at ``scheduler``
+    (default: a local cluster of worker processes).
+    ``push`` names a model store (blackbox.store) to publish the saved artifact in.
 
     Raises :class:`training.data.DataError` for unusable input data.
     """
@@ -135,10 +142,11 @@ def train(
     candidates = n_candidates(param_grid(seed, small=small_grid))
     say(
         f"search: {candidates} candidates x {CV_FOLDS} folds on {len(X_train)} rows "
-        f"(holdout {len(X_test)}), scoring {SCORING}, n_jobs={n_jobs}"
+        f"(holdout {len(X_test)}), scoring {SCORING}, n_jobs={n_jobs}, backend {backend}"
     )
     started = time.perf_counter()
-    grid = search(X_train, y_train, seed=seed, n_jobs=n_jobs, cv_folds=CV_FOLDS, small=small_grid)
+    with parallel_backend(backend, scheduler):
+        grid = search(X_train, y_train, seed=seed, n_jobs=n_jobs, cv_folds=CV_FOLDS, small=small_grid)
     elapsed = time.perf_counter() - started
     say(f"  done in {elapsed:.1f}s")
 
@@ -208,6 +216,10 @@ def train(
         "training_command": training_command,
     }
     say(format_summary(summary))
+    if push is not None:
+        release = Store.open(push).push(path)
+        summary["release"] = release.to_dict()
+        say(f"push: {release.ref} is in {push} ({release.uri})")
     return summary
 
 
@@ -261,6 +273,10 @@ def format_summary(summary: dict[str, Any]) -> str:
               show_default=True, help="How blackbox serialises the model.")
 @click.option("--n-jobs", type=int, default=-1, show_default=True,
               help="Parallel search processes (-1: all CPUs).")
+@click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky", show_default=True,
+              help="Run the search's fits in local processes, or on a Dask cluster (pip install 'blackbox[dask]').")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Dask scheduler for --backend dask (default: a local cluster of worker processes).")
 @click.option("--small-grid", is_flag=True, help="Search a reduced grid (fast, for CI).")
 @click.option("--name", default="titanic", show_default=True, help="Model name recorded in the artifact.")
 @click.option("--version", "version", default=None,
@@ -272,15 +288,21 @@ def format_summary(summary: dict[str, Any]) -> str:
                    "Default: $BLACKBOX_SIGNING_KEY.")
 @click.option("--predictions-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the holdout records and this model's predictions for them (JSON).")
+@click.option("--push", "push", default=None, metavar="STORE",
+              help="After saving, verify the artifact and push it to this model store (a directory or s3://...).")
 def cli(
-    out: Path, data: Path | None, seed: int, serializer: str, n_jobs: int, small_grid: bool, name: str,
-    version: str | None, no_verify: bool, signing_key: Path | None, predictions_out: Path | None,
+    out: Path, data: Path | None, seed: int, serializer: str, n_jobs: int, backend: str, scheduler: str | None,
+    small_grid: bool, name: str, version: str | None, no_verify: bool, signing_key: Path | None,
+    predictions_out: Path | None, push: str | None,
 ) -> None:
     """Train the Titanic survival model and save it as a blackbox artifact."""
+    if scheduler is not None and backend != "dask":
+        raise click.UsageError("--scheduler only applies to --backend dask.")
     try:
         train(out, data=data, seed=seed, serializer=serializer, n_jobs=n_jobs,
               small_grid=small_grid, name=name, version=version, verify=not no_verify,
-              signing_key=signing_key, predictions_out=predictions_out)
+              signing_key=signing_key, predictions_out=predictions_out, backend=backend, scheduler=scheduler,
+              push=push)
     except (DataError, OSError) as exc:  # OSError: e.g. --out where no directory can be created
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

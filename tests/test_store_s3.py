@@ -1,0 +1,141 @@
+"""The model store on S3: the same scenarios as tests/test_store.py, against a real HTTP endpoint.
+
+The endpoint is moto's standalone server, started by this module on 127.0.0.1
+in a subprocess (not an in-process mock), reached through s3fs like real S3.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+import urllib.request
+import uuid
+
+import pytest
+
+from blackbox.store import Store, StoreError
+from blackbox.store.backends import Conflict
+from conftest import PYTHON, child_env
+from test_store import artifact, file_sha256, racing_promotes, racing_pushes, round_trip  # noqa: F401
+
+pytestmark = pytest.mark.slow
+pytest.importorskip("s3fs")
+pytest.importorskip("moto.server")
+
+SECRET = "secret-that-must-never-be-printed"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> str:
+    """moto's S3 server on a free local port, with dummy credentials in the environment."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [PYTHON, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    patch = pytest.MonkeyPatch()
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/moto-api/", timeout=1)  # noqa: S310 (a local test server)
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"moto server did not start on {url}")
+                time.sleep(0.2)
+        for name, value in {
+            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_SESSION_TOKEN": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": url,
+        }.items():
+            patch.setenv(name, value)
+        yield url
+    finally:
+        patch.undo()
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.fixture
+def uri(endpoint) -> str:
+    """A fresh bucket for each test, so that nothing carries over."""
+    import fsspec
+
+    bucket = f"bbx-{uuid.uuid4().hex[:12]}"
+    fsspec.filesystem("s3", skip_instance_cache=True).mkdir(bucket)
+    return f"s3://{bucket}/models"
+
+
+def test_round_trip(uri, artifact, tmp_path, capsys):
+    round_trip(uri, artifact, tmp_path, capsys)
+
+
+def test_concurrent_pushes_of_one_version(uri, artifact, tmp_path):
+    racing_pushes(uri, artifact, tmp_path)
+
+
+def test_concurrent_promotes_keep_the_alias_whole(uri, artifact, tmp_path):
+    racing_promotes(uri, artifact, tmp_path)
+
+
+def test_the_store_uses_conditional_writes(uri, artifact):
+    """The race guarantees come from S3 itself (If-None-Match / If-Match), not from luck."""
+    store = Store.open(uri)
+    store.push(artifact)
+    backend = store._backend
+    with pytest.raises(FileExistsError):
+        backend.create(("titanic", "1.0.0", "artifact.bbx"), b"not the artifact")
+    pointer_key = ("titanic", "aliases", "latest.json")
+    data, etag = backend.read_versioned(pointer_key)
+    backend.swap(pointer_key, data + b"\n", etag)
+    with pytest.raises(Conflict):
+        backend.swap(pointer_key, data, etag)  # that ETag is gone now
+    with pytest.raises(Conflict):
+        backend.swap(pointer_key, data, None)  # "create" when it exists
+    assert store.resolve("titanic@1.0.0").sha256 == file_sha256(artifact)
+
+
+def test_an_interrupted_upload_never_becomes_a_version(uri, artifact, monkeypatch):
+    store = Store.open(uri)
+    fs = store._backend.fs
+
+    def reset(*args, **kwargs):
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    monkeypatch.setattr(fs, "pipe_file", reset)
+    with pytest.raises(StoreError, match="Connection reset by peer"):
+        store.push(artifact)
+    monkeypatch.undo()
+    assert store.list() == []
+
+    # An upload cut off half-way (a multipart upload with one part sent, never completed) is not an object.
+    key = f"{uri.removeprefix('s3://')}/titanic/1.0.0/artifact.bbx"
+    partial = fs.open(key, "wb", block_size=5 * 2**20)
+    partial.write(b"\0" * (6 * 2**20))
+    partial.flush()  # sends the first part
+    assert Store.open(uri).list() == []
+    with pytest.raises(StoreError):
+        Store.open(uri).resolve("titanic@1.0.0")
+    assert Store.open(uri).push(artifact).sha256 == file_sha256(artifact)
+    partial.discard()  # aborts the multipart upload
+    partial.closed = True  # so that its finaliser does not try to complete it
+    assert Store.open(uri).resolve("titanic").sha256 == file_sha256(artifact)
+
+
+def test_an_unreachable_store_is_a_store_error_naming_it_without_credentials(endpoint):
+    closed = f"http://127.0.0.1:{free_port()}"
+    store = Store.open("s3://bucket/models", client_kwargs={"endpoint_url": closed},
+                       config_kwargs={"connect_timeout": 1, "retries": {"max_attempts": 1}})
+    with pytest.raises(StoreError) as caught:
+        store.list()
+    assert "s3://bucket/models" in caught.value.message and "reachable" in caught.value.message
+    assert SECRET not in caught.value.message
+    assert Store.open("s3://KEY:SECRET@bucket/models").uri == "s3://bucket/models"
