@@ -15,6 +15,7 @@ from .errors import (
     SchemaError,
     SelfContainmentError,
     SelfTestError,
+    StoreError,
     UsageError,
     VersionMismatchWarning,
 )
@@ -22,6 +23,7 @@ from .isolation import Verification, verify
 from .model import Model, SklearnModel
 from .persist import inspect, load, save, sign
 from .schema import Schema, infer_schema
+from .store import Release, Store
 
 __all__ = [
     "ArtifactError",
@@ -30,11 +32,14 @@ __all__ = [
     "EnvironmentMismatchError",
     "IntegrityError",
     "Model",
+    "Release",
     "Schema",
     "SchemaError",
     "SelfContainmentError",
     "SelfTestError",
     "SklearnModel",
+    "Store",
+    "StoreError",
     "UsageError",
     "Verification",
     "VersionMismatchWarning",

@@ -32,7 +32,7 @@ def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -42,7 +42,8 @@ def atomic_write(path: str | os.PathLike[str], data: bytes) -> Path:
     return Path(path)
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
+    """Make a rename or link in ``directory`` durable."""
     with contextlib.suppress(OSError):  # not every filesystem allows opening a directory
         fd = os.open(directory, os.O_RDONLY)
         try:

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from . import isolation, persist, signing
+from . import isolation, persist, scoring, signing
 from . import rebuild as rebuild_
 from .atomic import atomic_write
 from .artifact import read_bytes, unpack
@@ -23,6 +23,7 @@ from .errors import AuthenticityError, BlackboxError
 from .imports import pickle_globals
 from .isolation import DEFAULT_BLOCK
 from .signing import TRUSTED_KEYS_ENV
+from .store import Release, Store
 
 
 @click.group()
@@ -191,6 +192,168 @@ def _summary(m: dict[str, Any]) -> str:
             lines.append(f"  {group:<13} " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()))
     lines.append(f"  golden sample {len((m.get('golden') or {}).get('records', []))} rows")
     return "\n".join(lines)
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(dir_okay=False, exists=True))
+@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, exists=True))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the predictions (.csv, .parquet, .jsonl; other extensions: the input's format).")
+@click.option("--format", "input_format", type=click.Choice(["csv", "parquet", "jsonl"]), default=None,
+              help="The input's format (default: from its extension).")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=scoring.DEFAULT_CHUNK_ROWS, show_default=True,
+              metavar="ROWS", help="Rows per chunk; memory grows with this, not with the input.")
+@click.option("--id-column", default=None, metavar="NAME", help="Input column copied to the output and the rejects file.")
+@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
+              help="On an invalid row: stop and write nothing (exit 9), or list it in the rejects file and go on (exit 10).")
+@click.option("--rejects", type=click.Path(dir_okay=False), default=None,
+              help="Where invalid rows are listed (CSV). Default: OUTPUT_STEM.rejects.csv beside the output.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output and rejects file.")
+@click.option("--no-probabilities", is_flag=True, help="Leave out the proba_<class> columns (less model work).")
+@click.option("--engine", type=click.Choice(["local", "dask"]), default="local", show_default=True,
+              help="Score in this process, or on Dask workers (pip install 'blackbox[dask]').")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Dask scheduler (with --engine dask); default: a local cluster of worker processes.")
+@trust_options
+def score(
+    artifact: str, input_path: str, output: str, input_format: str | None, chunk_size: int, id_column: str | None,
+    on_error: str, rejects: str | None, overwrite: bool, no_probabilities: bool, engine: str, scheduler: str | None,
+    trusted_keys: tuple[str, ...], allow_unsigned: bool,
+) -> None:
+    """Score a CSV, Parquet or JSON Lines file in bounded memory; publish the output atomically.
+
+    Exit 0 when every row was scored; 10 when some rows were rejected (--on-error skip);
+    9 when the input cannot be read or scored (a missing column, an invalid row with
+    --on-error fail); 2 for a usage error such as an existing output; 3, 4, 5, 6 or 11
+    when the artifact is refused, as for every command that loads one.
+    """
+    summary = scoring.score(
+        artifact, input_path, output, input_format=input_format, chunk_size=chunk_size, id_column=id_column,
+        rejects=rejects, on_error=on_error, overwrite=overwrite, engine=engine, scheduler=scheduler,
+        trusted_keys=_keys(trusted_keys), allow_unsigned=allow_unsigned, probabilities=not no_probabilities, progress=True,
+    )
+    click.echo(summary.describe())
+    if summary.exit_code:
+        raise click.exceptions.Exit(summary.exit_code)
+
+
+# ---------------------------------------------------------------- model store (blackbox.store)
+
+store_argument = click.argument("store", metavar="STORE")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
+
+def _show(release: Release, as_json: bool, text: str) -> None:
+    click.echo(json.dumps(release.to_dict(), indent=2, sort_keys=True) if as_json else text)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@store_argument
+@json_option
+@trust_options
+def push(path: str, store: str, as_json: bool, trusted_keys: tuple[str, ...], allow_unsigned: bool) -> None:
+    """Verify an artifact and publish it in STORE (a directory or s3://bucket/prefix) as NAME/VERSION.
+
+    NAME and VERSION come from its manifest. Versions are immutable: the same bytes
+    again are a no-op, other bytes under an existing version are refused (exit 8).
+    """
+    release = Store.open(store).push(path, trusted_keys=_keys(trusted_keys), allow_unsigned=allow_unsigned)
+    _show(release, as_json, f"{release.ref} is in {store}  sha256 {release.sha256}  key {release.key_id or 'unsigned'}")
+
+
+@cli.command("list")
+@store_argument
+@click.argument("name", required=False)
+@json_option
+def list_releases(store: str, name: str | None, as_json: bool) -> None:
+    """List the releases in STORE (of NAME only, if given), oldest first, with their aliases."""
+    releases = Store.open(store).list(name)
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in releases], indent=2, sort_keys=True))
+        return
+    rows = [("NAME", "VERSION", "CREATED", "SHA256", "KEY", "ALIASES", "METRICS")] + [
+        (r.name, r.version, r.created_at or "-", r.sha256[:12], r.key_id or "unsigned", ",".join(r.aliases) or "-",
+         _metrics_text(r.metrics))
+        for r in releases
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)) + "  " + row[-1])
+
+
+def _metrics_text(metrics: dict[str, Any]) -> str:
+    search = metrics.get("search") or {}
+    parts = [f"cv {search['best_score']:.4f}"] if isinstance(search.get("best_score"), float) else []
+    for group, values in metrics.items():
+        if group != "search" and isinstance(values, dict):
+            parts += [f"{group}.{k} {v:.4f}" for k, v in values.items() if isinstance(v, float)]
+    return ", ".join(parts) or "-"
+
+
+@cli.command()
+@store_argument
+@click.argument("name")
+@click.argument("version")
+@click.option("--alias", required=True, help="The alias to move, e.g. production or staging.")
+@json_option
+@trust_options
+def promote(
+    store: str, name: str, version: str, alias: str, as_json: bool, trusted_keys: tuple[str, ...], allow_unsigned: bool,
+) -> None:
+    """Point NAME@ALIAS at VERSION, after verifying its artifact (the old target is kept for rollback)."""
+    release = Store.open(store).promote(
+        name, version, alias, trusted_keys=_keys(trusted_keys), allow_unsigned=allow_unsigned
+    )
+    _show(release, as_json, f"{name}@{alias} -> {release.version} in {store}  sha256 {release.sha256}")
+
+
+@cli.command()
+@store_argument
+@click.argument("name")
+@click.option("--alias", required=True, help="The alias to move back to its previous target.")
+@json_option
+@trust_options
+def rollback(
+    store: str, name: str, alias: str, as_json: bool, trusted_keys: tuple[str, ...], allow_unsigned: bool
+) -> None:
+    """Point NAME@ALIAS back at its previous target (verified); exit 8 if it has none."""
+    release = Store.open(store).rollback(name, alias, trusted_keys=_keys(trusted_keys), allow_unsigned=allow_unsigned)
+    _show(release, as_json, f"{name}@{alias} rolled back to {release.version} in {store}  sha256 {release.sha256}")
+
+
+@cli.command()
+@store_argument
+@click.argument("ref", metavar="NAME[@ALIAS|@VERSION]")
+@click.option("-o", "--out", "dest", required=True, type=click.Path(), help="File (or directory) to write.")
+@trust_options
+def pull(store: str, ref: str, dest: str, trusted_keys: tuple[str, ...], allow_unsigned: bool) -> None:
+    """Download a release from STORE, verify it, and write it atomically (NAME alone means NAME@latest)."""
+    path = Store.open(store).pull(ref, dest, trusted_keys=_keys(trusted_keys), allow_unsigned=allow_unsigned)
+    manifest = persist.inspect(path, trusted_keys=_keys(trusted_keys))
+    click.echo(f"{path}: {manifest['name']}@{manifest['version']} from {store}, verified")
+
+
+@cli.command()
+@store_argument
+@click.option("--older-than", type=click.FloatRange(min=0), default=3600, show_default=True, metavar="SECONDS",
+              help="Only remove temporary files at least this old (younger ones may be uploads in flight).")
+def gc(store: str, older_than: float) -> None:
+    """Remove the temporary files interrupted pushes and promotes left in STORE."""
+    removed = Store.open(store).gc(older_than)
+    click.echo("\n".join(removed) if removed else f"{store}: nothing to remove")
+
+
+def _register_serve() -> None:
+    """`blackbox serve` lives with the server (serving/cli.py imports only click at module level)."""
+    try:
+        from serving.cli import serve
+    except ImportError:  # blackbox installed without its server package
+        return
+    cli.add_command(serve)
+
+
+_register_serve()
 
 
 def main(argv: list[str] | None = None) -> int:

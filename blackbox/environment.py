@@ -76,11 +76,14 @@ def check(manifest: Mapping[str, Any], *, strict: bool = False) -> list[VersionM
     """Refuse (EnvironmentMismatchError) or warn about differences with the artifact's environment.
 
     Refused: another Python major.minor (by-value code compiled for one runs
-    into undefined behaviour on another), another serializer version, a missing
-    requirement, and another major version of any requirement. Other version
-    differences warn, or are refused with ``strict=True``.
+    into undefined behaviour on another), another serializer version, and
+    another major version of any requirement (EnvironmentMismatchError); a
+    module the payload imports that cannot be found here (SelfContainmentError,
+    naming the missing requirement too). Other version differences warn, or are
+    refused with ``strict=True``.
     """
     refusals: list[str] = []
+    missing: list[str] = []
     notices: list[VersionMismatchWarning] = []
     saved_python = str(manifest.get("python", {}).get("version", ""))
     running = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -91,7 +94,7 @@ def check(manifest: Mapping[str, Any], *, strict: bool = False) -> list[VersionM
         try:
             installed = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
-            refusals.append(f"{dist}=={saved} is required but not installed")
+            missing.append(f"{dist}=={saved}")  # reported with the modules that need it, below
             continue
         if installed == saved:
             continue
@@ -112,8 +115,10 @@ def check(manifest: Mapping[str, Any], *, strict: bool = False) -> list[VersionM
         references = [ref for refs in unavailable.values() for ref in refs]
         raise SelfContainmentError(
             f"The artifact needs module(s) {', '.join(map(repr, unavailable))}, which cannot be imported here "
-            f"(it refers to {', '.join(references[:5])}). They were kept by reference at save time: re-save the "
-            "model so that blackbox embeds them by value, or install them on the serving side.",
+            f"(it refers to {', '.join(references[:5])}"
+            + (f"; requirements not installed: {', '.join(missing)}" if missing else "")
+            + "). They were kept by reference at save time: re-save the model so that blackbox embeds them "
+            "by value, or install them on the serving side.",
             references,
         )
     for notice in notices:

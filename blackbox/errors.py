@@ -72,6 +72,13 @@ class SelfTestError(BlackboxError):
         self.differences = list(differences)
 
 
+class StoreError(BlackboxError):
+    """The model store cannot do what was asked: unreachable, a conflict, a missing version or alias."""
+
+    code = "store_error"
+    exit_code = 8
+
+
 class SchemaError(BlackboxError, ValueError):
     """Input records do not fit the schema captured at training time."""
 

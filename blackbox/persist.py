@@ -267,11 +267,8 @@ def _golden(model: Model, records: list[dict[str, Any]]) -> dict[str, Any]:
             f"The golden sample does not fit the schema inferred from train_data:\n{exc.message}\n"
             "Pass sample rows drawn from the same data as train_data."
         ) from None
-    return {
-        "records": records,
-        "predictions": model.predict_frame(frame),
-        "probabilities": model.predict_proba_frame(frame) if model.has_proba else None,
-    }
+    predictions, probabilities = model.predict_and_proba_frame(frame)
+    return {"records": records, "predictions": predictions, "probabilities": probabilities}
 
 
 def _transformed_names(estimator: Any) -> list[str] | None:

@@ -89,4 +89,4 @@ def test_isolation_env_passes_the_normal_artifact_and_fails_the_by_reference_one
     bad = subprocess.run([*cmd, str(by_reference), "--no-serve"], capture_output=True, text=True,
                          env=child_env(), timeout=900)
     assert bad.returncode == 11, bad.stdout + bad.stderr
-    assert "needs module 'training'" in bad.stderr
+    assert "needs module(s) 'training'" in bad.stderr and "blackbox-titanic-training" in bad.stderr

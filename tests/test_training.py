@@ -114,7 +114,7 @@ def test_parquet_round_trip(titanic, tmp_path):
 def test_unknown_extension_is_a_clear_error(tmp_path, filename):
     path = tmp_path / filename
     path.write_text("survived\n1\n")
-    with pytest.raises(DataError, match=r"expected a \.csv or \.parquet file"):
+    with pytest.raises(DataError, match=r"expected a \.csv, \.parquet or \.arff\(\.gz\) file"):
         load_data(path)
 
 
