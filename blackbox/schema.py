@@ -413,7 +413,7 @@ class _Report:
             lines.append(f"- {where or 'input'}: expected {p['expected']}, got {p['received']}")
         if len(self.problems) > _SHOWN:
             lines.append(f"- ... and {len(self.problems) - _SHOWN} more")
-        lines.append("Send records with the fields listed by the model's schema (GET /schema); `problems` lists every issue.")
+        lines.append("Send records with the fields listed by the model's schema (GET /schema); every problem is listed in the details.")
         raise SchemaError("\n".join(lines), self.problems)
 
 

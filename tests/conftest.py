@@ -12,6 +12,8 @@ from sklearn.model_selection import train_test_split
 import blackbox
 
 SERIALIZERS = ["dill", "cloudpickle"]
+# The Kaggle Titanic CSV from shared/ beside the checkout: "a user's own CSV" with other columns.
+KAGGLE_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "titanic_kaggle.csv"
 
 
 @pytest.fixture(scope="session", autouse=True)

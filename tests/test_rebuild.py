@@ -12,9 +12,8 @@ import blackbox
 from blackbox.artifact import unpack
 from blackbox.cli import main as blackbox_cli
 from blackbox.rebuild import RebuildError, rebuild
-from conftest import resign
+from conftest import KAGGLE_CSV as KAGGLE, resign
 
-KAGGLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "titanic_kaggle.csv"
 
 pytestmark = pytest.mark.slow
 

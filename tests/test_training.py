@@ -1,7 +1,7 @@
 """Tests for the example training package (``training/``): data, transforms, features, search, CLI.
 
 All on real data: the OpenML Titanic shipped in scikit-learn and the Kaggle
-CSV in /work/shared/data. Nothing here needs ``blackbox.save``.
+CSV in shared/data beside the checkout. Nothing here needs ``blackbox.save``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 from sklearn.metrics import roc_auc_score
+
+from conftest import KAGGLE_CSV
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
@@ -35,7 +37,6 @@ from training.features import build_mapper, is_adult, is_bigger_than, log1p_nonn
 from training.pipeline import build_pipeline, n_candidates, param_grid, search
 from training.transforms import FamilySize, TitleExtractor
 
-KAGGLE_CSV = Path("/work/shared/data/titanic_kaggle.csv")
 TITANIC_COLUMNS = ["pclass", "sex", "age", "sibsp", "parch", "fare", "embarked", "name"]
 
 
