@@ -15,6 +15,7 @@ from flask import Flask
 
 from . import api, auth, errors, lifecycle, ops
 from .config import Settings, layer
+from .follow import Follower
 from .holder import ModelHolder, load_model
 from .inference import Scorer
 from .logs import RequestLog
@@ -35,21 +36,31 @@ def create_app(config: Mapping[str, Any] | None = None, *, model: Model | None =
     settings = Settings.from_config(app.config)
     keys = auth.load_keys(settings)  # before the slow part: a bad key file fails at once
     log = RequestLog(settings.log_format)
-    if model is None:
-        if settings.artifact is None:
-            raise UsageError("No artifact to serve: set ARTIFACT (env BLACKBOX_ARTIFACT) to a .bbx path, or pass model=.")
+    metrics = Metrics()
+    holder = ModelHolder()
+    follower = Follower(settings, holder, metrics, log) if settings.store is not None else None
+    if model is not None:
+        model.self_test()
+    elif follower is not None:
+        model = follower.load_initial()
+    elif settings.artifact is not None:
         model = load_model(settings.artifact, settings.load_options)
     else:
-        model.self_test()
-    metrics = Metrics()
+        raise UsageError(
+            "No artifact to serve: set ARTIFACT (env BLACKBOX_ARTIFACT) to a .bbx path, "
+            "or STORE and MODEL to follow a release, or pass model=."
+        )
+    holder.model = model
     metrics.serving(model.name, model.version, model.sha256)
-    app.extensions[EXTENSION] = State(settings, ModelHolder(model), Scorer(), keys, metrics, log)
+    app.extensions[EXTENSION] = State(settings, holder, Scorer(), keys, metrics, log, follower)
     lifecycle.init_app(app)
     auth.init_app(app)
     errors.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)
     log.event("model_loaded", logging.INFO, **summary(model, settings), api_keys=len(keys))
+    if follower is not None:
+        follower.start()
     return app
 
 
@@ -58,7 +69,7 @@ def summary(model: Model, settings: Settings) -> dict[str, Any]:
     manifest = model.manifest
     search = (manifest.get("metrics") or {}).get("search") or {}
     return {
-        "artifact": str(settings.artifact) if settings.artifact else None,
+        "artifact": str(settings.artifact) if settings.artifact else f"{settings.store} {settings.model_ref}",
         "name": model.name,
         "version": model.version,
         "sha256": model.sha256,

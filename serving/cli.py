@@ -29,7 +29,11 @@ DEFAULT_THREADS = 2
 
 
 @click.command()
-@click.argument("path", type=click.Path(dir_okay=True))
+@click.argument("path", type=click.Path(dir_okay=True), required=False)
+@click.option("--store", default=None, metavar="URI", help="Follow a release in this model store instead of serving PATH.")
+@click.option("--model", "model_ref", default=None, metavar="NAME@ALIAS", help="The store reference to follow, e.g. titanic@production.")
+@click.option("--poll-interval", type=click.FloatRange(min=0), default=None,
+              help="Seconds between checks of the followed alias (0: only POST /reload) [default: 30].")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; non-loopback needs API keys.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Worker processes [default: one per core].")
@@ -50,7 +54,10 @@ DEFAULT_THREADS = 2
 @click.option("--log-format", type=click.Choice(["json", "text"]), default=None, help="Request log lines [default: json].")
 @click.option("--debug", is_flag=True, help="Flask's development server (one process, reloader off) instead of gunicorn.")
 def serve(
-    path: str,
+    path: str | None,
+    store: str | None,
+    model_ref: str | None,
+    poll_interval: float | None,
     host: str,
     port: int,
     workers: int | None,
@@ -67,7 +74,10 @@ def serve(
     log_format: str | None,
     debug: bool,
 ) -> None:
-    """Serve the artifact at PATH over HTTP: POST /predict, /invocations; GET /health, /ready, /model, /schema, /openapi.json, /metrics."""
+    """Serve the artifact at PATH (or follow --store/--model) over HTTP.
+
+    POST /predict, /invocations, /reload; GET /health, /ready, /model, /schema, /openapi.json, /metrics.
+    """
     metrics_dir = None if debug else tempfile.mkdtemp(prefix="blackbox-metrics-")
     previous = os.environ.get(MULTIPROC_ENV)
     if metrics_dir:  # before prometheus_client is imported: it picks its mode once, at import
@@ -77,6 +87,9 @@ def serve(
         config, settings = _config(
             path,
             load={"trusted_keys": list(trusted_keys) or None, "allow_unsigned": allow_unsigned or None, "strict": strict or None},
+            STORE=store,
+            MODEL=model_ref,
+            POLL_INTERVAL=poll_interval,
             STRICT_FIELDS=strict_fields or None,
             API_KEYS_FILE=api_keys_file,
             MAX_RECORDS=max_records,
@@ -103,7 +116,7 @@ def _restore(name: str, value: str | None) -> None:
         os.environ[name] = value
 
 
-def _config(path: str, load: dict[str, Any], **overrides: Any) -> tuple[dict[str, Any], Settings]:
+def _config(path: str | None, load: dict[str, Any], **overrides: Any) -> tuple[dict[str, Any], Settings]:
     """The config every worker gets (defaults, then BLACKBOX_* env, then the options given), checked."""
     from flask import Config
 
@@ -138,12 +151,26 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _follow_once(settings: Settings) -> Any:
+    """Verify, in the master, the release the followed reference names now."""
+    from .follow import Follower
+    from .holder import ModelHolder
+    from .logs import RequestLog
+    from .metrics import Metrics
+
+    return Follower(settings, ModelHolder(), Metrics(), RequestLog(settings.log_format)).load_initial()
+
+
 def _run(config: dict[str, Any], settings: Settings, host: str, port: int, workers: int | None, threads: int, timeout: int) -> None:
     """Verify the artifact here, once, then start gunicorn; its workers load their own copies."""
     from .gunicorn_app import Server, default_workers, options
     from .holder import load_model
 
-    model = load_model(settings.artifact, settings.load_options)
+    if settings.store is not None:
+        model = _follow_once(settings)
+        click.echo(f"blackbox serve: following {settings.model_ref} in {settings.store}", err=True)
+    else:
+        model = load_model(settings.artifact, settings.load_options)
     workers = workers or default_workers()
     bind = f"[{host.strip('[]')}]:{port}" if ":" in host else f"{host}:{port}"
     click.echo(

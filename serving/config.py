@@ -27,6 +27,11 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
     {
         # Artifact to serve: a path or a file:// URI.
         "ARTIFACT": None,
+        # Or follow a release in a model store (blackbox.store): its URI, and NAME@ALIAS.
+        "STORE": None,
+        "MODEL": None,
+        # Seconds between checks of the followed alias (0: only on POST /reload).
+        "POLL_INTERVAL": 30,
         # Keyword arguments for blackbox.load (e.g. {"strict": true}); trust options
         # that blackbox.load gains later pass through here unchanged.
         "LOAD_OPTIONS": {},
@@ -61,6 +66,9 @@ class Settings:
     """The checked settings the server runs with (see :data:`DEFAULTS` for their meaning)."""
 
     artifact: Path | None
+    store: str | None
+    model_ref: str | None
+    poll_interval: float
     load_options: Mapping[str, Any]
     strict_fields: bool
     max_records: int
@@ -72,8 +80,21 @@ class Settings:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
         """Validate a layered config; raise UsageError naming the key (and its env variable)."""
+        store = None if config["STORE"] in (None, "") else str(config["STORE"])
+        model_ref = None if config["MODEL"] in (None, "") else str(config["MODEL"])
+        if (store is None) != (model_ref is None) or (store is not None and config["ARTIFACT"] not in (None, "")):
+            raise UsageError(
+                "Serve either ARTIFACT (env BLACKBOX_ARTIFACT), or STORE together with MODEL "
+                "(env BLACKBOX_STORE, BLACKBOX_MODEL=NAME@ALIAS), not a mix."
+            )
+        interval = config["POLL_INTERVAL"]
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval < 0:
+            raise _bad("POLL_INTERVAL", "a number of seconds, 0 or more", interval)
         return cls(
             artifact=_artifact(config["ARTIFACT"]),
+            store=store,
+            model_ref=model_ref,
+            poll_interval=float(interval),
             load_options=_load_options(config["LOAD_OPTIONS"]),
             strict_fields=_bool(config, "STRICT_FIELDS"),
             max_records=_positive_int(config, "MAX_RECORDS"),

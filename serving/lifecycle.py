@@ -9,7 +9,6 @@ built, one line is logged and the metrics are updated, whatever the status.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 import traceback
@@ -68,7 +67,6 @@ def finish(response: Response) -> Response:
         key_id=g.get("key_id"),
         client=request.remote_addr,
         model_version=g.get("model_version") or (held.version if held else None),
-        pid=os.getpid(),
         error=g.get("error_code"),
         traceback="".join(traceback.format_exception(error)) if failed else None,
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -31,11 +32,11 @@ class RequestLog:
             LOGGER.setLevel(logging.INFO)
 
     def event(self, event: str, level: int = logging.INFO, **fields: Any) -> None:
-        """Emit one line: timestamp, level, event name, then the fields in the order given (None: left out)."""
+        """Emit one line: timestamp, level, event name, process id, then the fields in the order given (None: left out)."""
         if not LOGGER.isEnabledFor(level):
             return
         now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        line = {"ts": now, "level": logging.getLevelName(level).lower(), "event": event}
+        line = {"ts": now, "level": logging.getLevelName(level).lower(), "event": event, "pid": os.getpid()}
         line.update((key, value) for key, value in fields.items() if value is not None)
         LOGGER.log(level, self.render(line))
 

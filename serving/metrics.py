@@ -46,6 +46,10 @@ class Metrics:
             "blackbox_input_warnings", "Warnings on records that were predicted (unseen category, out of range...), by issue.",
             ["issue"], registry=target,
         )
+        self.reloads = Counter(
+            "blackbox_reloads", "Checks of the followed store reference that swapped a model in, or failed.",
+            ["result"], registry=target,
+        )
         self.model = Gauge(
             "blackbox_model_info", "The model being served (1 for the current one).", ["name", "version", "sha256"],
             registry=target, multiprocess_mode="livemax",
@@ -54,6 +58,13 @@ class Metrics:
     def serving(self, name: str, version: str, sha256: str) -> None:
         """Record which model this process serves."""
         self.model.labels(name, version, sha256).set(1)
+
+    def retired(self, name: str, version: str, sha256: str) -> None:
+        """The model this process served before a reload."""
+        self.model.labels(name, version, sha256).set(0)
+
+    def reloaded(self, result: str) -> None:
+        self.reloads.labels(result).inc()
 
     def observe(self, *, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()

@@ -9,6 +9,7 @@ the embedded source code.
 from __future__ import annotations
 
 from flask import Blueprint, Response
+from werkzeug.exceptions import Conflict
 
 from . import jsonio, openapi, state
 from .metrics import CONTENT_TYPE
@@ -26,16 +27,33 @@ def health() -> Response:
 
 @bp.get("/ready")
 def ready() -> Response:
-    """Ready: a verified, self-tested model is held (503 otherwise)."""
-    model = state.current().holder.require()
-    return jsonio.response({"status": "ready", "model_version": model.version})
+    """Ready: a verified, self-tested model is held (503 otherwise); with a store, how the last check went."""
+    current = state.current()
+    model = current.holder.require()
+    body = {"status": "ready", "model_version": model.version}
+    if current.follower is not None:
+        body["reload"] = current.follower.status
+    return jsonio.response(body)
 
 
 @bp.get("/model")
 def model() -> Response:
-    held = state.current().holder.require()
+    current = state.current()
+    held = current.holder.require()
     manifest = {key: value for key, value in held.manifest.items() if key not in HIDDEN_MANIFEST_KEYS}
+    if current.follower is not None:
+        manifest["reload"] = current.follower.status
     return jsonio.response(manifest)
+
+
+@bp.post("/reload")
+def reload() -> Response:
+    """Check the followed store reference now; 200 when unchanged or swapped, 409 when the new target failed."""
+    follower = state.current().follower
+    if follower is None:
+        raise Conflict("This server serves a file, not a store reference; start it with --store and --model to reload.")
+    outcome = follower.check()
+    return jsonio.response(outcome, status=409 if outcome["result"] == "failed" else 200)
 
 
 @bp.get("/schema")

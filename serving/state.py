@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from flask import current_app
 
 from .config import Settings
+from .follow import Follower
 from .holder import ModelHolder
 from .inference import Scorer
 from .logs import RequestLog
@@ -31,6 +32,7 @@ class State:
     keys: Mapping[str, bytes]
     metrics: Metrics
     log: RequestLog
+    follower: Follower | None = None
 
 
 def current() -> State:
