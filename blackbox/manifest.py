@@ -34,6 +34,10 @@ def jsonable(value: Any) -> Any:
     """Convert ``value`` into strict JSON types (non-finite floats become None)."""
     if isinstance(value, Mapping):
         return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray) and (
+        value.dtype.kind in "biuU" or (value.dtype.kind == "f" and np.isfinite(value).all())
+    ):
+        return value.tolist()  # numpy's own conversion: the same Python values, without a loop here
     if isinstance(value, (list, tuple, set, frozenset, np.ndarray, pd.Index)):
         return [jsonable(v) for v in value]
     if isinstance(value, (bool, np.bool_)):
