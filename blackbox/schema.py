@@ -228,6 +228,8 @@ class Schema:
                 report.add(None, field.name, "type", f"a column of {_EXPECTED[field.kind]}s", f"column of dtype {column.dtype}")
             elif isinstance(dtype, np.dtype) and dtype.kind in "biuf" and column.dtype == dtype:
                 columns[field.name] = _check_array(field, column.to_numpy(), report)
+            elif field.kind in ("string", "category") and pd.api.types.infer_dtype(column, skipna=True) == "string":
+                columns[field.name] = _check_strings(field, dtype, check, column, report)
             else:
                 missing = column.isna().to_numpy()
                 values = [None if gap else value for value, gap in zip(column.tolist(), missing)]
@@ -424,16 +426,25 @@ def _convert(field: Field, dtype: Any, check: _Check, values: list, report: _Rep
     for row, value in enumerate(values):
         if value is None or value is _ABSENT or value is _SKIP:
             if value is None and not field.nullable:
-                report.add(row, field.name, "null", f"{_EXPECTED[field.kind]} (training never saw a missing value)", "null")
+                report.add(row, field.name, "null", _null_expected(field), "null")
             elif value is _ABSENT and not field.nullable:
                 report.add(row, field.name, "missing", _EXPECTED[field.kind], "no value (field absent)")
             out.append(fill)
-            continue
-        converted, issue, expected = check(value)
-        if issue is not None:
-            report.add(row, field.name, issue, expected, _describe(value), warning=issue in _WARNINGS)
-        out.append(fill if converted is None else converted)
+        else:
+            out.append(_checked(field, check, row, value, fill, report))
     return out
+
+
+def _checked(field: Field, check: _Check, row: int, value: Any, fill: Any, report: _Report) -> Any:
+    """One present value, checked and converted; its problem, if any, reported."""
+    converted, issue, expected = check(value)
+    if issue is not None:
+        report.add(row, field.name, issue, expected, _describe(value), warning=issue in _WARNINGS)
+    return fill if converted is None else converted
+
+
+def _null_expected(field: Field) -> str:
+    return f"{_EXPECTED[field.kind]} (training never saw a missing value)"
 
 
 def _check_array(field: Field, values: np.ndarray, report: _Report) -> np.ndarray:
@@ -443,12 +454,35 @@ def _check_array(field: Field, values: np.ndarray, report: _Report) -> np.ndarra
 
     if values.dtype.kind == "f":
         if not field.nullable:
-            flag(np.isnan(values), "null", f"{_EXPECTED[field.kind]} (training never saw a missing value)")
+            flag(np.isnan(values), "null", _null_expected(field))
         flag(np.isinf(values), "non_finite", f"a finite {_EXPECTED[field.kind][2:]}")
     if field.minimum is not None and values.dtype.kind != "b":
         with np.errstate(invalid="ignore"):
             outside = (values < field.minimum) | (values > field.maximum)
         flag(outside, "out_of_range", f"between {field.minimum:g} and {field.maximum:g} (seen in training)", warning=True)
+    return values
+
+
+def _check_strings(field: Field, dtype: Any, check: _Check, column: pd.Series, report: _Report) -> np.ndarray:
+    """Vectorised checks for a DataFrame column of strings (batch scoring reads millions of them).
+
+    Missing values and plain, known, short ASCII strings are settled column-wise;
+    only the rest (too long, non-ASCII to normalise, unseen) go through ``check``
+    one by one, so every message is the same as for records.
+    """
+    missing = column.isna().to_numpy()
+    values = column.to_numpy(dtype=object, copy=True)
+    present = column[~missing]
+    unusual = ~present.str.isascii() | (present.str.len() > _limit(field))
+    if field.categories is not None:
+        unusual |= ~present.isin(field.categories)
+    fill = np.nan if isinstance(dtype, np.dtype) and dtype.kind in "fO" else None
+    values[missing] = fill
+    if not field.nullable:
+        for row in np.flatnonzero(missing).tolist():
+            report.add(row, field.name, "null", _null_expected(field), "null")
+    for row in np.flatnonzero(~missing)[unusual.to_numpy()].tolist():
+        values[row] = _checked(field, check, row, values[row], fill, report)
     return values
 
 

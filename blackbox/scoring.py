@@ -448,6 +448,8 @@ def _column(field: Field, column: pa.ChunkedArray) -> Any:
                 typed = None
             if typed is not None and (field.kind == "number" or typed.null_count == 0):
                 return typed.to_numpy()
+    if field.kind in ("string", "category"):  # kept in Arrow: the schema checks these column-wise
+        return pd.Series(pd.arrays.ArrowStringArray(column))
     return pd.Series(column.to_numpy(zero_copy_only=False), dtype=object)
 
 

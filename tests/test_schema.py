@@ -451,6 +451,46 @@ def test_dataframe_problems_are_capped():
     assert str(info.value).startswith("1000 of 1000 records failed")
 
 
+_STRINGS = infer_schema(
+    pd.DataFrame(
+        {
+            "port": ["S", "C", "Q", None],  # nullable, with categories: unseen values warn
+            "code": pd.Series(["a", "b", "a", "b"], dtype="category"),  # unseen values are errors
+            "name": [f"name {i}" * 3 for i in range(4)],  # free text, never missing in training
+        }
+    ),
+    max_categories=3,
+)
+_STRING_VALUES = st.none() | st.sampled_from(["S", "C", "Q", "a", "b", "X", "São", "Sa\u0303o", "y" * 1100, "\ud800"]) | st.text(max_size=5)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(st.tuples(_STRING_VALUES, _STRING_VALUES, _STRING_VALUES), min_size=1, max_size=8))
+def test_dataframe_strings_are_checked_like_records(rows):
+    """The column-wise string path (batch scoring) gives the records path's frame, warnings and problems."""
+    records = [dict(zip(["port", "code", "name"], row)) for row in rows]
+    frame_input = pd.DataFrame(records, dtype=object)
+
+    def outcome(data):
+        try:
+            frame, warnings = _STRINGS.to_frame(data)
+        except SchemaError as error:
+            return None, error.problems
+        return frame, warnings
+
+    expected, got = outcome(records), outcome(frame_input)
+    assert got[1] == expected[1]
+    if expected[0] is not None:
+        pd.testing.assert_frame_equal(got[0], expected[0])
+
+
+def test_dataframe_strings_input_is_not_modified():
+    frame_input = pd.DataFrame({"port": ["S", None, "Sa\u0303o"], "code": ["a", "b", "a"], "name": ["x", "y", "z"]}, dtype=object)
+    before = frame_input.copy()
+    _STRINGS.to_frame(frame_input)
+    pd.testing.assert_frame_equal(frame_input, before)
+
+
 # --- robustness ------------------------------------------------------------
 
 json_values = st.recursive(
