@@ -273,8 +273,8 @@ def test_an_interrupted_run_publishes_nothing(artifact, rows, tmp_path, monkeypa
             raise KeyboardInterrupt  # what Ctrl-C raises half-way through
         real_write(self, scored)
 
-    real_write = scoring._TableWriter.write
-    monkeypatch.setattr(scoring._TableWriter, "write", write_then_fail)
+    real_write = scoring._writer.TableWriter.write
+    monkeypatch.setattr(scoring._writer.TableWriter, "write", write_then_fail)
     with pytest.raises(KeyboardInterrupt):
         scoring.score(artifact, source, out, chunk_size=20, overwrite=True)
     assert out.read_text() == "previous run"

@@ -1,0 +1,162 @@
+"""A whole run: options checked, the model loaded, chunks read, scored and written, outputs published atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import persist
+from ..atomic import atomic_writer
+from ..errors import SchemaError, UsageError
+from ..signing import Keyring
+from ._dask import WorkerArtifact, dask_client, dask_results, worker_loads
+from ._progress import Progress
+from ._reader import FORMATS, Source, format_of
+from ._scorer import score_chunk
+from ._writer import OutputSpec, RejectsWriter, open_writer
+
+DEFAULT_CHUNK_ROWS = 50_000
+PARTIAL_SUCCESS = 10
+"""Exit code of a run that scored some rows and rejected others (not an error: nothing failed)."""
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What a run did; ``exit_code`` is 0, or PARTIAL_SUCCESS when rows were rejected."""
+
+    rows_read: int
+    rows_scored: int
+    rows_rejected: int
+    seconds: float
+    output: Path
+    rejects: Path
+    model: str
+    worker_loads: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows_read / self.seconds if self.seconds else 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return PARTIAL_SUCCESS if self.rows_rejected else 0
+
+    def describe(self) -> str:
+        lines = [
+            f"scored {self.rows_scored:,} of {self.rows_read:,} rows ({self.rows_rejected:,} rejected) "
+            f"in {self.seconds:.2f} s ({self.rows_per_second:,.0f} rows/s) with {self.model}",
+            f"  output   {self.output}",
+            f"  rejects  {self.rejects}",
+        ]
+        if self.worker_loads:
+            loads = ", ".join(f"{worker} {count}" for worker, count in sorted(self.worker_loads.items()))
+            lines.append(f"  model loads per Dask worker: {loads}")
+        return "\n".join(lines)
+
+
+def score(
+    artifact: str | os.PathLike[str],
+    input: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    input_format: str | None = None,
+    chunk_size: int = DEFAULT_CHUNK_ROWS,
+    id_column: str | None = None,
+    rejects: str | os.PathLike[str] | None = None,
+    on_error: str = "fail",
+    overwrite: bool = False,
+    engine: str = "local",
+    scheduler: str | None = None,
+    trusted_keys: Sequence[str | os.PathLike[str]] | None = None,
+    allow_unsigned: bool = False,
+    probabilities: bool = True,
+    progress: bool = False,
+) -> Summary:
+    """Score every record of ``input`` with the artifact's model and publish ``output`` atomically.
+
+    :param input_format: ``csv``, ``parquet`` or ``jsonl``; default: from the extension.
+        The output has the format of its own extension, else the input's.
+    :param rejects: where invalid rows are listed; default: ``OUTPUT_STEM.rejects.csv`` beside the output.
+    :param on_error: ``fail`` stops at the first invalid row; ``skip`` rejects it and goes on.
+    :param engine: ``local`` (this process) or ``dask`` (``scheduler``, or a local cluster).
+    :param probabilities: write ``proba_<class>`` columns; without them a forest runs once, not twice.
+    :param progress: report progress on stderr (a bar on a terminal, log lines otherwise).
+    """
+    started = time.perf_counter()
+    input, output = Path(input), Path(output)
+    rejects = Path(rejects) if rejects is not None else output.with_name(f"{output.stem}.rejects.csv")
+    source_format = format_of(input, input_format)
+    output_format = FORMATS.get(output.suffix.lower(), source_format)
+    _check_options(input, output, rejects, chunk_size, on_error, overwrite, engine, scheduler)
+    keyring = Keyring.from_paths(trusted_keys) if trusted_keys else Keyring.from_environment()
+    model = persist.load(artifact, trusted_keys=keyring, allow_unsigned=allow_unsigned)
+    source = Source(input, source_format, model.schema, id_column, chunk_size)
+    spec = OutputSpec(model, id_column, source.id_type, probabilities)
+    read = rejected = 0
+    meter = Progress(sys.stderr) if progress else None
+    with contextlib.ExitStack() as stack:
+        if engine == "dask":
+            client = stack.enter_context(dask_client(scheduler))
+            remote = WorkerArtifact.of(Path(artifact).resolve(), model.sha256, keyring, allow_unsigned)
+            results = dask_results(client, source.chunks(), remote, id_column, bool(spec.proba_names))
+        else:
+            results = (score_chunk(model, chunk, id_column, bool(spec.proba_names)) for chunk in source.chunks())
+        # Left in reverse order: the writers finish their files, the rejects file is renamed into place, the output last.
+        with (
+            atomic_writer(output) as out_file,
+            atomic_writer(rejects) as rejects_file,
+            open_writer(output_format, out_file, spec) as writer,
+            RejectsWriter(rejects_file, id_column) as rejects_writer,
+        ):
+            for scored in results:
+                if scored.rejects and on_error == "fail":
+                    raise _first_reject(scored.rejects, input, output)
+                writer.write(scored)
+                rejects_writer.write(scored.rejects)
+                bad = len({row for row, _, _ in scored.rejects})
+                read += len(scored.rows) + bad
+                rejected += bad
+                if meter:
+                    meter.update(read, rejected, source.fraction())
+        loads = client.run(worker_loads, remote) if engine == "dask" else {}
+    if meter:
+        meter.close()
+    label = f"{model.name} {model.version} (sha256 {model.sha256[:12]})"
+    return Summary(read, read - rejected, rejected, time.perf_counter() - started, output, rejects, label, loads)
+
+
+def _check_options(
+    input: Path, output: Path, rejects: Path, chunk_size: int, on_error: str, overwrite: bool, engine: str, scheduler: str | None
+) -> None:
+    if on_error not in ("fail", "skip"):
+        raise UsageError(f"on_error must be 'fail' or 'skip', not {on_error!r}.")
+    if engine not in ("local", "dask"):
+        raise UsageError(f"engine must be 'local' or 'dask', not {engine!r}.")
+    if scheduler is not None and engine != "dask":
+        raise UsageError("--scheduler only applies to --engine dask.")
+    if chunk_size < 1:
+        raise UsageError(f"The chunk size must be at least 1 row, not {chunk_size}.")
+    if len({input.resolve(), output.resolve(), rejects.resolve()}) < 3:
+        raise UsageError(f"The input {str(input)!r}, the output {str(output)!r} and the rejects file {str(rejects)!r} must be three different files.")
+    for path in (output, rejects):
+        if path.exists() and not overwrite:
+            raise UsageError(f"{str(path)!r} already exists; pass --overwrite to replace it, or choose another path.")
+
+
+def _first_reject(rejects: list[tuple[int, Any, dict[str, Any]]], input: Path, output: Path) -> SchemaError:
+    row, _, problem = rejects[0]
+    where = f"field {problem['field']!r}: " if problem["field"] is not None else ""
+    more = len(rejects) - 1
+    return SchemaError(
+        f"{str(input)!r} row {row} (1-based): {where}expected {problem['expected']}, got {problem['received']}"
+        + (f"; {more} more problem(s) in the same chunk" if more else "")
+        + f". Nothing was written to {str(output)!r}. Fix the input, or rerun with --on-error skip to score the "
+        "valid rows and list the invalid ones in a rejects file.",
+        [{**problem, "row": reject_row} for reject_row, _, problem in rejects],
+    )
