@@ -123,6 +123,11 @@ class Keyring:
         revoked = [k for k in os.environ.get(REVOKED_KEYS_ENV, "").replace(",", " ").split() if k]
         return cls.from_paths(paths, revoked)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as raw public key bytes (key objects do not pickle), so a Dask worker trusts what the driver trusts."""
+        raw = tuple(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw) for key in self.keys.values())
+        return _keyring_from_raw, (raw, self.revoked)
+
     def verify(self, manifest_bytes: bytes, block: bytes, *, now: dt.datetime | None = None) -> dict[str, Any]:
         """Return the verified claims, or raise AuthenticityError saying why not."""
         parsed = read_block(block)
@@ -152,6 +157,11 @@ class Keyring:
 def _message(claims: dict[str, Any], manifest_bytes: bytes) -> bytes:
     signed_claims = json.dumps({k: claims.get(k) for k in _CLAIMS}, sort_keys=True).encode()
     return _DOMAIN + signed_claims + b"\n" + manifest_bytes
+
+
+def _keyring_from_raw(raw: tuple[bytes, ...], revoked: frozenset[str]) -> Keyring:
+    keys = [Ed25519PublicKey.from_public_bytes(item) for item in raw]
+    return Keyring({key_id(key): key for key in keys}, revoked)
 
 
 def _load_public_key(path: Path) -> Ed25519PublicKey:

@@ -156,6 +156,16 @@ def test_key_rotation_trusts_a_directory_of_keys(saved, keys, tmp_path):
         blackbox.load(rotated, trusted_keys=[keys["public"]])
 
 
+def test_a_keyring_travels_by_pickle_with_its_trust_and_revocations(saved, keys):
+    """Dask workers get the driver's keyring by pickle: same keys trusted, same ids revoked."""
+    ring = signing.Keyring.from_paths([keys["public"]])
+    travelled = pickle.loads(pickle.dumps(ring))
+    assert blackbox.load(saved, trusted_keys=travelled).signer in travelled.keys
+    revoked = pickle.loads(pickle.dumps(signing.Keyring(ring.keys, frozenset(ring.keys))))
+    with pytest.raises(blackbox.AuthenticityError, match="revoked"):
+        blackbox.load(saved, trusted_keys=revoked)
+
+
 def test_sign_refuses_a_damaged_artifact(saved, keys, tmp_path):
     data = bytearray(saved.read_bytes())
     data[-10] ^= 0xFF

@@ -6,17 +6,13 @@ import collections
 import contextlib
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
-
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .. import persist
 from ..errors import IntegrityError, UsageError
 from ..model import Model
-from ..signing import Keyring, key_id
+from ..signing import Keyring
 from ._chunks import Chunk, Scored
 from ._scorer import score_chunk
 
@@ -50,19 +46,11 @@ class WorkerArtifact:
 
     path: str
     sha256: str
-    keys: tuple[bytes, ...]
-    revoked: frozenset[str]
+    keyring: Keyring = field(compare=False)
     allow_unsigned: bool
 
-    @classmethod
-    def of(cls, path: Path, sha256: str, keyring: Keyring, allow_unsigned: bool) -> WorkerArtifact:
-        raw = tuple(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw) for key in keyring.keys.values())
-        return cls(str(path), sha256, raw, keyring.revoked, allow_unsigned)
-
     def load(self) -> Model:
-        keys = [Ed25519PublicKey.from_public_bytes(raw) for raw in self.keys]
-        keyring = Keyring({key_id(key): key for key in keys}, self.revoked)
-        model = persist.load(self.path, trusted_keys=keyring, allow_unsigned=self.allow_unsigned)
+        model = persist.load(self.path, trusted_keys=self.keyring, allow_unsigned=self.allow_unsigned)
         if model.sha256 != self.sha256:
             raise IntegrityError(
                 f"{self.path!r} changed while it was being scored (payload sha256 {model.sha256[:12]}, "

@@ -103,7 +103,7 @@ def score(
     with contextlib.ExitStack() as stack:
         if engine == "dask":
             client = stack.enter_context(dask_client(scheduler))
-            remote = WorkerArtifact.of(Path(artifact).resolve(), model.sha256, keyring, allow_unsigned)
+            remote = WorkerArtifact(str(Path(artifact).resolve()), model.sha256, keyring, allow_unsigned)
             results = dask_results(client, source.chunks(), remote, id_column, bool(spec.proba_names))
         else:
             results = (score_chunk(model, chunk, id_column, bool(spec.proba_names)) for chunk in source.chunks())
