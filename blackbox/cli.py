@@ -15,11 +15,11 @@ from typing import Any
 
 import click
 
-from . import isolation, persist, scoring, signing
+from . import isolation, persist, predlog, scoring, signing
 from . import rebuild as rebuild_
 from .atomic import atomic_write
 from .artifact import read_bytes, unpack
-from .errors import AuthenticityError, BlackboxError
+from .errors import AuthenticityError, BlackboxError, SchemaError
 from .imports import pickle_globals
 from .isolation import DEFAULT_BLOCK
 from .signing import TRUSTED_KEYS_ENV
@@ -342,6 +342,77 @@ def gc(store: str, older_than: float) -> None:
     """Remove the temporary files interrupted pushes and promotes left in STORE."""
     removed = Store.open(store).gc(older_than)
     click.echo("\n".join(removed) if removed else f"{store}: nothing to remove")
+
+
+# ---------------------------------------------------------------- prediction log (blackbox.predlog)
+
+def _moment(ctx: click.Context, param: click.Parameter, value: str | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        return dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 time; e.g. 2026-01-31 or 2026-01-31T12:00:00Z (naive: UTC).") from None
+
+
+@cli.command("export-log")
+@click.argument("database", metavar="DB")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The training set: .parquet or .csv.")
+@click.option("--since", callback=_moment, metavar="ISO", help="Only predictions at or after this time (naive: UTC).")
+@click.option("--until", callback=_moment, metavar="ISO", help="Only predictions before this time.")
+@click.option("--with-feedback", is_flag=True, help="Add each record's latest label (and its time) from POST /feedback.")
+@click.option("--labelled-only", is_flag=True, help="Only records that have a label (implies --with-feedback).")
+def export_log(
+    database: str, output: str, since: dt.datetime | None, until: dt.datetime | None, with_feedback: bool, labelled_only: bool,
+) -> None:
+    """Write the prediction log at DB (a SQLAlchemy URL or SQLite file) as a training set, atomically.
+
+    One row per logged record: request_id, row, ts, model_version, the input fields, the
+    prediction, and with feedback the label and label_ts.
+    """
+    rows = predlog.export_log(database, output, since=since, until=until, with_feedback=with_feedback, labelled_only=labelled_only)
+    click.echo(f"{output}: {rows} rows from {predlog.database_url(database).render_as_string(hide_password=True)}")
+
+
+@cli.command("drift")
+@click.argument("artifact", type=click.Path(dir_okay=False, exists=True))
+@click.argument("database", metavar="DB")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Where to write the HTML report.")
+@click.option("--since", callback=_moment, metavar="ISO", help="Only predictions at or after this time (naive: UTC).")
+@click.option("--until", callback=_moment, metavar="ISO", help="Only predictions before this time.")
+@click.option("--json", "as_json", is_flag=True, help="Print the per-feature numbers as JSON.")
+@trust_options
+def drift(
+    artifact: str, database: str, output: str | None, since: dt.datetime | None, until: dt.datetime | None, as_json: bool,
+    trusted_keys: tuple[str, ...], allow_unsigned: bool,
+) -> None:
+    """Compare the inputs logged at DB for the artifact's model with its training data; write an HTML report.
+
+    The artifact is read, never unpickled (its signature is checked as for every command).
+    Exit 9 when the log has no records of this model in the period; 2 without -o or --json.
+    """
+    from .drift import worst
+    from .report import compare_live, drift_report
+
+    if output is None and not as_json:
+        raise click.UsageError("Say where the report goes (-o report.html), or ask for --json.")
+    manifest = persist.inspect(artifact, trusted_keys=_keys(trusted_keys))
+    signature = manifest["signature"]
+    if not signature["valid"] and not (allow_unsigned and not signature["signed"]):
+        raise AuthenticityError(f"{artifact}: {signature.get('reason')}; pass --trusted-keys (or --allow-unsigned "
+                                "for an unsigned artifact) to read its training profile.")
+    live = predlog.read_log(database, since=since, until=until, with_feedback=True, model_name=manifest["name"])
+    if live.empty:
+        period = f"from {since or 'the start'} until {until or 'now'}"
+        raise SchemaError(f"The log at {database} has no predictions of {manifest['name']} {period}; "
+                          "widen --since/--until, or check that the server logs with --prediction-log.")
+    features = compare_live(manifest, live)
+    if output is not None:
+        period = (since.isoformat() if since else None, until.isoformat() if until else None)
+        path = drift_report(manifest, live, output, period=period)
+        click.echo(f"{path}: {len(live)} records of {manifest['name']}, drift {worst(features) or 'not measurable'}", err=as_json)
+    if as_json:
+        click.echo(json.dumps({"records": len(live), "status": worst(features), "features": features}, indent=2))
 
 
 def _register_serve() -> None:

@@ -6,8 +6,10 @@ numbers by their missing rate and the share of values in each training decile
 category frequencies; free text only by its missing rate. :func:`compare`
 puts a batch of live records through the same bins and reports, per feature,
 the population stability index (PSI), the share of categories never seen in
-training, and the missing rate. Common reading of PSI: < 0.1 stable,
-0.1 to 0.25 moderate shift, > 0.25 major shift.
+training, the missing rate, and a :func:`status` read from the PSI. Common
+reading of PSI: < 0.1 stable, 0.1 to 0.25 moderate shift, > 0.25 major shift
+(:data:`MODERATE`, :data:`MAJOR`: the server, its gauges and the report all
+read these two).
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ from .schema import Schema
 
 QUANTILES = np.linspace(0, 1, 11)[1:-1]  # inner decile edges
 _EPSILON = 1e-4  # floor for empty bins, so PSI stays finite
+MODERATE = 0.1  # PSI from which a shift is worth a look
+MAJOR = 0.25  # PSI above which the population has moved: retrain or investigate
+STATUSES = ("stable", "moderate", "major")  # mildest first
+UNSEEN = "(unseen)"  # the live-shares bucket of categories training never saw
 
 
 def profile(frame: pd.DataFrame, schema: Schema) -> dict[str, dict[str, Any]]:
@@ -67,6 +73,7 @@ def compare(training: Mapping[str, Mapping[str, Any]], live: pd.DataFrame) -> di
             shares = _numeric_shares(present.to_numpy(dtype=float), prof["edges"])
             entry["psi"] = psi(np.asarray(prof["shares"]), shares) if len(present) else None
             entry["live_shares"] = shares.tolist()
+            entry["bins"] = bin_labels(prof["edges"])
         elif prof["kind"] == "categorical":
             seen = list(prof["shares"])
             values = present.astype(str)
@@ -76,9 +83,31 @@ def compare(training: Mapping[str, Mapping[str, Any]], live: pd.DataFrame) -> di
             actual = np.asarray([float(counts.get(c, 0.0)) for c in seen] + [unseen])
             entry["psi"] = psi(expected, actual) if len(values) else None
             entry["unseen_share"] = unseen if len(values) else None
-            entry["live_shares"] = dict(zip(seen + ["(unseen)"], actual.tolist()))
+            entry["live_shares"] = dict(zip(seen + [UNSEEN], actual.tolist()))
+        entry["status"] = status(entry.get("psi"))
         report[name] = entry
     return report
+
+
+def status(value: float | None) -> str | None:
+    """``stable``, ``moderate`` or ``major`` for a PSI; None when there is none (no live values, free text)."""
+    if value is None:
+        return None
+    return "major" if value > MAJOR else "moderate" if value >= MODERATE else "stable"
+
+
+def worst(report: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """The most severe status among a :func:`compare` report's features (None if none has one)."""
+    found = [entry["status"] for entry in report.values() if entry.get("status") is not None]
+    return max(found, key=STATUSES.index) if found else None
+
+
+def bin_labels(edges: list[float]) -> list[str]:
+    """Readable names of the bins :func:`compare` counts numbers in: ``< e0``, ``e0 to e1``, ..., ``>= en``."""
+    if not edges:
+        return ["all"]
+    inner = [f"{low:g} to {high:g}" for low, high in zip(edges, edges[1:])]
+    return [f"< {edges[0]:g}", *inner, f">= {edges[-1]:g}"]
 
 
 def psi(expected: np.ndarray, actual: np.ndarray) -> float:

@@ -9,6 +9,7 @@ for scikit-learn estimators.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -113,6 +114,10 @@ class Model:
     def prepare(self, records: Records, *, strict: bool = False) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
         """Validate records against the schema; return the typed frame and the warnings."""
         return self.schema.to_frame(records, strict=strict)
+
+    def validate(self, records: Records, *, strict: bool = False) -> list[dict[str, Any]]:
+        """What :meth:`prepare` checks, without building the frame: the warnings (raises SchemaError)."""
+        return self.schema.validate(records, strict=strict)
 
     def predict(self, record: Mapping[str, Any]) -> Any:
         """The prediction for one record."""
@@ -232,4 +237,21 @@ class SklearnModel(Model):
             return super()._predict_both(frame)
         features = self.estimator[:-1].transform(frame)
         final = self.estimator.steps[-1][1]
-        return final.predict(features), final.predict_proba(features)
+        proba = final.predict_proba(features)
+        if _predicts_by_argmax(final):  # a forest's predict would compute every tree's probabilities again
+            return final.classes_.take(np.argmax(proba, axis=1), axis=0), proba
+        return final.predict(features), proba
+
+
+def _predicts_by_argmax(estimator: Any) -> bool:
+    """Whether ``predict`` is exactly ``classes_[argmax(predict_proba)]`` (scikit-learn's single-output forests).
+
+    Looked up in ``sys.modules`` rather than imported: a forest's module is loaded
+    by unpickling the forest, and importing it otherwise would slow every load.
+    """
+    forest = sys.modules.get("sklearn.ensemble._forest")
+    return (
+        forest is not None
+        and type(estimator).predict is forest.ForestClassifier.predict
+        and getattr(estimator, "n_outputs_", None) == 1
+    )

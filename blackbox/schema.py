@@ -162,6 +162,18 @@ class Schema:
 
         Returns ``(frame, warnings)``; raises one :class:`SchemaError` listing every problem.
         """
+        columns, index, warnings = self._check(records, strict)
+        frame = pd.DataFrame({name: _build(values, dtype, index) for (name, values), dtype in zip(columns.items(), self._dtypes)}, index=index)
+        return frame, warnings
+
+    def validate(self, records: Any, *, strict: bool = False) -> list[dict]:
+        """:meth:`to_frame`'s checks without building the frame: the warnings, or one :class:`SchemaError`.
+
+        For a server that validates each request on its own and builds one frame per batch of them.
+        """
+        return self._check(records, strict)[2]
+
+    def _check(self, records: Any, strict: bool) -> tuple[dict[str, Any], pd.Index, list[dict]]:
         report = _Report({name: position for position, name in enumerate(self.columns)})
         index = None
         if isinstance(records, pd.DataFrame):
@@ -177,9 +189,7 @@ class Schema:
         if not total:
             report.add(None, None, "empty", "at least one record", "0 records")
         report.check(total)
-        index = pd.RangeIndex(total) if index is None else index
-        frame = pd.DataFrame({name: _build(values, dtype, index) for (name, values), dtype in zip(columns.items(), self._dtypes)}, index=index)
-        return frame, report.warnings
+        return columns, pd.RangeIndex(total) if index is None else index, report.warnings
 
     @cached_property
     def _dtypes(self) -> list:

@@ -7,9 +7,12 @@ loaded. ``blackbox serve PATH`` runs it under gunicorn (:mod:`serving.cli`);
 
 Module map: ``config`` (settings), ``holder`` (the model and loading),
 ``payloads`` / ``jsonio`` (bodies -> records), ``inference`` (records ->
-predictions), ``api`` and ``ops`` (routes), ``errors`` (the one error table),
-``auth``, ``lifecycle`` (request id, log line, metrics per request), ``logs``,
-``metrics``, ``openapi``, ``cli`` and ``gunicorn_app`` (running it).
+predictions, concurrent requests micro-batched), ``api`` and ``ops`` (routes),
+``predlog`` (the prediction log's queue and writer, ``POST /feedback``),
+``monitor`` (the live drift window, ``GET /drift``), ``follow`` (hot reload from
+a store), ``errors`` (the one error table), ``auth``, ``lifecycle`` (request id,
+log line, metrics per request), ``logs``, ``metrics``, ``openapi``, ``cli`` and
+``gunicorn_app`` (running it).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Prediction routes: ``POST /predict`` and the MLflow-compatible ``POST /invocations``.
+"""Prediction routes: ``POST /predict``, the MLflow-compatible ``POST /invocations``, and ``POST /feedback``.
 
 Scope: HTTP glue. Both routes read the body into records (:mod:`.payloads`),
 score them in one call (:class:`.inference.Scorer`) with the model read once from
@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Blueprint, Response, g, request
 
-from . import jsonio, payloads, state
+from . import jsonio, payloads, predlog, state
 from .lifecycle import request_id
 
 bp = Blueprint("api", __name__)
@@ -37,6 +37,9 @@ def _predict(shape: payloads.Shape) -> Response:
     scored = current.scorer.score(model, records, strict=current.settings.strict_fields)
     g.warnings = scored.warnings
     current.metrics.predicted(len(records), model.version, scored.warnings)
+    current.monitor.observe(model, records)
+    if current.predlog is not None:
+        current.predlog.record(model, records, scored)
     body: dict[str, Any] = {"predictions": scored.predictions}
     if scored.probabilities is not None:
         body["probabilities"] = scored.probabilities
@@ -46,3 +49,10 @@ def _predict(shape: payloads.Shape) -> Response:
     body["warnings"] = scored.warnings
     body["request_id"] = request_id()
     return jsonio.response(body)
+
+
+@bp.post("/feedback")
+def feedback() -> Response:
+    """Labels observed after the fact, for logged predictions (see :func:`.predlog.store_feedback`)."""
+    current = state.current()
+    return jsonio.response(predlog.store_feedback(current.predlog, request, max_entries=current.settings.max_records))

@@ -11,15 +11,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from blackbox import Model, UsageError
+from blackbox.predlog import PredictionLog
 from flask import Flask
 
-from . import api, auth, errors, lifecycle, ops
+from . import api, auth, errors, lifecycle, monitor, ops
 from .config import Settings, layer
 from .follow import Follower
 from .holder import ModelHolder, load_model
 from .inference import Scorer
 from .logs import RequestLog
 from .metrics import Metrics
+from .predlog import Recorder
 from .state import EXTENSION, State
 
 
@@ -52,15 +54,25 @@ def create_app(config: Mapping[str, Any] | None = None, *, model: Model | None =
         )
     holder.model = model
     metrics.serving(model.name, model.version, model.sha256)
-    app.extensions[EXTENSION] = State(settings, holder, Scorer(), keys, metrics, log, follower)
+    scorer = Scorer(
+        batching=settings.batching, max_wait=settings.batch_max_wait_ms / 1000,
+        max_records=settings.batch_max_records, observe=metrics.batched,
+    )
+    window = monitor.Monitor(holder, metrics, log, capacity=settings.drift_window, interval=settings.drift_interval)
+    recorder = Recorder(PredictionLog(settings.prediction_log), metrics, log) if settings.prediction_log else None
+    app.extensions[EXTENSION] = State(
+        settings, holder, scorer, keys, metrics, log, monitor=window, follower=follower, predlog=recorder
+    )
     lifecycle.init_app(app)
     auth.init_app(app)
     errors.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)
+    app.register_blueprint(monitor.bp)
     log.event("model_loaded", logging.INFO, **summary(model, settings), api_keys=len(keys))
     if follower is not None:
         follower.start()
+    window.start()
     return app
 
 
@@ -79,4 +91,5 @@ def summary(model: Model, settings: Settings) -> dict[str, Any]:
         "cv_score": search.get("best_score"),
         "metrics": {k: v for k, v in (manifest.get("metrics") or {}).items() if k != "search"},
         "strict_fields": settings.strict_fields,
+        "prediction_log": settings.prediction_log.render_as_string(hide_password=True) if settings.prediction_log else None,
     }

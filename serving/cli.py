@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .config import Settings
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-DEFAULT_THREADS = 2
+DEFAULT_THREADS = 32
 """Threads per gunicorn worker; the measurements behind it are in serving/gunicorn_app.py."""
 
 
@@ -52,6 +52,14 @@ DEFAULT_THREADS = 2
 @click.option("--max-records", type=click.IntRange(min=1), default=None, help="Records per request [default: 10000].")
 @click.option("--max-body-bytes", type=click.IntRange(min=1), default=None, help="Request body size [default: 8 MiB].")
 @click.option("--log-format", type=click.Choice(["json", "text"]), default=None, help="Request log lines [default: json].")
+@click.option("--batching/--no-batching", default=None,
+              help="Let concurrent requests of a worker share one model call [default: on].")
+@click.option("--batch-max-wait-ms", type=click.FloatRange(0, 1000), default=None,
+              help="Longest a batch waits for requests still being validated [default: 2].")
+@click.option("--batch-max-records", type=click.IntRange(min=1), default=None,
+              help="Records per model call; a request this large is its own call [default: 64].")
+@click.option("--prediction-log", default=None, metavar="URL",
+              help="Log every prediction to this SQLAlchemy URL or SQLite file (POST /feedback adds labels) [default: off].")
 @click.option("--debug", is_flag=True, help="Flask's development server (one process, reloader off) instead of gunicorn.")
 def serve(
     path: str | None,
@@ -72,11 +80,15 @@ def serve(
     max_records: int | None,
     max_body_bytes: int | None,
     log_format: str | None,
+    batching: bool | None,
+    batch_max_wait_ms: float | None,
+    batch_max_records: int | None,
+    prediction_log: str | None,
     debug: bool,
 ) -> None:
     """Serve the artifact at PATH (or follow --store/--model) over HTTP.
 
-    POST /predict, /invocations, /reload; GET /health, /ready, /model, /schema, /openapi.json, /metrics.
+    POST /predict, /invocations, /feedback, /reload; GET /health, /ready, /model, /schema, /openapi.json, /metrics.
     """
     metrics_dir = None if debug else tempfile.mkdtemp(prefix="blackbox-metrics-")
     previous = os.environ.get(MULTIPROC_ENV)
@@ -95,6 +107,10 @@ def serve(
             MAX_RECORDS=max_records,
             MAX_CONTENT_LENGTH=max_body_bytes,
             LOG_FORMAT=log_format,
+            PREDICTION_LOG=prediction_log,
+            BATCHING=batching,
+            BATCH_MAX_WAIT_MS=batch_max_wait_ms,
+            BATCH_MAX_RECORDS=batch_max_records,
         )
         _check_exposure(host, settings, insecure_no_auth)
         if debug:

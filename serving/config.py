@@ -21,7 +21,9 @@ from urllib.parse import unquote, urlsplit
 
 import blackbox
 from blackbox import UsageError
+from blackbox.predlog import database_url
 from flask import Config
+from sqlalchemy.engine import URL
 
 DEFAULTS: Mapping[str, Any] = MappingProxyType(
     {
@@ -46,6 +48,20 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
         "API_KEYS_FILE": None,
         # One line per request as "json" or "text" (key=value).
         "LOG_FORMAT": "json",
+        # Micro-batching: concurrent requests of a worker share one model call (serving/inference.py).
+        # A request alone never waits; a batch waits at most BATCH_MAX_WAIT_MS for requests still
+        # being validated, and holds at most BATCH_MAX_RECORDS records; a request that large is its
+        # own call (bench/bench_server.py on 2 cores: pairing 100-record requests was slower than
+        # predicting them one by one, while 16 single records per worker share a call well).
+        "BATCHING": True,
+        "BATCH_MAX_WAIT_MS": 2,
+        "BATCH_MAX_RECORDS": 64,
+        # Drift (serving/monitor.py): each worker keeps its last DRIFT_WINDOW scored records (0: off)
+        # for GET /drift, and refreshes the drift gauges at most every DRIFT_INTERVAL seconds.
+        "DRIFT_WINDOW": 5_000,
+        "DRIFT_INTERVAL": 15,
+        # Prediction log (blackbox/predlog.py): a SQLAlchemy URL or a SQLite file path; None: off.
+        "PREDICTION_LOG": None,
     }
 )
 
@@ -76,6 +92,12 @@ class Settings:
     api_keys: Mapping[str, str] | str | None
     api_keys_file: Path | None
     log_format: str
+    batching: bool
+    batch_max_wait_ms: float
+    batch_max_records: int
+    drift_window: int
+    drift_interval: float
+    prediction_log: URL | None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -87,14 +109,11 @@ class Settings:
                 "Serve either ARTIFACT (env BLACKBOX_ARTIFACT), or STORE together with MODEL "
                 "(env BLACKBOX_STORE, BLACKBOX_MODEL=NAME@ALIAS), not a mix."
             )
-        interval = config["POLL_INTERVAL"]
-        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval < 0:
-            raise _bad("POLL_INTERVAL", "a number of seconds, 0 or more", interval)
         return cls(
             artifact=_artifact(config["ARTIFACT"]),
             store=store,
             model_ref=model_ref,
-            poll_interval=float(interval),
+            poll_interval=_seconds(config, "POLL_INTERVAL"),
             load_options=_load_options(config["LOAD_OPTIONS"]),
             strict_fields=_bool(config, "STRICT_FIELDS"),
             max_records=_positive_int(config, "MAX_RECORDS"),
@@ -102,6 +121,12 @@ class Settings:
             api_keys=_api_keys(config["API_KEYS"]),
             api_keys_file=None if config["API_KEYS_FILE"] in (None, "") else Path(str(config["API_KEYS_FILE"])),
             log_format=_choice(config, "LOG_FORMAT", LOG_FORMATS),
+            batching=_bool(config, "BATCHING"),
+            batch_max_wait_ms=_milliseconds(config, "BATCH_MAX_WAIT_MS"),
+            batch_max_records=_positive_int(config, "BATCH_MAX_RECORDS"),
+            drift_window=_count(config, "DRIFT_WINDOW"),
+            drift_interval=_seconds(config, "DRIFT_INTERVAL"),
+            prediction_log=_prediction_log(config["PREDICTION_LOG"]),
         )
 
 
@@ -121,6 +146,27 @@ def _positive_int(config: Mapping[str, Any], key: str) -> int:
     if type(value) is not int or value < 1:
         raise _bad(key, "a positive integer", value)
     return value
+
+
+def _count(config: Mapping[str, Any], key: str) -> int:
+    value = config[key]
+    if type(value) is not int or value < 0:
+        raise _bad(key, "a whole number, 0 or more", value)
+    return value
+
+
+def _seconds(config: Mapping[str, Any], key: str) -> float:
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise _bad(key, "a number of seconds, 0 or more", value)
+    return float(value)
+
+
+def _milliseconds(config: Mapping[str, Any], key: str) -> float:
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1000:
+        raise _bad(key, "a number of milliseconds between 0 and 1000", value)
+    return float(value)
 
 
 def _choice(config: Mapping[str, Any], key: str, choices: tuple[str, ...]) -> str:
@@ -145,6 +191,14 @@ def _artifact(value: Any) -> Path | None:
     if parts.scheme and len(parts.scheme) > 1:  # "C:\..." is a Windows path, not a scheme
         raise UsageError(f"Cannot serve {text!r}: only local paths and file:// URIs are supported.")
     return Path(text)
+
+
+def _prediction_log(value: Any) -> URL | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, (str, Path)):
+        raise _bad("PREDICTION_LOG", "a SQLAlchemy URL or a SQLite file path", value)
+    return database_url(value)
 
 
 def _load_options(value: Any) -> Mapping[str, Any]:

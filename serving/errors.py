@@ -32,9 +32,13 @@ from werkzeug.exceptions import (
 from . import jsonio
 from .lifecycle import request_id
 from .payloads import TooManyRecords
+from .predlog import InvalidFeedback, PredictionLogOff, PredictionLogUnavailable
 
 TABLE: Mapping[type[BaseException], tuple[int, str]] = {
     TooManyRecords: (413, "too_many_records"),
+    InvalidFeedback: (422, "invalid_feedback"),
+    PredictionLogOff: (409, "prediction_log_off"),
+    PredictionLogUnavailable: (503, "prediction_log_unavailable"),
     SchemaError: (422, "validation_error"),
     BadRequest: (400, "malformed_body"),
     Unauthorized: (401, "unauthenticated"),
@@ -69,7 +73,7 @@ def handle(exc: Exception) -> Response:
     status, code = classify(exc)
     g.error = (exc.original_exception or exc) if isinstance(exc, InternalServerError) else exc
     g.error_code = code
-    details: list[Any] = list(exc.problems) if isinstance(exc, SchemaError) else []
+    details: list[Any] = list(exc.problems) if isinstance(exc, (SchemaError, InvalidFeedback)) else []
     if status >= 500 and not isinstance(exc, ServiceUnavailable):
         message = INTERNAL_MESSAGE
     elif isinstance(exc, HTTPException):

@@ -40,12 +40,15 @@ def options(*, bind: str, workers: int, threads: int, timeout: int) -> dict[str,
     settings: dict[str, Any] = {
         "bind": [bind],
         "workers": workers,
-        # Measured on 2 cores (bench/bench_server.py, Titanic, single records, c=8/c=32):
-        # 2 workers x 2 gthread threads 62/64 req/s, 2 sync workers 52/65, 2x4 51/32
-        # (p99 1.6 s at c=32), 1 worker 20/19. Workers = cores; two threads per worker
-        # cost nothing in throughput (the model is called one thread at a time, see
-        # inference.py) and buy keep-alive, a lower p50 at low concurrency (30 vs 43 ms),
-        # and /health answered while a long batch runs. threads == 1 selects sync.
+        # gthread, workers = cores, 32 threads each (serving/cli.py). Micro-batching
+        # (inference.py) can only gather requests that have a thread in the worker, so
+        # threads must cover the connections one worker may hold. bench/bench_server.py,
+        # shared 2-core VM, LogisticRegression, single records, req/s at c=8 / c=32, three
+        # runs (the third after batches stopped building a frame per request): 2x32 118/342, 135/295, 169/430; 2x16 98/338, 139/186, 126/483;
+        # 1x16 or 1x32 (one core for Python) 87/108, 93/167, 57/217; 2x4 50/110, 139/120;
+        # bare Flask under gunicorn -w 2 -k sync 83/77, 104/94, 87/58. 2x32 was never
+        # far behind and was best when the workers got unequal shares of the connections.
+        # threads == 1 selects sync (no batching possible).
         "worker_class": "gthread" if threads > 1 else "sync",
         "threads": threads,
         "timeout": timeout,

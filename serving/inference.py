@@ -1,23 +1,33 @@
-"""Records -> one validated frame -> one prediction call: the server's whole use of a model.
+"""Records -> validated frame -> predictions, with concurrent requests sharing one model call.
 
-Scope: no HTTP here, so the same code can later score a micro-batch gathered
-from several requests. Validation is the model's schema
-(:meth:`blackbox.Model.prepare`), never code written for one model.
+Scope: no HTTP here. Validation is the model's schema
+(:meth:`blackbox.Model.validate` / :meth:`~blackbox.Model.prepare`), never code
+written for one model, and it runs in each request's own thread, so a bad record gets its own 422 and never fails
+its neighbours.
 
-A worker runs a few threads (gunicorn gthread) so that health checks, JSON and
-validation proceed while a prediction runs, but the model itself is called by
-one thread at a time: a pipeline holds user code that need not be thread-safe
-(sklearn-pandas' ``DataFrameMapper`` writes ``self.transformed_names_`` on
-every transform), and the GIL would serialise most of that work anyway.
+Why micro-batching: a pipeline's cost per call is mostly fixed (a
+``DataFrameMapper`` transform costs about the same for 1 row as for 32), so a
+worker that predicts one request at a time is bound by calls, not records.
+Requests of one worker (gunicorn gthread) that arrive while the model is busy,
+or are still being validated, join one open batch; its first request (the
+leader) builds one frame of all their records and makes the one
+``predict_and_proba_frame`` call, and every request takes its own slice back.
+A request alone never waits: the leader waits (at most ``max_wait``) only while
+other requests are being validated. The model is called by one thread at a time: a pipeline holds user
+code that need not be thread-safe (sklearn-pandas' ``DataFrameMapper`` writes
+``self.transformed_names_`` on every transform), and the GIL would serialise
+that work anyway. A hot reload changes the model object; batches are per
+model object, so no call ever mixes two models.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import pandas as pd
 from blackbox import Model
 
 
@@ -30,15 +40,124 @@ class Scored:
     warnings: list[dict[str, Any]]
 
 
-class Scorer:
-    """Scores batches of records, one model call at a time in this process."""
+@dataclass
+class _Batch:
+    """Validated requests for one model, answered by one call; filled in by the leader."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
+    model: Model
+    records: list[Mapping[str, Any]] = field(default_factory=list)
+    open: bool = True
+    done: threading.Event = field(default_factory=threading.Event)
+    predictions: list[Any] = field(default_factory=list)
+    probabilities: list[list[float]] | None = None
+    error: BaseException | None = None
+
+
+class Scorer:
+    """Scores requests, one model call at a time in this process, gathering concurrent ones into a batch.
+
+    :param batching: gather concurrent requests (False: each request is its own call).
+    :param max_wait: seconds a batch waits for requests still being validated.
+    :param max_records: records per model call; a request this large is never batched.
+    :param observe: called with the number of records of every model call (a metric).
+    """
+
+    def __init__(
+        self,
+        *,
+        batching: bool = False,
+        max_wait: float = 0.0,
+        max_records: int = 1,
+        observe: Callable[[int], None] | None = None,
+    ) -> None:
+        self.batching = batching
+        self.max_wait = max_wait
+        self.max_records = max_records
+        self._observe = observe
+        self._model_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._open: dict[int, _Batch] = {}  # id(model) -> its open batch
+        self._validating = 0
 
     def score(self, model: Model, records: Sequence[Mapping[str, Any]], *, strict: bool) -> Scored:
-        """Validate the whole batch (one SchemaError lists every problem), then predict it in one call."""
-        frame, warnings = model.prepare(records, strict=strict)
-        with self._lock:
-            predictions, probabilities = model.predict_and_proba_frame(frame)
-        return Scored(predictions, probabilities, warnings)
+        """Validate this request's records (one SchemaError lists every problem), then predict them."""
+        if not self.batching or len(records) >= self.max_records:
+            frame, warnings = model.prepare(records, strict=strict)
+            with self._model_lock:
+                predictions, probabilities = self._call(model, frame)
+            return Scored(predictions, probabilities, warnings)
+        with self._cond:
+            self._validating += 1
+        try:
+            warnings = model.validate(records, strict=strict)  # the batch's frame is built once, by its leader
+        finally:
+            with self._cond:
+                self._validating -= 1
+                self._cond.notify_all()
+        batch, start, leader = self._join(model, records)
+        if leader:
+            self._lead(batch)
+        batch.done.wait()
+        if batch.error is not None:
+            raise batch.error
+        stop = start + len(records)
+        probabilities = None if batch.probabilities is None else batch.probabilities[start:stop]
+        return Scored(batch.predictions[start:stop], probabilities, warnings)
+
+    def _join(self, model: Model, records: Sequence[Mapping[str, Any]]) -> tuple[_Batch, int, bool]:
+        """Add a validated request to the model's open batch (or open one); returns (batch, offset, is leader)."""
+        with self._cond:
+            batch = self._open.get(id(model))
+            if batch is not None and len(batch.records) + len(records) > self.max_records:
+                self._close(batch)
+                batch = None
+            leader = batch is None
+            if batch is None:
+                batch = self._open[id(model)] = _Batch(model)
+            start = len(batch.records)
+            batch.records.extend(records)
+            if len(batch.records) >= self.max_records:
+                self._close(batch)
+            return batch, start, leader
+
+    def _close(self, batch: _Batch) -> None:
+        """No more requests join ``batch`` (call with the condition held)."""
+        if batch.open:
+            batch.open = False
+            del self._open[id(batch.model)]
+            self._cond.notify_all()
+
+    def _lead(self, batch: _Batch) -> None:
+        """Wait for requests being validated (bounded), then for the model; predict; wake the batch."""
+        try:
+            with self._cond:
+                self._cond.wait_for(lambda: not batch.open or self._validating == 0, timeout=self.max_wait)
+            with self._model_lock:  # requests keep joining while the previous batch runs
+                with self._cond:
+                    self._close(batch)
+                frame = self._frame(batch)
+                batch.predictions, batch.probabilities = self._call(batch.model, frame)
+        except BaseException as exc:  # every request of the batch answers with the model's error
+            batch.error = exc
+        finally:
+            batch.done.set()
+
+    @staticmethod
+    def _frame(batch: _Batch) -> pd.DataFrame:
+        """One frame of every request's records, built by the schema as for a single request.
+
+        Each request's records passed validation on their own, so this cannot
+        fail on them. Building a frame costs far more than checking a record
+        (pandas' constructor is most of :meth:`Model.prepare` for a few records,
+        and ``pd.concat`` of per-request frames costs several times one build),
+        so requests are only validated and the frame is built once per call, with
+        exactly the training dtypes whatever mix of requests shares it (one with
+        a column entirely missing, say).
+        """
+        frame, _ = batch.model.prepare(batch.records)
+        return frame
+
+    def _call(self, model: Model, frame: pd.DataFrame) -> tuple[list[Any], list[list[float]] | None]:
+        if self._observe is not None:
+            self._observe(len(frame))
+        return model.predict_and_proba_frame(frame)

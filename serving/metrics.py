@@ -7,17 +7,25 @@ directory before any worker starts), prometheus_client writes every value to
 per-process files there and ``/metrics`` sums all workers' files, so any worker
 answers for the whole server; gunicorn's ``child_exit`` hook calls
 :func:`mark_process_dead` to drop an exited worker's live gauges.
+
+The drift gauges use ``multiprocess_mode="liveall"``: each worker measures its
+own window of inputs (:mod:`.monitor`), so each keeps its own series (a ``pid``
+label) instead of a sum or max that no window ever showed; alert on
+``max by (feature)``. NaN means no value yet (empty window, a feature without
+one).
 """
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Set
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 10_000)
 
 
 class Metrics:
@@ -54,6 +62,27 @@ class Metrics:
             "blackbox_model_info", "The model being served (1 for the current one).", ["name", "version", "sha256"],
             registry=target, multiprocess_mode="livemax",
         )
+        self.drift_gauges = {
+            key: Gauge(f"blackbox_feature_{key}", f"{text} in this worker's window of live inputs (GET /drift).",
+                       ["feature"], registry=target, multiprocess_mode="liveall")
+            for key, text in (
+                ("psi", "Population stability index against the training profile"),
+                ("unseen_share", "Share of categories never seen in training"),
+                ("missing_rate", "Share of missing values"),
+            )
+        }
+        self.log_rows = Counter(
+            "blackbox_prediction_log_rows", "Answered records for the prediction log: written, dropped (its queue was "
+            "full), failed (refused by the database, or still unwritten at shutdown).", ["outcome"], registry=target,
+        )
+        self.log_queue = Gauge(
+            "blackbox_prediction_log_queue_rows", "Records waiting for the prediction log's database.",
+            registry=target, multiprocess_mode="livesum",
+        )
+        self.batch = Histogram(
+            "blackbox_batch_records", "Records per model call (above 1 per request: micro-batching at work).",
+            buckets=BATCH_BUCKETS, registry=target,
+        )
 
     def serving(self, name: str, version: str, sha256: str) -> None:
         """Record which model this process serves."""
@@ -62,6 +91,16 @@ class Metrics:
     def retired(self, name: str, version: str, sha256: str) -> None:
         """The model this process served before a reload."""
         self.model.labels(name, version, sha256).set(0)
+
+    def drift(self, features: Mapping[str, Mapping[str, Any]], *, stale: Set[str] = frozenset()) -> None:
+        """Set the drift gauges from a :func:`blackbox.drift.compare` report; ``stale`` features go to NaN."""
+        for name in stale:
+            for gauge in self.drift_gauges.values():
+                gauge.labels(name).set(math.nan)
+        for name, entry in features.items():
+            for key, gauge in self.drift_gauges.items():
+                if key in entry:
+                    gauge.labels(name).set(math.nan if entry[key] is None else entry[key])
 
     def reloaded(self, result: str) -> None:
         self.reloads.labels(result).inc()
@@ -73,6 +112,10 @@ class Metrics:
     def predicted(self, count: int, version: str, warnings: Iterable[Mapping[str, Any]]) -> None:
         self.records.labels(version).inc(count)
         self._count(self.warnings, warnings)
+
+    def batched(self, records: int) -> None:
+        """One model call of ``records`` records."""
+        self.batch.observe(records)
 
     def rejected(self, problems: Iterable[Mapping[str, Any]]) -> None:
         self._count(self.problems, problems)

@@ -12,6 +12,8 @@ from typing import Any
 
 from blackbox import Model
 
+from .predlog import MAX_LABEL_CHARS
+
 _REF = "#/components/schemas/"
 _KINDS = {bool: "boolean", int: "integer", float: "number", str: "string"}
 
@@ -53,6 +55,23 @@ def document(model: Model, *, max_records: int, auth: bool) -> dict[str, Any]:
             "warnings": {"type": "array", "items": _ref("Issue")},
             "request_id": {"type": "string"},
         }, ["predictions", "model", "warnings", "request_id"]),
+        "Feedback": {
+            "oneOf": [_ref("Label"), {"type": "array", "items": _ref("Label"), "minItems": 1, "maxItems": max_records}],
+            "description": "One label or a list; a later label for the same request_id and row replaces the earlier one.",
+        },
+        "Label": _object({
+            "request_id": {"type": "string", "maxLength": 128, "description": "The request_id the prediction answered with."},
+            "row": {"type": "integer", "minimum": 0, "default": 0, "description": "The record's index in that request."},
+            "label": {"oneOf": [{"type": "number"}, {"type": "boolean"}, {"type": "string", "maxLength": MAX_LABEL_CHARS}],
+                      "description": "The observed outcome."},
+        }, ["request_id", "label"]),
+        "FeedbackAnswer": _object({
+            "stored": {"type": "integer"},
+            "feedback": {"type": "array", "items": _object({
+                "request_id": {"type": "string"}, "row": {"type": "integer"}, "known": {"type": "boolean"},
+            }, ["request_id", "row", "known"])},
+            "request_id": {"type": "string"},
+        }, ["stored", "feedback", "request_id"]),
         "Error": _object({
             "error": _object({
                 "code": {"type": "string"},
@@ -76,6 +95,16 @@ def document(model: Model, *, max_records: int, auth: bool) -> dict[str, Any]:
         "paths": {
             "/predict": {"post": _operation("Predict records", scoring, body="PredictRequest")},
             "/invocations": {"post": _operation("Predict records (MLflow-compatible)", scoring, body="MLflowRequest")},
+            "/feedback": {"post": _operation("Labels observed later, for logged predictions (needs --prediction-log)", {
+                "200": {"description": "Stored; per entry, whether its prediction is in the log yet (it is written "
+                        "asynchronously: a label for one not logged yet is kept all the same)",
+                        "content": {"application/json": {"schema": _ref("FeedbackAnswer")}}},
+                **{str(status): _answer(text, "Error") for status, text in (
+                    (400, "Malformed JSON body"), (401, "Missing or unknown API key"),
+                    (409, "The prediction log is off"), (422, "Entries that cannot be stored; details name each"),
+                    (503, "The prediction log database is unreachable"),
+                )},
+            }, body="Feedback")},
             "/health": {"get": {**_operation("Liveness", {"200": {"description": "Alive"}}), "security": []}},
             "/ready": {"get": {**_operation("Readiness: model loaded and self-tested",
                                             {"200": {"description": "Ready"}, "503": _answer("Not ready", "Error")}), "security": []}},
@@ -83,6 +112,11 @@ def document(model: Model, *, max_records: int, auth: bool) -> dict[str, Any]:
             "/schema": {"get": _operation("The input schema captured at training", {"200": {"description": "Schema"}})},
             "/openapi.json": {"get": _operation("This document", {"200": {"description": "OpenAPI 3 document"}})},
             "/metrics": {"get": _operation("Prometheus metrics", {"200": {"description": "Text exposition format"}})},
+            "/drift": {"get": _operation("Drift of this worker's recent inputs from the training profile", {"200": {
+                "description": "Per feature: PSI, unseen-category share, missing rate (live and training) and status "
+                "(stable, moderate, major); or status off, no_profile or no_data with a message. Each worker "
+                "answers for its own window (worker.pid, window.records).",
+            }})},
         },
         "components": {"schemas": schemas},
     }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from flask import current_app
 
@@ -19,12 +20,16 @@ from .inference import Scorer
 from .logs import RequestLog
 from .metrics import Metrics
 
+if TYPE_CHECKING:
+    from .monitor import Monitor  # monitor's route reads this module
+    from .predlog import Recorder  # likewise /feedback
+
 EXTENSION = "blackbox"
 
 
 @dataclass(frozen=True)
 class State:
-    """Settings, the model holder and its scorer, API keys (id -> key bytes; empty: no auth), metrics, the log."""
+    """Settings, the model holder and its scorer, API keys (id -> key bytes; empty: no auth), metrics, the log, the drift window, the prediction log."""
 
     settings: Settings
     holder: ModelHolder
@@ -32,7 +37,9 @@ class State:
     keys: Mapping[str, bytes]
     metrics: Metrics
     log: RequestLog
+    monitor: Monitor
     follower: Follower | None = None
+    predlog: Recorder | None = None
 
 
 def current() -> State:

@@ -1,0 +1,306 @@
+"""The prediction log on SQLite: log + feedback round trip, export-log, outages, shutdown, several gunicorn workers.
+
+The helpers taking a database URL are shared with ``test_predlog_postgres.py``,
+which runs the same round trip and an outage against a real PostgreSQL server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from blackbox.cli import main
+from blackbox.predlog import MAX_TEXT, PredictionLog, read_log
+from serving import create_app
+from serving.predlog import Recorder
+from serving.state import EXTENSION
+from test_serving import PASSENGER, base_config, passengers, served_artifact, served_model, serving_keys  # noqa: F401
+
+KEY_ID, KEY = "alice", "a" * 32
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def outcome(app, name: str) -> float:
+    value = app.extensions[EXTENSION].metrics.registry.get_sample_value("blackbox_prediction_log_rows_total", {"outcome": name})
+    return value or 0.0
+
+
+def accounted(app) -> float:
+    return sum(outcome(app, name) for name in ("written", "dropped", "failed"))
+
+
+@pytest.fixture(autouse=True)
+def _close_recorders(monkeypatch):
+    """Stop every app's writer thread when its test ends (not at interpreter exit, after pytest closed stderr)."""
+    recorders: list[Recorder] = []
+    start = Recorder.__init__
+
+    def tracked(self, *args, **kwargs):
+        start(self, *args, **kwargs)
+        recorders.append(self)
+
+    monkeypatch.setattr(Recorder, "__init__", tracked)
+    yield
+    for recorder in recorders:
+        recorder.close(timeout=0)
+
+
+def make_app(config: dict, url: str, **overrides):
+    return create_app({**config, "PREDICTION_LOG": url, "API_KEYS": {KEY_ID: KEY}, **overrides})
+
+
+def predict(client, body, request_id: str | None = None):
+    headers = {**AUTH, **({"X-Request-ID": request_id} if request_id else {})}
+    response = client.post("/predict", json=body, headers=headers)
+    assert response.status_code == 200, response.data
+    return response.get_json()
+
+
+def feedback(client, body):
+    return client.post("/feedback", json=body, headers=AUTH)
+
+
+def round_trip(config: dict, url: str, served_model, passengers) -> None:  # noqa: F811
+    """Predictions are logged as answered (LD-09); labels come back with them, the latest one winning."""
+    app = make_app(config, url)
+    client = app.test_client()
+    batch = passengers[:5]
+    answer = predict(client, batch, request_id="req-batch-1")
+    single = predict(client, PASSENGER)
+    wait_for(lambda: outcome(app, "written") == 6)
+
+    stored = feedback(client, [{"request_id": "req-batch-1", "row": 3, "label": 1},
+                               {"request_id": single["request_id"], "label": 0},
+                               {"request_id": "never-predicted", "row": 2, "label": 1}])
+    assert stored.status_code == 200, stored.data
+    assert [entry["known"] for entry in stored.get_json()["feedback"]] == [True, True, False]
+    assert feedback(client, {"request_id": "req-batch-1", "row": 3, "label": 0}).status_code == 200  # a correction
+
+    log = read_log(url, with_feedback=True)
+    assert list(log.columns[:10]) == ["request_id", "row", "ts", "model_name", "model_version", "model_sha256",
+                                      "client_id", "latency_ms", "prediction", "probabilities"]
+    assert list(log.columns[10:-2]) == list(served_model.schema.columns) and list(log.columns[-2:]) == ["label", "label_ts"]
+    assert str(log["ts"].dtype) == "datetime64[ns, UTC]" and str(log["label_ts"].dtype) == "datetime64[ns, UTC]"
+    assert list(log["request_id"]) == ["req-batch-1"] * 5 + [single["request_id"]]
+    assert list(log["row"]) == [0, 1, 2, 3, 4, 0]
+    assert set(log["model_name"]) == {"titanic"} and set(log["model_version"]) == {"1.0.0"}
+    assert set(log["model_sha256"]) == {served_model.sha256} and set(log["client_id"]) == {KEY_ID}
+    assert (log["latency_ms"] > 0).all()
+    assert list(log["prediction"]) == answer["predictions"] + single["predictions"]
+    assert list(log["probabilities"]) == answer["probabilities"] + single["probabilities"]
+    assert log.loc[0, "age"] == batch[0]["age"] and log.loc[5, "sex"] == PASSENGER["sex"]
+    assert list(log["label"]) == [None, None, None, 0, None, 0]  # the correction replaced the 1
+    assert log["label_ts"].notna().tolist() == [False, False, False, True, False, True]
+
+    since = log["ts"].max() + pd.Timedelta(microseconds=1)
+    assert read_log(url, since=since).empty and len(read_log(url, until=since)) == 6
+    assert len(read_log(url, model_name="titanic")) == 6 and read_log(url, model_name="other").empty
+
+
+@contextmanager
+def sqlite_locked(path: Path):
+    """Another writer holding the SQLite database: to the log's writer, the database is down."""
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def outage(app, down: Callable[[], object], up: Callable[[], object], passengers) -> None:  # noqa: F811
+    """While the database is down every request is answered; after it is back, every queued row is written."""
+    client = app.test_client()
+    predict(client, PASSENGER)
+    wait_for(lambda: outcome(app, "written") == 1)
+    down()
+    try:
+        answered = 1 + sum(len(predict(client, passengers[: 1 + i % 3])["predictions"]) for i in range(30))
+        queue = app.extensions[EXTENSION].metrics.registry.get_sample_value("blackbox_prediction_log_queue_rows")
+        assert queue == answered - 1 and outcome(app, "written") == 1  # held in memory, nothing lost yet
+    finally:
+        up()
+    wait_for(lambda: outcome(app, "written") == answered, seconds=40)
+    assert outcome(app, "dropped") == outcome(app, "failed") == 0
+    assert len(read_log(str(app.extensions[EXTENSION].predlog.log.url))) == answered
+
+
+# ---------------------------------------------------------------- SQLite, in process
+
+@pytest.fixture
+def db(tmp_path) -> Path:
+    return tmp_path / "predictions.db"
+
+
+def test_sqlite_round_trip_in_wal_mode(base_config, db, served_model, passengers):  # noqa: F811
+    round_trip(base_config, str(db), served_model, passengers)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_huge_string_values_are_logged_shortened_with_their_hash(base_config, db):  # noqa: F811  (CE-06)
+    app = make_app(base_config, str(db))
+    name = "Braund, Mr. " + "x" * 1000  # under the schema's maxLength, over the log's MAX_TEXT
+    predict(app.test_client(), {**PASSENGER, "name": name, "unknown": "y" * 1000})
+    wait_for(lambda: outcome(app, "written") == 1)
+    logged = read_log(str(db)).loc[0]
+    assert logged["name"].startswith(name[:MAX_TEXT]) and len(logged["name"]) < MAX_TEXT + 120
+    assert "1012 chars" in logged["name"] and len(logged["name"].rsplit("sha256 ", 1)[1].rstrip("]")) == 64
+    assert "unknown" not in logged.index  # only the schema's fields: what the model saw
+
+
+def test_feedback_errors(base_config, db):  # noqa: F811
+    off = create_app({**base_config, "API_KEYS": {KEY_ID: KEY}}).test_client()
+    response = feedback(off, {"request_id": "r", "label": 1})
+    assert response.status_code == 409 and response.get_json()["error"]["code"] == "prediction_log_off"
+    assert "--prediction-log" in response.get_json()["error"]["message"]
+
+    client = make_app(base_config, str(db)).test_client()
+    assert client.post("/feedback", json={"request_id": "r", "label": 1}).status_code == 401  # auth like /predict
+    response = feedback(client, [{"request_id": "r", "label": 1}, {"row": -1, "label": [1], "extra": 0}, 7])
+    assert response.status_code == 422
+    error = response.get_json()["error"]
+    assert error["code"] == "invalid_feedback"
+    assert [(d["row"], d["field"], d["issue"]) for d in error["details"]] == [
+        (1, "request_id", "invalid"), (1, "row", "invalid"), (1, "label", "invalid"), (1, "extra", "unknown_field"),
+        (2, None, "not_an_object"),
+    ]
+    assert not db.exists()  # a bad body never reaches the database
+    response = client.post("/feedback", data=b"{", headers={**AUTH, "Content-Type": "application/json"})
+    assert response.status_code == 400
+    documented = client.get("/openapi.json", headers=AUTH).get_json()
+    assert {"200", "409", "422"} <= set(documented["paths"]["/feedback"]["post"]["responses"])
+
+
+def test_an_outage_loses_no_answered_request(base_config, db, passengers):  # noqa: F811  (LD-01)
+    app = make_app(base_config, str(db))
+    locked = sqlite_locked(db)
+    outage(app, locked.__enter__, lambda: locked.__exit__(None, None, None), passengers)
+
+
+def test_a_full_queue_drops_and_counts_and_shutdown_counts_the_rest(base_config, db, passengers):  # noqa: F811
+    app = make_app(base_config, str(db))
+    state = app.extensions[EXTENSION]
+    recorder = Recorder(state.predlog.log, state.metrics, state.log, capacity=10)
+    app.extensions[EXTENSION] = dataclasses.replace(state, predlog=recorder)
+    client = app.test_client()
+    predict(client, PASSENGER)
+    wait_for(lambda: outcome(app, "written") == 1)
+    with sqlite_locked(db):
+        answered = 1 + sum(len(predict(client, passengers[:4])["predictions"]) for _ in range(5))  # 20 records, room for 10
+        assert outcome(app, "dropped") == 12  # whole requests: 4 + 4 fit, then 4 + 4 + 4 do not
+        recorder.close(timeout=0.5)  # shutdown while the database is still locked
+    assert outcome(app, "written") == 1 and outcome(app, "failed") == 8
+    assert accounted(app) == answered
+    assert len(read_log(str(db))) == 1
+
+
+def test_export_log_writes_a_training_set(base_config, db, passengers, tmp_path):  # noqa: F811
+    app = make_app(base_config, str(db))
+    client = app.test_client()
+    answer = predict(client, passengers[:4], request_id="export-1")
+    wait_for(lambda: outcome(app, "written") == 4)
+    assert feedback(client, [{"request_id": "export-1", "row": 1, "label": 1},
+                             {"request_id": "export-1", "row": 2, "label": 0}]).status_code == 200
+
+    out = tmp_path / "train.parquet"
+    assert main(["export-log", str(db), "-o", str(out), "--with-feedback"]) == 0
+    frame = pd.read_parquet(out)
+    assert list(frame.columns) == ["request_id", "row", "ts", "model_version", *app.extensions[EXTENSION].holder.model.schema.columns,
+                                   "prediction", "label", "label_ts"]
+    assert frame["prediction"].tolist() == answer["predictions"]
+    assert frame["fare"].tolist() == pytest.approx([p["fare"] for p in passengers[:4]])
+    assert frame["label"].isna().tolist() == [True, False, False, True]
+
+    labelled = tmp_path / "labelled.csv"
+    assert main(["export-log", str(db), "-o", str(labelled), "--labelled-only", "--since", "2000-01-01T00:00:00Z"]) == 0
+    frame = pd.read_csv(labelled)
+    assert frame["row"].tolist() == [1, 2] and frame["label"].tolist() == [1, 0]
+    assert main(["export-log", str(db), "-o", str(tmp_path / "none.csv"), "--until", "2000-01-01"]) == 0
+    assert pd.read_csv(tmp_path / "none.csv").empty
+
+    assert main(["export-log", str(db), "-o", str(tmp_path / "x.csv"), "--since", "last tuesday"]) == 2
+    assert main(["export-log", str(tmp_path / "missing.db"), "-o", str(tmp_path / "x.csv")]) == 2
+    assert main(["export-log", "nosuchdialect://x", "-o", str(tmp_path / "x.csv")]) == 2
+    assert main(["export-log", str(db), "-o", str(tmp_path / "x.xlsx")]) == 2
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_bad_prediction_log_setting_fails_at_start(base_config, tmp_path):  # noqa: F811
+    from blackbox import UsageError
+
+    with pytest.raises(UsageError, match="directory"):
+        create_app({**base_config, "PREDICTION_LOG": str(tmp_path / "no" / "such" / "dir" / "log.db")})
+    with pytest.raises(UsageError, match="PREDICTION_LOG"):
+        create_app({**base_config, "PREDICTION_LOG": 42})
+
+
+def test_concurrent_first_use_creates_the_tables_once(db):
+    logs = [PredictionLog(str(db)) for _ in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda log: log.ensure_tables(), logs))
+    assert read_log(str(db)).empty
+
+
+# ---------------------------------------------------------------- gunicorn, several workers on one file
+
+@pytest.mark.slow
+def test_gunicorn_workers_share_one_sqlite_file_and_flush_on_sigterm(served_artifact, serving_keys, db, passengers, tmp_path):  # noqa: F811
+    """LD-02: concurrent requests over several workers, all logged; rows answered while the file is locked
+    and SIGTERM arrives are written during the graceful stop, once the lock goes."""
+    from test_serving_gunicorn import Server, call, predict_pids
+
+    server = Server([str(served_artifact), "--workers", "2", "--trusted-keys", str(serving_keys[1]),
+                     "--prediction-log", str(db)], tmp_path / "server.log")
+    try:
+        server.wait_ready(workers=2)
+        bodies = [passengers[i % 40: i % 40 + 1 + i % 3] for i in range(200)]
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda body: call(server.url + "/predict", body), bodies))
+        assert [status for status, _ in answers] == [200] * len(bodies)
+        assert len(predict_pids(server)) == 2
+        wait_for(lambda: server.metric("blackbox_prediction_log_rows_total", outcome="written") == sum(map(len, bodies)))
+
+        locked = sqlite_locked(db)
+        locked.__enter__()
+        try:
+            late = [passengers[:2]] * 20
+            with ThreadPoolExecutor(4) as pool:
+                answers += list(pool.map(lambda body: call(server.url + "/predict", body), late))
+            assert [status for status, _ in answers] == [200] * (len(bodies) + len(late))
+            assert server.metric("blackbox_prediction_log_queue_rows") == 2 * len(late)  # all waiting on the lock
+            server.process.send_signal(15)
+            time.sleep(1.0)  # the workers are draining, their writers retrying against the lock
+        finally:
+            locked.__exit__(None, None, None)
+        assert server.process.wait(timeout=20) == 0
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()
+
+    ids = [json.loads(body)["request_id"] for _, body in answers]
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        logged = conn.execute("SELECT request_id, COUNT(*) FROM blackbox_predictions GROUP BY request_id").fetchall()
+    assert dict(logged) == {rid: len(body) for rid, body in zip(ids, bodies + late, strict=True)}
+    text = server.log.read_text()
+    closed = [json.loads(line) for line in text.splitlines() if '"event":"prediction_log_closed"' in line]
+    assert len(closed) == 2 and all(line["dropped"] == line["failed"] == 0 for line in closed)
