@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from . import isolation, persist, predlog, scoring, signing
+from . import isolation, persist, scoring, signing
 from . import rebuild as rebuild_
 from .atomic import atomic_write
 from .artifact import read_bytes, unpack
@@ -370,6 +370,8 @@ def export_log(
     One row per logged record: request_id, row, ts, model_version, the input fields, the
     prediction, and with feedback the label and label_ts.
     """
+    from . import predlog  # SQLAlchemy: imported by the commands that use it, not by every command
+
     rows = predlog.export_log(database, output, since=since, until=until, with_feedback=with_feedback, labelled_only=labelled_only)
     click.echo(f"{output}: {rows} rows from {predlog.database_url(database).render_as_string(hide_password=True)}")
 
@@ -391,6 +393,7 @@ def drift(
     The artifact is read, never unpickled (its signature is checked as for every command).
     Exit 9 when the log has no records of this model in the period; 2 without -o or --json.
     """
+    from . import predlog
     from .drift import worst
     from .report import compare_live, drift_report
 

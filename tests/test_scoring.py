@@ -12,7 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.compose import ColumnTransformer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
@@ -22,6 +25,8 @@ import blackbox
 from blackbox import scoring
 from blackbox.artifact import pack, unpack
 from blackbox.cli import main
+from blackbox.schema import infer_schema
+from blackbox.scoring._reader import _column
 
 from conftest import child_env
 
@@ -334,3 +339,27 @@ def test_api_summary(artifact, rows, tmp_path):
     assert (summary.rows_read, summary.rows_scored, summary.rows_rejected, summary.exit_code) == (100, 98, 2, 10)
     assert summary.rejects == tmp_path / "bad.csv" and summary.rejects.exists()
     assert summary.rows_per_second > 0 and summary.worker_loads == {}
+
+
+_SPELLINGS = ["5", "+5", "-5", " 5", "5 ", "1_000", "0x10", "0X1F", "5.0", "1e3", "\u0663", "007", "nan", "NaN", "inf",
+              "-Infinity", ".5", "5.", "+1.5", "1E5", "1e400", "0x1p3", "", "99999999999999999999", "-0", "1,5", "e5", "."]
+_NUMBERS = infer_schema(pd.DataFrame({"n": [1.5, None], "i": [1, 2]}))
+
+
+@settings(max_examples=150, deadline=None)
+@given(values=st.lists(st.none() | st.sampled_from(_SPELLINGS) | st.text("0123456789+-.eExXna ", max_size=6), min_size=1, max_size=6))
+def test_csv_text_becomes_numbers_exactly_as_the_schema_reads_it(values):
+    """Arrow's fast parse of a CSV number column gives what the schema's value-by-value reading gives, problems included."""
+    def outcome(columns):
+        try:
+            return _NUMBERS.to_frame(pd.DataFrame(columns))
+        except blackbox.SchemaError as error:
+            return None, error.problems
+
+    text = pa.chunked_array([pa.array(values, pa.string())])
+    for field in _NUMBERS.fields:
+        fast = outcome({field.name: _column(field, text)})
+        slow = outcome({field.name: pd.Series(values, dtype=object)})
+        assert fast[1] == slow[1], field.name
+        if slow[0] is not None:
+            pd.testing.assert_frame_equal(fast[0], slow[0])

@@ -19,15 +19,7 @@ from ..schema import Field, Schema
 from ._chunks import Chunk
 
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-
-
 _BLOCK_BYTES = 1 << 20  # Arrow's CSV reader reads ~35 blocks ahead: this bounds that to ~36 MB
-# Text the fast, vectorised conversion takes; anything else goes to the schema value by value.
-_TEXT_PATTERNS = {
-    "integer": r"^[+-]?[0-9]+$",
-    "number": r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$",
-    "boolean": r"^(true|false)$",
-}
 _FAST_DTYPES = {"integer": ("int64", pa.int64()), "number": ("float64", pa.float64()), "boolean": ("bool", pa.bool_())}
 
 
@@ -185,17 +177,33 @@ def _column(field: Field, column: pa.ChunkedArray) -> Any:
         return column.to_pandas()
     fast = _FAST_DTYPES.get(field.kind)
     if fast is not None and field.dtype == fast[0]:
-        present = column.drop_null()
-        if pc.all(pc.match_substring_regex(present, _TEXT_PATTERNS[field.kind], ignore_case=True)).as_py() is not False:
-            try:
-                typed = pc.cast(column, fast[1])
-            except pa.ArrowInvalid:  # e.g. an integer beyond int64: the schema says which row
-                typed = None
-            if typed is not None and (field.kind == "number" or typed.null_count == 0):
-                return typed.to_numpy()
+        typed = _cast(column, field.kind, fast[1])
+        if typed is not None and (field.kind == "number" or typed.null_count == 0):
+            return typed.to_numpy()
     if field.kind in ("string", "category"):  # kept in Arrow: the schema checks these column-wise
         return pd.Series(pd.arrays.ArrowStringArray(column))
     return pd.Series(column.to_numpy(zero_copy_only=False), dtype=object)
+
+
+def _cast(column: pa.ChunkedArray, kind: str, target: pa.DataType) -> pa.ChunkedArray | None:
+    """``column`` parsed by Arrow when that reads every value as the schema would; else None (the schema judges each value).
+
+    Arrow's number parsers are stricter than the schema's except for a few
+    spellings, ruled out around the cast: hexadecimal integers, ``1``/``0`` as
+    booleans, and ``nan``/``inf`` (the schema reports those as not finite).
+    """
+    present = column.drop_null()
+    if kind == "boolean" and pc.all(pc.match_substring_regex(present, r"^(true|false)$", ignore_case=True)).as_py() is False:
+        return None
+    if kind == "integer" and pc.any(pc.match_substring(present, "x", ignore_case=True)).as_py():
+        return None
+    try:
+        typed = pc.cast(column, target)
+    except pa.ArrowInvalid:  # e.g. "abc", or an integer beyond int64: the schema says which row
+        return None
+    if kind == "number" and pc.all(pc.is_finite(typed)).as_py() is False:
+        return None
+    return typed
 
 
 def _is_text(kind: pa.DataType) -> bool:
