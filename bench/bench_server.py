@@ -87,17 +87,19 @@ def main() -> None:
     parser.add_argument("--duration", type=float, help="Seconds per load cell [default: 5, --quick: 2].")
     parser.add_argument("--quick", action="store_true", help="Short cells and fewer repeats (a smoke run).")
     parser.add_argument("--models", default="lr,rf", help="Comma-separated: lr, rf.")
+    parser.add_argument("--rounds", type=int, help="Interleaved rounds of the one-record c=1 comparison [default: 3, --quick: 1].")
     parser.add_argument("--server", action="append", default=[], metavar="WxT",
                         help="Also run blackbox serve with WORKERS x THREADS (repeatable), to compare layouts.")
     args = parser.parse_args()
     duration = args.duration or (2.0 if args.quick else 5.0)
+    rounds = args.rounds or (1 if args.quick else 3)
     driver = "wrk" if shutil.which("wrk") else "http.client threads"
     if driver != "wrk":
         print("bench_server: wrk not found (apt-get install wrk); falling back to http.client threads, "
               "which take CPU from the server: server numbers will be low", file=sys.stderr)
 
     records = titanic_records()
-    results: dict[str, Any] = {"machine": machine(), "driver": driver, "duration_s": duration, "models": {}}
+    results: dict[str, Any] = {"machine": machine(), "driver": driver, "duration_s": duration, "rounds": rounds, "models": {}}
     with tempfile.TemporaryDirectory(prefix="bench-server-") as tmp:
         private, public = signing.keygen(Path(tmp), "bench")
         for kind in args.models.split(","):
@@ -114,6 +116,9 @@ def main() -> None:
                 servers["flask baseline"] = stack.enter_context(BaselineServer(path, public))
                 rows = in_process_rows(model, records, duration)
                 rows += load_rows(servers, records, duration, driver)
+                rows += single_rows(model, servers, records, duration, driver, rounds)
+                order = ["in-process", *servers]
+                rows.sort(key=lambda r: (order.index(r["where"]), r["records_per_call"], r["concurrency"]))
             complete = next(r for r in records if None not in r.values())
             cold = cold_start(path, public, Path(tmp), complete, repeats=3 if args.quick else 5)
             results["models"][kind] = {"model": model.manifest.get("estimator"), "sha256": model.sha256,
@@ -160,19 +165,55 @@ def train(kind: str, tmp: Path, private: Path) -> Path:
 def in_process_rows(model: blackbox.Model, records: list[dict], duration: float) -> list[dict]:
     """dict -> prediction in this process, one call at a time."""
     rows = []
-    cases: list[tuple[str, int, Callable[[int], Any]]] = [("Model.predict", 1, lambda i: model.predict(records[i % len(records)]))]
+    cases: list[tuple[str, int, Callable[[int], Any]]] = []
     for size in (32, BATCH, 1000):
         batches = [records[i:i + size] for i in range(0, len(records) - size + 1, size)]
         cases.append(("Model.predict_batch", size, lambda i, b=batches: model.predict_batch(b[i % len(b)])))
     for what, size, call in cases:
-        call(0)  # warm up
-        latencies, started = [], time.perf_counter()
-        while time.perf_counter() - started < duration / 2 or len(latencies) < 3:
-            t0 = time.perf_counter()
-            call(len(latencies))
-            latencies.append(time.perf_counter() - t0)
-        rows.append(row("in-process", what, size, 1, len(latencies), time.perf_counter() - started,
-                        1000 * statistics.median(latencies), 1000 * percentile(latencies, 99), 0))
+        calls, seconds, p50, p99, _ = timed(call, duration / 2)
+        rows.append(row("in-process", what, size, 1, calls, seconds, p50, p99, 0))
+    return rows
+
+
+def timed(call: Callable[[int], Any], duration: float) -> tuple[int, float, float, float, int]:
+    """Call ``call(i)`` one at a time for ``duration`` seconds: (calls, seconds, p50 ms, p99 ms, errors)."""
+    call(0)  # warm up
+    latencies, started = [], time.perf_counter()
+    while time.perf_counter() - started < duration or len(latencies) < 3:
+        t0 = time.perf_counter()
+        call(len(latencies))
+        latencies.append(time.perf_counter() - t0)
+    return len(latencies), time.perf_counter() - started, 1000 * statistics.median(latencies), 1000 * percentile(latencies, 99), 0
+
+
+def single_rows(model: blackbox.Model, servers: dict[str, Process], records: list[dict], duration: float, driver: str,
+                rounds: int) -> list[dict]:
+    """One record at a time, in-process and on every server, interleaved in ``rounds`` rounds.
+
+    The c=1 target compares two latencies of ~10-30 ms, which a shared
+    machine's background load moves by more than the 20% at stake: each round
+    measures every side back to back, and a side's p50 is its median over
+    rounds (each round's p50 is kept in the JSON).
+    """
+    singles = [json.dumps(record) for record in records]
+    drive = wrk if driver == "wrk" else threads
+    sides: dict[str, Callable[[], tuple[int, float, float | None, float | None, int]]] = {
+        "in-process": lambda: timed(lambda i: model.predict(records[i % len(records)]), duration / 2)}
+    sides.update({label: (lambda server=server: drive(server.port, singles, 1, duration)) for label, server in servers.items()})
+    measured: dict[str, list[tuple[int, float, float | None, float | None, int]]] = {label: [] for label in sides}
+    for _ in range(rounds):
+        for label, measure in sides.items():
+            measured[label].append(measure())
+    rows = []
+    for label, runs in measured.items():
+        p50s = [run[2] for run in runs if run[2] is not None]
+        p99s = [run[3] for run in runs if run[3] is not None]
+        what = "Model.predict" if label == "in-process" else "POST /predict"
+        rows.append(row(label, what, 1, 1, sum(run[0] for run in runs), sum(run[1] for run in runs),
+                        statistics.median(p50s) if p50s else None, statistics.median(p99s) if p99s else None,
+                        sum(run[4] for run in runs)))
+        rows[-1]["p50_ms_per_round"] = p50s
+        print(f"{label:<24}    1 rec c=1   p50 per round {', '.join(f'{p:.1f}' for p in p50s)} ms", file=sys.stderr)
     return rows
 
 
@@ -292,7 +333,7 @@ def load_rows(servers: dict[str, Process], records: list[dict], duration: float,
     """Every cell on every server, cell by cell, so a change in the machine's background load hits all servers alike."""
     singles = [json.dumps(record) for record in records]
     batches = [json.dumps(records[i:i + BATCH]) for i in range(0, len(records) - BATCH + 1, BATCH)]
-    cells = [(singles, 1, c) for c in SINGLE_CONCURRENCY] + [(batches, BATCH, c) for c in BATCH_CONCURRENCY]
+    cells = [(singles, 1, c) for c in SINGLE_CONCURRENCY if c > 1] + [(batches, BATCH, c) for c in BATCH_CONCURRENCY]
     drive = wrk if driver == "wrk" else threads
     for server in servers.values():
         drive(server.port, singles[:50], 8, 1.0)  # warm up every worker and thread
@@ -307,8 +348,7 @@ def load_rows(servers: dict[str, Process], records: list[dict], duration: float,
                 rows[-1]["records_per_model_call"] = (after[0] - before[0]) / (after[1] - before[1])
             print(f"{label:<24} {size:>4} rec c={concurrency:<3} {calls / seconds:8.1f} req/s  p50 {ms(p50)} ms  "
                   f"p99 {ms(p99)} ms", file=sys.stderr)
-    order = list(servers)
-    return sorted(rows, key=lambda r: order.index(r["where"]))  # stable: cells stay in order within a server
+    return rows
 
 
 def wrk(port: int, bodies: list[str], concurrency: int, duration: float) -> tuple[int, float, float | None, float | None, int]:
