@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,19 +114,19 @@ class Settings:
             artifact=_artifact(config["ARTIFACT"]),
             store=store,
             model_ref=model_ref,
-            poll_interval=_seconds(config, "POLL_INTERVAL"),
+            poll_interval=_number(config, "POLL_INTERVAL", "seconds"),
             load_options=_load_options(config["LOAD_OPTIONS"]),
             strict_fields=_bool(config, "STRICT_FIELDS"),
-            max_records=_positive_int(config, "MAX_RECORDS"),
-            max_content_length=_positive_int(config, "MAX_CONTENT_LENGTH"),
+            max_records=_integer(config, "MAX_RECORDS", 1),
+            max_content_length=_integer(config, "MAX_CONTENT_LENGTH", 1),
             api_keys=_api_keys(config["API_KEYS"]),
             api_keys_file=None if config["API_KEYS_FILE"] in (None, "") else Path(str(config["API_KEYS_FILE"])),
             log_format=_choice(config, "LOG_FORMAT", LOG_FORMATS),
             batching=_bool(config, "BATCHING"),
-            batch_max_wait_ms=_milliseconds(config, "BATCH_MAX_WAIT_MS"),
-            batch_max_records=_positive_int(config, "BATCH_MAX_RECORDS"),
-            drift_window=_count(config, "DRIFT_WINDOW"),
-            drift_interval=_seconds(config, "DRIFT_INTERVAL"),
+            batch_max_wait_ms=_number(config, "BATCH_MAX_WAIT_MS", "milliseconds", 1000),
+            batch_max_records=_integer(config, "BATCH_MAX_RECORDS", 1),
+            drift_window=_integer(config, "DRIFT_WINDOW", 0),
+            drift_interval=_number(config, "DRIFT_INTERVAL", "seconds"),
             prediction_log=_prediction_log(config["PREDICTION_LOG"]),
         )
 
@@ -141,31 +142,18 @@ def _bool(config: Mapping[str, Any], key: str) -> bool:
     raise _bad(key, "true or false", value)
 
 
-def _positive_int(config: Mapping[str, Any], key: str) -> int:
+def _integer(config: Mapping[str, Any], key: str, minimum: int) -> int:
     value = config[key]
-    if type(value) is not int or value < 1:
-        raise _bad(key, "a positive integer", value)
+    if type(value) is not int or value < minimum:  # type(): True is an int to Python, not a count
+        raise _bad(key, f"a whole number, {minimum} or more", value)
     return value
 
 
-def _count(config: Mapping[str, Any], key: str) -> int:
+def _number(config: Mapping[str, Any], key: str, unit: str, maximum: float = math.inf) -> float:
     value = config[key]
-    if type(value) is not int or value < 0:
-        raise _bad(key, "a whole number, 0 or more", value)
-    return value
-
-
-def _seconds(config: Mapping[str, Any], key: str) -> float:
-    value = config[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise _bad(key, "a number of seconds, 0 or more", value)
-    return float(value)
-
-
-def _milliseconds(config: Mapping[str, Any], key: str) -> float:
-    value = config[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1000:
-        raise _bad(key, "a number of milliseconds between 0 and 1000", value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= maximum:
+        bounds = "0 or more" if maximum == math.inf else f"between 0 and {maximum:g}"
+        raise _bad(key, f"a number of {unit}, {bounds}", value)
     return float(value)
 
 
