@@ -26,7 +26,7 @@ from blackbox import scoring
 from blackbox.artifact import pack, unpack
 from blackbox.cli import main
 from blackbox.schema import infer_schema
-from blackbox.scoring._reader import _column
+from blackbox.scoring._reader import _column, _text_values
 
 from conftest import child_env
 
@@ -343,13 +343,16 @@ def test_api_summary(artifact, rows, tmp_path):
 
 _SPELLINGS = ["5", "+5", "-5", " 5", "5 ", "1_000", "0x10", "0X1F", "5.0", "1e3", "\u0663", "007", "nan", "NaN", "inf",
               "-Infinity", ".5", "5.", "+1.5", "1E5", "1e400", "0x1p3", "", "99999999999999999999", "-0", "1,5", "e5", "."]
-_NUMBERS = infer_schema(pd.DataFrame({"n": [1.5, None], "i": [1, 2]}))
+_BOOLEAN_SPELLINGS = ["true", "false", "True", "FALSE", "tRuE", " true", "true ", "1", "0", "yes", "t", "f", "fal\u017fe",
+                      "\u0074rue", "TRUE\u0130", "", "none", "null"]
+_NUMBERS = infer_schema(pd.DataFrame({"n": [1.5, None], "i": [1, 2], "b": [True, False]}))
 
 
 @settings(max_examples=150, deadline=None)
-@given(values=st.lists(st.none() | st.sampled_from(_SPELLINGS) | st.text("0123456789+-.eExXna ", max_size=6), min_size=1, max_size=6))
-def test_csv_text_becomes_numbers_exactly_as_the_schema_reads_it(values):
-    """Arrow's fast parse of a CSV number column gives what the schema's value-by-value reading gives, problems included."""
+@given(values=st.lists(st.none() | st.sampled_from(_SPELLINGS + _BOOLEAN_SPELLINGS) | st.text("0123456789+-.eExXna ", max_size=6),
+                       min_size=1, max_size=6))
+def test_csv_text_becomes_numbers_and_booleans_exactly_as_the_slow_reading_gives(values):
+    """Arrow's fast parse of a CSV number or boolean column gives what the schema's value-by-value reading gives, problems included."""
     def outcome(columns):
         try:
             return _NUMBERS.to_frame(pd.DataFrame(columns))
@@ -359,7 +362,16 @@ def test_csv_text_becomes_numbers_exactly_as_the_schema_reads_it(values):
     text = pa.chunked_array([pa.array(values, pa.string())])
     for field in _NUMBERS.fields:
         fast = outcome({field.name: _column(field, text)})
-        slow = outcome({field.name: pd.Series(values, dtype=object)})
+        slow = outcome({field.name: _text_values(field, text)})
         assert fast[1] == slow[1], field.name
         if slow[0] is not None:
             pd.testing.assert_frame_equal(fast[0], slow[0])
+
+
+def test_one_bad_boolean_in_a_csv_column_rejects_only_its_row():
+    """A column that Arrow cannot cast as a whole still reads its true/false words as booleans."""
+    field = next(f for f in _NUMBERS.fields if f.name == "b")
+    text = pa.chunked_array([pa.array(["true", "FALSE", "yes", None, "False"], pa.string())])
+    with pytest.raises(blackbox.SchemaError) as caught:
+        _NUMBERS.to_frame(pd.DataFrame({"n": [1.0] * 5, "i": [1] * 5, "b": _column(field, text)}))
+    assert [(p["row"], p["field"], p["issue"]) for p in caught.value.problems] == [(2, "b", "type"), (3, "b", "null")]
