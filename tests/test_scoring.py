@@ -26,7 +26,9 @@ from blackbox import scoring
 from blackbox.artifact import pack, unpack
 from blackbox.cli import main
 from blackbox.schema import infer_schema
+from blackbox.scoring._chunks import Scored
 from blackbox.scoring._reader import _column, _text_values
+from blackbox.scoring._writer import BackgroundWriter, Writer
 
 from conftest import child_env
 
@@ -284,6 +286,43 @@ def test_an_interrupted_run_publishes_nothing(artifact, rows, tmp_path, monkeypa
         scoring.score(artifact, source, out, chunk_size=20, overwrite=True)
     assert out.read_text() == "previous run"
     assert sorted(os.listdir(tmp_path)) == ["in.csv", "out.csv"]
+
+
+class _Recording(Writer):
+    """Keeps what it is given; fails on the chunk numbered ``fail_at``; remembers being closed."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.written, self.closed, self.fail_at = [], False, fail_at
+
+    def write(self, scored):
+        if len(self.written) == self.fail_at:
+            raise OSError("disk full")
+        time.sleep(0.001)  # let the caller run ahead, as predicting the next chunk does
+        self.written.append(int(scored.rows[0]))
+
+    def close(self):
+        self.closed = True
+
+
+def _scored(row: int) -> Scored:
+    return Scored(rows=np.array([row]), ids=None, predictions=[0], probabilities=None, rejects=[])
+
+
+def test_the_background_writer_writes_every_chunk_in_order_and_finishes_the_file():
+    inner = _Recording()
+    with BackgroundWriter(inner) as writer:
+        for row in range(1, 51):
+            writer.write(_scored(row))
+    assert inner.written == list(range(1, 51)) and inner.closed
+
+
+def test_the_background_writers_error_reaches_the_caller_and_stops_the_writing():
+    inner = _Recording(fail_at=3)
+    with pytest.raises(OSError, match="disk full"):
+        with BackgroundWriter(inner) as writer:
+            for row in range(1, 51):
+                writer.write(_scored(row))
+    assert inner.written == [1, 2, 3] and inner.closed
 
 
 def test_a_killed_run_leaves_no_output_and_a_rerun_is_complete(artifact, rows, tmp_path):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import queue
+import threading
 from typing import Any, BinaryIO
 
 import pyarrow as pa
@@ -103,7 +105,56 @@ class JsonLinesWriter(Writer):
 
 
 def open_writer(fmt: str, f: BinaryIO, spec: OutputSpec) -> Writer:
-    return JsonLinesWriter(f, spec) if fmt == "jsonl" else TableWriter(f, spec, fmt)
+    """The output's writer, writing in a thread of its own (see :class:`BackgroundWriter`)."""
+    return BackgroundWriter(JsonLinesWriter(f, spec) if fmt == "jsonl" else TableWriter(f, spec, fmt))
+
+
+class BackgroundWriter(Writer):
+    """Writes each chunk in a thread while the next one is scored, in order.
+
+    Arrow formats CSV and Parquet without holding the GIL, so on two cores
+    writing a chunk overlaps with predicting the next instead of adding to it.
+    At most one chunk waits, so memory stays bounded. An error in the thread
+    (the same exception object) is raised by the next ``write`` or by ``close``.
+    """
+
+    def __init__(self, writer: Writer) -> None:
+        self._writer = writer
+        self._queue: queue.Queue[Scored | None] = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="blackbox-score-writer", daemon=True)
+        self._thread.start()
+
+    def write(self, scored: Scored) -> None:
+        self._raise()
+        self._queue.put(scored)
+
+    def close(self) -> None:
+        self._finish()
+        self._raise()
+
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        self._finish()
+        if kind is None:  # else the error already leaving the block is the one to report
+            self._raise()
+
+    def _run(self) -> None:
+        while (scored := self._queue.get()) is not None:
+            if self._error is None:  # after a failure, chunks are only drained, so write() never blocks
+                try:
+                    self._writer.write(scored)
+                except BaseException as exc:  # noqa: BLE001  (re-raised in the caller's thread)
+                    self._error = exc
+
+    def _finish(self) -> None:
+        """Write what is queued, stop the thread, and finish the wrapped writer's file."""
+        self._queue.put(None)
+        self._thread.join()
+        self._writer.close()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
 
 
 class RejectsWriter(Writer):
