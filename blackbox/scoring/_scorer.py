@@ -25,7 +25,7 @@ def score_chunk(model: Model, chunk: Chunk, id_column: str | None, probabilities
         good = [position for position in range(len(data)) if position not in invalid]
         frame = model.prepare(_subset(data, good))[0] if good else None
         rejects.update((kept[position], found) for position, found in invalid.items())
-    valid = [position for position in range(len(chunk.rows)) if position not in rejects]
+    valid = [position for position in range(len(chunk.rows)) if position not in rejects] if rejects else None
     predictions: list[Any] = []
     proba = None
     if frame is not None:
@@ -35,8 +35,8 @@ def score_chunk(model: Model, chunk: Chunk, id_column: str | None, probabilities
         else:
             predictions = model.predict_frame(frame)
     return Scored(
-        rows=chunk.rows[valid],
-        ids=None if ids is None else (ids.take(valid) if isinstance(ids, pa.ChunkedArray) else [ids[i] for i in valid]),
+        rows=chunk.rows if valid is None else chunk.rows[valid],
+        ids=ids if ids is None or valid is None else (ids.take(valid) if isinstance(ids, pa.ChunkedArray) else [ids[i] for i in valid]),
         predictions=predictions,
         probabilities=proba,
         rejects=[
