@@ -13,11 +13,13 @@ wall time and peak RSS from the kernel (wait4), so peaks never mix:
 * score small: ``blackbox score`` on a quarter of the rows, to show peak memory does not grow with the input.
 
 Every case pays interpreter start-up and the verified model load. The cases
-run in turn, --repeat times, and each keeps its fastest run (the machine may be
-shared; the peak RSS is the largest seen). Prints a table and writes
-bench/results/scoring.json.
+run in turn, --repeat times, each score case right after the loop it matches;
+the table keeps each case's fastest run (the peak RSS is the largest seen), and
+the target's ratio is the median over runs of each back-to-back pair's ratio,
+so that a shared machine's changing load hits both sides of it alike. Prints a
+table and writes bench/results/scoring.json.
 
-    .venv/bin/python bench/bench_scoring.py [--rows 1000000] [--chunk-size 50000] [--repeat 2] [--no-dask]
+    .venv/bin/python bench/bench_scoring.py [--rows 1000000] [--chunk-size 50000] [--repeat 3] [--no-dask]
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -86,7 +89,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--chunk-size", type=int, default=50_000)
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-dask", action="store_true", help="Skip the Dask local-cluster case.")
     parser.add_argument("--loop", nargs=4, metavar=("ARTIFACT", "PUBLIC", "CSV", "PROBA"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -107,11 +110,12 @@ def main() -> None:
             return [python, "-m", "blackbox", "score", str(artifact), str(inputs[n]), "-o", str(out), "--overwrite",
                     "--chunk-size", str(args.chunk_size), "--trusted-keys", str(public), *extra]
 
-        cases = [
-            ("loop", args.rows, [python, here, "--chunk-size", str(args.chunk_size), "--loop", str(artifact), str(public), str(inputs[args.rows]), "-"]),
-            ("loop+proba", args.rows, [python, here, "--chunk-size", str(args.chunk_size), "--loop", str(artifact), str(public), str(inputs[args.rows]), "proba"]),
-            ("score", args.rows, score(args.rows)),
+        loop_command = [python, here, "--chunk-size", str(args.chunk_size), "--loop", str(artifact), str(public), str(inputs[args.rows])]
+        cases = [  # each score case right after the loop it is compared with: the pair sees the same background load
+            ("loop", args.rows, [*loop_command, "-"]),
             ("score no-proba", args.rows, score(args.rows, "--no-probabilities")),
+            ("loop+proba", args.rows, [*loop_command, "proba"]),
+            ("score", args.rows, score(args.rows)),
             *([] if args.no_dask else [("score dask", args.rows, score(args.rows, "--engine", "dask"))]),
             ("score small", args.rows // 4, score(args.rows // 4)),
         ]
@@ -134,8 +138,16 @@ def main() -> None:
         print(f"{r['case']:<15} {r['rows']:>10,} {r['seconds']:>8.1f} {r['rows_per_s']:>9,.0f} "
               f"{r['rows_per_s'] / by_name['loop']['rows_per_s']:>7.2f}x {r['rows_per_s'] / by_name['loop+proba']['rows_per_s']:>13.2f}x "
               f"{r['peak_rss_mb']:>12.0f}")
+    paired = {f"{ours} vs {theirs}": statistics.median(t["seconds"] / o["seconds"] for o, t in zip(runs[ours], runs[theirs]))
+              for ours, theirs in (("score no-proba", "loop"), ("score", "loop+proba"))}
+    print("\nrows/s ratios, median over runs of each run's pair (measured back to back):")
+    for name, value in paired.items():
+        print(f"- {name}: {value:.2f}x")
+    target = paired["score no-proba vs loop"]
+    print(f"target: score >= 0.9x the loop's rows/s (same outputs: predictions): {target:.2f}x {'MET' if target >= 0.9 else 'NOT MET'}")
     RESULTS.mkdir(exist_ok=True)
-    report = {"rows": args.rows, "chunk_size": args.chunk_size, "repeat": args.repeat, "cpus": os.cpu_count(), "results": results}
+    report = {"rows": args.rows, "chunk_size": args.chunk_size, "repeat": args.repeat, "cpus": os.cpu_count(), "results": results,
+              "paired_ratios": paired, "load_average": os.getloadavg()}
     (RESULTS / "scoring.json").write_text(json.dumps(report, indent=2))
     print(f"\nwrote {RESULTS / 'scoring.json'}")
 
