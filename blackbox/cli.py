@@ -412,7 +412,7 @@ def drift(
     features = compare_live(manifest, live)
     if output is not None:
         period = (since.isoformat() if since else None, until.isoformat() if until else None)
-        path = drift_report(manifest, live, output, period=period)
+        path = drift_report(manifest, live, output, period=period, features=features)
         click.echo(f"{path}: {len(live)} records of {manifest['name']}, drift {worst(features) or 'not measurable'}", err=as_json)
     if as_json:
         click.echo(json.dumps({"records": len(live), "status": worst(features), "features": features}, indent=2))

@@ -34,6 +34,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
+from .atomic import atomic_writer
 from .errors import UsageError
 
 MAX_TEXT = 256
@@ -291,8 +292,6 @@ def export_log(
     Columns: request_id, row, ts and model_version to trace each row, the input
     fields, the prediction, and with feedback the label and its time.
     """
-    from .atomic import atomic_writer
-
     out = Path(out)
     if out.suffix.lower() not in (".parquet", ".csv"):
         raise UsageError(f"Cannot export the log to {str(out)!r}: name the output .parquet or .csv.")

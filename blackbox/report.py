@@ -61,15 +61,17 @@ def drift_report(
     out: str | os.PathLike[str],
     *,
     period: tuple[str | None, str | None] | None = None,
+    features: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
     """Write the HTML drift report of ``live`` (the artifact's input columns, optionally ``ts``,
     ``prediction``, ``probabilities`` and ``label``) to ``out``; return its path.
 
+    ``features``: :func:`compare_live` of the same records, when the caller has it already.
     Raises UsageError when the artifact has no training profile, the frame is empty,
     or matplotlib is missing; SchemaError when the live columns do not fit the schema.
     """
     manifest = _manifest(model_or_manifest)
-    features = compare_live(manifest, live)
+    features = compare_live(manifest, live) if features is None else features
     performance = performance_over_time(manifest, live)
     page = _page(manifest, features, performance, rows=len(live), period=period)
     path = Path(out)
