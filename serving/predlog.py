@@ -4,10 +4,22 @@ Scope: getting answered predictions into :class:`blackbox.predlog.PredictionLog`
 without ever making a request wait on the database. The request path only
 appends one entry (the request's records and answer, by reference) to a queue
 bounded in rows and returns. The writer thread builds the rows and inserts up to
-:data:`BATCH_ROWS` per transaction. When the database is down, locked or full,
-the batch in hand is retried with exponential backoff while the queue keeps
-filling up to :data:`CAPACITY_ROWS`, so a short outage loses nothing; a request
-whose rows do not fit is still answered (fail-open), and its rows are counted
+:data:`BATCH_ROWS` per transaction.
+
+Every process model works: the writer thread belongs to the process that
+records, started by its first :meth:`Recorder.record`, never at app creation.
+A process forked from one holding a Recorder (``gunicorn --preload``, a fork
+after ``create_app``) starts with an empty queue, fresh locks and its own
+database connections (an ``os.register_at_fork`` hook), so each worker writes its
+own answers and the parent's queue stays the parent's. Rows are only queued
+while this process's writer is alive (else they are counted ``failed`` at once),
+and rows still queued when :meth:`Recorder.close` finds no writer to finish them
+are counted ``failed`` too: a queue that is never drained shows in the counters
+instead of vanishing.
+
+When the database is down, locked or full, the batch in hand is retried with
+exponential backoff while the queue keeps filling up to :data:`CAPACITY_ROWS`,
+so a short outage loses nothing; a request whose rows do not fit is still answered (fail-open), and its rows are counted
 ``dropped``. :meth:`Recorder.close` runs at interpreter exit (a gunicorn worker
 exits that way after SIGTERM) and keeps writing for :data:`DRAIN_SECONDS`;
 what is still unwritten then is counted ``failed``. Every answered record ends
@@ -20,8 +32,10 @@ from __future__ import annotations
 import atexit
 import datetime as dt
 import logging
+import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -99,20 +113,45 @@ class Recorder:
         self.capacity = capacity
         self._metrics = metrics
         self._events = events
+        self._begin()
+        for outcome in ("written", "dropped", "failed"):
+            metrics.log_rows.labels(outcome)  # exported as 0 from the start, so a dashboard's sum is complete
+        atexit.register(self.close)
+        alive = weakref.ref(self)  # the fork hook cannot be unregistered: it must not keep a closed app's Recorder
+        os.register_at_fork(after_in_child=lambda: (recorder := alive()) is not None and recorder._forked())
+
+    def _begin(self) -> None:
+        """This process's queue, locks and accounting; its writer thread starts with the first record."""
         self._pending: deque[_Entry] = deque()
         self._rows = 0  # queued or in the batch being written
         self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
         self._deadline: float | None = None  # set by close()
         self._wake = threading.Event()
         self._warned: dict[str, float] = {}
         self._unwritten = {"dropped": 0, "failed": 0}
         self._outage = False
         self._abandoned = False
-        for outcome in ("written", "dropped", "failed"):
-            metrics.log_rows.labels(outcome)  # exported as 0 from the start, so a dashboard's sum is complete
-        self._thread = threading.Thread(target=self._run, name="blackbox-prediction-log", daemon=True)
-        self._thread.start()
-        atexit.register(self.close)
+
+    def _forked(self) -> None:
+        """In a child process: nothing of the parent's writer is ours (its thread is gone, its locks may be held)."""
+        closed = self._deadline is not None
+        self._begin()
+        if closed:  # the parent had stopped logging: so has the child
+            self._deadline = time.monotonic()
+        self._metrics.log_queue.set(0)  # an in-memory gauge starts at the parent's value
+        self.log.engine.dispose(close=False)  # the parent's connections stay the parent's
+
+    def _writer_alive(self) -> bool:
+        """Whether this process's writer thread runs, starting it if needed; called holding ``_cond``."""
+        if self._thread is None or not self._thread.is_alive():
+            thread = threading.Thread(target=self._run, name="blackbox-prediction-log", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:  # "can't start new thread": out of threads or memory
+                return False
+            self._thread = thread
+        return True
 
     # ---------------------------------------------------------------- request path
 
@@ -122,13 +161,16 @@ class Recorder:
                        (time.perf_counter() - g.get("started", time.perf_counter())) * 1000, model, records, scored)
         count = len(records)
         with self._cond:
-            accepted = self._deadline is None and self._rows + count <= self.capacity
-            if accepted:
+            open_, room = self._deadline is None, self._rows + count <= self.capacity
+            writer = open_ and room and self._writer_alive()
+            if writer:
                 self._pending.append(entry)
                 self._rows += count
                 self._cond.notify()
-        if accepted:
+        if writer:
             self._metrics.log_queue.inc(count)
+        elif open_ and room:
+            self._settle("failed", count, "no writer thread could be started in this process", queued=False)
         else:
             self._settle("dropped", count, "the queue is full (the database is slow or down)")
 
@@ -190,17 +232,21 @@ class Recorder:
 
     # ---------------------------------------------------------------- accounting
 
-    def _settle(self, outcome: str, count: int, reason: str = "") -> None:
-        """Count rows as written, dropped or failed, exactly once: after close() gave up on the writer, it counts nothing."""
+    def _settle(self, outcome: str, count: int, reason: str = "", *, queued: bool = True) -> None:
+        """Count rows as written, dropped or failed, exactly once: after close() gave up on the writer, it counts nothing.
+
+        ``queued``: the rows were in the queue (dropped rows never are).
+        """
+        queued = queued and outcome != "dropped"
         with self._cond:
             if self._abandoned:
                 return
-            if outcome != "dropped":  # dropped rows never entered the queue
+            if queued:
                 self._rows -= count
             if outcome != "written":
                 self._unwritten[outcome] += count
         self._metrics.log_rows.labels(outcome).inc(count)
-        if outcome != "dropped":
+        if queued:
             self._metrics.log_queue.dec(count)
         if outcome != "written":
             self._warn(f"prediction_log_{outcome}", reason)
@@ -221,10 +267,14 @@ class Recorder:
                 return
             self._deadline = time.monotonic() + timeout
             self._cond.notify_all()
+            thread = self._thread
         self._wake.set()
-        self._thread.join(timeout + SQLITE_BUSY_MS / 1000 + 1)
-        if self._thread.is_alive():  # still inside a database call: nothing it holds is confirmed written
-            self._settle("failed", self._rows, "the server stopped while the database was not answering")
+        if thread is not None:
+            thread.join(timeout + SQLITE_BUSY_MS / 1000 + 1)
+        if self._rows:  # still inside a database call, or never taken: nothing of it is confirmed written
+            stuck = thread is not None and thread.is_alive()
+            self._settle("failed", self._rows, "the server stopped while the database was not answering" if stuck
+                         else "no writer thread took these rows")
             with self._cond:
                 self._abandoned = True
         self._warned.clear()

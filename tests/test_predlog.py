@@ -304,3 +304,88 @@ def test_gunicorn_workers_share_one_sqlite_file_and_flush_on_sigterm(served_arti
     text = server.log.read_text()
     closed = [json.loads(line) for line in text.splitlines() if '"event":"prediction_log_closed"' in line]
     assert len(closed) == 2 and all(line["dropped"] == line["failed"] == 0 for line in closed)
+
+
+# ---------------------------------------------------------------- every process model
+
+def test_rows_no_writer_ever_took_are_counted_failed_at_close(base_config, db, passengers, monkeypatch):  # noqa: F811
+    """A queue that is never drained (no writer runs in this process) is counted, not silently lost."""
+    monkeypatch.setattr(Recorder, "_run", lambda self: None)  # a writer that ends at once, as after a fork
+    app = make_app(base_config, str(db))
+    client = app.test_client()
+    answered = sum(len(predict(client, passengers[: 1 + i % 3])["predictions"]) for i in range(6))
+    app.extensions[EXTENSION].predlog.close(timeout=0.2)
+    assert outcome(app, "written") == 0 and outcome(app, "failed") == answered
+    assert app.extensions[EXTENSION].metrics.registry.get_sample_value("blackbox_prediction_log_queue_rows") == 0
+
+
+def _gunicorn_log_rows(args: list[str], env: dict, db: Path, log: Path, passengers) -> tuple[int, int, set[int], list[dict]]:  # noqa: F811
+    """Serve with plain gunicorn and two workers, predict until both answered, SIGTERM.
+
+    Returns the records answered, the rows logged, the workers' pids and the ``prediction_log_closed`` events.
+    """
+    import signal
+    import subprocess
+    import sys
+
+    from test_serving_gunicorn import call, free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with log.open("wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "gunicorn", *args, "--workers", "2", "--bind", f"127.0.0.1:{port}",
+                                    "--graceful-timeout", "10", "serving:create_app()"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: process.poll() is None and _answers(call, url + "/ready", None) == 200, seconds=60)
+        answered, pids = 0, set()
+        for start in range(0, 40 * 8, 8):  # rounds of 8 concurrent requests until both workers have answered
+            bodies = [passengers[i % 40: i % 40 + 1 + i % 3] for i in range(start, start + 8)]
+            with ThreadPoolExecutor(8) as pool:
+                answers = list(pool.map(lambda body: call(url + "/predict", body), bodies))
+            assert [status for status, _ in answers] == [200] * len(bodies), answers
+            answered += sum(map(len, bodies))
+            pids = {json.loads(line)["pid"] for line in log.read_text().splitlines()
+                    if line.startswith("{") and '"path":"/predict"' in line}
+            if len(pids) == 2:
+                break
+        assert len(pids) == 2, "both workers should have answered"
+        try:
+            wait_for(lambda: _logged(db) == answered, seconds=20)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    closed = [json.loads(line) for line in log.read_text().splitlines() if '"event":"prediction_log_closed"' in line]
+    return answered, _logged(db), pids, closed
+
+
+def _answers(call, url: str, body) -> int:
+    try:
+        return call(url, body, timeout=2)[0]
+    except OSError:
+        return 0
+
+
+def _logged(db: Path) -> int:
+    try:
+        with sqlite3.connect(db) as conn:
+            return conn.execute("SELECT COUNT(*) FROM blackbox_predictions").fetchone()[0]
+    except sqlite3.OperationalError:  # no table yet
+        return 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preload", [True, False], ids=["preload", "no-preload"])
+def test_plain_gunicorn_with_the_app_factory_logs_every_answer(preload, served_artifact, serving_keys, db, passengers, tmp_path):  # noqa: F811
+    """``gunicorn [--preload] 'serving:create_app()'``: each worker writes its own answers (its writer starts in it)."""
+    from conftest import child_env
+
+    env = {**child_env(), "BLACKBOX_ARTIFACT": str(served_artifact), "BLACKBOX_PREDICTION_LOG": str(db),
+           "BLACKBOX_TRUSTED_KEYS": str(serving_keys[1])}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    answered, logged, pids, closed = _gunicorn_log_rows(["--preload"] if preload else [], env, db, tmp_path / "server.log", passengers)
+    assert logged == answered
+    assert {line["pid"] for line in closed} >= pids and all(line["dropped"] == line["failed"] == 0 for line in closed)
