@@ -23,6 +23,8 @@ from typing import Any
 
 from .artifact import parse_manifest, read_header
 from .errors import ArtifactError, SelfContainmentError, SelfTestError, error_class
+from .signing import Keyring, public_pem
+from .trust import TrustedKeys
 
 DEFAULT_BLOCK = ("training",)
 
@@ -50,12 +52,22 @@ class Verification:
         raise cls(self.message)
 
 
+def _write_trusted(trusted_keys: TrustedKeys, directory: Path) -> list[str]:
+    """The trusted keys, read here (relative paths mean this process's directory), as .pub files for the child."""
+    keyring = Keyring.from_environment() if trusted_keys is None else Keyring.from_paths(trusted_keys)
+    directory.mkdir()
+    for kid, key in keyring.keys.items():
+        if kid not in keyring.revoked:
+            (directory / f"{kid}.pub").write_bytes(public_pem(key))
+    return [str(directory)]
+
+
 def verify(
     path: str | os.PathLike[str],
     *,
     block: Iterable[str] = DEFAULT_BLOCK,
     python: str | os.PathLike[str] | None = None,
-    trusted_keys: Iterable[str | os.PathLike[str]] | None = None,
+    trusted_keys: TrustedKeys = None,
     allow_unsigned: bool = False,
     strict: bool = False,
     records: list[dict[str, Any]] | None = None,
@@ -69,16 +81,19 @@ def verify(
     :param records: also predict these records there (``Verification.predictions``).
     """
     path = Path(path).resolve()
-    manifest = parse_manifest(read_header(path)[0])
+    manifest_bytes, signature = read_header(path)
+    manifest = parse_manifest(manifest_bytes)
     blocked = sorted({*block, *manifest.get("by_value", [])} - {"blackbox", "serving"})
-    options = json.dumps({
-        "block": blocked,
-        "strict": strict,
-        "allow_unsigned": allow_unsigned,
-        "trusted_keys": None if trusted_keys is None else [str(Path(k).resolve()) for k in trusted_keys],
-        "records": records,
-    })
-    with tempfile.TemporaryDirectory(prefix="blackbox-verify-") as empty:
+    with tempfile.TemporaryDirectory(prefix="blackbox-verify-") as scratch:
+        empty = Path(scratch, "cwd")
+        empty.mkdir()
+        options = json.dumps({
+            "block": blocked,
+            "strict": strict,
+            "allow_unsigned": allow_unsigned,
+            "trusted_keys": _write_trusted(trusted_keys, Path(scratch, "keys")) if signature else None,
+            "records": records,
+        })
         try:
             done = subprocess.run(
                 [str(python or sys.executable), "-I", "-m", "blackbox._probe", str(path)],

@@ -106,14 +106,37 @@ class Keyring:
     revoked: frozenset[str] = frozenset()
 
     @classmethod
-    def from_paths(cls, paths: Iterable[str | os.PathLike[str]] = (), revoked: Iterable[str] = ()) -> Keyring:
-        """Public keys from ``.pub`` files and directories of them."""
+    def from_paths(cls, paths: Any = (), revoked: Iterable[str] = ()) -> Keyring:
+        """The one place a ``trusted_keys`` argument becomes a Keyring.
+
+        ``paths`` is one source or an iterable of them: a ``.pub`` file or a directory of
+        them (str or Path, relative to the working directory), an ``Ed25519PublicKey``, or
+        a Keyring (its revocations kept). A lone str is one path, never iterated.
+        """
+        if isinstance(paths, (str, os.PathLike, Ed25519PublicKey, Keyring)):
+            paths = [paths]
+        try:
+            sources = list(paths)
+        except TypeError:
+            sources = [paths]  # not iterable: refused below, by type
         keys: dict[str, Ed25519PublicKey] = {}
-        for path in map(Path, paths):
-            files = sorted(path.glob("*.pub")) if path.is_dir() else [path]
-            for file in files:
-                key = _load_public_key(file)
-                keys[key_id(key)] = key
+        revoked = set(revoked)
+        for source in sources:
+            if isinstance(source, Keyring):
+                keys.update(source.keys)
+                revoked |= source.revoked
+            elif isinstance(source, Ed25519PublicKey):
+                keys[key_id(source)] = source
+            elif isinstance(source, (str, os.PathLike)):
+                path = Path(source)
+                for file in sorted(path.glob("*.pub")) if path.is_dir() else [path]:
+                    key = _load_public_key(file)
+                    keys[key_id(key)] = key
+            else:
+                raise UsageError(
+                    "trusted_keys takes a .pub file or directory of them (str or Path), an Ed25519 public key, "
+                    f"a Keyring, or a list of those; got {type(source).__name__} {source!r}."
+                )
         return cls(keys, frozenset(revoked))
 
     @classmethod
