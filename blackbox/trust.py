@@ -1,20 +1,27 @@
 """The checks an artifact passes before a single byte of it is unpickled, in order.
 
 Unpickling runs code, so nothing is unpickled until: the framing parses (with
-capped lengths); the signature verifies against a trusted key (unsigned
-artifacts only with an explicit, loudly logged ``allow_unsigned=True``); the
-manifest is strict JSON of the expected shape; this interpreter matches the
-environment the manifest records; and the payload has exactly the recorded
-length and sha256. An unsigned payload is also scanned statically: it may
-import only globals its manifest declares, and none that no model needs
-(process execution, eval/exec, dynamic imports). That scan is defence in depth,
-never a substitute for the signature. Only then is the payload unpickled.
+capped lengths and a bounded manifest); the signature verifies against a trusted
+key; the manifest is strict JSON of the expected shape; this interpreter matches
+the environment the manifest records; and the payload has exactly the recorded
+length and sha256. Only then is the payload unpickled.
+
+The signature is the only trust boundary. An unsigned artifact is loaded only
+with an explicit, loudly logged ``allow_unsigned=True``, and loading it RUNS ITS
+CODE: user code embedded by value is code, which no static scan can prove
+harmless. Its payload is still scanned as a tripwire (:func:`check_unsigned`):
+an allowlist, never a proof.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import keyword
 import logging
 import os
+import sys
+import types
 from collections.abc import Iterable
 from typing import Any
 
@@ -22,24 +29,45 @@ import _blackbox_compat
 
 from . import environment, serializers
 from .artifact import FORMAT_VERSION, Artifact
+from .environment import ServingEnvironment, top_level
 from .errors import ArtifactError, AuthenticityError, SelfContainmentError
-from .imports import Global, pickle_globals
+from .imports import Global, scan
 from .signing import Keyring
 
 log = logging.getLogger("blackbox")
 
 TrustedKeys = Keyring | Iterable[str | os.PathLike[str]] | None
 _REQUIRED = ("format_version", "name", "version", "adapter", "serializer", "python", "payload", "schema")
-# Globals no model needs at load time; refused in unsigned payloads.
+UNSIGNED_WARNING = (
+    "LOADING AN UNSIGNED ARTIFACT (allow_unsigned=True): its code was not authenticated, and loading it RUNS "
+    "that code; the static scan is a tripwire, not a proof. Sign artifacts and load only signed ones."
+)
+# The standard-library modules a model's payload needs (their names still pass every other check).
+_STDLIB_ALLOWED = frozenset({
+    "builtins", "copyreg", "collections", "functools", "_codecs", "datetime", "decimal", "fractions",
+    "numbers", "array", "re", "enum", "_collections_abc",
+})
+# No model needs these at load time; named in the refusal even when another rule would refuse them too.
 _FORBIDDEN_MODULES = frozenset({
     "os", "posix", "nt", "subprocess", "pty", "shutil", "socket", "importlib", "runpy", "code", "codeop",
     "ctypes", "multiprocessing", "pickle", "_pickle", "marshal", "sys", "webbrowser", "pdb", "signal",
     "threading", "_thread", "asyncio", "tempfile", "io", "_io", "sysconfig", "site", "urllib", "http",
+    "operator", "_operator", "types", "inspect", "joblib", "builtins.__loader__",
 })
-_FORBIDDEN_BUILTINS = frozenset({
-    "eval", "exec", "compile", "__import__", "open", "breakpoint", "input", "exit", "quit", "globals", "locals",
-    "vars", "setattr", "help",
+# Parts of allowed packages that no model needs: test harnesses, compilers, session and clipboard tools.
+_FORBIDDEN_SUBMODULES = ("numpy.f2py", "numpy.testing", "numpy.distutils", "numpy._pytesttester", "numpy.ctypeslib",
+                         "pandas._testing", "pandas.util._tester", "pandas.io.clipboard", "dill.session",
+                         "sklearn.utils._testing")
+# Callables that run code, read pickles, touch processes or fetch attributes by name, whichever module holds them.
+_FORBIDDEN_NAMES = frozenset({
+    "eval", "exec", "compile", "__import__", "import_module", "open", "breakpoint", "input", "exit", "quit",
+    "globals", "locals", "vars", "help", "__build_class__", "system", "popen", "Popen", "spawn", "fork", "execv",
+    "execve", "execvp", "run", "call", "check_call", "check_output", "getoutput", "getstatusoutput", "load", "loads",
+    "load_module", "load_session", "read_pickle", "attrgetter", "methodcaller", "_get_attr", "_getattr",
+    "_getattribute", "run_module", "run_path", "kill", "remove", "unlink", "rmtree",
 })
+# builtins offers classes; of its functions, only those the scan follows call by call (see blackbox.imports).
+_VETTED_BUILTINS = frozenset({"getattr", "setattr", "delattr"})
 
 
 def unpickle(
@@ -56,12 +84,12 @@ def unpickle(
     :param strict: refuse any package version that differs from the manifest's.
     """
     signed = authenticate(artifact, trusted_keys, allow_unsigned=allow_unsigned)
-    return _unpickle(artifact, strict=strict, scan=not signed)
+    return _unpickle(artifact, strict=strict, scan_payload=not signed)
 
 
 def unpickle_own(artifact: Artifact) -> tuple[Any, dict[str, Any]]:
     """Unpickle bytes this process has just produced (save's round trip), with every other check."""
-    return _unpickle(artifact, strict=True, scan=False)
+    return _unpickle(artifact, strict=True, scan_payload=False)
 
 
 def authenticate(artifact: Artifact, trusted_keys: TrustedKeys, *, allow_unsigned: bool) -> bool:
@@ -73,7 +101,7 @@ def authenticate(artifact: Artifact, trusted_keys: TrustedKeys, *, allow_unsigne
                 "`blackbox sign PATH --key KEY`, or, for a model you trust, load it with allow_unsigned=True "
                 "(--allow-unsigned)."
             )
-        log.warning("LOADING AN UNSIGNED ARTIFACT (allow_unsigned=True): its code was not authenticated")
+        log.warning(UNSIGNED_WARNING)
         return False
     keyring = trusted_keys if isinstance(trusted_keys, Keyring) else (
         Keyring.from_environment() if trusted_keys is None else Keyring.from_paths(trusted_keys)
@@ -82,13 +110,13 @@ def authenticate(artifact: Artifact, trusted_keys: TrustedKeys, *, allow_unsigne
     return True
 
 
-def _unpickle(artifact: Artifact, *, strict: bool, scan: bool) -> tuple[Any, dict[str, Any]]:
+def _unpickle(artifact: Artifact, *, strict: bool, scan_payload: bool) -> tuple[Any, dict[str, Any]]:
     manifest = artifact.manifest()
     _check_shape(manifest)
     environment.check(manifest, strict=strict)
     artifact.check_payload(manifest)
-    if scan:
-        _check_imports(artifact.payload, manifest)
+    if scan_payload:
+        check_unsigned(artifact.payload, manifest)
     _blackbox_compat.install()
     try:
         estimator = serializers.loads(artifact.payload, manifest["serializer"]["name"])
@@ -117,22 +145,116 @@ def _check_shape(manifest: dict[str, Any]) -> None:
         raise ArtifactError(f"The artifact names serializer {serializer!r}, which blackbox does not know.")
 
 
-def _check_imports(payload: bytes, manifest: dict[str, Any]) -> None:
-    declared = set(manifest.get("imports") or [])
-    found = pickle_globals(payload)
-    undeclared = [g for g in found if g.key not in declared]
-    forbidden = [g for g in found if _forbidden(g)]
-    if undeclared or forbidden:
-        names = ", ".join(str(g) for g in (forbidden or undeclared)[:5])
+def check_unsigned(payload: bytes, manifest: dict[str, Any]) -> None:
+    """Refuse (AuthenticityError) an unsigned payload whose globals are not what a model needs.
+
+    Allowlist: every global must come from a module the manifest declares (a
+    requirement installed here from a package index, or one of the few
+    standard-library modules models need), be a plain attribute of the module it
+    names (a dotted name may walk through submodules of that module only), and
+    not be a module object other than that submodule, nor another module's
+    callable (pickle itself names a class or function by the module it was
+    defined in); the callables in the denylists above are refused whatever
+    module holds them. What is decided statically, from names alone: the
+    declaration, the denylists, and every getattr/importer call (blackbox.imports).
+    What needs the module: whether a name is a submodule, a re-export or a module
+    object; so those modules, declared requirements installed here, are imported
+    (as unpickling would import them), never a by-value or unknown one.
+    None of this makes the payload safe: by-value code runs when unpickled.
+    """
+    found = scan(payload)
+    declared = _declared(manifest)
+    problems = [f"{use} (cannot be followed statically)" for use in found.dynamic]
+    named = {**found.attributes, **dict.fromkeys(found.globals, False)}  # global -> may be absent
+    problems += [f"{g} ({why})" for g in named if (why := _static_problem(g, declared))]
+    if not problems:  # every module named is a declared requirement or an allowed stdlib module
+        problems = [f"{g} ({why})" for g, optional in named.items() if (why := _resolved_problem(g, optional))]
+    if problems:
+        more = f" and {len(problems) - 5} more" if len(problems) > 5 else ""
         raise AuthenticityError(
-            f"Refusing the unsigned payload: it would import {names}"
-            + (" (globals no model needs)" if forbidden else " (not declared in its manifest)")
-            + ". Only load artifacts from signers you trust."
+            f"Refusing the unsigned payload: it would import {'; '.join(problems[:5])}{more}. Loading an unsigned "
+            "artifact runs its code, so sign it (`blackbox sign PATH --key KEY`) and load it signed, from a signer "
+            "you trust."
         )
 
 
-def _forbidden(g: Global) -> bool:
-    top = g.module.partition(".")[0]
-    if top in ("builtins", "__builtin__"):
-        return g.name in _FORBIDDEN_BUILTINS
-    return top in _FORBIDDEN_MODULES
+def _declared(manifest: dict[str, Any]) -> tuple[frozenset[str], frozenset[str]]:
+    """The distributions the manifest requires and the top-level modules it embeds by value."""
+    requirements, by_value = manifest.get("requirements"), manifest.get("by_value")
+    return (
+        frozenset(requirements) if isinstance(requirements, dict) else frozenset(),
+        frozenset(m for m in by_value if isinstance(m, str)) if isinstance(by_value, list) else frozenset(),
+    )
+
+
+def _static_problem(g: Global, declared: tuple[frozenset[str], frozenset[str]]) -> str | None:
+    """Why ``g`` is refused from its names alone, or None."""
+    requirements, by_value = declared
+    parts = [*g.module.split("."), *(g.name.split(".") if g.name else [])]
+    if not all(p.isidentifier() and not keyword.iskeyword(p) for p in parts):
+        return "not a module and attribute name"
+    top = top_level(g.module)
+    path = ".".join(parts)
+    if top in _FORBIDDEN_MODULES or any(p in _FORBIDDEN_NAMES for p in parts[1:]) or any(
+        path == prefix or path.startswith(prefix + ".") for prefix in _FORBIDDEN_SUBMODULES
+    ):
+        return "a global no model needs"
+    if any(p.startswith("__") and p.endswith("__") for p in parts):
+        return "a dunder name, which no model needs"
+    if top in by_value:
+        return "a by-value module named by reference: that code cannot be checked without running it"
+    if top in _STDLIB_ALLOWED:
+        return None
+    if top in sys.stdlib_module_names:
+        return "its module is not declared: not among the standard-library modules a model needs"
+    environment = ServingEnvironment()
+    provided_by = environment.requirements([Global(top, "")])
+    if not provided_by or not set(provided_by) <= requirements or not environment.provides(top):
+        return "its module is not declared: no requirement of the manifest installed here from a package index provides it"
+    return None
+
+
+def _resolved_problem(g: Global, optional: bool) -> str | None:
+    """Why ``g`` is refused once its (declared, installed) modules are imported, or None.
+
+    Walks ``module.name`` from the top-level module: every step but the last must be
+    a submodule of the step before (a module object of exactly that dotted name);
+    the last may be that too, or a value of the module's own namespace that, if
+    callable, was defined in that module.
+    """
+    parts = [*g.module.split("."), *(g.name.split(".") if g.name else [])]
+    try:
+        obj: Any = importlib.import_module(parts[0])
+    except Exception as exc:  # a declared requirement that cannot be imported here
+        return f"module {parts[0]!r} cannot be imported here: {exc!r}"
+    where = parts[0]
+    for index, part in enumerate(parts[1:], 2):
+        path = ".".join(parts[:index])
+        namespace = vars(obj)
+        if part not in namespace and _is_submodule(path):
+            try:
+                importlib.import_module(path)
+            except Exception as exc:
+                return f"module {path!r} cannot be imported here: {exc!r}"
+        if part not in namespace:
+            return None if optional and index == len(parts) else f"{where} has no attribute {part!r}"
+        value = namespace[part]
+        if isinstance(value, types.ModuleType):
+            if value.__name__ != path:
+                return f"{path} is the module {value.__name__}: a name may not lead through another module"
+            obj, where = value, path
+            continue
+        if index != len(parts):
+            return f"{path} is not a submodule: a dotted name may walk through submodules only"
+        if callable(value) and getattr(value, "__module__", None) != where:
+            return f"{path} is {getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', part)}, another module's callable"
+        if where == "builtins" and not isinstance(value, type) and part not in _VETTED_BUILTINS:
+            return "a builtin function no model needs"
+    return None
+
+
+def _is_submodule(path: str) -> bool:
+    try:
+        return importlib.util.find_spec(path) is not None
+    except (ImportError, ValueError):
+        return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 import pickle
 import pickletools
 
@@ -12,8 +13,18 @@ import numpy as np
 import pytest
 
 from blackbox.errors import ArtifactError
-from blackbox.imports import Global, pickle_globals
+from blackbox.imports import Global, pickle_globals, scan
 from conftest import marker_payload
+
+
+class _Reduce:
+    """Pickles as ``func(*args)``: a hand-made REDUCE."""
+
+    def __init__(self, func, args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
 
 
 @pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
@@ -63,3 +74,22 @@ def test_garbage_is_an_artifact_error(data):
 def test_key_is_unambiguous():
     assert Global("a.b", "C.d").key == "a.b:C.d" and str(Global("a.b", "C.d")) == "a.b.C.d"
     assert Global("numpy", "").key == "numpy"
+
+
+def test_constant_getattr_and_importer_calls_are_followed():
+    """getattr(module, "name") is read as the global module:name; an importer's constant argument as a module."""
+    data = pickle.dumps(_Reduce(getattr, (_Reduce(cloudpickle.cloudpickle.subimport, ("collections",)), "OrderedDict")), protocol=4)
+    found = scan(data)
+    assert Global("collections", "") in found.globals and found.attributes == {Global("collections", "OrderedDict"): False}
+    assert found.dynamic == []
+
+
+@pytest.mark.parametrize("obj, problem", [
+    (_Reduce(getattr, (_Reduce(str, ("os",)), "system")), "builtins.getattr of an object or a name computed"),
+    (_Reduce(functools.reduce, (getattr, ("path", "join"), _Reduce(cloudpickle.cloudpickle.subimport, ("os",)))),
+     "builtins.getattr passed on as a value"),
+    (_Reduce(cloudpickle.cloudpickle.subimport, (_Reduce(str, ("os",)),)), "subimport of a module name computed"),
+    (_Reduce(delattr, (collections.OrderedDict, "popitem")), "builtins.delattr changing collections.OrderedDict"),
+])
+def test_uses_a_static_reading_cannot_follow_are_reported(obj, problem):
+    assert any(problem in use for use in scan(pickle.dumps(obj, protocol=4)).dynamic)

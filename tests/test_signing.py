@@ -16,7 +16,7 @@ import blackbox
 from blackbox import signing
 from blackbox.artifact import dump_manifest, pack, unpack
 from blackbox.cli import main as blackbox_cli
-from conftest import PYTHON, child_env, resign
+from conftest import PYTHON, child_env, marker_payload, resign
 
 
 class SystemCall:
@@ -227,4 +227,78 @@ def test_a_by_reference_module_is_found_missing_before_unpickling(search, titani
     path.write_bytes(resign(path.read_bytes(), with_payload(manifest, evil), evil))
     with pytest.raises(blackbox.SelfContainmentError, match="training_gone"):
         blackbox.load(path)
+    assert not marker.exists()
+
+
+# -- unsigned payloads that reach a dangerous callable through a module the scan allows -----------------------
+def _text(value: str) -> bytes:
+    data = value.encode()
+    return b"\x8c" + bytes([len(data)]) + data  # SHORT_BINUNICODE
+
+
+def _global(module: str, name: str) -> bytes:
+    return _text(module) + _text(name) + b"\x93"  # STACK_GLOBAL: module and (possibly dotted) name from the stack
+
+
+def _call(func: bytes, *args: bytes) -> bytes:
+    return func + b"".join(args) + {0: b")", 1: b"\x85", 2: b"\x86", 3: b"\x87"}[len(args)] + b"R"  # TUPLEn, REDUCE
+
+
+def _pickle(body: bytes) -> bytes:
+    return b"\x80\x04" + body + b"."  # PROTO 4 ... STOP
+
+
+def forged_payloads(marker: Path, scratch: Path) -> dict[str, bytes]:
+    """Hand-made payloads that create ``marker`` (os.mkdir) without naming os, subprocess or eval themselves."""
+    target = _text(str(marker))
+    getattr_ = _global("builtins", "getattr")
+    inner = scratch / "inner.pkl"
+    inner.write_bytes(marker_payload(marker))
+    return {
+        # sklearn/__init__.py does `import os`: a dotted name walks through it
+        "dotted_global_through_another_module": _pickle(_call(_global("sklearn", "os.mkdir"), target)),
+        # an attribute of an allowed module that is another module, then getattr on it
+        "attribute_that_is_a_module": _pickle(_call(_call(getattr_, _global("dill._dill", "os"), _text("mkdir")), target)),
+        # dill's module importer given a path through another module
+        "module_path_through_another_module": _pickle(
+            _call(_call(getattr_, _call(_global("dill._dill", "_import_module"), _text("sklearn.os")), _text("mkdir")), target)
+        ),
+        # sklearn.datasets._base does `from os import makedirs`: a plain name, but os's function
+        "another_modules_callable": _pickle(_call(_global("sklearn.datasets._base", "makedirs"), target)),
+        # a declared requirement's own function that unpickles a file
+        "dangerous_callable_of_an_allowed_module": _pickle(_call(_global("pandas", "read_pickle"), _text(str(inner)))),
+        # getattr handed to another callable: the attribute names are computed at load time
+        "getattr_passed_as_a_value": _pickle(
+            _call(
+                _call(
+                    _global("functools", "reduce"),
+                    getattr_,
+                    _text("os") + _text("mkdir") + b"\x86",
+                    _call(_global("cloudpickle.cloudpickle", "subimport"), _text("sklearn")),
+                ),
+                target,
+            )
+        ),
+    }
+
+
+FORGED = [
+    "dotted_global_through_another_module", "attribute_that_is_a_module", "module_path_through_another_module",
+    "another_modules_callable", "dangerous_callable_of_an_allowed_module", "getattr_passed_as_a_value",
+]
+
+
+@pytest.mark.parametrize("case", FORGED)
+def test_unsigned_payload_cannot_reach_a_dangerous_callable_through_an_allowed_module(case, saved, tmp_path):
+    """The attacker writes the unsigned manifest too: it declares every global its payload imports."""
+    from blackbox.imports import pickle_globals
+
+    marker = tmp_path / "MARKER"
+    evil = forged_payloads(marker, tmp_path)[case]
+    manifest = with_payload(unpack(saved.read_bytes()).manifest(), evil)
+    manifest["imports"] = [g.key for g in pickle_globals(evil)]
+    forged = tmp_path / "forged.bbx"
+    forged.write_bytes(pack(dump_manifest(manifest), evil))
+    with pytest.raises(blackbox.AuthenticityError, match="Refusing the unsigned payload"):
+        blackbox.load(forged, allow_unsigned=True)
     assert not marker.exists()
