@@ -101,6 +101,13 @@ class SelfContainmentError(BlackboxError):
         self.references = list(references)
 
 
+class ModelFailedError(BlackboxError):
+    """The model itself fails on valid input: on every row of a batch, not on a few rows a caller can set aside."""
+
+    code = "model_failed"
+    exit_code = 14
+
+
 class VersionMismatchWarning(UserWarning):
     """A package differs from the version the artifact was saved with (within policy)."""
 
