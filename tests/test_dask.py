@@ -65,3 +65,14 @@ def test_training_on_dask_gives_the_same_verified_artifact(cluster, tmp_path):
         assert made[0][key] == made[1][key], key
     outcome = blackbox.verify(tmp_path / "spread.bbx")
     assert outcome.ok, outcome.message
+
+
+def test_dask_engine_refuses_an_artifact_failing_its_self_test(cluster, artifact, rows, tmp_path, capsys):
+    from test_scoring import doctored
+
+    bad = doctored(artifact, tmp_path / "doctored.bbx")
+    source = write_input(rows.head(40), tmp_path / "in.csv")
+    args = ["score", str(bad), str(source), "-o", str(tmp_path / "out.csv"), "--engine", "dask", "--scheduler", cluster.scheduler_address]
+    assert main(args) == 7
+    assert "golden-sample predictions" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["doctored.bbx", "in.csv"]

@@ -414,3 +414,134 @@ def test_one_bad_boolean_in_a_csv_column_rejects_only_its_row():
     with pytest.raises(blackbox.SchemaError) as caught:
         _NUMBERS.to_frame(pd.DataFrame({"n": [1.0] * 5, "i": [1] * 5, "b": _column(field, text)}))
     assert [(p["row"], p["field"], p["issue"]) for p in caught.value.problems] == [(2, "b", "type"), (3, "b", "null")]
+
+
+# ---------------------------------------------------------------- rows the model (not the schema) cannot score
+
+POISON_SOURCE = '''
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+
+
+class Poison(BaseEstimator, TransformerMixin):
+    """Passes its input through, except that it raises on the value ``poison`` or from ``broken`` up in column a."""
+
+    def __init__(self, poison=13.0, broken=100.0):
+        self.poison = poison
+        self.broken = broken
+
+    def fit(self, X, y=None):
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def transform(self, X):
+        a = np.asarray(X["a"], dtype=float)
+        if (a == self.poison).any():
+            raise ValueError(f"poisoned value {self.poison} in column a")
+        if (a >= self.broken).any():
+            raise ValueError(f"column a at or above {self.broken}")
+        return X
+'''
+
+
+@pytest.fixture(scope="module")
+def poison_artifact(tmp_path_factory) -> Path:
+    """A signed model whose own (by-value) transformer raises on a=13 (one row) or a>=100 (a broken model's every row)."""
+    import importlib
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+
+    where = tmp_path_factory.mktemp("poisonsrc")
+    (where / "bbx_poison_feats.py").write_text(POISON_SOURCE)
+    sys.path.insert(0, str(where))
+    try:
+        module = importlib.import_module("bbx_poison_feats")
+        rng = np.random.default_rng(0)
+        X = pd.DataFrame({"a": rng.normal(size=80), "b": rng.normal(size=80)})
+        pipeline = Pipeline([("poison", module.Poison()), ("clf", LogisticRegression())]).fit(X, (X.a + X.b > 0).astype(int))
+        path = blackbox.save(pipeline, tmp_path_factory.mktemp("poison") / "poison.bbx", train_data=X, name="poison", version="1")
+    finally:
+        sys.path.remove(str(where))
+        sys.modules.pop("bbx_poison_feats", None)
+    assert blackbox.inspect(path)["by_value"] == ["bbx_poison_feats"]
+    return path
+
+
+def poisoned(n: int, rows: tuple[int, ...], value: float = 13.0) -> pd.DataFrame:
+    """``n`` valid rows (a, b) with ``value`` in column a of the 1-based data rows ``rows``."""
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"a": rng.normal(size=n).round(6), "b": rng.normal(size=n).round(6)})
+    frame.loc[[row - 1 for row in rows], "a"] = value
+    return frame
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_row_the_model_cannot_score_is_a_reject_with_its_row_and_reason(fmt, poison_artifact, tmp_path, capsys):
+    frame = poisoned(300, (37, 38, 250))
+    source = write_input(frame, tmp_path / f"in.{fmt}")
+    out = tmp_path / f"out.{fmt}"
+    assert run(poison_artifact, source, "-o", out, "--on-error", "skip", "--chunk-size", 128) == 10
+    assert "scored 297 of 300 rows (3 rejected)" in capsys.readouterr().out
+
+    rejects = pd.read_csv(tmp_path / "out.rejects.csv")
+    assert rejects.row.tolist() == [37, 38, 250] and set(rejects.issue) == {"model_error"}
+    assert all("poisoned value 13.0 in column a" in reason for reason in rejects.received)
+    got = read_output(out)
+    assert got.row.tolist() == [row for row in range(1, 301) if row not in (37, 38, 250)]
+    model = blackbox.load(poison_artifact)
+    assert got.prediction.tolist() == model.predict_batch(frame.drop(index=[36, 37, 249]))
+
+
+def test_with_on_error_fail_a_row_the_model_rejects_fails_the_run_naming_it(poison_artifact, tmp_path, capsys):
+    source = write_input(poisoned(300, (200,)), tmp_path / "in.csv")
+    assert run(poison_artifact, source, "-o", tmp_path / "out.csv", "--chunk-size", 128) == 9
+    err = capsys.readouterr().err
+    assert "row 200 (1-based)" in err and "the model cannot score it" in err and "poisoned value 13.0" in err
+    assert "Traceback" not in err and sorted(os.listdir(tmp_path)) == ["in.csv"]
+
+
+@pytest.mark.parametrize("rows, broken_from, chunk", [(300, 101, 50), (300, 1, 1000), (3, 1, 1000)])
+def test_a_model_that_fails_on_every_row_of_a_chunk_fails_the_run(rows, broken_from, chunk, poison_artifact, tmp_path, capsys):
+    """Not a reject per row: the model, not the data, is at fault; nothing is published."""
+    frame = poisoned(rows, ())
+    frame.loc[broken_from - 1:, "a"] = 150.0  # every row of the chunk holding row broken_from fails
+    source = write_input(frame, tmp_path / "in.csv")
+    assert run(poison_artifact, source, "-o", tmp_path / "out.csv", "--on-error", "skip", "--chunk-size", chunk) == 14
+    err = capsys.readouterr().err
+    assert "The model failed on every row" in err and f"from row {broken_from} to row {min(rows, broken_from + chunk - 1)}" in err
+    assert "column a at or above 100.0" in err and "Traceback" not in err
+    assert sorted(os.listdir(tmp_path)) == ["in.csv"]
+
+
+# ---------------------------------------------------------------- the artifact's self-test
+
+def doctored(artifact: Path, where: Path) -> Path:
+    """The artifact with its golden sample's first prediction flipped, signed again: it loads, but fails its self-test."""
+    from conftest import resign
+
+    data = artifact.read_bytes()
+    manifest = unpack(data).manifest()
+    golden = manifest["golden"]
+    golden["predictions"][0] = 1 - golden["predictions"][0]
+    where.write_bytes(resign(data, manifest))
+    return where
+
+
+def test_an_artifact_failing_its_self_test_scores_nothing(artifact, rows, tmp_path, capsys):
+    bad = doctored(artifact, tmp_path / "doctored.bbx")
+    source = write_input(rows.head(20), tmp_path / "in.csv")
+    assert run(bad, source, "-o", tmp_path / "out.csv") == 7
+    assert "golden-sample predictions" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["doctored.bbx", "in.csv"]
+
+
+def test_a_dask_worker_self_tests_the_artifact_it_loads(artifact, model, tmp_path):
+    """A worker's copy is checked too: its packages may differ from the driver's."""
+    from blackbox.scoring._dask import WorkerArtifact
+    from blackbox.signing import Keyring
+
+    bad = doctored(artifact, tmp_path / "doctored.bbx")
+    remote = WorkerArtifact(str(bad), model.sha256, Keyring.from_environment(), False)
+    with pytest.raises(blackbox.SelfTestError, match="golden-sample"):
+        remote.load()

@@ -12,12 +12,20 @@ Rules callers rely on:
   empty string ``""`` is an empty string; ``true``/``false`` (any case) are
   booleans. Parquet columns keep their types; JSON Lines records are validated
   exactly as the server validates JSON records.
+* The artifact is loaded and self-tested (its golden sample) before any row is
+  read, by the driver and by every Dask worker: a failing self-test is a
+  :class:`SelfTestError` (exit 7) and nothing is written.
 * Validation is :meth:`Model.prepare`, the server's code. A row that fails it is
   a *reject*: with ``on_error="fail"`` (the default) the run stops with a
   :class:`SchemaError` (exit 9) and publishes nothing; with ``on_error="skip"``
   the other rows are scored and every problem of every rejected row goes to the
   rejects file. A problem that no row owns (a column of the wrong type) always
   fails the run, naming the column.
+* A row that passes the schema but that the model's own code cannot score is a
+  reject like any other (issue ``model_error``, the exception as the reason),
+  found by retrying halves of the failed model call (see ``_scorer``). When the
+  model fails on every row of a chunk it is the model's fault, not the rows':
+  :class:`ModelFailedError` (exit 14) fails the run, never a traceback.
 * ``row`` (in the output and the rejects file) is the 1-based number of the
   record in the input: the N-th data row after a CSV header, the N-th Parquet
   row, the line number in a JSON Lines file (blank lines are not records).

@@ -50,12 +50,14 @@ class WorkerArtifact:
     allow_unsigned: bool
 
     def load(self) -> Model:
+        """The worker's own copy, verified and self-tested like every loader's (the worker's packages may differ)."""
         model = persist.load(self.path, trusted_keys=self.keyring, allow_unsigned=self.allow_unsigned)
         if model.sha256 != self.sha256:
             raise IntegrityError(
                 f"{self.path!r} changed while it was being scored (payload sha256 {model.sha256[:12]}, "
                 f"expected {self.sha256[:12]}); rerun once it stops changing."
             )
+        model.self_test()
         return model
 
 

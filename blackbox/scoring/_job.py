@@ -18,7 +18,7 @@ from ..signing import Keyring
 from ._dask import WorkerArtifact, dask_client, dask_results, worker_loads
 from ._progress import Progress
 from ._reader import FORMATS, Source, format_of
-from ._scorer import score_chunk
+from ._scorer import MODEL_ERROR, score_chunk
 from ._writer import OutputSpec, RejectsWriter, open_writer
 
 DEFAULT_CHUNK_ROWS = 50_000
@@ -96,6 +96,7 @@ def score(
     _check_options(input, output, rejects, chunk_size, on_error, overwrite, engine, scheduler)
     keyring = Keyring.from_paths(trusted_keys) if trusted_keys else Keyring.from_environment()
     model = persist.load(artifact, trusted_keys=keyring, allow_unsigned=allow_unsigned)
+    model.self_test()
     source = Source(input, source_format, model.schema, id_column, chunk_size)
     spec = OutputSpec(model, id_column, source.id_type, probabilities)
     read = rejected = 0
@@ -151,10 +152,14 @@ def _check_options(
 
 def _first_reject(rejects: list[tuple[int, Any, dict[str, Any]]], input: Path, output: Path) -> SchemaError:
     row, _, problem = rejects[0]
-    where = f"field {problem['field']!r}: " if problem["field"] is not None else ""
+    if problem["issue"] == MODEL_ERROR:
+        what = f"the model cannot score it although it passed the schema ({problem['received']})"
+    else:
+        where = f"field {problem['field']!r}: " if problem["field"] is not None else ""
+        what = f"{where}expected {problem['expected']}, got {problem['received']}"
     more = len(rejects) - 1
     return SchemaError(
-        f"{str(input)!r} row {row} (1-based): {where}expected {problem['expected']}, got {problem['received']}"
+        f"{str(input)!r} row {row} (1-based): {what}"
         + (f"; {more} more problem(s) in the same chunk" if more else "")
         + f". Nothing was written to {str(output)!r}. Fix the input, or rerun with --on-error skip to score the "
         "valid rows and list the invalid ones in a rejects file.",

@@ -1,4 +1,13 @@
-"""One chunk: validated by the model's schema, its valid rows predicted, its invalid ones kept with their problems."""
+"""One chunk: validated by the model's schema, its valid rows predicted, its invalid ones kept with their problems.
+
+A row the model itself cannot score (its code raises on a value the schema
+accepts) is a reject too, issue ``model_error`` with the exception as the
+reason: when the model call on a chunk's valid rows fails, halves are retried
+until each failure is a single row. Only when the model fails on every row of
+a chunk (more than one row), or isolating the failures would take more than
+:data:`MAX_ISOLATION_CALLS` model calls, is it the model's fault:
+:class:`ModelFailedError` fails the run.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +19,18 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ..errors import SchemaError
+from ..errors import ModelFailedError, SchemaError
 from ..model import Model
 from ._chunks import Chunk, Scored
 from ._reader import parse
+
+MAX_ISOLATION_CALLS = 2_000
+"""Model calls a chunk may spend finding the rows the model fails on: about 2·log2(chunk rows) per such row,
+and each call on a few rows costs the model's fixed overhead (a few ms for a pipeline)."""
+MODEL_ERROR = "model_error"
+"""The issue of a reject the model, not the schema, refused."""
+BROKEN_AFTER_ROWS = 8
+"""Single rows that all fail, with no call on the chunk succeeding, that show the model fails on everything."""
 
 
 def score_chunk(model: Model, chunk: Chunk, id_column: str | None, probabilities: bool) -> Scored:
@@ -21,19 +38,21 @@ def score_chunk(model: Model, chunk: Chunk, id_column: str | None, probabilities
     data, ids, kept, rejects = parse(chunk, model.schema, id_column)
     frame, problems = _prepare(model, data) if len(data) else (None, [])
     invalid = _by_row(model, data, problems) if problems else {}
+    good: Sequence[int] = range(len(data))
     if invalid:
         good = [position for position in range(len(data)) if position not in invalid]
         frame = model.prepare(_subset(data, good))[0] if good else None
         rejects.update((kept[position], found) for position, found in invalid.items())
-    valid = [position for position in range(len(chunk.rows)) if position not in rejects] if rejects else None
     predictions: list[Any] = []
     proba = None
     if frame is not None:
-        if probabilities and model.has_proba:
-            predictions, rows = model.predict_and_proba_frame(frame)
-            proba = np.asarray(rows, dtype=float)
-        else:
-            predictions = model.predict_frame(frame)
+        try:
+            predictions, proba, failed = _predict(model, frame, probabilities and model.has_proba)
+        except _AtFault as fault:
+            raise fault.raised(chunk.rows[[kept[position] for position in good]]) from None
+        if failed:
+            rejects.update((kept[good[position]], [problem]) for position, problem in failed.items())
+    valid = [position for position in range(len(chunk.rows)) if position not in rejects] if rejects else None
     return Scored(
         rows=chunk.rows if valid is None else chunk.rows[valid],
         ids=ids if ids is None or valid is None else (ids.take(valid) if isinstance(ids, pa.ChunkedArray) else [ids[i] for i in valid]),
@@ -45,6 +64,103 @@ def score_chunk(model: Model, chunk: Chunk, id_column: str | None, probabilities
             for problem in rejects[position]
         ],
     )
+
+
+class _Isolation:
+    """Finding the rows of a frame the model fails on, by retrying halves of what failed down to single rows."""
+
+    def __init__(self, model: Model, frame: pd.DataFrame, probabilities: bool) -> None:
+        self.model, self.frame, self.probabilities = model, frame, probabilities
+        self.calls = 0
+        self.succeeded = False
+        self.predictions: list[Any] = []
+        self.probas: list[np.ndarray] = []
+        self.failed: dict[int, dict[str, Any]] = {}  # position in the frame -> its problem
+
+    def predict(self, start: int, stop: int) -> Exception | None:
+        """Predict rows [start, stop) and keep the answers, or return the model's exception."""
+        part = self.frame if (start, stop) == (0, len(self.frame)) else self.frame.iloc[start:stop].reset_index(drop=True)
+        self.calls += 1
+        try:
+            predictions, proba = _call(self.model, part, self.probabilities)
+        except Exception as exc:  # noqa: BLE001  the model's own code may raise anything
+            return exc
+        self.succeeded = True
+        self.predictions += predictions
+        if proba is not None:
+            self.probas.append(proba)
+        return None
+
+    def bisect(self, start: int, stop: int, error: Exception) -> None:
+        """Rows [start, stop) failed together with ``error``: find which of them fail alone."""
+        if stop - start == 1:
+            self.failed[start] = _model_problem(error)
+            if not self.succeeded and len(self.failed) >= BROKEN_AFTER_ROWS:
+                raise _Broken(error)
+            return
+        middle = (start + stop) // 2
+        for part in ((start, middle), (middle, stop)):
+            if self.calls >= MAX_ISOLATION_CALLS:
+                raise _Exhausted(error)
+            if (failure := self.predict(*part)) is not None:
+                self.bisect(*part, failure)
+
+
+class _Broken(Exception):
+    """No call succeeded and enough single rows failed: the model fails on everything."""
+
+
+class _Exhausted(Exception):
+    """The isolation budget ran out."""
+
+
+def _predict(model: Model, frame: pd.DataFrame, probabilities: bool) -> tuple[list[Any], np.ndarray | None, dict[int, dict[str, Any]]]:
+    """Predictions (and probabilities) for the rows the model can score, and the problem of each row it cannot, by position."""
+    search = _Isolation(model, frame, probabilities)
+    if (error := search.predict(0, len(frame))) is not None:
+        try:
+            search.bisect(0, len(frame), error)
+        except _Broken as broken:
+            raise _AtFault(f"every row it was tried on ({len(search.failed)} alone, none succeeded)", broken.args[0]) from None
+        except _Exhausted as exhausted:
+            raise _AtFault(f"at least {len(search.failed):,} rows, more than {MAX_ISOLATION_CALLS:,} model calls could isolate,",
+                           exhausted.args[0]) from None
+        if len(frame) > 1 and len(search.failed) == len(frame):
+            raise _AtFault("every row", error)
+    if not probabilities:
+        return search.predictions, None, search.failed
+    proba = np.concatenate(search.probas) if len(search.probas) != 1 else search.probas[0]
+    return search.predictions, proba if search.probas else np.empty((0, len(model.classes or ()))), search.failed
+
+
+class _AtFault(Exception):
+    """The model, not the data, is at fault: it fails on (nearly) every valid row of a chunk."""
+
+    def __init__(self, which: str, error: Exception) -> None:
+        super().__init__(which, error)
+        self.which, self.error = which, error
+
+    def raised(self, numbers: np.ndarray) -> ModelFailedError:
+        return ModelFailedError(
+            f"The model failed on {self.which} of the {len(numbers):,} valid rows from row {numbers[0]} to row {numbers[-1]} "
+            f"(1-based), although they passed its schema: {_reason(self.error)}. This is not a few bad rows to reject: "
+            "the model cannot score this input. Check the model (blackbox verify) and the input against its training data."
+        )
+
+
+def _call(model: Model, frame: pd.DataFrame, probabilities: bool) -> tuple[list[Any], np.ndarray | None]:
+    if probabilities:
+        predictions, rows = model.predict_and_proba_frame(frame)
+        return predictions, np.asarray(rows, dtype=float)
+    return model.predict_frame(frame), None
+
+
+def _model_problem(error: Exception) -> dict[str, Any]:
+    return {"row": None, "field": None, "issue": MODEL_ERROR, "expected": "a record the model can score", "received": _reason(error)}
+
+
+def _reason(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}"[:300]
 
 
 def _prepare(model: Model, data: pd.DataFrame | list[Any]) -> tuple[pd.DataFrame | None, list[dict[str, Any]]]:
