@@ -36,7 +36,8 @@ def trust_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The load policy options every command that loads an artifact takes."""
     command = click.option(
         "--allow-unsigned", is_flag=True,
-        help="Also load unsigned artifacts (logged loudly). A bad signature is refused regardless.",
+        help="Also load unsigned artifacts. Loading one RUNS ITS CODE (by-value code is code; no scan can prove it "
+        "harmless): the signature is the only trust boundary. A bad signature is refused regardless.",
     )(command)
     return click.option(
         "--trusted-keys", "trusted_keys", multiple=True, type=click.Path(exists=True), metavar="PATH",

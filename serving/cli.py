@@ -43,7 +43,7 @@ DEFAULT_THREADS = 32
               help="gunicorn's worker timeout: a worker silent this long is restarted.")
 @click.option("--trusted-keys", "trusted_keys", multiple=True, type=click.Path(exists=True), metavar="PATH",
               help="Trusted public key (.pub) or directory of them; repeatable. Default: $BLACKBOX_TRUSTED_KEYS.")
-@click.option("--allow-unsigned", is_flag=True, help="Also serve an unsigned artifact (logged loudly).")
+@click.option("--allow-unsigned", is_flag=True, help="Also serve an unsigned artifact: loading it RUNS ITS CODE; only a signature is a trust boundary.")
 @click.option("--strict", is_flag=True, help="Refuse any package version that differs from the manifest's.")
 @click.option("--strict-fields", is_flag=True, help="Reject records with unknown fields (422) instead of warning.")
 @click.option("--api-keys-file", type=click.Path(exists=True, dir_okay=False),
