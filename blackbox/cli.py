@@ -10,14 +10,12 @@ import dataclasses
 import datetime as dt
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import click
 
 from . import isolation, persist, scoring, signing
 from . import rebuild as rebuild_
-from .atomic import atomic_write
 from .artifact import read_bytes, unpack
 from .errors import AuthenticityError, BlackboxError, SchemaError
 from .imports import pickle_globals
@@ -135,28 +133,32 @@ def verify(
 @click.option("-o", "--out", type=click.Path(dir_okay=False), default=None,
               help="Where to write the rebuilt artifact (default: NAME.rebuilt.bbx beside PATH).")
 @click.option("--allow-data-change", is_flag=True, help="Rebuild even if the data's sha256 differs from the recorded one.")
+@click.option("--signing-key", type=click.Path(dir_okay=False, exists=True), default=None, metavar="KEY",
+              help=f"Private key to sign the rebuilt artifact with (blackbox keygen). Default: ${signing.SIGNING_KEY_ENV}; "
+                   "without either the rebuild is refused, unless --allow-unsigned.")
 @click.option("--report", type=click.Path(dir_okay=False), default=None,
-              help="Where to write the JSON report (default: the rebuilt artifact's path + .report.json).")
+              help="Where to write the JSON report, in every outcome (default: the rebuilt artifact's path + .report.json).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @trust_options
 def rebuild(
-    path: str, data: str | None, out: str | None, allow_data_change: bool, report: str | None, as_json: bool,
-    trusted_keys: tuple[str, ...], allow_unsigned: bool,
+    path: str, data: str | None, out: str | None, allow_data_change: bool, signing_key: str | None,
+    report: str | None, as_json: bool, trusted_keys: tuple[str, ...], allow_unsigned: bool,
 ) -> None:
-    """Train the model again from the recipe recorded in its artifact, and compare.
+    """Train the model again from the recipe recorded in its artifact, sign the result, and compare.
 
     Exit 0 when reproduced (same CV score, same golden predictions), 12 when it drifted,
-    13 when the rebuild failed or its data snapshot changed.
+    13 when the rebuild failed or was refused (no signing key, changed data snapshot);
+    nothing is written at --out then, but the report is. 4 when PATH's signature is not trusted.
     """
-    result = rebuild_.rebuild(
-        path, data=data, out=out, allow_data_change=allow_data_change,
-        trusted_keys=_keys(trusted_keys), allow_unsigned=allow_unsigned,
-    )
-    report_path = Path(report or f"{result.rebuilt}.report.json")
-    atomic_write(report_path, json.dumps(result.to_dict(), indent=2).encode())
+    try:
+        result = rebuild_.rebuild(
+            path, data=data, out=out, report=report, allow_data_change=allow_data_change, signing_key=signing_key,
+            trusted_keys=_keys(trusted_keys), allow_unsigned=allow_unsigned,
+        )
+    except BlackboxError as exc:
+        exc.message += f"\nThe report is in {rebuild_.output_paths(path, out, report)[1]}."
+        raise
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else rebuild_.format_report(result))
-    if not as_json:
-        click.echo(f"  report        {report_path}")
     if result.exit_code:
         raise click.exceptions.Exit(result.exit_code)
 

@@ -9,6 +9,13 @@ training there in a subprocess (the recorded code is never imported into this
 process), and compares the new model with the old: library versions, CV score
 and holdout metrics, and the golden-sample predictions.
 
+The rebuilt artifact is signed here (the recorded code never sees the key),
+loaded in isolation trusting that key, and only then published at its
+destination: a failed rebuild leaves no artifact behind. A JSON report is
+written in every outcome, a failure included. Paths the caller gives (data,
+keys, outputs) mean the caller's working directory, not the one the recorded
+training runs in.
+
 The entry point's contract: it accepts ``--data PATH --out PATH --version V``
 besides its recorded arguments, and saves with ``blackbox.save(..., recipe=...)``.
 """
@@ -23,13 +30,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .artifact import Artifact, parse_manifest, read_header
+from . import signing
+from .artifact import Artifact, parse_manifest, read_bytes, read_header
+from .atomic import atomic_write
 from .errors import BlackboxError, UsageError
 from .isolation import verify
+from .signing import SIGNING_KEY_ENV
 from .trust import TrustedKeys, authenticate
 
 REPRODUCED, DRIFTED = 0, 12
@@ -73,17 +83,20 @@ def recipe_section(recipe: Mapping[str, Any], search: Any) -> dict[str, Any]:
 class RebuildReport:
     """What changed between an artifact and its rebuild."""
 
-    status: str
+    status: str  # reproduced, drifted or failed
     exit_code: int
     artifact: str
-    rebuilt: str
+    rebuilt: str | None  # None when failed: nothing was published
     seconds: float
-    data: dict[str, Any]
-    versions: dict[str, dict[str, str | None]]
-    cv: dict[str, Any]
-    holdout: dict[str, dict[str, float | None]]
-    golden: dict[str, int]
+    report: str | None = None
+    signed_by: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, dict[str, str | None]] = field(default_factory=dict)
+    cv: dict[str, Any] = field(default_factory=dict)
+    holdout: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    golden: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    error: dict[str, str] | None = None  # code and message, when failed
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,7 +107,9 @@ def rebuild(
     *,
     data: str | os.PathLike[str] | None = None,
     out: str | os.PathLike[str] | None = None,
+    report: str | os.PathLike[str] | None = None,
     allow_data_change: bool = False,
+    signing_key: str | os.PathLike[str] | None = None,
     trusted_keys: TrustedKeys = None,
     allow_unsigned: bool = False,
     timeout: float = 3600,
@@ -103,18 +118,61 @@ def rebuild(
 
     The artifact's signature is checked first: rebuilding runs its recorded code.
     A data file whose sha256 differs from the recorded one is refused unless
-    ``allow_data_change``. The new artifact is written to ``out`` (default:
-    next to the old one, ``NAME.rebuilt.bbx``) and signed like any save
-    (BLACKBOX_SIGNING_KEY).
+    ``allow_data_change``. The new artifact is signed with ``signing_key``
+    (default: BLACKBOX_SIGNING_KEY); without one the rebuild is refused before
+    training, unless ``allow_unsigned`` (then it is unsigned). It is published at
+    ``out`` (default: ``NAME.rebuilt.bbx`` beside the old one) only once it loads.
+    The JSON report goes to ``report`` (default: ``OUT.report.json``) in every
+    outcome; on failure the error is raised after it is written.
     """
     started = time.perf_counter()
     path = Path(path)
+    new_path, report_path = output_paths(path, out, report)
+    try:
+        result = _rebuild(
+            path, new_path, data=data, allow_data_change=allow_data_change, signing_key=signing_key,
+            trusted_keys=trusted_keys, allow_unsigned=allow_unsigned, timeout=timeout,
+        )
+    except Exception as exc:
+        error = exc if isinstance(exc, BlackboxError) else RebuildError(f"{type(exc).__name__}: {exc}")
+        failed = RebuildReport(
+            status="failed", exit_code=error.exit_code, artifact=str(path), rebuilt=None,
+            seconds=round(time.perf_counter() - started, 2), report=str(report_path),
+            error={"code": error.code, "message": error.message},
+        )
+        atomic_write(report_path, json.dumps(failed.to_dict(), indent=2).encode())
+        raise
+    result = replace(result, seconds=round(time.perf_counter() - started, 2), report=str(report_path))
+    atomic_write(report_path, json.dumps(result.to_dict(), indent=2).encode())
+    return result
+
+
+def output_paths(
+    path: str | os.PathLike[str], out: str | os.PathLike[str] | None, report: str | os.PathLike[str] | None
+) -> tuple[Path, Path]:
+    """Where the rebuilt artifact and the report go: ``out`` (default: ``NAME.rebuilt.bbx`` beside
+    ``path``) and ``report`` (default: the artifact's path + ``.report.json``), resolved here."""
+    new_path = (Path(out) if out else Path(path).with_name(f"{Path(path).stem}.rebuilt.bbx")).resolve()
+    return new_path, Path(report).resolve() if report else new_path.with_name(f"{new_path.name}.report.json")
+
+
+def _rebuild(
+    path: Path, new_path: Path, *, data: str | os.PathLike[str] | None, allow_data_change: bool,
+    signing_key: str | os.PathLike[str] | None, trusted_keys: TrustedKeys, allow_unsigned: bool, timeout: float,
+) -> RebuildReport:
     manifest_bytes, block = read_header(path)
     authenticate(Artifact(manifest_bytes, block, b""), trusted_keys, allow_unsigned=allow_unsigned)
     old = parse_manifest(manifest_bytes)
     recipe = old.get("recipe")
     if not recipe:
         raise RebuildError(f"{str(path)!r} records no recipe; it was saved without blackbox.save(..., recipe=...).")
+    key_path = signing_key or os.environ.get(SIGNING_KEY_ENV) or None
+    if key_path is None and not allow_unsigned:
+        raise RebuildError(
+            "No key to sign the rebuilt artifact with, and loaders refuse unsigned artifacts: pass "
+            f"--signing-key KEY (signing_key=) or set {SIGNING_KEY_ENV}; or --allow-unsigned for an unsigned rebuild."
+        )
+    private_key = None if key_path is None else signing.load_private_key(Path(key_path).resolve())
     data_path = Path(data or recipe["data"]["path"]).resolve()
     if not data_path.is_file():
         raise RebuildError(f"Training data {str(data_path)!r} is not there; pass the snapshot with --data PATH.")
@@ -126,39 +184,50 @@ def rebuild(
             f"{recipe['data']['sha256'][:16]}…: it is another snapshot. Pass the original data, or "
             "--allow-data-change to rebuild on this one (the report will say so)."
         )
-    new_path = Path(out) if out else path.with_name(f"{path.stem}.rebuilt.bbx")
     with tempfile.TemporaryDirectory(prefix="blackbox-rebuild-") as workdir:
-        src = Path(workdir) / "src"
+        src, built = Path(workdir) / "src", Path(workdir) / "rebuilt.bbx"
         _unpack_source(recipe["source"], src)
         command = [
             sys.executable, "-m", recipe["entry_point"], *recipe["args"],
-            "--data", str(data_path), "--out", str(new_path.resolve()), "--version", f"{old['version']}+rebuild",
+            "--data", str(data_path), "--out", str(built), "--version", f"{old['version']}+rebuild",
         ]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+        # The recorded code never holds the key: it saves unsigned, and the result is signed here.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != SIGNING_KEY_ENV}
         try:
             done = subprocess.run(command, cwd=src, capture_output=True, text=True, env=env, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise RebuildError(f"The recorded training ran over {timeout:.0f} s and was stopped.") from None
-    if done.returncode != 0:
-        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
-        raise RebuildError(f"The recorded training failed (exit {done.returncode}):\n{tail}")
-    new = parse_manifest(read_header(new_path)[0])
-    if (new.get("recipe") or {}).get("source") != recipe["source"]:
-        raise RebuildError(
-            "The rebuilt artifact was not made by the recorded source (an installed copy of "
-            f"{recipe['entry_point']!r} shadowed it); uninstall it or run rebuild elsewhere."
+        if done.returncode != 0:
+            tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
+            raise RebuildError(f"The recorded training failed (exit {done.returncode}):\n{tail}")
+        if not built.is_file():
+            raise RebuildError(f"The recorded training exited 0 but wrote no artifact at --out; is {recipe['entry_point']!r} a blackbox training entry point?")
+        new = parse_manifest(read_header(built)[0])
+        if (new.get("recipe") or {}).get("source") != recipe["source"]:
+            raise RebuildError(
+                "The rebuilt artifact was not made by the recorded source (an installed copy of "
+                f"{recipe['entry_point']!r} shadowed it); uninstall it or run rebuild elsewhere."
+            )
+        if private_key is not None:
+            from .persist import sign  # persist imports this module
+
+            sign(built, Path(key_path).resolve())
+        golden = old["golden"]
+        probe = verify(
+            built, records=golden["records"], allow_unsigned=private_key is None,
+            trusted_keys=None if private_key is None else private_key.public_key(),
         )
-    golden = old["golden"]
-    probe = verify(new_path, records=golden["records"], trusted_keys=trusted_keys, allow_unsigned=allow_unsigned)
-    if probe.predictions is None:
-        raise RebuildError(f"The rebuilt artifact does not load: {probe.message}")
+        if probe.predictions is None:
+            raise RebuildError(f"The rebuilt artifact does not load: {probe.message}")
+        atomic_write(new_path, read_bytes(built))
     changed = sum(a != b for a, b in zip(golden["predictions"], probe.predictions))
-    return _report(path, new_path, old, new, data_path, data_changed, changed, time.perf_counter() - started)
+    signer = None if private_key is None else signing.key_id(private_key.public_key())
+    return _report(path, new_path, old, new, data_path, data_changed, changed, signer)
 
 
 def _report(
     path: Path, new_path: Path, old: dict[str, Any], new: dict[str, Any],
-    data_path: Path, data_changed: bool, golden_changed: int, seconds: float,
+    data_path: Path, data_changed: bool, golden_changed: int, signed_by: str | None,
 ) -> RebuildReport:
     old_cv, new_cv = old["metrics"].get("search") or {}, new["metrics"].get("search") or {}
     old_score, new_score = old_cv.get("best_score"), new_cv.get("best_score")
@@ -177,13 +246,16 @@ def _report(
     notes = []
     if data_changed:
         notes.append("rebuilt on a different data snapshot (--allow-data-change)")
+    if signed_by is None:
+        notes.append("the rebuilt artifact is UNSIGNED (--allow-unsigned)")
     notes += [f"{lib} {v['old']} -> {v['new']}" for lib, v in versions.items() if v["old"] != v["new"]]
     return RebuildReport(
         status="reproduced" if reproduced else "drifted",
         exit_code=REPRODUCED if reproduced else DRIFTED,
         artifact=str(path),
         rebuilt=str(new_path),
-        seconds=round(seconds, 2),
+        seconds=0.0,  # set by rebuild()
+        signed_by=signed_by,
         data={"path": str(data_path), "changed": data_changed},
         versions=versions,
         cv={
@@ -236,6 +308,8 @@ def format_report(report: RebuildReport) -> str:
     ]
     lines += [f"  holdout {k:<9} old {_num(v['old'])}, new {_num(v['new'])}" for k, v in report.holdout.items()]
     lines += [f"  note          {n}" for n in report.notes] or ["  libraries     same versions as the artifact's"]
+    lines += [f"  signed by     key {report.signed_by}"] if report.signed_by else []
+    lines += [f"  report        {report.report}"] if report.report else []
     return "\n".join(lines)
 
 

@@ -94,3 +94,74 @@ def test_rebuild_refuses_an_untrusted_or_recipe_less_artifact(trained, saved, tm
         rebuild(path, trusted_keys=[], out=tmp_path / "z.bbx")
     with pytest.raises(RebuildError, match="no recipe"):
         rebuild(saved, out=tmp_path / "z.bbx")
+
+
+def _user_project(root: Path) -> Path:
+    """A user's working directory with a key pair in keys/, as `blackbox keygen --out keys` leaves it."""
+    from blackbox.signing import keygen
+
+    root.mkdir(parents=True, exist_ok=True)
+    keygen(root / "keys", "blackbox")
+    return root
+
+
+def test_rebuild_signs_with_a_relative_key_from_the_environment(trained, tmp_path, monkeypatch, capsys):
+    """The README's `blackbox rebuild artifacts/titanic.bbx`, run where keys/ is a relative path."""
+    from blackbox.signing import SIGNING_KEY_ENV, key_id, load_private_key
+
+    path, _ = trained  # signed by the suite's key, which BLACKBOX_TRUSTED_KEYS trusts
+    project = _user_project(tmp_path / "project")
+    monkeypatch.chdir(project)
+    monkeypatch.setenv(SIGNING_KEY_ENV, "keys/blackbox.key")  # relative to the user's directory
+    assert blackbox_cli(["rebuild", str(path), "-o", "rebuilt/model.bbx"]) == 0, capsys.readouterr()
+    out = project / "rebuilt" / "model.bbx"
+    signature = blackbox.inspect(out, trusted_keys="keys/blackbox.pub")["signature"]
+    assert signature["valid"] and signature["key_id"] == key_id(load_private_key(project / "keys/blackbox.key").public_key())
+    report = json.loads((project / "rebuilt" / "model.bbx.report.json").read_text())
+    assert report["status"] == "reproduced" and report["signed_by"] == signature["key_id"]
+
+
+def test_rebuild_takes_the_signing_key_as_an_option(trained, tmp_path, monkeypatch, capsys):
+    from blackbox.signing import SIGNING_KEY_ENV
+
+    path, _ = trained
+    project = _user_project(tmp_path / "project")
+    monkeypatch.chdir(project)
+    monkeypatch.delenv(SIGNING_KEY_ENV)
+    assert blackbox_cli(["rebuild", str(path), "-o", "again.bbx", "--signing-key", "keys/blackbox.key"]) == 0, capsys.readouterr()
+    assert blackbox.inspect(project / "again.bbx", trusted_keys=project / "keys/blackbox.pub")["signature"]["valid"]
+
+
+def test_rebuild_without_a_signing_key_is_refused_before_training_with_a_report(trained, tmp_path, monkeypatch, capsys):
+    from blackbox.signing import SIGNING_KEY_ENV
+
+    path, _ = trained
+    monkeypatch.delenv(SIGNING_KEY_ENV)
+    out = tmp_path / "unsigned.bbx"
+    assert blackbox_cli(["rebuild", str(path), "-o", str(out)]) == RebuildError.exit_code
+    err = capsys.readouterr().err
+    assert "--signing-key" in err and "BLACKBOX_SIGNING_KEY" in err
+    assert not out.exists()  # no unsigned artifact left behind
+    report = json.loads(Path(f"{out}.report.json").read_text())
+    assert report["status"] == "failed" and report["exit_code"] == 13 and report["rebuilt"] is None
+    assert "--signing-key" in report["error"]["message"]
+
+
+def test_a_failing_recorded_training_leaves_no_artifact_and_writes_the_report(trained, tmp_path):
+    path, _ = trained
+    manifest = unpack(path.read_bytes()).manifest()
+    main = manifest["recipe"]["source"]["training/__main__.py"]
+    # the recorded training saves, then fails: the file it wrote must not be published
+    manifest["recipe"]["source"]["training/__main__.py"] = main.replace(
+        "    save_seconds = time.perf_counter() - started\n",
+        "    save_seconds = time.perf_counter() - started\n    raise SystemExit('boom after save')\n", 1,
+    )
+    assert "boom after save" in manifest["recipe"]["source"]["training/__main__.py"]
+    broken = tmp_path / "broken.bbx"
+    broken.write_bytes(resign(path.read_bytes(), manifest))
+    out = tmp_path / "out" / "broken-rebuilt.bbx"
+    with pytest.raises(RebuildError, match="boom after save"):
+        rebuild(broken, out=out)
+    assert not out.exists() and [p.name for p in out.parent.iterdir()] == ["broken-rebuilt.bbx.report.json"]
+    report = json.loads(Path(f"{out}.report.json").read_text())
+    assert report["status"] == "failed" and "boom after save" in report["error"]["message"]
