@@ -14,9 +14,9 @@ from typing import Any
 
 import click
 
-from . import isolation, persist, scoring, signing
+from . import environment, isolation, persist, scoring, signing, trust
 from . import rebuild as rebuild_
-from .artifact import read_bytes, unpack
+from .artifact import Artifact, parse_manifest, read_bytes, read_header, unpack
 from .errors import AuthenticityError, BlackboxError, SchemaError
 from .imports import pickle_globals
 from .isolation import DEFAULT_BLOCK
@@ -67,6 +67,25 @@ def inspect(path: str, as_json: bool, imports: bool, trusted_keys: tuple[str, ..
             click.echo("  payload imports\n" + "\n".join(f"    {g}" for g in manifest["payload_imports"]))
     if require_valid and not manifest["signature"]["valid"]:
         raise click.exceptions.Exit(AuthenticityError.exit_code)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=True))
+@click.option("--blackbox", "blackbox_spec", metavar="REQUIREMENT",
+              help="The requirement line that installs blackbox, e.g. 'blackbox @ git+https://HOST/blackbox@v0.1.0'. "
+                   "Default: where this blackbox was installed from (a checkout, a wheel, a commit), or "
+                   "blackbox==VERSION if it came from a package index.")
+@trust_options
+def requirements(path: str, blackbox_spec: str | None, trusted_keys: tuple[str, ...], allow_unsigned: bool) -> None:
+    """Print a pip requirements file for a server: the exact versions the artifact was saved with, and blackbox.
+
+    Read from the manifest once its signature verifies; nothing is unpickled.
+    `blackbox requirements model.bbx > requirements.txt`, then
+    `python3.X -m venv srv && srv/bin/pip install -r requirements.txt`.
+    """
+    manifest_bytes, block = read_header(path)
+    trust.authenticate(Artifact(manifest_bytes, block, b""), _keys(trusted_keys), allow_unsigned=allow_unsigned)
+    click.echo(environment.requirements_file(parse_manifest(manifest_bytes), blackbox=blackbox_spec), nl=False)
 
 
 @cli.command()

@@ -10,7 +10,32 @@ more provided modules (a private package the server installs); ``by_value``
 forces embedding.
 
 Load side: :func:`check` compares the manifest's Python and requirements with
-this interpreter before anything is unpickled.
+this interpreter before anything is unpickled, refusing what is incompatible
+and returning the differences it tolerates; :func:`prove` accepts those only
+once the unpickled model reproduces its golden sample, and then warns
+(VersionMismatchWarning). The golden sample is the proof that an artifact
+behaves; version rules only keep out what is known not to load safely:
+
+- Python: another major.minor or implementation is refused (the by-value code
+  is bytecode of one CPython feature release; its format changes between them
+  and is frozen within one). Another micro release is tolerated.
+- The pickling libraries (dill, cloudpickle; a dill payload calls cloudpickle's
+  reconstructors too), whose private reconstructors the payload calls by name
+  (a release that drops or changes one breaks old pickles: cloudpickle 0.4.0 ->
+  0.4.1, dill 0.3.0 -> 0.3.1). Another major (for a 0.x release, another 0.y:
+  dill 0.3 -> 0.4) is refused; another patch is
+  tolerated; another minor (for dill, the third component) is tolerated only
+  towards a newer release of a library that intends newer releases to read
+  older pickles (dill: uqfoundation/dill#270, #608 and its ``_shims``).
+  cloudpickle promises nothing across versions (its README: same version; its
+  maintainers: best effort, cloudpipe/cloudpickle#414, #479), so another
+  cloudpickle minor is refused. No library promises that an older release
+  reads a newer one's pickles.
+- Any other requirement: another major (0.y for 0.x) is refused; the rest is
+  tolerated.
+
+``strict=True`` refuses every difference. :func:`requirements_file` is the
+remedy the messages point to: the exact versions, as a pip requirements file.
 """
 
 from __future__ import annotations
@@ -19,17 +44,29 @@ import functools
 import importlib.metadata
 import importlib.util
 import json
+import platform
 import re
 import sys
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import EnvironmentMismatchError, SelfContainmentError, VersionMismatchWarning
+from .errors import (
+    ArtifactError,
+    EnvironmentMismatchError,
+    SelfContainmentError,
+    SelfTestError,
+    VersionMismatchWarning,
+)
 from .imports import Global
+from .serializers import SERIALIZERS
 
 OWN_MODULES = frozenset({"blackbox", "serving", "_blackbox_compat"})
+_PICKLERS = frozenset(SERIALIZERS)  # distribution names equal their top-level module names
+# Pickling libraries that intend a newer minor release to read an older one's pickles (see above).
+_READS_OLDER_MINORS = frozenset({"dill"})
+_REMEDY = "`blackbox requirements ARTIFACT` prints them as a pip requirements file"
 _ALWAYS_PRESENT = frozenset(sys.stdlib_module_names) | {"__builtin__", "copy_reg"}  # py2 names pickle maps
 
 
@@ -73,23 +110,31 @@ def embeddable(top: str) -> bool:
 
 
 def check(manifest: Mapping[str, Any], *, strict: bool = False) -> list[VersionMismatchWarning]:
-    """Refuse (EnvironmentMismatchError) or warn about differences with the artifact's environment.
+    """Refuse what this interpreter cannot safely load; return the differences tolerated.
 
-    Refused: another Python major.minor (by-value code compiled for one runs
-    into undefined behaviour on another), another serializer version, and
-    another major version of any requirement (EnvironmentMismatchError); a
-    module the payload imports that cannot be found here (SelfContainmentError,
-    naming the missing requirement too). Other version differences warn, or are
-    refused with ``strict=True``.
+    Raises EnvironmentMismatchError for another Python major.minor or
+    implementation, or a version difference the module docstring's rules refuse
+    (any, with ``strict=True``); SelfContainmentError for a module the
+    payload imports that cannot be found here (naming the missing requirement
+    too). The returned differences are not yet accepted: pass them to
+    :func:`prove` once the model is unpickled.
     """
     refusals: list[str] = []
     missing: list[str] = []
     notices: list[VersionMismatchWarning] = []
-    saved_python = str(manifest.get("python", {}).get("version", ""))
-    running = f"{sys.version_info.major}.{sys.version_info.minor}"
-    if ".".join(saved_python.split(".")[:2]) != running:
-        refusals.append(f"Python {saved_python} saved it, this is Python {sys.version.split()[0]}")
-    serializer = manifest.get("serializer", {}).get("name")
+    python = manifest.get("python", {})
+    saved_python = str(python.get("version", ""))
+    saved_implementation = str(python.get("implementation", platform.python_implementation()))
+    running = platform.python_version()
+    if _release(saved_python)[:2] != _release(running)[:2] or saved_implementation != platform.python_implementation():
+        refusals.append(
+            f"{saved_implementation} {saved_python} saved it, this is {platform.python_implementation()} {running}"
+        )
+    elif saved_python != running:
+        if strict:
+            refusals.append(f"Python {saved_python} saved it, this is Python {running}")
+        else:
+            notices.append(VersionMismatchWarning("Python", saved_python, running))
     for dist, saved in manifest.get("requirements", {}).items():
         try:
             installed = importlib.metadata.version(dist)
@@ -98,7 +143,7 @@ def check(manifest: Mapping[str, Any], *, strict: bool = False) -> list[VersionM
             continue
         if installed == saved:
             continue
-        if strict or dist == serializer or _major(installed) != _major(saved):
+        if strict or not _tolerated(dist, saved, installed):
             refusals.append(f"{dist} {saved} saved it, {installed} is installed")
         else:
             notices.append(VersionMismatchWarning(dist, saved, installed))
@@ -106,7 +151,7 @@ def check(manifest: Mapping[str, Any], *, strict: bool = False) -> list[VersionM
         raise EnvironmentMismatchError(
             "This environment cannot safely load the artifact:\n"
             + "\n".join(f"- {r}" for r in refusals)
-            + "\nInstall the versions the artifact lists (blackbox inspect shows its requirements) "
+            + f"\nInstall the versions the artifact was saved with ({_REMEDY}) "
             "and load it with the same Python major.minor.",
             refusals,
         )
@@ -121,9 +166,111 @@ def check(manifest: Mapping[str, Any], *, strict: bool = False) -> list[VersionM
             "by value, or install them on the serving side.",
             references,
         )
-    for notice in notices:
-        warnings.warn(notice, stacklevel=3)
     return notices
+
+
+def prove(differences: Sequence[VersionMismatchWarning], self_test: Callable[[], None]) -> None:
+    """Accept the differences :func:`check` tolerated only if the golden sample reproduces; then warn.
+
+    A self-test that fails under a difference is an EnvironmentMismatchError: the
+    model is fine where it was saved, and this environment is what changed.
+    """
+    if not differences:
+        return
+    try:
+        self_test()
+    except SelfTestError as exc:
+        listed = [f"{d.distribution} {d.saved} saved it, {d.installed} is installed" for d in differences]
+        raise EnvironmentMismatchError(
+            "This environment differs from the artifact's, and with these differences the model no longer "
+            "reproduces its golden sample:\n" + "\n".join(f"- {line}" for line in listed)
+            + f"\n{exc.message}\nInstall the versions it was saved with ({_REMEDY}).",
+            listed,
+        ) from exc
+    for difference in differences:
+        warnings.warn(difference, stacklevel=6)  # the caller of blackbox.load (via trust and Model.deserialize)
+
+
+def requirements_file(manifest: Mapping[str, Any], *, blackbox: str | None = None) -> str:
+    """A pip requirements file for a serving venv: the manifest's exact versions, and blackbox.
+
+    ``blackbox`` is the requirement line that installs blackbox; by default,
+    where the running blackbox was installed from (:func:`blackbox_requirement`).
+    """
+    pins = {**manifest.get("requirements", {})}
+    serializer = manifest.get("serializer", {})
+    pins[serializer.get("name")] = serializer.get("version")
+    pins.pop("blackbox", None)  # installed by its own line below
+    for dist, version in pins.items():
+        if not (isinstance(dist, str) and _DIST_NAME.fullmatch(dist) and isinstance(version, str)
+                and _VERSION_TEXT.fullmatch(version)):
+            raise ArtifactError(
+                f"The manifest's requirement {dist!r}: {version!r} is not a distribution name and version; "
+                "the manifest is damaged."
+            )
+    saved_with = str(manifest.get("blackbox_version", ""))
+    if blackbox is None:
+        blackbox = blackbox_requirement(saved_with, _own_direct_url())
+    python = str(manifest.get("python", {}).get("version", ""))
+    feature = ".".join(python.split(".")[:2])
+    lines = [
+        f"# Serving requirements of {manifest.get('name')} {manifest.get('version')} "
+        f"(payload sha256 {manifest.get('payload', {}).get('sha256', '')[:16]}), from its manifest.",
+        f"# It was saved with Python {python} and blackbox {saved_with}; the server needs Python {feature}:",
+        f"#   python{feature} -m venv srv && srv/bin/pip install -r THIS_FILE",
+        *(f"{dist}=={version}" for dist, version in sorted(pins.items(), key=lambda item: item[0].lower())),
+        blackbox,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def blackbox_requirement(version: str, direct_url: str | None) -> str:
+    """The requirement line that installs blackbox as the running one was installed (PEP 610).
+
+    From a checkout, a local wheel or an archive URL: that location; from version
+    control: that commit; only an index install (no direct_url.json) becomes
+    ``blackbox==VERSION``. Never a bare name otherwise: on PyPI, ``blackbox`` is another project.
+    """
+    if not direct_url:
+        return f"blackbox=={version}"
+    origin = json.loads(direct_url)
+    vcs = origin.get("vcs_info")
+    if vcs:
+        return f"blackbox @ {vcs['vcs']}+{origin['url']}@{vcs['commit_id']}"
+    return f"blackbox @ {origin['url']}"
+
+
+_DIST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
+_VERSION_TEXT = re.compile(r"[A-Za-z0-9.+!_-]+")
+
+
+def _own_direct_url() -> str | None:
+    try:
+        return importlib.metadata.distribution("blackbox").read_text("direct_url.json")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """The numeric release of a version (``2.9.0.post0`` -> (2, 9, 0)); () if it has none."""
+    match = re.match(r"\d+(?:\.\d+)*", version)
+    return tuple(int(part) for part in match.group(0).split(".")) if match else ()
+
+
+def _tolerated(dist: str, saved: str, installed: str) -> bool:
+    """Whether ``installed`` may load what ``saved`` pickled, by the rules in the module docstring."""
+    old, new = _release(saved), _release(installed)
+    if not old or not new:
+        return False
+    width = max(len(old), len(new)) + 1
+    old, new = old + (0,) * (width - len(old)), new + (0,) * (width - len(new))
+    # The major: components up to the first non-zero one (0.4.1 -> 0.4, as for any 0.x release).
+    major = next((i for i, part in enumerate(old) if part), width - 1) + 1
+    if old[:major] != new[:major]:
+        return False
+    if dist not in _PICKLERS or old[: major + 1] == new[: major + 1]:
+        return True
+    return dist in _READS_OLDER_MINORS and new > old
 
 
 def _unavailable_modules(imports: Iterable[str]) -> dict[str, list[str]]:
@@ -141,11 +288,6 @@ def _importable(top: str) -> bool:
         return importlib.util.find_spec(top) is not None
     except (ImportError, ValueError):  # a blocked or broken module is not importable
         return False
-
-
-def _major(version: str) -> str:
-    match = re.match(r"\d+", version)
-    return match.group(0) if match else version
 
 
 @functools.cache

@@ -113,7 +113,7 @@ def authenticate(artifact: Artifact, trusted_keys: TrustedKeys, *, allow_unsigne
 def _unpickle(artifact: Artifact, *, strict: bool, scan_payload: bool) -> tuple[Any, dict[str, Any]]:
     manifest = artifact.manifest()
     _check_shape(manifest)
-    environment.check(manifest, strict=strict)
+    differences = environment.check(manifest, strict=strict)
     artifact.check_payload(manifest)
     if scan_payload:
         check_unsigned(artifact.payload, manifest)
@@ -128,7 +128,14 @@ def _unpickle(artifact: Artifact, *, strict: bool, scan_payload: bool) -> tuple[
         ) from exc
     except Exception as exc:  # a verified payload that still fails to load is a broken artifact
         raise ArtifactError(f"The payload passed verification but could not be unpickled: {exc!r}.") from exc
+    environment.prove(differences, lambda: _model(estimator, manifest, artifact).self_test())
     return estimator, manifest
+
+
+def _model(estimator: Any, manifest: dict[str, Any], artifact: Artifact) -> Any:
+    from .model import Model  # imported here: blackbox.model imports this module
+
+    return Model.named(manifest["adapter"])(estimator, manifest, artifact)
 
 
 def _check_shape(manifest: dict[str, Any]) -> None:
