@@ -90,6 +90,50 @@ class SchemaError(BlackboxError, ValueError):
         self.problems = list(problems)
 
 
+
+class ModelInputError(SchemaError):
+    """The model refused records that passed the schema: a value it cannot compute with (infinity after a transform, say).
+
+    ``rows`` are the 0-based positions, within the frame given to the model, of
+    the records it refused, when they can be told apart (empty when not);
+    ``problems`` has the schema's shape, one entry per row (``issue``
+    ``model_rejected``), so callers treat it as any other validation failure.
+    """
+
+    code = "model_rejected_input"
+
+    def __init__(self, message: str, rows: Sequence[int], reason: str) -> None:
+        expected = "values the model can compute with (finite, within its numeric range after its transforms)"
+        super().__init__(message, [
+            {"row": row, "field": None, "issue": "model_rejected", "expected": expected, "received": reason}
+            for row in (rows or [None])
+        ])
+        self.rows = list(rows)
+
+
+class ModelOutputError(BlackboxError):
+    """The model returned NaN or infinity as a prediction or a probability: the model is at fault, not its input.
+
+    ``rows`` are the 0-based positions, within the frame given to the model, of
+    the records whose ``output`` (``"predictions"`` or ``"probabilities"``) is
+    not finite; ``problems`` lists them in the schema's entry shape.
+    """
+
+    code = "invalid_model_output"
+    exit_code = 12
+
+    def __init__(self, message: str, rows: Sequence[int], output: str) -> None:
+        super().__init__(message)
+        self.rows = list(rows)
+        self.output = output
+
+    @property
+    def problems(self) -> list[dict[str, Any]]:
+        return [
+            {"row": row, "field": None, "issue": "invalid_model_output", "expected": f"finite {self.output}", "received": "NaN or infinity"}
+            for row in self.rows
+        ]
+
 class SelfContainmentError(BlackboxError):
     """The payload needs a module that the serving side will not have."""
 

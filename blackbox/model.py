@@ -5,25 +5,41 @@ JSON gives them) or a DataFrame, validates and types them with the schema
 captured at training time, and returns plain Python values. Libraries plug in
 by subclassing with an ``adapter`` name; :class:`SklearnModel` is the adapter
 for scikit-learn estimators.
+
+Where predictions come out (``predict_frame``, ``predict_proba_frame``,
+``predict_and_proba_frame``, so serving and batch scoring alike), two failures
+are told apart from a bug: a model that refuses records which passed the schema
+(scikit-learn's "Input X contains infinity or a value too large", NaN) raises
+:class:`~blackbox.errors.ModelInputError` (a SchemaError naming the rows when
+they can be found), and a model that answers NaN or infinity raises
+:class:`~blackbox.errors.ModelOutputError` naming the rows; neither ever
+returns ``null`` as a prediction.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import sys
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import pandas as pd
 
 from . import trust
 from .artifact import Artifact, unpack
-from .errors import SelfTestError, UsageError
+from .errors import ModelInputError, ModelOutputError, SelfTestError, UsageError
 from .manifest import jsonable
 from .schema import Schema
 from .signing import read_block
 
 Records = Sequence[Mapping[str, Any]] | pd.DataFrame
+_T = TypeVar("_T")
+
+_REFUSED_INPUT = re.compile(r"\bcontains (NaN|infinity)")
+"""scikit-learn's input check (``check_array``): "Input X contains infinity or a value too large for dtype('float32')." """
+_SHOWN_ROWS = 10
 
 PROBA_TOLERANCE = 1e-9
 """Largest absolute difference in a probability that the self-test accepts."""
@@ -66,6 +82,15 @@ class Model:
     def _predict_both(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Predictions and probabilities; adapters override it to share the work of the two."""
         return self._predict(frame), self._predict_proba(frame)
+
+    @classmethod
+    def numeric_limit(cls, estimator: Any) -> float | None:
+        """The largest magnitude the estimator computes a number with, when it is below float64's (saved in the schema)."""
+        return None
+
+    def _refused_rows(self, frame: pd.DataFrame, dtype: np.dtype) -> list[int]:
+        """Rows of ``frame`` whose features are not finite in ``dtype`` (after an input refusal; [] if unknown)."""
+        return []
 
     # -- the interface ------------------------------------------------------
     @classmethod
@@ -130,7 +155,9 @@ class Model:
 
     def predict_frame(self, frame: pd.DataFrame) -> list[Any]:
         """Predictions for a frame already prepared by :meth:`prepare`."""
-        return jsonable(self._predict(frame))
+        predictions = self._guarded(self._predict, frame)
+        self._check_output(predictions, "predictions")
+        return jsonable(predictions)
 
     def predict_proba(self, records: Mapping[str, Any] | Records) -> list[float] | list[list[float]]:
         """Class probabilities (columns in ``classes`` order); one row for one record."""
@@ -142,7 +169,9 @@ class Model:
     def predict_proba_frame(self, frame: pd.DataFrame) -> list[list[float]]:
         if not self.has_proba:
             raise UsageError(f"Model {self.name!r} gives no probabilities (it is not a probabilistic classifier).")
-        return np.asarray(self._predict_proba(frame), dtype=float).tolist()
+        proba = np.asarray(self._guarded(self._predict_proba, frame), dtype=float)
+        self._check_output(proba, "probabilities")
+        return proba.tolist()
 
     def predict_and_proba_frame(self, frame: pd.DataFrame) -> tuple[list[Any], list[list[float]] | None]:
         """Predictions and, where the model has them, probabilities, for one prepared frame.
@@ -151,8 +180,47 @@ class Model:
         """
         if not self.has_proba:
             return self.predict_frame(frame), None
-        predictions, proba = self._predict_both(frame)
-        return jsonable(predictions), np.asarray(proba, dtype=float).tolist()
+        predictions, proba = self._guarded(self._predict_both, frame)
+        proba = np.asarray(proba, dtype=float)
+        self._check_output(predictions, "predictions")
+        self._check_output(proba, "probabilities")
+        return jsonable(predictions), proba.tolist()
+
+    def _guarded(self, call: Callable[[pd.DataFrame], _T], frame: pd.DataFrame) -> _T:
+        """``call(frame)``, with scikit-learn's refusal of a non-finite input raised as a ModelInputError."""
+        try:
+            return call(frame)
+        except ValueError as exc:
+            reason = str(exc)
+            if not _REFUSED_INPUT.search(reason):
+                raise
+        dtype = np.dtype(np.float32 if "float32" in reason else np.float64)
+        rows = [0] if len(frame) == 1 else self._refused_rows(frame, dtype)
+        where = f"record{'s' if len(rows) > 1 else ''} {_rows_text(rows)}" if rows else "a record"
+        raise ModelInputError(
+            f"Model {self.name!r} {self.version} cannot compute with {where}, although it passed the schema: "
+            f"{reason[:200]} A value is too large (or becomes infinite or NaN in the model's transforms); "
+            "send values closer to the range seen in training (GET /schema).",
+            rows, reason[:200],
+        )
+
+    def _check_output(self, values: Any, output: str) -> None:
+        """Raise ModelOutputError naming the rows where the model answered NaN or infinity."""
+        array = np.asarray(values)
+        if array.dtype.kind in "fc":
+            bad = ~np.isfinite(array)
+        elif array.dtype == object:
+            bad = np.frompyfunc(_not_finite, 1, 1)(array).astype(bool)
+        else:
+            return
+        rows = np.flatnonzero(bad.reshape(len(array), -1).any(axis=1)).tolist() if array.ndim else []
+        if rows:
+            raise ModelOutputError(
+                f"Model {self.name!r} {self.version} returned NaN or infinity as the {output} of "
+                f"record{'s' if len(rows) > 1 else ''} {_rows_text(rows)}; its input passed the schema, so the model "
+                "is at fault: fix or retrain it (or check the inputs it was not trained for).",
+                rows, output,
+            )
 
     @property
     def has_proba(self) -> bool:
@@ -225,11 +293,27 @@ class SklearnModel(Model):
             }
         return {"kind": "regression", "probabilities": False}
 
+    @classmethod
+    def numeric_limit(cls, estimator: Any) -> float | None:
+        """float32's largest value when the estimator holds decision trees (trees, forests, boosting cast X to float32)."""
+        return float(np.finfo(np.float32).max) if _holds_trees(estimator) else None
+
     def _predict(self, frame: pd.DataFrame) -> np.ndarray:
         return self.estimator.predict(frame)
 
     def _predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
         return self.estimator.predict_proba(frame)
+
+    def _refused_rows(self, frame: pd.DataFrame, dtype: np.dtype) -> list[int]:
+        # What the final step saw: the pipeline's transform of the frame, or the frame's numbers.
+        try:
+            steps = getattr(self.estimator, "steps", None)
+            features = self.estimator[:-1].transform(frame) if steps and len(steps) > 1 else frame.select_dtypes("number")
+            values = np.asarray(features, dtype=np.float64).reshape(len(frame), -1)
+        except (TypeError, ValueError):  # sparse or non-numeric features: the rows cannot be told apart
+            return []
+        with np.errstate(over="ignore", invalid="ignore"):
+            return np.flatnonzero(~np.isfinite(values.astype(dtype)).all(axis=1)).tolist()
 
     def _predict_both(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         # What Pipeline.predict and predict_proba each do, with the transform shared.
@@ -255,3 +339,29 @@ def _predicts_by_argmax(estimator: Any) -> bool:
         and type(estimator).predict is forest.ForestClassifier.predict
         and getattr(estimator, "n_outputs_", None) == 1
     )
+
+
+def _holds_trees(estimator: Any) -> bool:
+    """Whether a decision tree is anywhere in the estimator: a step, a parameter, or a fitted member (``estimators_``)."""
+    from sklearn.tree import BaseDecisionTree  # save time only: loading never imports trees for this
+
+    pending = [estimator]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, BaseDecisionTree):
+            return True
+        if hasattr(item, "get_params"):
+            pending.extend(value for value in item.get_params(deep=True).values() if hasattr(value, "get_params"))
+            members = getattr(item, "estimators_", None)
+            if isinstance(members, (list, np.ndarray)):
+                pending.extend(np.ravel(np.asarray(members, dtype=object)).tolist())
+    return False
+
+
+def _not_finite(value: Any) -> bool:
+    return isinstance(value, (float, np.floating)) and not math.isfinite(value)
+
+
+def _rows_text(rows: Sequence[int]) -> str:
+    shown = ", ".join(map(str, rows[:_SHOWN_ROWS]))
+    return shown + (f" and {len(rows) - _SHOWN_ROWS} more" if len(rows) > _SHOWN_ROWS else "")

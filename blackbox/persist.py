@@ -185,11 +185,11 @@ def build(
             "blackbox.save needs train_data (the DataFrame the model was fit on) to record the input "
             "schema and the golden sample; pass train_data=X_train."
         )
-    schema = infer_schema(frame)
+    adapter = Model.adapter_for(fitted)
+    schema = infer_schema(frame, limit=adapter.numeric_limit(fitted))
     if sample is None:
         sample = frame.sample(n=min(GOLDEN_ROWS, len(frame)), random_state=0)
     records = jsonable(sample[schema.columns].to_dict("records"))
-    adapter = Model.adapter_for(fitted)
     payload = embed(fitted, serializer=serializer, by_value=by_value, by_reference=by_reference)
     created_at = utc_now()
     manifest: dict[str, Any] = {

@@ -27,8 +27,15 @@ Rules callers rely on:
 * ``row`` is the 0-based position in the batch (also for DataFrame input).
   Problems and warnings are sorted by row, then schema order (unknown last).
 * The frame's index is a RangeIndex for records, the caller's for a DataFrame.
+* A ``number`` field may carry a ``limit``: the largest magnitude the model
+  computes with (float32's for models of decision trees, which cast their input
+  to float32, so 1e300 would become infinity). A value beyond it is
+  ``non_finite``, like one beyond float64. Integer fields need none: the
+  integer dtypes fit in float32's range.
 * :meth:`Schema.to_dict` carries ``"version": 1``; :meth:`Schema.from_dict`
-  refuses any other version and any unknown or missing key (``UsageError``).
+  refuses any other version and any unknown or missing key (``UsageError``);
+  ``limit`` is optional, and written only when set, so schemas without one
+  (older artifacts, models without limits) read in every version.
 * DataFrame input: a missing column is an error even for a nullable field,
   object columns are checked value by value, and row-level entries are capped
   at 100 per (field, issue), followed by one ``row: None`` "N more rows" entry.
@@ -38,7 +45,10 @@ Problems (one :class:`SchemaError` lists them all; nothing is predicted):
 ``not_a_list`` (the batch is not a list), ``empty`` (no records),
 ``not_an_object``, ``missing``, ``null``, ``type``, ``non_finite``, ``too_long``
 (longer than ``max(4 * max_length, 1024)``) and, with ``strict=True``,
-``unknown_field``. Warnings (returned; the record is still predicted):
+``unknown_field``; a field name that is not valid Unicode (a lone surrogate) is
+a ``type`` problem whatever ``strict`` says, its name shown with the surrogate
+escaped (``\\ud800``), so every problem and warning encodes as UTF-8.
+Warnings (returned; the record is still predicted):
 ``unknown_field``, ``unseen_category``, ``out_of_range``.
 """
 
@@ -49,7 +59,7 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import cached_property
 from typing import Any
 
@@ -77,6 +87,7 @@ _FLOAT = re.compile(r"\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*", re.ASCII
 _NON_FINITE_WORDS = frozenset({"nan", "inf", "infinity"})
 _SHOWN = 5  # bullet lines in a SchemaError message
 _FRAME_CAP = 100  # row-level entries per (field, issue) for DataFrame input
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 _Check = Callable[[Any], "tuple[Any, str | None, str | None]"]
 
@@ -88,7 +99,8 @@ class Field:
     ``dtype`` is ``str(series.dtype)`` in training and is what :meth:`Schema.to_frame`
     rebuilds; ``categories`` (sorted, for strings with few distinct values),
     ``minimum``/``maximum`` (finite values) and ``max_length`` only feed warnings
-    and the ``too_long`` limit.
+    and the ``too_long`` limit; ``limit`` (numbers) is the model's, a hard bound
+    on the magnitude of a value.
     """
 
     name: str
@@ -99,6 +111,7 @@ class Field:
     minimum: float | None = None
     maximum: float | None = None
     max_length: int | None = None
+    limit: float | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +130,8 @@ class Schema:
         for field in self.fields:
             item = asdict(field)
             item["categories"] = None if field.categories is None else list(field.categories)
+            if field.limit is None:
+                del item["limit"]  # optional: absent, the schema reads in blackboxes that predate it
             fields.append(item)
         return {"version": _VERSION, "fields": fields}
 
@@ -150,6 +165,8 @@ class Schema:
                 notes.append(f"Values seen in training: {', '.join(field.categories)}.")
             if field.minimum is not None:
                 notes.append(f"Range seen in training: {field.minimum:g} to {field.maximum:g}.")
+            if field.limit is not None:
+                prop["minimum"], prop["maximum"] = -field.limit, field.limit
             if field.nullable:
                 prop["nullable"] = True
             prop["description"] = " ".join(notes)
@@ -248,13 +265,21 @@ class Schema:
 
     def _unknown(self, report: _Report, row: int | None, key: Any, received: str, strict: bool) -> None:
         name = _clip(key if isinstance(key, str) else repr(key), 40)
+        if isinstance(key, str) and not _encodable(key):
+            shown = _clip(key.encode("utf-8", "backslashreplace").decode("utf-8"), 40)
+            report.add(row, shown, "type", "a field name of valid Unicode text (no lone surrogates)", received)
+            return
         match = self._folded.get(name.casefold())
         expected = "only the schema's fields" + (f" (did you mean {match!r}?)" if match else "")
         report.add(row, name, "unknown_field", expected, received, warning=not strict)
 
 
-def infer_schema(frame: pd.DataFrame, *, max_categories: int = 50) -> Schema:
-    """Capture the columns a pipeline is fitted on, so serving can check and rebuild them."""
+def infer_schema(frame: pd.DataFrame, *, max_categories: int = 50, limit: float | None = None) -> Schema:
+    """Capture the columns a pipeline is fitted on, so serving can check and rebuild them.
+
+    :param limit: the largest magnitude the model computes a number with (see
+        :meth:`blackbox.Model.numeric_limit`), set on every ``number`` field.
+    """
     if not isinstance(frame, pd.DataFrame):
         raise UsageError(f"infer_schema needs a pandas DataFrame, got {type(frame).__name__}.")
     if frame.shape[1] == 0:
@@ -264,7 +289,8 @@ def infer_schema(frame: pd.DataFrame, *, max_categories: int = 50) -> Schema:
         raise UsageError(f"Column names must be strings, got {bad[:5]!r}; rename them (frame.columns = frame.columns.map(str)) before fitting.")
     if not frame.columns.is_unique:
         raise UsageError(f"Column names must be unique; repeated: {sorted(set(frame.columns[frame.columns.duplicated()]))}.")
-    return Schema(tuple(_infer_field(name, frame[name], max_categories) for name in frame.columns))
+    fields = (_infer_field(name, frame[name], max_categories) for name in frame.columns)
+    return Schema(tuple(replace(field, limit=limit) if field.kind == "number" else field for field in fields))
 
 
 def _infer_field(name: str, column: pd.Series, max_categories: int) -> Field:
@@ -333,9 +359,13 @@ def _dtype_of(field: Field) -> Any:
 
 
 def _field_from_dict(position: int, item: Any) -> Field:
-    if not isinstance(item, Mapping) or set(item) != set(_FIELD_RULES):
+    if not isinstance(item, Mapping) or not set(_FIELD_RULES) - _OPTIONAL <= set(item) <= set(_FIELD_RULES):
         keys = sorted(map(str, item)) if isinstance(item, Mapping) else type(item).__name__
-        raise UsageError(f"Schema field {position} must have exactly the keys {sorted(_FIELD_RULES)}; got {keys}.")
+        raise UsageError(
+            f"Schema field {position} must have exactly the keys {sorted(set(_FIELD_RULES) - _OPTIONAL)} "
+            f"(and optionally {sorted(_OPTIONAL)}); got {keys}."
+        )
+    item = {"limit": None, **item}
 
     def bad(key: str, what: str) -> None:
         got = _clip(repr(item[key]), 60)
@@ -344,7 +374,7 @@ def _field_from_dict(position: int, item: Any) -> Field:
     for key, (valid, what) in _FIELD_RULES.items():
         if not valid(item[key]):
             bad(key, what)
-    numbers = {key: None if item[key] is None else float(item[key]) for key in ("minimum", "maximum")}
+    numbers = {key: None if item[key] is None else float(item[key]) for key in ("minimum", "maximum", "limit")}
     categories = None if item["categories"] is None else tuple(item["categories"])
     field = Field(**{**item, **numbers, "categories": categories})
     if field.kind == "category" and field.categories is None:
@@ -357,6 +387,8 @@ def _field_from_dict(position: int, item: Any) -> Field:
         bad("dtype", f"a dtype that holds {field.kind} values")
     if field.nullable and isinstance(dtype, np.dtype) and dtype.kind in "biu":
         bad("nullable", f"false for dtype {dtype}, which cannot hold missing values")
+    if field.limit is not None and field.kind != "number":
+        bad("limit", "null for a field that is not a number")
     return field
 
 
@@ -373,7 +405,9 @@ _FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "minimum": (_is_finite_or_none, "a finite number or null"),
     "maximum": (_is_finite_or_none, "a finite number or null"),
     "max_length": (lambda v: v is None or (type(v) is int and v >= 0), "a non-negative integer or null"),
+    "limit": (lambda v: v is None or (_is_finite_or_none(v) and v > 0), "a positive finite number or null"),
 }
+_OPTIONAL = frozenset({"limit"})
 
 
 class _Report:
@@ -466,6 +500,9 @@ def _check_array(field: Field, values: np.ndarray, report: _Report) -> np.ndarra
         if not field.nullable:
             flag(np.isnan(values), "null", _null_expected(field))
         flag(np.isinf(values), "non_finite", f"a finite {_EXPECTED[field.kind][2:]}")
+        if field.limit is not None:
+            with np.errstate(invalid="ignore"):
+                flag(np.isfinite(values) & (np.abs(values) > field.limit), "non_finite", _bounds(field, values.dtype)[2])
     if field.minimum is not None and values.dtype.kind != "b":
         with np.errstate(invalid="ignore"):
             outside = (values < field.minimum) | (values > field.maximum)
@@ -499,10 +536,8 @@ def _check_strings(field: Field, dtype: Any, check: _Check, column: pd.Series, r
 def _number_check(field: Field, dtype: Any) -> _Check:
     integer = field.kind == "integer"
     base = np.dtype(getattr(dtype, "numpy_dtype", dtype))
-    info = np.iinfo(base) if integer else np.finfo(base)
-    low, high = (int(info.min), int(info.max)) if integer else (float(info.min), float(info.max))
+    low, high, bounds = _bounds(field, base)
     expected = _EXPECTED[field.kind]
-    bounds = f"{expected} between {low} and {high}"
     seen = None if field.minimum is None else f"between {field.minimum:g} and {field.maximum:g} (seen in training)"
 
     def check(value: Any) -> tuple[Any, str | None, str | None]:
@@ -534,6 +569,20 @@ def _number_check(field: Field, dtype: Any) -> _Check:
     return check
 
 
+def _bounds(field: Field, base: np.dtype) -> tuple[Any, Any, str]:
+    """The values a numeric field can hold at all (its dtype's range, within the model's ``limit``), and how to say so."""
+    expected = _EXPECTED[field.kind]
+    if field.kind == "integer":
+        info = np.iinfo(base)
+        return int(info.min), int(info.max), f"{expected} between {int(info.min)} and {int(info.max)}"
+    high = float(np.finfo(base).max)
+    if field.limit is None or field.limit >= high:
+        return -high, high, f"{expected} between {-high} and {high}"
+    limit = field.limit
+    why = "the model computes in float32" if limit == _FLOAT32_MAX else "the model's numeric limit"
+    return -limit, limit, f"{expected} between {-limit:.8g} and {limit:.8g} ({why}: a larger value becomes infinity)"
+
+
 def _parse_number(text: str) -> Any:
     """A numeric string as int or float; anything else stays a string (a type error)."""
     if _INT.fullmatch(text):
@@ -554,9 +603,7 @@ def _string_check(field: Field, dtype: Any) -> _Check:
         if len(value) > limit:
             return None, "too_long", f"a string of at most {limit} characters"
         if not value.isascii():
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
+            if not _encodable(value):
                 return None, "type", "valid Unicode text (no lone surrogates)"
             value = unicodedata.normalize("NFC", value)
         if seen is not None and value not in seen:
@@ -585,6 +632,15 @@ def _build(values: Any, dtype: Any, index: pd.Index) -> Any:
     if isinstance(dtype, np.dtype):
         return np.asarray(values, dtype=dtype)
     return pd.array(values, dtype=dtype)
+
+
+def _encodable(text: str) -> bool:
+    """Whether ``text`` is valid Unicode (a lone surrogate is not, and cannot be written as UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _limit(field: Field) -> int:
