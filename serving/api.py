@@ -4,12 +4,20 @@ Scope: HTTP glue. Both routes read the body into records (:mod:`.payloads`),
 score them in one call (:class:`.inference.Scorer`) with the model read once from
 the holder, and answer ``{"predictions", "probabilities", "classes", "model",
 "warnings", "request_id"}``; ``predictions`` is also what MLflow clients read.
+
+Only a request that is answered 200 is recorded (prediction metrics, drift
+window, prediction log), and only once its body is serialised: an answer that
+cannot be sent records nothing. A model answering NaN or infinity is logged
+(``invalid_model_output``, with the request id and rows) and counted before the
+error reaches the client.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from blackbox.errors import ModelOutputError
 from flask import Blueprint, Response, g, request
 
 from . import jsonio, payloads, predlog, state
@@ -34,12 +42,14 @@ def _predict(shape: payloads.Shape) -> Response:
     g.model_version = model.version
     records = payloads.read_records(request, shape, max_records=current.settings.max_records)
     g.records = len(records)
-    scored = current.scorer.score(model, records, strict=current.settings.strict_fields)
+    try:
+        scored = current.scorer.score(model, records, strict=current.settings.strict_fields)
+    except ModelOutputError as exc:
+        current.metrics.invalid_output(model.version, len(exc.rows))
+        current.log.event("invalid_model_output", logging.ERROR, request_id=request_id(), model_version=model.version,
+                          output=exc.output, rows=exc.rows[:100], records=len(records))
+        raise
     g.warnings = scored.warnings
-    current.metrics.predicted(len(records), model.version, scored.warnings)
-    current.monitor.observe(model, records)
-    if current.predlog is not None:
-        current.predlog.record(model, records, scored)
     body: dict[str, Any] = {"predictions": scored.predictions}
     if scored.probabilities is not None:
         body["probabilities"] = scored.probabilities
@@ -48,7 +58,12 @@ def _predict(shape: payloads.Shape) -> Response:
     body["model"] = {"name": model.name, "version": model.version, "sha256": model.sha256}
     body["warnings"] = scored.warnings
     body["request_id"] = request_id()
-    return jsonio.response(body)
+    response = jsonio.response(body)  # before recording: an answer that cannot be serialised records nothing
+    current.metrics.predicted(len(records), model.version, scored.warnings)
+    current.monitor.observe(model, records)
+    if current.predlog is not None:
+        current.predlog.record(model, records, scored)
+    return response
 
 
 @bp.post("/feedback")

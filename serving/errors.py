@@ -7,6 +7,13 @@ with ``details`` the schema's ``{"row", "field", "issue", "expected",
 "received"}`` entries. Anything not in the table is a bug or a failure inside
 the model: a 500 ``internal_error`` whose traceback goes to the log (found by
 its request id), never to the client.
+
+Two model failures have their own codes. A model that refuses records which
+passed the schema (a value that becomes infinite in its float32 cast or its
+transforms) is the client's: 422 ``model_rejected_input``, the rows in the
+details. A model that answers NaN or infinity is the model's fault, so the
+status is 500, but with its own code ``invalid_model_output``, a message that
+says so and the rows in the details (never a 200 with ``null``).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from blackbox import SchemaError
+from blackbox.errors import ModelInputError, ModelOutputError
 from flask import Flask, Response, g
 from werkzeug.exceptions import (
     BadRequest,
@@ -39,7 +47,9 @@ TABLE: Mapping[type[BaseException], tuple[int, str]] = {
     InvalidFeedback: (422, "invalid_feedback"),
     PredictionLogOff: (409, "prediction_log_off"),
     PredictionLogUnavailable: (503, "prediction_log_unavailable"),
+    ModelInputError: (422, "model_rejected_input"),
     SchemaError: (422, "validation_error"),
+    ModelOutputError: (500, "invalid_model_output"),
     BadRequest: (400, "malformed_body"),
     Unauthorized: (401, "unauthenticated"),
     NotFound: (404, "not_found"),
@@ -73,8 +83,8 @@ def handle(exc: Exception) -> Response:
     status, code = classify(exc)
     g.error = (exc.original_exception or exc) if isinstance(exc, InternalServerError) else exc
     g.error_code = code
-    details: list[Any] = list(exc.problems) if isinstance(exc, (SchemaError, InvalidFeedback)) else []
-    if status >= 500 and not isinstance(exc, ServiceUnavailable):
+    details: list[Any] = list(exc.problems) if isinstance(exc, (SchemaError, InvalidFeedback, ModelOutputError)) else []
+    if status >= 500 and not isinstance(exc, (ServiceUnavailable, ModelOutputError)):
         message = INTERNAL_MESSAGE
     elif isinstance(exc, HTTPException):
         message = exc.description or code

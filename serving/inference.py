@@ -18,6 +18,14 @@ code that need not be thread-safe (sklearn-pandas' ``DataFrameMapper`` writes
 ``self.transformed_names_`` on every transform), and the GIL would serialise
 that work anyway. A hot reload changes the model object; batches are per
 model object, so no call ever mixes two models.
+
+One request never fails another: when the shared call of a batch raises, the
+leader (still holding the model) calls the model again for each request of the
+batch alone, so only the requests whose records make the model fail get an
+error (their own, from their own call), and every other one its prediction. A
+model broken for every input thus costs one call more per request of the batch
+(at most ``max_records`` small calls); a request alone is called once, as
+without batching.
 """
 
 from __future__ import annotations
@@ -40,17 +48,21 @@ class Scored:
     warnings: list[dict[str, Any]]
 
 
+Answer = tuple[list[Any], list[list[float]] | None]
+"""One model call's predictions and probabilities (None: the model has none)."""
+
+
 @dataclass
 class _Batch:
     """Validated requests for one model, answered by one call; filled in by the leader."""
 
     model: Model
     records: list[Mapping[str, Any]] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)  # offset of each request's first record
     open: bool = True
     done: threading.Event = field(default_factory=threading.Event)
-    predictions: list[Any] = field(default_factory=list)
-    probabilities: list[list[float]] | None = None
-    error: BaseException | None = None
+    answers: dict[int, Answer | Exception] = field(default_factory=dict)  # request offset -> its answer or error
+    error: BaseException | None = None  # the batch failed before any request could be answered
 
 
 class Scorer:
@@ -98,11 +110,11 @@ class Scorer:
         if leader:
             self._lead(batch)
         batch.done.wait()
-        if batch.error is not None:
-            raise batch.error
-        stop = start + len(records)
-        probabilities = None if batch.probabilities is None else batch.probabilities[start:stop]
-        return Scored(batch.predictions[start:stop], probabilities, warnings)
+        answer = batch.answers.get(start, batch.error)
+        if isinstance(answer, BaseException):
+            raise answer
+        predictions, probabilities = answer  # type: ignore[misc]  (the leader answers every request, or sets error)
+        return Scored(predictions, probabilities, warnings)
 
     def _join(self, model: Model, records: Sequence[Mapping[str, Any]]) -> tuple[_Batch, int, bool]:
         """Add a validated request to the model's open batch (or open one); returns (batch, offset, is leader)."""
@@ -115,6 +127,7 @@ class Scorer:
             if batch is None:
                 batch = self._open[id(model)] = _Batch(model)
             start = len(batch.records)
+            batch.starts.append(start)
             batch.records.extend(records)
             if len(batch.records) >= self.max_records:
                 self._close(batch)
@@ -135,15 +148,34 @@ class Scorer:
             with self._model_lock:  # requests keep joining while the previous batch runs
                 with self._cond:
                     self._close(batch)
-                frame = self._frame(batch)
-                batch.predictions, batch.probabilities = self._call(batch.model, frame)
-        except BaseException as exc:  # every request of the batch answers with the model's error
+                try:
+                    predictions, probabilities = self._call(batch.model, self._frame(batch.model, batch.records))
+                except Exception:
+                    if len(batch.starts) == 1:
+                        raise
+                    self._isolate(batch)
+                else:
+                    stops = [*batch.starts[1:], len(batch.records)]
+                    for start, stop in zip(batch.starts, stops):
+                        batch.answers[start] = (
+                            predictions[start:stop], None if probabilities is None else probabilities[start:stop]
+                        )
+        except BaseException as exc:  # nothing was answered: every request of the batch gets this error
             batch.error = exc
         finally:
             batch.done.set()
 
+    def _isolate(self, batch: _Batch) -> None:
+        """The shared call failed: call the model for each request alone, so each gets its own answer or error."""
+        stops = [*batch.starts[1:], len(batch.records)]
+        for start, stop in zip(batch.starts, stops):
+            try:
+                batch.answers[start] = self._call(batch.model, self._frame(batch.model, batch.records[start:stop]))
+            except Exception as exc:  # this request's own failure (the model's, on its records)
+                batch.answers[start] = exc
+
     @staticmethod
-    def _frame(batch: _Batch) -> pd.DataFrame:
+    def _frame(model: Model, records: list[Mapping[str, Any]]) -> pd.DataFrame:
         """One frame of every request's records, built by the schema as for a single request.
 
         Each request's records passed validation on their own, so this cannot
@@ -154,10 +186,10 @@ class Scorer:
         exactly the training dtypes whatever mix of requests shares it (one with
         a column entirely missing, say).
         """
-        frame, _ = batch.model.prepare(batch.records)
+        frame, _ = model.prepare(records)
         return frame
 
-    def _call(self, model: Model, frame: pd.DataFrame) -> tuple[list[Any], list[list[float]] | None]:
+    def _call(self, model: Model, frame: pd.DataFrame) -> Answer:
         if self._observe is not None:
             self._observe(len(frame))
         return model.predict_and_proba_frame(frame)

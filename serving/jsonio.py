@@ -5,7 +5,9 @@ accepts only standard JSON. When it refuses a body, the standard library parses
 it again only to say why: a non-UTF-8 body or broken JSON is a 400, while a
 body that is JSON apart from ``NaN``/``Infinity`` literals, huge exponents or
 lone surrogates is returned with ``strict=False`` so that the caller reports
-each offending record and field (422) instead of a bare syntax error.
+each offending record and field (422) instead of a bare syntax error. Text
+from the client that goes back in an answer (a field name) passes through
+:func:`text`, so a lone surrogate can never make an answer unserialisable.
 """
 
 from __future__ import annotations
@@ -55,6 +57,15 @@ def loads(data: bytes) -> Parsed:
     return Parsed(value, strict=False, constants=bool(seen))
 
 
+def text(value: str) -> str:
+    """``value`` as valid Unicode: a lone surrogate (which UTF-8 cannot encode) becomes its escape, ``\\ud800``."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    """A JSON response; NaN in a result becomes null, so the answer is always valid JSON."""
+    """A JSON response, serialised here (orjson raises on what JSON cannot hold; NaN becomes null).
+
+    Predictions never hold NaN (:class:`blackbox.errors.ModelOutputError`); a NaN
+    elsewhere (an unset drift gauge) is null.
+    """
     return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status=status, headers=headers, mimetype=MIMETYPE)

@@ -80,8 +80,13 @@ class Metrics:
             registry=target, multiprocess_mode="livesum",
         )
         self.batch = Histogram(
-            "blackbox_batch_records", "Records per model call (above 1 per request: micro-batching at work).",
+            "blackbox_batch_records", "Records per model call (above 1 per request: micro-batching at work; a failed "
+            "shared call is followed by one call per request of it).",
             buckets=BATCH_BUCKETS, registry=target,
+        )
+        self.invalid_outputs = Counter(
+            "blackbox_invalid_model_outputs", "Records the model answered with NaN or infinity (500 invalid_model_output), "
+            "by model version.", ["model_version"], registry=target,
         )
 
     def serving(self, name: str, version: str, sha256: str) -> None:
@@ -112,6 +117,10 @@ class Metrics:
     def predicted(self, count: int, version: str, warnings: Iterable[Mapping[str, Any]]) -> None:
         self.records.labels(version).inc(count)
         self._count(self.warnings, warnings)
+
+    def invalid_output(self, version: str, records: int) -> None:
+        """The model answered ``records`` records of a request with NaN or infinity."""
+        self.invalid_outputs.labels(version).inc(records)
 
     def batched(self, records: int) -> None:
         """One model call of ``records`` records."""

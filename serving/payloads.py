@@ -150,7 +150,7 @@ def _describe(value: Any) -> str:
 def _reject_non_finite(records: list[Any], constants: bool) -> None:
     """422 for every NaN/Infinity in the records (JSON has none; Python's parser invents them)."""
     problems = [
-        _problem(row, str(key)[:40], "non_finite", "a finite number (JSON has no NaN or Infinity; send null for a missing value)", "NaN or Infinity")
+        _problem(row, jsonio.text(str(key))[:40], "non_finite", "a finite number (JSON has no NaN or Infinity; send null for a missing value)", "NaN or Infinity")
         for row, record in enumerate(records)
         if isinstance(record, dict)
         for key, value in record.items()

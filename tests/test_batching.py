@@ -27,13 +27,17 @@ from test_serving_gunicorn import Server, call
 
 
 class Gated:
-    """A model whose first prediction waits for ``release``; keeps every frame it is asked to predict."""
+    """A model whose first prediction waits for ``release``; keeps every frame it is asked to predict.
 
-    def __init__(self, model: Model, *, fail: BaseException | None = None) -> None:
+    Later calls raise ``fail`` (if set) when ``poisoned(frame)`` says so (default: always).
+    """
+
+    def __init__(self, model: Model, *, fail: BaseException | None = None, poisoned: Any = lambda frame: True) -> None:
         self.model = model
         self.release = threading.Event()
         self.frames: list[Any] = []
         self.fail = fail
+        self.poisoned = poisoned
         self.validated = 0  # requests checked for a batch
         self.prepared = 0  # frames built: a request predicted on its own, or a batch
         self._lock = threading.Lock()
@@ -57,7 +61,7 @@ class Gated:
         self.frames.append(frame)
         if len(self.frames) == 1:
             assert self.release.wait(30), "the test never released the first call"
-        elif self.fail is not None:
+        elif self.fail is not None and self.poisoned(frame):
             raise self.fail
         return self.model.predict_and_proba_frame(frame)
 
@@ -133,11 +137,23 @@ def test_a_bad_request_gets_its_own_error_and_its_neighbours_are_answered(served
     assert [results[i].predictions[0] for i in good] == unbatched(served_model, [requests[i][0] for i in good])[0]
 
 
-def test_a_model_error_reaches_every_request_of_the_batch(served_model, passengers):  # noqa: F811
+def test_a_model_error_in_a_shared_call_reaches_only_the_request_that_caused_it(served_model, passengers):  # noqa: F811
+    """The failed batch is called again request by request: the poisoned one gets the error, the others their answers."""
+    gated = Gated(served_model, fail=RuntimeError("cannot take this name"), poisoned=lambda frame: (frame["name"] == "POISON").any())
+    scorer = Scorer(batching=True, max_wait=0.002, max_records=256)
+    requests = [[p] for p in passengers[:5]] + [[passengers[5], {**passengers[6], "name": "POISON"}]] + [[p] for p in passengers[7:10]]
+    results = run_gated(scorer, gated, requests)
+    assert gated.calls == [1, 9] + [len(request) for request in requests[1:]]
+    assert isinstance(results[5], RuntimeError)
+    good = [i for i in range(len(requests)) if i != 5]
+    assert [results[i].predictions[0] for i in good] == unbatched(served_model, [requests[i][0] for i in good])[0]
+
+
+def test_a_model_broken_for_every_input_fails_every_request_of_the_batch(served_model, passengers):  # noqa: F811
     gated = Gated(served_model, fail=RuntimeError("the model broke"))
     scorer = Scorer(batching=True, max_wait=0.002, max_records=256)
     results = run_gated(scorer, gated, [[p] for p in passengers[:9]])
-    assert gated.calls == [1, 8]
+    assert gated.calls == [1, 8] + [1] * 8  # the shared call, then each request alone: at most one call more each
     assert results[0].predictions  # the first call succeeded
     assert all(isinstance(r, RuntimeError) and str(r) == "the model broke" for r in results[1:])
     gated.fail = None  # the scorer is not left wedged
