@@ -390,6 +390,66 @@ def test_strict_mode_rejects_unknown_fields(schema, record):
     assert problems_of(schema, [{**record, "colour": "red"}], strict=True) == [(0, "colour", "unknown_field")]
 
 
+def test_a_field_name_that_is_not_unicode_is_a_problem_shown_escaped(schema, record):
+    """A lone surrogate in a key cannot be written back as UTF-8: a type problem, strict or not, never a warning."""
+    for strict in (False, True):
+        with pytest.raises(SchemaError) as info:
+            schema.to_frame([{**record, "a\ud800b": 1}], strict=strict)
+        (problem,) = info.value.problems
+        assert (problem["row"], problem["field"], problem["issue"]) == (0, "a\\ud800b", "type")
+        problem["field"].encode("utf-8")
+        info.value.message.encode("utf-8")
+
+
+# --- the model's numeric limit ---------------------------------------------
+
+
+F32 = float(np.finfo(np.float32).max)
+
+
+@pytest.fixture
+def limited() -> Schema:
+    return infer_schema(titanic()[0], limit=F32)
+
+
+def test_a_limit_is_set_on_number_fields_only_and_round_trips(limited):
+    assert {f.name: f.limit for f in limited.fields if f.limit} == {"age": F32, "fare": F32}
+    data = json.loads(json.dumps(limited.to_dict(), allow_nan=False))
+    assert Schema.from_dict(data) == limited
+    assert [f.get("limit") for f in data["fields"]] == [None, None, F32, None, None, F32, None, None]
+    assert "limit" not in infer_schema(titanic()[0]).to_dict()["fields"][2]  # written only when set
+
+
+@pytest.mark.parametrize("field, value, match", [
+    (2, 0, "'limit'"), (2, -1.0, "'limit'"), (2, float("inf"), "'limit'"), (2, "big", "'limit'"), (0, F32, "not a number"),
+])
+def test_from_dict_checks_the_limit(limited, field, value, match):
+    data = json.loads(json.dumps(limited.to_dict()))
+    data["fields"][field]["limit"] = value
+    with pytest.raises(UsageError, match=match):
+        Schema.from_dict(data)
+
+
+@pytest.mark.parametrize("value, issue", [
+    (3.4e38, None), (-3.4e38, None), (3.5e38, "non_finite"), (-1e300, "non_finite"), ("1e39", "non_finite"), (10**39, "non_finite"),
+])
+def test_values_beyond_the_limit_are_non_finite(limited, record, value, issue):
+    record["age"] = value
+    if issue is None:
+        assert limited.to_frame([record])[0]["age"][0] == value
+    else:
+        with pytest.raises(SchemaError) as info:
+            limited.to_frame([record])
+        assert [(p["row"], p["field"], p["issue"]) for p in info.value.problems] == [(0, "age", issue)]
+        assert "float32" in info.value.problems[0]["expected"]
+
+
+def test_dataframe_values_beyond_the_limit_are_non_finite(limited):
+    features = titanic()[0]
+    features.loc[[1, 4], "fare"] = [1e39, -np.inf]
+    assert problems_of(limited, features) == [(1, "fare", "non_finite"), (4, "fare", "non_finite")]
+
+
 def test_category_dtype_rejects_values_outside_its_categories():
     schema = infer_schema(pd.DataFrame({"c": pd.Series(["a", "b"], dtype="category")}))
     assert problems_of(schema, [{"c": "z"}]) == [(0, "c", "type")]
