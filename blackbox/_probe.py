@@ -4,6 +4,8 @@ Run as ``python -I -m blackbox._probe ARTIFACT`` (JSON options on stdin) from an
 directory. Before anything else it makes the blocked top-level modules
 unimportable, then loads the artifact with blackbox.load and runs its golden
 sample, and prints one JSON line with the outcome. Its exit code is the outcome's.
+An exception from the model's own code (not a blackbox error) is a failed
+self-test naming it; a crash or a hang is seen by the parent (no JSON line).
 """
 
 from __future__ import annotations
@@ -53,6 +55,14 @@ def main(path: str, options: dict) -> int:
             message=exc.message,
             exit_code=exc.exit_code,
             details=getattr(exc, "differences", None) or getattr(exc, "references", None) or [],
+        )
+    except Exception as exc:  # the model's own code raised while loading or predicting its golden sample
+        outcome.update(
+            status=blackbox.SelfTestError.code,
+            error=type(exc).__name__,
+            message=f"Loading the artifact and running its golden sample raised {type(exc).__name__}: {exc}",
+            exit_code=blackbox.SelfTestError.exit_code,
+            details=[],
         )
     outcome["seconds"] = round(time.perf_counter() - started, 4)
     print(json.dumps(outcome, default=str))

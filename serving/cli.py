@@ -4,10 +4,14 @@ Scope: the command line. Only click and the standard library are imported at
 module level, so ``blackbox``'s CLI can register :func:`serve` without loading
 Flask or a model. The command resolves the settings once (defaults,
 ``BLACKBOX_*`` environment, then its options), refuses a non-loopback bind
-without API keys, verifies and self-tests the artifact in the master (a bad one
-ends the command with its error's exit code and one line), then forks the
-workers, each of which loads its own copy. ``--debug`` runs Flask's
-development server instead, in one process.
+without API keys, vets the artifact (load and self-test in an isolated child
+interpreter, killed after ``--load-timeout`` seconds: a bad, crashing or
+hanging one ends the command with its error's exit code, 7 for a crash or a
+timeout, and one line), then forks the workers, each of which loads the vetted
+copy in the background. The master never runs model code. Following a store
+that cannot be reached at start, it starts anyway (live, not ready) on the
+last good cached release or on none, and the workers keep trying the store.
+``--debug`` runs Flask's development server instead, in one process.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import ipaddress
 import os
 import shutil
 import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -34,6 +39,11 @@ DEFAULT_THREADS = 32
 @click.option("--model", "model_ref", default=None, metavar="NAME@ALIAS", help="The store reference to follow, e.g. titanic@production.")
 @click.option("--poll-interval", type=click.FloatRange(min=0), default=None,
               help="Seconds between checks of the followed alias (0: only POST /reload) [default: 30].")
+@click.option("--load-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds a new artifact's first load and self-test may take (in an isolated child) [default: 120].")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Where releases pulled from --store are kept; the last good one serves while the store is down "
+                   "[default: ~/.cache/blackbox/serve].")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; non-loopback needs API keys.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Worker processes [default: one per core].")
@@ -66,6 +76,8 @@ def serve(
     store: str | None,
     model_ref: str | None,
     poll_interval: float | None,
+    load_timeout: float | None,
+    cache_dir: str | None,
     host: str,
     port: int,
     workers: int | None,
@@ -102,6 +114,8 @@ def serve(
             STORE=store,
             MODEL=model_ref,
             POLL_INTERVAL=poll_interval,
+            LOAD_TIMEOUT=load_timeout,
+            CACHE_DIR=cache_dir,
             STRICT_FIELDS=strict_fields or None,
             API_KEYS_FILE=api_keys_file,
             MAX_RECORDS=max_records,
@@ -167,32 +181,51 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _follow_once(settings: Settings) -> Any:
-    """Verify, in the master, the release the followed reference names now."""
+def _run(config: dict[str, Any], settings: Settings, host: str, port: int, workers: int | None, threads: int, timeout: int) -> None:
+    """Vet the artifact in an isolated child, then start gunicorn; its workers load the vetted copy."""
+    from .gunicorn_app import Server, default_workers, options
+    from .holder import Vetted
+
+    master = os.getpid()
+    vetted = Vetted(tempfile.mkdtemp(prefix="blackbox-serve-"), settings.load_options, settings.load_timeout)
+    try:
+        if settings.store is not None:
+            served = _follow_once(settings, vetted)
+        else:
+            config["ARTIFACT"] = str(vetted.admit(settings.artifact))
+            served = _describe(config["ARTIFACT"])
+        workers = workers or default_workers()
+        bind = f"[{host.strip('[]')}]:{port}" if ":" in host else f"{host}:{port}"
+        click.echo(f"blackbox serve: {served}; starting {workers} worker(s) x {threads} thread(s) on http://{bind}", err=True)
+        server = Server(
+            config, options(bind=bind, workers=workers, threads=threads, timeout=timeout),
+            vetted=vetted, source=settings.artifact,
+        )
+        server.run()
+    finally:
+        if os.getpid() == master:  # forked workers unwind through here too
+            vetted.remove()
+
+
+def _describe(path: str) -> str:
+    from blackbox import inspect
+
+    manifest = inspect(path)
+    return f"{manifest['name']} {manifest['version']} (sha256 {Path(path).stem[:12]}) verified in an isolated child"
+
+
+def _follow_once(settings: Settings, vetted: Any) -> str:
+    """Vet, in a child, what the followed reference names now (or its cached copy when the store is down)."""
     from .follow import Follower
     from .holder import ModelHolder
     from .logs import RequestLog
     from .metrics import Metrics
 
-    return Follower(settings, ModelHolder(), Metrics(), RequestLog(settings.log_format)).load_initial()
-
-
-def _run(config: dict[str, Any], settings: Settings, host: str, port: int, workers: int | None, threads: int, timeout: int) -> None:
-    """Verify the artifact here, once, then start gunicorn; its workers load their own copies."""
-    from .gunicorn_app import Server, default_workers, options
-    from .holder import load_model
-
-    if settings.store is not None:
-        model = _follow_once(settings)
-        click.echo(f"blackbox serve: following {settings.model_ref} in {settings.store}", err=True)
-    else:
-        model = load_model(settings.artifact, settings.load_options)
-    workers = workers or default_workers()
-    bind = f"[{host.strip('[]')}]:{port}" if ":" in host else f"{host}:{port}"
-    click.echo(
-        f"blackbox serve: {model.name} {model.version} (sha256 {model.sha256[:12]}) verified; "
-        f"starting {workers} worker(s) x {threads} thread(s) on http://{bind}",
-        err=True,
-    )
-    del model  # each worker loads its own after the fork
-    Server(config, options(bind=bind, workers=workers, threads=threads, timeout=timeout)).run()
+    follower = Follower(settings, ModelHolder(), Metrics(), RequestLog(settings.log_format), vetted)
+    admitted = follower.admit_initial()
+    where = f"following {settings.model_ref} in {settings.store}"
+    if admitted is None:
+        return f"{where}: the store cannot be reached and nothing is cached yet, so the workers start not ready and retry"
+    target, source = admitted
+    cached = " (the store cannot be reached: its last good copy from the cache)" if source == "cache" else ""
+    return f"{where}: {target.name} {target.version}{cached} (sha256 {target.sha256[:12]}) verified in an isolated child"

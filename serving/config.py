@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,12 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
         "MODEL": None,
         # Seconds between checks of the followed alias (0: only on POST /reload).
         "POLL_INTERVAL": 30,
+        # Seconds the first load and self-test of a new artifact may take in its isolated child
+        # (serving/holder.py: vet); past that it is refused like a crash.
+        "LOAD_TIMEOUT": 120,
+        # Where releases pulled from the store are kept; the last good one serves while the
+        # store is unreachable. None: $XDG_CACHE_HOME/blackbox/serve (~/.cache/blackbox/serve).
+        "CACHE_DIR": None,
         # Keyword arguments for blackbox.load (e.g. {"strict": true}); trust options
         # that blackbox.load gains later pass through here unchanged.
         "LOAD_OPTIONS": {},
@@ -86,6 +93,8 @@ class Settings:
     store: str | None
     model_ref: str | None
     poll_interval: float
+    load_timeout: float
+    cache_dir: Path
     load_options: Mapping[str, Any]
     strict_fields: bool
     max_records: int
@@ -115,6 +124,8 @@ class Settings:
             store=store,
             model_ref=model_ref,
             poll_interval=_number(config, "POLL_INTERVAL", "seconds"),
+            load_timeout=_positive(config, "LOAD_TIMEOUT"),
+            cache_dir=_cache_dir(config["CACHE_DIR"]),
             load_options=_load_options(config["LOAD_OPTIONS"]),
             strict_fields=_bool(config, "STRICT_FIELDS"),
             max_records=_integer(config, "MAX_RECORDS", 1),
@@ -155,6 +166,21 @@ def _number(config: Mapping[str, Any], key: str, unit: str, maximum: float = mat
         bounds = "0 or more" if maximum == math.inf else f"between 0 and {maximum:g}"
         raise _bad(key, f"a number of {unit}, {bounds}", value)
     return float(value)
+
+
+def _positive(config: Mapping[str, Any], key: str) -> float:
+    value = _number(config, key, "seconds")
+    if value == 0:
+        raise _bad(key, "a number of seconds above 0", config[key])
+    return value
+
+
+def _cache_dir(value: Any) -> Path:
+    if value in (None, ""):
+        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "blackbox" / "serve"
+    if not isinstance(value, (str, Path)):
+        raise _bad("CACHE_DIR", "a directory path", value)
+    return Path(value)
 
 
 def _choice(config: Mapping[str, Any], key: str, choices: tuple[str, ...]) -> str:

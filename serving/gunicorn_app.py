@@ -1,29 +1,46 @@
 """Running the app under gunicorn: one model per worker, loaded after the fork.
 
 Scope: process management only. :class:`Server` is a gunicorn application
-whose workers each call :func:`serving.create_app` once they have forked (no
-``preload_app``): every worker verifies and self-tests its own copy of the
-model, and a later hot reload can replace it per worker. The master has
-already verified the artifact (``blackbox serve`` does that first), so a bad
-artifact stops the start with its own exit code instead of gunicorn's
-"worker failed to boot".
+whose workers each build :func:`serving.app.create_app` once they have forked
+(no ``preload_app``) and load their own copy of the model in a background
+thread: ``/health`` answers from the first moment, ``/ready`` once the model
+is in. The master never runs model code: ``blackbox serve`` has vetted the
+artifact in an isolated child (:class:`serving.holder.Vetted`) and hands the
+workers that vetted, immutable copy, never the file an operator may replace.
 
-SIGTERM is gunicorn's graceful stop: workers finish the requests in flight
-(up to ``graceful_timeout``), then the master exits 0.
+SIGHUP vets the file at the served path the same way, in the master, before
+gunicorn starts new workers: a file that passes replaces the workers'
+copy and the workers are replaced gracefully; one that fails (unsigned,
+corrupt, crashing, hanging) is logged as ``reload_failed`` and nothing else
+happens, so the running workers keep serving the old model. Following a store,
+SIGHUP only replaces the workers (each follows the store itself).
+
+SIGTERM is gunicorn's graceful stop: each worker's ``/ready`` turns 503
+(``draining``), workers finish the requests in flight (up to
+``graceful_timeout``), then the master exits 0.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
+import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+from blackbox import BlackboxError
 from flask import Flask
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 from gunicorn.config import KNOWN_SETTINGS
 
-from . import create_app
+from .app import create_app
+from .holder import Vetted
+from .logs import RequestLog
 from .metrics import mark_process_dead
+from .state import EXTENSION
 
 _KNOWN_SETTINGS = frozenset(setting.name for setting in KNOWN_SETTINGS)
 GRACEFUL_TIMEOUT = 10
@@ -65,11 +82,18 @@ def options(*, bind: str, workers: int, threads: int, timeout: int) -> dict[str,
 
 
 class Server(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type hints
-    """gunicorn application serving ``create_app(config)`` in every worker."""
+    """gunicorn application serving ``create_app(config)`` in every worker, from vetted copies.
 
-    def __init__(self, config: Mapping[str, Any], settings: Mapping[str, Any]) -> None:
+    :param source: the artifact path SIGHUP vets again (None when following a store).
+    """
+
+    def __init__(
+        self, config: Mapping[str, Any], settings: Mapping[str, Any], *, vetted: Vetted, source: Path | None,
+    ) -> None:
         self.app_config = dict(config)
         self.settings = dict(settings)
+        self.vetted = vetted
+        self.source = source
         super().__init__()
 
     def load_config(self) -> None:
@@ -77,8 +101,45 @@ class Server(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type h
             self.cfg.set(key, value)
 
     def load(self) -> Flask:
-        """Called in each worker after the fork."""
-        return create_app(self.app_config)
+        """Called in each worker after the fork: returns at once, the model loads in a thread."""
+        app = create_app(self.app_config, background=True, vetted=self.vetted)
+        holder = app.extensions[EXTENSION].holder
+        stop = signal.getsignal(signal.SIGTERM)  # gunicorn's graceful stop, installed before load()
+
+        def draining(signum: int, frame: Any) -> None:
+            holder.draining = True
+            if callable(stop):
+                stop(signum, frame)
+
+        signal.signal(signal.SIGTERM, draining)
+        return app
+
+    def admit(self) -> None:
+        """In the master, at SIGHUP: vet the file at the served path; the workers started next load that copy."""
+        if self.source is not None:
+            self.app_config["ARTIFACT"] = str(self.vetted.admit(self.source))
+
+    def run(self) -> None:
+        """As BaseApplication.run, with the master below."""
+        try:
+            _Arbiter(self).run()
+        except RuntimeError as exc:
+            print(f"\nError: {exc}\n", file=sys.stderr, flush=True)
+            sys.exit(1)
+
+
+class _Arbiter(Arbiter):  # type: ignore[misc]
+    """gunicorn's master, except that a SIGHUP whose artifact fails its vetting changes nothing."""
+
+    def reload(self) -> None:
+        try:
+            self.app.admit()
+        except BlackboxError as exc:
+            log = RequestLog(self.app.app_config.get("LOG_FORMAT") or "json")
+            log.event("reload_failed", logging.ERROR, artifact=str(self.app.source), code=exc.code, reason=exc.message)
+            self.log.error("reload: failed, the running workers keep serving the old model: %s", exc.message)
+            return
+        super().reload()
 
 
 def _child_exit(server: Any, worker: Any) -> None:

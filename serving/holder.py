@@ -1,4 +1,4 @@
-"""The model being served, and the one function that loads it.
+"""The model being served, how it is loaded, and how a new artifact is vetted first.
 
 Scope: loading and readiness. :func:`load_model` is the only place the server
 calls :func:`blackbox.load`; it passes the configured ``LOAD_OPTIONS`` through
@@ -6,17 +6,36 @@ untouched and runs the golden-sample self-test, so a model that is held has
 been verified and reproduces its recorded predictions. Requests read
 :attr:`ModelHolder.model` once and use that reference to the end, so a later
 hot reload can swap the held model without a request ever mixing two models.
+
+Model code is untrusted until it has run once somewhere harmless. :class:`Vetted`
+is a private directory of artifact copies that passed :func:`vet` (a load and
+self-test in an isolated child interpreter, :func:`blackbox.verify`, killed
+after ``LOAD_TIMEOUT`` seconds): a segfault or a hang there is a
+:class:`~blackbox.SelfTestError` naming the signal or the time, never a dead
+server. ``blackbox serve`` admits every new artifact (at start, at SIGHUP, at a
+store reload) through it before any worker loads the copy; the copies are
+immutable (named by their sha256), so a worker started later loads exactly the
+bytes that passed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import tempfile
+import threading
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import blackbox
 from blackbox import Model
+from blackbox.artifact import read_bytes
 from werkzeug.exceptions import ServiceUnavailable
+
+READY_WAIT = 10.0
+"""Seconds a request waits for a model that is being loaded (a fresh worker taking over) before its 503."""
 
 
 class NotReady(ServiceUnavailable):
@@ -33,15 +52,83 @@ def load_model(path: str | os.PathLike[str], options: Mapping[str, Any]) -> Mode
     return model
 
 
-class ModelHolder:
-    """Holds the current model; ``model`` is None until one has passed its self-test."""
+def vet(path: str | os.PathLike[str], options: Mapping[str, Any], timeout: float) -> None:
+    """Load and self-test ``path`` in an isolated child that may take ``timeout`` seconds; raise its error if it fails.
 
-    def __init__(self, model: Model | None = None) -> None:
-        self.model = model
+    Only the artifact's own by-value modules are blocked there (the serving side's
+    packages are what it would use anyway); a crash or a timeout is a SelfTestError.
+    """
+    outcome = blackbox.verify(
+        path, block=(), timeout=timeout, trusted_keys=options.get("trusted_keys"),
+        allow_unsigned=bool(options.get("allow_unsigned")), strict=bool(options.get("strict")),
+    )
+    if not outcome.ok and outcome.seconds >= timeout:  # killed at the limit: say which setting it is
+        raise blackbox.SelfTestError(f"{outcome.message} The limit is LOAD_TIMEOUT (blackbox serve --load-timeout).")
+    outcome.raise_for_status()
+
+
+class Vetted:
+    """A private directory of artifact copies that passed :func:`vet` in this server's run."""
+
+    def __init__(self, directory: str | os.PathLike[str], options: Mapping[str, Any], timeout: float) -> None:
+        self.directory = Path(directory)
+        self._options = options
+        self._timeout = timeout
+
+    def admit(self, path: str | os.PathLike[str]) -> Path:
+        """The vetted copy of the artifact at ``path``: copied and vetted unless these bytes passed before."""
+        data = read_bytes(path)
+        sha256 = hashlib.sha256(data).hexdigest()
+        copy = self.directory / f"{sha256}.bbx"
+        if copy.exists():
+            return copy
+        scratch = tempfile.mkdtemp(prefix=".candidate-", dir=self.directory)
+        candidate = Path(scratch, Path(path).name)  # its own name, so that messages name the file given
+        candidate.write_bytes(data)  # vet the very bytes the workers will load, not a file that may change
+        try:
+            vet(candidate, self._options, self._timeout)
+            os.replace(candidate, copy)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return copy
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class ModelHolder:
+    """Holds the current model; ``model`` is None until one has passed its self-test.
+
+    ``loading`` is True while a first model is being loaded: requests then wait
+    for it (up to ``wait`` seconds) instead of failing at once. ``draining`` is
+    set when the process was told to stop; ``/ready`` then says 503.
+    """
+
+    def __init__(self, model: Model | None = None, *, wait: float = 0.0) -> None:
+        self._model = model
+        self._arrived = threading.Event()
+        if model is not None:
+            self._arrived.set()
+        self.wait = wait
+        self.loading = False
+        self.draining = False
+
+    @property
+    def model(self) -> Model | None:
+        return self._model
+
+    @model.setter
+    def model(self, model: Model | None) -> None:
+        self._model = model  # the swap: one reference assignment
+        if model is not None:
+            self._arrived.set()
 
     def require(self) -> Model:
         """The current model, or 503 when there is none (read it once per request)."""
-        model = self.model
+        model = self._model
+        if model is None and self.loading and self.wait:
+            self._arrived.wait(self.wait)
+            model = self._model
         if model is None:
             raise NotReady()
         return model

@@ -2,11 +2,17 @@
 
 Scope: read-only views of the app's state. ``/health`` and ``/ready`` stay open
 when API keys are on and answer with minimal bodies (no paths, no environment).
+``/health`` answers as soon as the worker runs, whatever the model; ``/ready``
+is 503 with ``status`` ``loading`` (a first model is being loaded),
+``unavailable`` (none could be loaded yet; with a store, ``reload`` says why)
+or ``draining`` (the worker was told to stop).
 ``/model`` shows the manifest without the golden records (training rows) and
 the embedded source code.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from flask import Blueprint, Response
 from werkzeug.exceptions import Conflict
@@ -27,12 +33,19 @@ def health() -> Response:
 
 @bp.get("/ready")
 def ready() -> Response:
-    """Ready: a verified, self-tested model is held (503 otherwise); with a store, how the last check went."""
+    """Ready: a verified, self-tested model is held and the worker is not stopping (503 otherwise); with a store, how the last check went."""
     current = state.current()
-    model = current.holder.require()
-    body = {"status": "ready", "model_version": model.version}
+    holder = current.holder
+    model = holder.model
+    if holder.draining or model is None:
+        status = "draining" if holder.draining else "loading" if holder.loading else "unavailable"
+        body: dict[str, Any] = {"status": status}
+    else:
+        body = {"status": "ready", "model_version": model.version}
     if current.follower is not None:
         body["reload"] = current.follower.status
+    if body["status"] != "ready":
+        return jsonio.response(body, status=503, headers={"Retry-After": "5"})
     return jsonio.response(body)
 
 
@@ -48,12 +61,12 @@ def model() -> Response:
 
 @bp.post("/reload")
 def reload() -> Response:
-    """Check the followed store reference now; 200 when unchanged or swapped, 409 when the new target failed."""
+    """Check the followed store reference now; 200 when unchanged or swapped, 409 when the new target failed, 503 when nothing serves yet."""
     follower = state.current().follower
     if follower is None:
         raise Conflict("This server serves a file, not a store reference; start it with --store and --model to reload.")
     outcome = follower.check()
-    return jsonio.response(outcome, status=409 if outcome["result"] == "failed" else 200)
+    return jsonio.response(outcome, status={"failed": 409, "unavailable": 503}.get(outcome["result"], 200))
 
 
 @bp.get("/schema")

@@ -45,8 +45,9 @@ def records(titanic) -> list[dict]:
     return json.loads(titanic[0].head(20).to_json(orient="records"))
 
 
-def test_reload_swaps_good_releases_and_refuses_broken_ones(store, records):
-    app = create_app({"STORE": str(store.uri), "MODEL": "titanic@production", "POLL_INTERVAL": 0})
+def test_reload_swaps_good_releases_and_refuses_broken_ones(store, records, tmp_path):
+    app = create_app({"STORE": str(store.uri), "MODEL": "titanic@production", "POLL_INTERVAL": 0,
+                      "CACHE_DIR": str(tmp_path / "cache")})
     client = app.test_client()
     assert client.post("/predict", json=records).get_json()["model"]["version"] == "1.0.0"
     assert client.post("/reload").get_json()["result"] == "unchanged"
@@ -73,6 +74,7 @@ def test_reload_swaps_good_releases_and_refuses_broken_ones(store, records):
     store.rollback("titanic", "production")  # back to 2.0.0: what already serves
     assert client.post("/reload").get_json() | {"checked_at": None} == {
         "ref": "titanic@production", "store": store.uri, "result": "unchanged", "version": "2.0.0", "checked_at": None,
+        "served_from": "store",
     }
 
 
@@ -91,7 +93,7 @@ def test_store_and_artifact_together_are_refused(saved, store):
 def test_promotions_under_load_fail_no_request(store, records, tmp_path):
     """gunicorn, 2 workers polling every 0.3 s: promote 2.0.0, then broken 3.0.0, then roll back."""
     server = Server(["--store", str(store.uri), "--model", "titanic@production", "--poll-interval", "0.3",
-                     "--workers", "2"], tmp_path / "server.log")
+                     "--workers", "2", "--cache-dir", str(tmp_path / "cache")], tmp_path / "server.log")
     versions: Counter[str] = Counter()
     failures: list[tuple[int, bytes]] = []
     stop = threading.Event()
@@ -119,7 +121,9 @@ def test_promotions_under_load_fail_no_request(store, records, tmp_path):
         _wait_until(lambda: _all_workers_on(server, "2.0.0"), seconds=20)
         swap_seconds = time.monotonic() - promoted
         store.promote("titanic", "3.0.0", "production")
-        time.sleep(2.0)  # several polls: every worker tries 3.0.0 and refuses it
+        # every worker vets 3.0.0 (in a child: a few seconds), refuses it, and keeps polling
+        _wait_until(lambda: server.log.read_text().count('"event":"reload_failed"') >= 2, seconds=60)
+        time.sleep(1.0)  # more polls: the refused release is not tried again
         store.rollback("titanic", "production")
         time.sleep(1.0)
         stop.set()
