@@ -7,12 +7,19 @@ training machine can satisfy a stray reference, loads the artifact with every
 pre-unpickling check, and compares its golden-sample predictions exactly and
 its probabilities to ``blackbox.model.PROBA_TOLERANCE``. Never in-process:
 swapping ``sys.path`` or ``sys.modules`` in place would prove nothing.
+
+The child is also where untrusted model code meets its first run: a load or
+golden sample that kills the interpreter (a segfault in user code) or does not
+finish within ``timeout`` seconds is a failed self-test (exit code 7) naming
+the signal or the time, never a crash of the caller (``blackbox serve`` vets
+every new artifact this way before its workers take it).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -79,6 +86,7 @@ def verify(
     :param python: the interpreter to use (default: this one); it must have blackbox installed.
     :param trusted_keys, allow_unsigned, strict: the load policy, as for :func:`blackbox.load`.
     :param records: also predict these records there (``Verification.predictions``).
+    :param timeout: seconds the child may take; past that it is killed and the outcome is a failed self-test.
     """
     path = Path(path).resolve()
     manifest_bytes, signature = read_header(path)
@@ -105,10 +113,24 @@ def verify(
                 env={k: v for k, v in os.environ.items() if not k.startswith("PYTHON")},
             )
         except subprocess.TimeoutExpired:
-            return Verification(False, "timeout", f"The isolated load took over {timeout} s.", 1, blocked, timeout)
+            return Verification(
+                False, SelfTestError.code,
+                f"Loading {path.name} and running its golden sample did not finish within {timeout:g} s (its code "
+                "may hang, or it is slower than the limit); the isolated interpreter was killed. Fix the model, "
+                "or raise the limit if it is only slow.",
+                SelfTestError.exit_code, blocked, timeout,
+            )
     try:
         outcome = json.loads(done.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
+        if done.returncode < 0:  # killed by a signal: the model's own code crashed the interpreter
+            return Verification(
+                False, SelfTestError.code,
+                f"Loading {path.name} and running its golden sample killed the isolated interpreter "
+                f"(killed by {_signal_name(-done.returncode)}): its code crashes. Do not serve it; fix the model "
+                "or the native library it calls.",
+                SelfTestError.exit_code, blocked, 0.0,
+            )
         tail = "\n".join(done.stderr.strip().splitlines()[-5:])
         return Verification(
             False, ArtifactError.code, f"The isolated interpreter failed (exit {done.returncode}):\n{tail}",
@@ -124,3 +146,10 @@ def verify(
         ok, outcome["status"], message, int(outcome.get("exit_code", 0)), blocked, float(outcome["seconds"]),
         outcome.get("details") or [], outcome.get("predictions"),
     )
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
