@@ -14,6 +14,12 @@ The manifest records the payload's sha256 and length, so a truncated, padded or
 edited payload is caught before it is unpickled; a signature over the manifest
 bytes therefore covers the payload too.
 
+Everything here is read before any signature is verified, so every read is
+bounded: declared lengths are capped, and JSON (:func:`load_json`, the manifest
+and the signature block) is parsed only up to MAX_JSON_DEPTH levels of nesting
+and with numbers of at most MAX_NUMBER_CHARS characters that fit a float. A
+hostile file is an ArtifactError (exit 3), never a RecursionError.
+
 Bumping FORMAT_VERSION: change the framing or the meaning of a manifest key,
 add the old version to READABLE_VERSIONS only if this module still reads it,
 and keep a header fixture of every version under tests/data/.
@@ -24,7 +30,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +45,12 @@ FORMAT_VERSION = 1
 READABLE_VERSIONS = frozenset({1})
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 MAX_SIGNATURE_BYTES = 64 * 1024
+MAX_JSON_DEPTH = 64
+MAX_NUMBER_CHARS = 100
 
 _PREFIX = struct.Struct(">8sHI")  # magic, format version, manifest length
 _LENGTH = struct.Struct(">I")
+_JSON_TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')  # a whole string, or a bracket outside one
 
 
 @dataclass(frozen=True)
@@ -119,18 +130,36 @@ def read_header(path: str | os.PathLike[str]) -> tuple[bytes, bytes]:
 
 
 def parse_manifest(manifest_bytes: bytes) -> dict[str, Any]:
-    """Parse manifest JSON strictly: UTF-8, one object, no duplicate keys, no NaN."""
-    try:
-        value = json.loads(
-            manifest_bytes.decode("utf-8"),
-            object_pairs_hook=_no_duplicates,
-            parse_constant=_no_constants,
+    """Parse manifest JSON strictly: UTF-8, one object, no duplicate keys, no NaN, bounded (see load_json)."""
+    if len(manifest_bytes) > MAX_MANIFEST_BYTES:
+        raise ArtifactError(
+            f"Artifact manifest is {len(manifest_bytes)} bytes, over the {MAX_MANIFEST_BYTES}-byte limit; "
+            "the file is damaged or not an artifact."
         )
+    try:
+        value = load_json(manifest_bytes.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ArtifactError(f"Artifact manifest is not valid JSON ({exc}); the file is damaged.") from None
     if not isinstance(value, dict):
         raise ArtifactError("Artifact manifest is not a JSON object; the file is damaged.")
     return value
+
+
+def load_json(text: str) -> Any:
+    """Strict, bounded JSON: ValueError for nesting deeper than MAX_JSON_DEPTH, a duplicate key, NaN,
+    or a number longer than MAX_NUMBER_CHARS or beyond a float's range."""
+    depth = 0
+    for token in _JSON_TOKENS.finditer(text):
+        bracket = token.group()
+        if bracket in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels at character {token.start()}")
+        elif bracket in "]}":
+            depth -= 1
+    return json.loads(
+        text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants, parse_int=_integer, parse_float=_float
+    )
 
 
 def dump_manifest(manifest: dict[str, Any]) -> bytes:
@@ -194,3 +223,18 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _no_constants(name: str) -> Any:
     raise ValueError(f"non-standard constant {name}")
+
+
+def _integer(text: str) -> int:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise ValueError(f"a {len(text)}-character number, over the {MAX_NUMBER_CHARS}-character limit")
+    return int(text)
+
+
+def _float(text: str) -> float:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise ValueError(f"a {len(text)}-character number, over the {MAX_NUMBER_CHARS}-character limit")
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:20]} is beyond a float's range")
+    return value

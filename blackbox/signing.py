@@ -28,6 +28,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from .artifact import load_json
 from .errors import AuthenticityError, UsageError
 
 TRUSTED_KEYS_ENV = "BLACKBOX_TRUSTED_KEYS"
@@ -88,7 +89,7 @@ def sign(manifest_bytes: bytes, private_key: Ed25519PrivateKey, *, expires_at: s
 def read_block(block: bytes) -> dict[str, Any]:
     """Parse a signature block (not verified) and check its shape."""
     try:
-        parsed = json.loads(block.decode("utf-8"))
+        parsed = load_json(block.decode("utf-8"))  # bounded: read before anything is verified
         if not isinstance(parsed, dict) or parsed.get("alg") != "ed25519":
             raise ValueError("not an ed25519 signature block")
         base64.b64decode(parsed["signature"], validate=True)
