@@ -109,6 +109,10 @@ class ModelInputError(SchemaError):
             for row in (rows or [None])
         ])
         self.rows = list(rows)
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:  # whole across processes (a Dask worker raises it)
+        return type(self), (self.message, self.rows, self.reason)
 
 
 class ModelOutputError(BlackboxError):
@@ -126,6 +130,9 @@ class ModelOutputError(BlackboxError):
         super().__init__(message)
         self.rows = list(rows)
         self.output = output
+
+    def __reduce__(self) -> tuple[Any, ...]:  # whole across processes (a Dask worker raises it)
+        return type(self), (self.message, self.rows, self.output)
 
     @property
     def problems(self) -> list[dict[str, Any]]:

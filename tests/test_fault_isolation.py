@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import threading
 import time
 from typing import Any
@@ -258,6 +259,11 @@ def test_model_output_checks_name_the_bad_rows_for_batch_scoring(overflowing_art
     with pytest.raises(ModelOutputError) as info:
         forest.predict_and_proba_frame(forest.prepare([PASSENGER] * 4)[0])
     assert (info.value.rows, info.value.output) == ([2], "probabilities")
+    copy = pickle.loads(pickle.dumps(info.value))  # Dask workers send it back whole
+    assert (copy.rows, copy.output, copy.message, copy.problems) == (
+        info.value.rows, info.value.output, info.value.message, info.value.problems)
+    refused = pickle.loads(pickle.dumps(ModelInputError("m", [1, 3], "reason")))
+    assert (refused.rows, [p["row"] for p in refused.problems]) == ([1, 3], [1, 3])
 
 
 # -- 4. every answer is well-formed JSON, and a failed request records nothing ---------------
