@@ -13,6 +13,7 @@ import hashlib
 import importlib.metadata
 import os
 import tempfile
+import warnings
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,8 @@ def save(
     :param by_value: modules to embed by value beyond those blackbox detects.
     :param by_reference: modules the serving side installs itself (kept by reference).
     :param signing_key: an Ed25519 private key file (``blackbox keygen``) to sign with;
-        default: the file named by BLACKBOX_SIGNING_KEY, if set. Loaders refuse unsigned artifacts.
+        default: the file named by BLACKBOX_SIGNING_KEY, if set. Loaders refuse unsigned artifacts,
+        so without a key ``save`` warns (UserWarning) what loading it will need.
     :param recipe: how to train it again (``blackbox rebuild``): ``entry_point`` (module run
         with ``python -m``), ``args``, ``seed`` and ``data`` (the training data file).
     :param verify: before publishing at ``path``, load the artifact in an isolated
@@ -89,7 +91,16 @@ def save(
     data = model.serialize()
     if verify:
         _verify_candidate(data, block, signing_key)
-    return atomic_write(path, data)
+    written = atomic_write(path, data)
+    if not signing_key:
+        warnings.warn(
+            f"Saved {str(path)!r} UNSIGNED (no signing_key, {SIGNING_KEY_ENV} unset), and loaders refuse unsigned "
+            "artifacts: load it with trusted_keys= after `blackbox sign PATH --key KEY`, or with "
+            "allow_unsigned=True (--allow-unsigned) for a model you trust; or save with signing_key= "
+            "(a key from `blackbox keygen`).",
+            UserWarning, stacklevel=2,
+        )
+    return written
 
 
 def _verify_candidate(data: bytes, block: Collection[str], signing_key: str | os.PathLike[str] | None) -> None:
