@@ -124,7 +124,7 @@ class ModelOutputError(BlackboxError):
     """
 
     code = "invalid_model_output"
-    exit_code = 12
+    exit_code = 14  # the model failed, as ModelFailedError (12 is a drifted rebuild)
 
     def __init__(self, message: str, rows: Sequence[int], output: str) -> None:
         super().__init__(message)
