@@ -1,15 +1,25 @@
-"""Optional API-key authentication with bearer tokens.
+"""Optional API-key authentication with bearer tokens, and the scopes each key is granted.
 
 Scope: reading keys and checking requests. Keys come from ``API_KEYS``
 (``{"id": "key"}``, or ``id:key`` entries separated by newlines or commas, e.g.
 from ``BLACKBOX_API_KEYS``) and/or ``API_KEYS_FILE`` (the same, with ``#``
-comments). With no
-key configured the server is open (``blackbox serve`` then binds only to
-loopback unless told ``--insecure-no-auth``). With keys, every route but
-``/health`` and ``/ready`` needs ``Authorization: Bearer <key>``; ``/metrics``
-too, since it tells who uses the model how much (Prometheus sends the header
-from its ``authorization.credentials_file``). Tokens are compared in constant
-time against every key; only the key's id is ever logged.
+comments). With no key configured the server is open (``blackbox serve`` then
+binds only to loopback unless told ``--insecure-no-auth``). With keys, every
+route but ``/health`` and ``/ready`` needs ``Authorization: Bearer <key>``
+(401 otherwise), and a key granted the route's scope (403 otherwise, naming it):
+
+- ``predict``: ``POST /predict``, ``/invocations`` and ``/feedback``;
+- ``read``: ``GET /model``, ``/schema``, ``/openapi.json``, ``/drift`` and
+  ``/metrics`` (it tells who uses the model how much; Prometheus sends the
+  header from its ``authorization.credentials_file``);
+- ``admin``: ``POST /reload``, and any route not listed here (deny by default).
+
+A key is granted scopes after it on its line (``id:key predict read``), or in the
+keys file's JSON as ``{"id": {"key": "...", "scopes": ["read"]}}``. A key
+given without scopes (``id:key``, ``{"id": "key"}``: every key written before
+scopes existed) gets ``predict`` and ``read``, what it could use before, and
+never ``admin``, which is granted only explicitly. Tokens are compared in
+constant time against every key; only the key's id is ever logged.
 """
 
 from __future__ import annotations
@@ -17,29 +27,61 @@ from __future__ import annotations
 import hmac
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from blackbox import UsageError
 from flask import Flask, g, request
 from werkzeug.datastructures import WWWAuthenticate
-from werkzeug.exceptions import Unauthorized
+from werkzeug.exceptions import Forbidden, Unauthorized
 
 from . import state
 from .config import Settings
 
 OPEN_ENDPOINTS = frozenset({"ops.health", "ops.ready"})
+SCOPES = ("predict", "read", "admin")
+DEFAULT_SCOPES = frozenset({"predict", "read"})
+ENDPOINT_SCOPES = {
+    "api.predict": "predict", "api.invocations": "predict", "api.feedback": "predict",
+    "ops.model": "read", "ops.schema": "read", "ops.openapi_json": "read", "ops.metrics": "read", "monitor.drift_view": "read",
+    "ops.reload": "admin",
+}
+"""The scope each route needs; a route not listed needs ``admin``."""
 MIN_KEY_LENGTH = 16
 _ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _KEY = re.compile(r"[A-Za-z0-9._~+/-]+=*")  # RFC 6750 b64token: what a bearer token may hold
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A key's secret bytes and the scopes it is granted."""
+
+    secret: bytes
+    scopes: frozenset[str]
+
+
+class MissingScope(Forbidden):
+    """A known key without the scope the route needs (RFC 6750's ``insufficient_scope``)."""
+
+    def __init__(self, key_id: str, scope: str) -> None:
+        super().__init__(
+            f"API key {key_id!r} lacks the {scope!r} scope that {request.method} {request.path} needs; "
+            f"grant it in the keys file (`{key_id}:KEY {scope} ...`) or use a key that has it."
+        )
+        self.scope = scope
+
+    def get_headers(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        challenge = f'Bearer realm="blackbox", error="insufficient_scope", scope="{self.scope}"'
+        return [*super().get_headers(*args, **kwargs), ("WWW-Authenticate", challenge)]
 
 
 def init_app(app: Flask) -> None:
     app.before_request(authenticate)
 
 
-def load_keys(settings: Settings) -> dict[str, bytes]:
-    """Every configured key, id -> key bytes; UsageError for a malformed, short or repeated one."""
-    entries: list[tuple[str, str, str]] = []
+def load_keys(settings: Settings) -> dict[str, ApiKey]:
+    """Every configured key, id -> key; UsageError for a malformed, short or repeated key or an unknown scope."""
+    entries: list[tuple[str, str, object, str]] = []
     if settings.api_keys is not None:
         entries += _entries(settings.api_keys, "API_KEYS")
     if settings.api_keys_file is not None:
@@ -54,8 +96,8 @@ def load_keys(settings: Settings) -> dict[str, bytes]:
             except ValueError as exc:
                 raise UsageError(f"The API keys file {source!r} is not valid JSON: {exc}.") from None
         entries += _entries(text, source)
-    keys: dict[str, bytes] = {}
-    for key_id, key, source in entries:
+    keys: dict[str, ApiKey] = {}
+    for key_id, key, scopes, source in entries:
         where = f"API key {key_id!r} in {source}"
         if not _ID.fullmatch(key_id):
             raise UsageError(f"{where}: ids are 1-64 letters, digits, '.', '_' or '-'.")
@@ -64,14 +106,14 @@ def load_keys(settings: Settings) -> dict[str, bytes]:
                 f"{where}: keys are at least {MIN_KEY_LENGTH} characters among letters, digits and -._~+/= "
                 "(e.g. `openssl rand -hex 32`)."
             )
-        if key_id in keys or key.encode() in keys.values():
+        if key_id in keys or any(k.secret == key.encode() for k in keys.values()):
             raise UsageError(f"{where}: each id and each key may appear only once.")
-        keys[key_id] = key.encode()
+        keys[key_id] = ApiKey(key.encode(), _scopes(scopes, where))
     return keys
 
 
 def authenticate() -> None:
-    """Before each request: 401 unless the route is open or the bearer token is a known key."""
+    """Before each request: 401 unless the route is open or the bearer token is a known key; 403 without its scope."""
     keys = state.current().keys
     if not keys or request.endpoint in OPEN_ENDPOINTS:
         return
@@ -83,28 +125,59 @@ def authenticate() -> None:
             www_authenticate=WWWAuthenticate("bearer", {"realm": "blackbox"}),
         )
     g.key_id = key_id
+    if request.endpoint is not None:  # None: no such route, answered 404/405 as for any caller
+        scope = ENDPOINT_SCOPES.get(request.endpoint, "admin")
+        if scope not in keys[key_id].scopes:
+            raise MissingScope(key_id, scope)
 
 
-def match(keys: Mapping[str, bytes], token: bytes) -> str | None:
+def match(keys: Mapping[str, ApiKey], token: bytes) -> str | None:
     """The id of the key equal to ``token``; compares with every key, so timing tells nothing."""
     found = None
     for key_id, key in keys.items():
-        if hmac.compare_digest(key, token):
+        if hmac.compare_digest(key.secret, token):
             found = key_id
     return found
 
 
-def _entries(value: object, source: str) -> list[tuple[str, str, str]]:
+def _scopes(value: object, where: str) -> frozenset[str]:
+    """The scopes of one entry: None for the default; else a non-empty list of known scope names."""
+    if value is None:
+        return DEFAULT_SCOPES
+    if not isinstance(value, Iterable) or isinstance(value, (str, Mapping)):
+        raise UsageError(f"{where}: scopes are a list of scopes among {', '.join(SCOPES)}, e.g. [\"read\"].")
+    scopes = list(value)
+    unknown = [s for s in scopes if s not in SCOPES]
+    if unknown:
+        raise UsageError(f"{where}: unknown scope {unknown[0]!r}; scopes are {', '.join(SCOPES)}.")
+    if not scopes:
+        raise UsageError(f"{where}: grant at least one scope among {', '.join(SCOPES)}, or omit scopes for predict and read.")
+    return frozenset(scopes)
+
+
+def _entries(value: object, source: str) -> list[tuple[str, str, object, str]]:
+    """(id, key, scopes or None, source) for each entry of a mapping or of `id:key [scope ...]` lines."""
     if isinstance(value, Mapping):
-        return [(str(k), v if isinstance(v, str) else "", source) for k, v in value.items()]
+        return [(str(k), *_entry(v, f"API key {str(k)!r} in {source}"), source) for k, v in value.items()]
     if not isinstance(value, str):
         raise UsageError(f'API keys in {source} must be a JSON object {{"id": "key"}} or "id:key" lines.')
-    entries = []
-    for number, line in enumerate(value.replace(",", "\n").splitlines(), 1):  # keys hold no commas
-        line = line.strip()
-        if line and not line.startswith("#"):
-            key_id, sep, key = line.partition(":")
-            if not sep:
-                raise UsageError(f"Line {number} of the API keys in {source} is not `id:key`.")
-            entries.append((key_id.strip(), key.strip(), source))
+    entries: list[tuple[str, str, object, str]] = []
+    for number, line in enumerate(value.splitlines(), 1):
+        if line.strip().startswith("#"):
+            continue
+        for entry in filter(None, (part.strip() for part in line.split(","))):  # keys hold no commas
+            key_id, sep, rest = entry.partition(":")
+            if not sep or not rest.split():
+                raise UsageError(f"Line {number} of the API keys in {source} is not `id:key`, optionally followed by scopes.")
+            key, *scopes = rest.split()
+            entries.append((key_id.strip(), key, scopes or None, source))
     return entries
+
+
+def _entry(value: object, where: str) -> tuple[str, object]:
+    """A JSON entry's key and scopes: ``"key"`` or ``{"key": "...", "scopes": [...]}``."""
+    if isinstance(value, str):
+        return value, None
+    if isinstance(value, Mapping) and isinstance(value.get("key"), str) and set(value) <= {"key", "scopes"}:
+        return value["key"], value.get("scopes")
+    raise UsageError(f'{where}: an entry is "key" or {{"key": "...", "scopes": [...]}}.')

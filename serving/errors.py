@@ -27,6 +27,7 @@ from blackbox.errors import ModelInputError, ModelOutputError
 from flask import Flask, Response, g
 from werkzeug.exceptions import (
     BadRequest,
+    Forbidden,
     HTTPException,
     InternalServerError,
     MethodNotAllowed,
@@ -52,6 +53,7 @@ TABLE: Mapping[type[BaseException], tuple[int, str]] = {
     ModelOutputError: (500, "invalid_model_output"),
     BadRequest: (400, "malformed_body"),
     Unauthorized: (401, "unauthenticated"),
+    Forbidden: (403, "forbidden"),
     NotFound: (404, "not_found"),
     MethodNotAllowed: (405, "method_not_allowed"),
     RequestEntityTooLarge: (413, "payload_too_large"),

@@ -21,6 +21,7 @@ from .logs import RequestLog
 from .metrics import Metrics
 
 if TYPE_CHECKING:
+    from .auth import ApiKey  # auth reads this module
     from .monitor import Monitor  # monitor's route reads this module
     from .predlog import Recorder  # likewise /feedback
 
@@ -29,12 +30,12 @@ EXTENSION = "blackbox"
 
 @dataclass(frozen=True)
 class State:
-    """Settings, the model holder and its scorer, API keys (id -> key bytes; empty: no auth), metrics, the log, the drift window, the prediction log."""
+    """Settings, the model holder and its scorer, API keys (id -> ApiKey; empty: no auth), metrics, the log, the drift window, the prediction log."""
 
     settings: Settings
     holder: ModelHolder
     scorer: Scorer
-    keys: Mapping[str, bytes]
+    keys: Mapping[str, ApiKey]
     metrics: Metrics
     log: RequestLog
     monitor: Monitor
