@@ -39,10 +39,10 @@ READY_WAIT = 10.0
 
 
 class NotReady(ServiceUnavailable):
-    """No verified model is held yet; clients should retry."""
+    """No verified model is held yet (or the worker is stopping); clients should retry."""
 
-    def __init__(self) -> None:
-        super().__init__("No verified model is loaded yet; retry shortly.", retry_after=5)
+    def __init__(self, message: str = "No verified model is loaded yet; retry shortly.") -> None:
+        super().__init__(message, retry_after=5)
 
 
 def load_model(path: str | os.PathLike[str], options: Mapping[str, Any]) -> Model:

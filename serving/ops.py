@@ -3,21 +3,19 @@
 Scope: read-only views of the app's state. ``/health`` and ``/ready`` stay open
 when API keys are on and answer with minimal bodies (no paths, no environment).
 ``/health`` answers as soon as the worker runs, whatever the model; ``/ready``
-is 503 with ``status`` ``loading`` (a first model is being loaded),
-``unavailable`` (none could be loaded yet; with a store, ``reload`` says why)
-or ``draining`` (the worker was told to stop).
+is a 503 ``not_ready`` whose message says which: the model is loading, none
+could be loaded yet (and why), or the worker is draining after SIGTERM.
 ``/model`` shows the manifest without the golden records (training rows) and
 the embedded source code.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Blueprint, Response
 from werkzeug.exceptions import Conflict
 
 from . import jsonio, openapi, state
+from .holder import NotReady
 from .metrics import CONTENT_TYPE
 
 bp = Blueprint("ops", __name__)
@@ -33,19 +31,20 @@ def health() -> Response:
 
 @bp.get("/ready")
 def ready() -> Response:
-    """Ready: a verified, self-tested model is held and the worker is not stopping (503 otherwise); with a store, how the last check went."""
+    """Ready: a verified, self-tested model is held and the worker is not stopping (503 saying which otherwise); with a store, how the last check went."""
     current = state.current()
     holder = current.holder
     model = holder.model
-    if holder.draining or model is None:
-        status = "draining" if holder.draining else "loading" if holder.loading else "unavailable"
-        body: dict[str, Any] = {"status": status}
-    else:
-        body = {"status": "ready", "model_version": model.version}
+    if holder.draining:
+        raise NotReady("This worker is draining (it was told to stop); send requests to another one.")
+    if model is None:
+        if holder.loading:
+            raise NotReady("The model is loading (verifying and self-testing it); retry shortly.")
+        reason = current.follower.status.get("reason") if current.follower is not None else None
+        raise NotReady(f"No model could be loaded yet ({reason or 'see load_failed in the log'}); the server keeps retrying.")
+    body = {"status": "ready", "model_version": model.version}
     if current.follower is not None:
         body["reload"] = current.follower.status
-    if body["status"] != "ready":
-        return jsonio.response(body, status=503, headers={"Retry-After": "5"})
     return jsonio.response(body)
 
 

@@ -132,6 +132,20 @@ def _version(server: Server) -> str:
     return json.loads(body)["model"]["version"]
 
 
+# -- the isolated child ----------------------------------------------------------------------
+
+
+def test_verify_names_the_signal_of_a_crash_and_the_time_of_a_hang(build):
+    crashed = blackbox.verify(build("segv", "1.0.0"), block=())
+    assert (crashed.ok, crashed.status, crashed.exit_code) == (False, "self_test_failed", 7)
+    assert "killed by SIGSEGV" in crashed.message
+    hung = blackbox.verify(build("hang", "1.0.0"), block=(), timeout=2)
+    assert (hung.status, hung.exit_code) == ("self_test_failed", 7) and "2 s" in hung.message
+    with pytest.raises(blackbox.SelfTestError, match="SIGSEGV"):
+        crashed.raise_for_status()
+    assert blackbox.verify(build("pass", "1.0.0"), block=()).ok
+
+
 # -- at start --------------------------------------------------------------------------------
 
 
@@ -166,7 +180,7 @@ def test_health_answers_while_a_slow_model_loads_and_ready_says_503_until_then_a
                 time.sleep(0.1)
         assert first_health is not None, server.log.read_text()
         status, body = call(server.url + "/ready", timeout=2)
-        assert status == 503 and json.loads(body)["status"] == "loading", body  # the worker is still unpickling
+        assert status == 503 and "loading" in json.loads(body)["error"]["message"], body  # still unpickling
         server.wait_ready(seconds=60)
         ready_after = time.monotonic() - first_health
         assert _version(server) == "1.0.0"
@@ -181,7 +195,7 @@ def test_health_answers_while_a_slow_model_loads_and_ready_says_503_until_then_a
         time.sleep(0.5)
         conn.request("GET", "/ready")
         answer = conn.getresponse()
-        assert answer.status == 503 and json.loads(answer.read())["status"] == "draining"
+        assert answer.status == 503 and "draining" in json.loads(answer.read())["error"]["message"]
         conn.close()
         assert server.process.wait(timeout=20) == 0
         print(f"\nslow model (4 s to unpickle): ready {ready_after:.1f} s after /health first answered")
@@ -267,7 +281,8 @@ def test_an_unreachable_store_at_start_is_live_not_ready_then_serves(trap_store,
     try:
         _wait_for(lambda: _answers(server.url + "/health"), 60, server, "/health")
         status, body = call(server.url + "/ready")
-        assert status == 503 and json.loads(body)["status"] == "unavailable", body
+        assert status == 503 and "No model could be loaded yet" in json.loads(body)["error"]["message"], body
+        assert str(root) in json.loads(body)["error"]["message"]  # why: the store's own error
         away.rename(root)  # the store comes back
         server.wait_ready(seconds=60)
         assert _version(server) == "1.0.0"
