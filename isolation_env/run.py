@@ -1,8 +1,13 @@
 """Prove an artifact runs where the training code does not exist.
 
-Builds (or reuses) a virtual environment holding only the serving side:
-the pinned runtime in requirements.txt plus blackbox and serving installed from
-this checkout, never the training package. Then, in that environment:
+Builds (or reuses) a virtual environment holding only the serving side, from
+the artifact's own requirements (``blackbox requirements ARTIFACT``, run with
+this interpreter: the exact versions it was saved with, and blackbox and serving
+from this checkout), with the lock in requirements.txt constraining everything
+else; never the training package. A requirement that this interpreter has from
+a local path rather than a package index (code the artifact keeps by
+reference) is not installed and is named: the check then fails as not
+self-contained, as a server would. Then, in that environment:
 
 1. ``import training`` must fail;
 2. ``blackbox verify`` must load the artifact and reproduce its golden sample;
@@ -10,17 +15,22 @@ this checkout, never the training package. Then, in that environment:
    training process predicted them (``--expected``, written by
    ``blackbox-train --predictions-out``; the golden sample otherwise).
 
-Usage: python isolation_env/run.py ARTIFACT [--trusted-keys PUB] [--expected FILE] [--rebuild]
+Usage: .venv/bin/python isolation_env/run.py ARTIFACT [--trusted-keys PUB] [--expected FILE] [--rebuild]
 Exit status: 0 when every step passes; otherwise the failing step's status,
-with the reason on stderr. Only the standard library is used here.
+with the reason on stderr. Only the standard library is used here; the
+functions take the venv, so tests build and check other venvs with them.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
+import importlib.metadata
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -51,41 +61,112 @@ def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, env=env, **kwargs)
 
 
-def build(rebuild: bool) -> float:
-    """Create the venv if its requirements changed; always reinstall blackbox from this checkout."""
+def build_venv(
+    venv: Path, pip_args: list[str], *, stamp: str, rebuild: bool = False, pins: dict[str, str] | None = None
+) -> bool:
+    """Create ``venv`` and ``pip install pip_args`` into it, unless a reusable one exists; True when built.
+
+    Reusable: built with the same ``stamp`` (what it was built from; the
+    interpreter's version is added) by this interpreter, and holding exactly
+    ``pins`` (name -> version), if given.
+    """
+    stamp = hashlib.sha256(stamp.encode() + sys.version.encode()).hexdigest()
+    stamp_file = venv / ".build-sha256"
+    python = venv / "bin" / "python"
+    if (not rebuild and python.exists() and stamp_file.exists() and stamp_file.read_text() == stamp
+            and _holds(venv, pins or {})):
+        return False
+    shutil.rmtree(venv, ignore_errors=True)
+    for cmd in (
+        [sys.executable, "-m", "venv", str(venv)],
+        [str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip"],
+        [str(python), "-m", "pip", "install", "--quiet", *pip_args],
+    ):
+        done = run(cmd)
+        if done.returncode:
+            raise StepFailed("build", f"{' '.join(cmd[2:])} failed:\n{done.stderr[-2000:]}")
+    stamp_file.write_text(stamp)
+    return True
+
+
+def serving_requirements(artifact: Path) -> tuple[str, list[str]]:
+    """The artifact's requirements file for this checkout, and the lines left out (see the module docstring)."""
+    done = run([sys.executable, "-m", "blackbox", "requirements", str(artifact), "--blackbox", f"blackbox @ {ROOT.as_uri()}"])
+    if done.returncode:
+        raise StepFailed(
+            "requirements",
+            f"`blackbox requirements` failed (exit {done.returncode}; run this with the development venv's "
+            f"python, which has blackbox): {done.stderr.strip()[-1000:]}",
+            done.returncode,
+        )
+    kept, left_out = [], []
+    for line in done.stdout.splitlines():
+        name, pinned, _ = line.partition("==")
+        (left_out if pinned and not _from_index_here(name) else kept).append(line)
+    return "\n".join(kept) + "\n", left_out
+
+
+def _holds(venv: Path, pins: dict[str, str]) -> bool:
+    """Whether ``venv`` has exactly these versions installed."""
+    probe = "import importlib.metadata as m, json, sys\n" \
+        "def v(d):\n    try: return m.version(d)\n    except m.PackageNotFoundError: return None\n" \
+        "print(json.dumps({d: v(d) for d in json.loads(sys.argv[1])}))"
+    done = run([str(venv / "bin" / "python"), "-I", "-c", probe, json.dumps(sorted(pins))])
+    return done.returncode == 0 and json.loads(done.stdout) == pins
+
+
+def _from_index_here(dist: str) -> bool:
+    """False when this interpreter has ``dist`` from a local path or file (PEP 610); True otherwise."""
+    try:
+        origin = json.loads(importlib.metadata.distribution(dist).read_text("direct_url.json") or "{}")
+    except importlib.metadata.PackageNotFoundError:
+        return True  # not here: the package index is the only place it can come from
+    return "dir_info" not in origin and not str(origin.get("url", "")).startswith("file:")
+
+
+def _normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def build(artifact: Path, rebuild: bool) -> float:
+    """Build the venv from the artifact's requirements and the lock; always reinstall blackbox from this checkout."""
     started = time.perf_counter()
-    stamp = hashlib.sha256(REQUIREMENTS.read_bytes() + sys.version.encode()).hexdigest()
-    stamp_file = VENV / ".requirements-sha256"
-    python = VENV / "bin" / "python"
-    if rebuild or not python.exists() or not stamp_file.exists() or stamp_file.read_text() != stamp:
-        print(f"build: creating {VENV.relative_to(ROOT)} from {REQUIREMENTS.relative_to(ROOT)}")
-        shutil.rmtree(VENV, ignore_errors=True)
-        for cmd in (
-            [sys.executable, "-m", "venv", str(VENV)],
-            [str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip"],
-            [str(python), "-m", "pip", "install", "--quiet", "-r", str(REQUIREMENTS)],
-        ):
-            done = run(cmd)
-            if done.returncode:
-                raise StepFailed("build", f"{' '.join(cmd[-3:])} failed:\n{done.stderr[-2000:]}")
-        stamp_file.write_text(stamp)
+    requirements, left_out = serving_requirements(artifact)
+    pins = dict(line.split("==", 1) for line in requirements.splitlines() if "==" in line and not line.startswith("#"))
+    pinned = {_normalized(name) for name in pins}
+    lock = REQUIREMENTS.read_text()
+    constraints = "".join(
+        line + "\n" for line in lock.splitlines()
+        if line and not line.startswith("#") and _normalized(line.partition("==")[0]) not in pinned
+    )
+    for line in left_out:
+        print(f"build: not installing {line}: this interpreter has it from a local path, not a package index")
+    with tempfile.TemporaryDirectory(prefix="isolation-build-") as inputs:
+        (Path(inputs) / "requirements.txt").write_text(requirements)
+        (Path(inputs) / "constraints.txt").write_text(constraints)
+        pip_args = ["-r", f"{inputs}/requirements.txt", "-c", f"{inputs}/constraints.txt"]
+        # Artifacts pinning what the lock has (dill or cloudpickle, saved in the dev venv) share one venv.
+        built = build_venv(VENV, pip_args, stamp=lock, rebuild=rebuild, pins=pins)
+    if built:
+        print(f"build: created {VENV.relative_to(ROOT)} from the artifact's requirements, "
+              f"{REQUIREMENTS.relative_to(ROOT)} constraining the rest")
     else:
-        print(f"build: reusing {VENV.relative_to(ROOT)} (requirements unchanged)")
-    done = run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--force-reinstall", str(ROOT)])
+        print(f"build: reusing {VENV.relative_to(ROOT)} (same lock; it has every version the artifact pins)")
+    done = run([str(VENV / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps", "--force-reinstall", str(ROOT)])
     if done.returncode:
         raise StepFailed("build", f"installing blackbox failed:\n{done.stderr[-2000:]}")
     return time.perf_counter() - started
 
 
-def check_training_absent() -> None:
-    done = run([str(VENV / "bin" / "python"), "-I", "-c", "import training"], cwd=tempfile.gettempdir())
+def check_training_absent(venv: Path = VENV) -> None:
+    done = run([str(venv / "bin" / "python"), "-I", "-c", "import training"], cwd=tempfile.gettempdir())
     if done.returncode == 0 or "ModuleNotFoundError" not in done.stderr:
         raise StepFailed("isolation", "`import training` works in the serving environment; it must not")
     print("isolation: `import training` fails in the serving environment, as it must")
 
 
-def check_verify(artifact: Path) -> None:
-    done = run([str(VENV / "bin" / "blackbox"), "verify", str(artifact), "--json"], cwd=tempfile.gettempdir())
+def check_verify(artifact: Path, venv: Path = VENV) -> None:
+    done = run([str(venv / "bin" / "blackbox"), "verify", str(artifact), "--json"], cwd=tempfile.gettempdir())
     try:
         outcome = json.loads(done.stdout)
     except ValueError:
@@ -95,11 +176,11 @@ def check_verify(artifact: Path) -> None:
     print(f"verify: self-contained, golden sample reproduced ({outcome['seconds']:.2f}s in the child)")
 
 
-def check_server(artifact: Path, expected: dict) -> None:
+def check_server(artifact: Path, expected: dict, venv: Path = VENV) -> None:
     port = _free_port()
     with tempfile.TemporaryDirectory(prefix="isolation-serve-") as cwd:
         server = subprocess.Popen(
-            [str(VENV / "bin" / "blackbox"), "serve", str(artifact), "--host", "127.0.0.1",
+            [str(venv / "bin" / "blackbox"), "serve", str(artifact), "--host", "127.0.0.1",
              "--port", str(port), "--workers", "1"],
             cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             env={k: v for k, v in os.environ.items() if not k.startswith("PYTHON")},
@@ -161,12 +242,26 @@ def _post(port: int, body: dict) -> dict:
         raise StepFailed("serve", f"POST /predict answered {exc.code}: {exc.read()[:1000]!r}") from None
 
 
-def golden_expectation(artifact: Path) -> dict:
+def golden_expectation(artifact: Path, venv: Path = VENV) -> dict:
     """The golden sample recorded in the manifest (what the model predicted at save time)."""
-    done = run([str(VENV / "bin" / "blackbox"), "inspect", str(artifact), "--json"])
+    done = run([str(venv / "bin" / "blackbox"), "inspect", str(artifact), "--json"])
     if done.returncode:
         raise StepFailed("inspect", done.stderr.strip(), done.returncode)
     return json.loads(done.stdout)["golden"]
+
+
+@contextlib.contextmanager
+def _venv_lock():
+    """Concurrent runs share VENV: building (or reinstalling blackbox) holds it alone, checking shares it.
+
+    Yields the call that turns the exclusive lock into a shared one.
+    """
+    fd = os.open(HERE, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield lambda: fcntl.flock(fd, fcntl.LOCK_SH)
+    finally:
+        os.close(fd)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,13 +276,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.trusted_keys:  # every child below (verify, serve) reads the trust policy from here
         os.environ["BLACKBOX_TRUSTED_KEYS"] = str(Path(args.trusted_keys).resolve())
     try:
-        seconds = build(args.rebuild)
-        print(f"build: ready in {seconds:.1f}s")
-        check_training_absent()
-        check_verify(artifact)
-        if not args.no_serve:
-            expected = json.loads(args.expected.read_text()) if args.expected else golden_expectation(artifact)
-            check_server(artifact, expected)
+        with _venv_lock() as share:
+            seconds = build(artifact, args.rebuild)
+            share()
+            print(f"build: ready in {seconds:.1f}s")
+            check_training_absent()
+            check_verify(artifact)
+            if not args.no_serve:
+                expected = json.loads(args.expected.read_text()) if args.expected else golden_expectation(artifact)
+                check_server(artifact, expected)
     except StepFailed as exc:
         print(f"isolation_env: FAILED at {exc}", file=sys.stderr)
         return exc.status
