@@ -1,0 +1,175 @@
+"""Compiled scikit-learn transformers: the fitted attributes applied with the estimator's own arithmetic.
+
+Scope: SimpleImputer, StandardScaler, MinMaxScaler, OneHotEncoder and
+FunctionTransformer, each for the settings listed in its ``compile``; any other
+setting raises :class:`~blackbox.fastpath.base.Unsupported` (the step then runs
+the reference way). Rules:
+
+* Inputs are 2-D ndarrays (what the containers hand an ``"array"`` node). The
+  dtype the step was verified with is recorded; any other dtype defers.
+* Each node copies before it writes: the caller's arrays are never changed.
+* Where scikit-learn's ``check_array`` would refuse an input (infinity for a
+  scaler or imputer, a non-string in a column of string categories), the node
+  defers, so the reference raises its own error.
+* Warnings scikit-learn emits (OneHotEncoder's "unknown categories") are not
+  repeated; the numbers are the same.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .base import Defer, Node, Unsupported
+
+
+def _checked(X: Any, dtype: np.dtype, width: int) -> np.ndarray:
+    if type(X) is not np.ndarray or X.dtype != dtype or X.ndim != 2 or X.shape[1] != width:
+        raise Defer("input is not the array the step was verified with")
+    return X
+
+
+def _no_infinity(X: np.ndarray) -> None:
+    if X.dtype.kind == "f" and np.isinf(X).any():
+        raise Defer("infinity: scikit-learn refuses it")
+
+
+class Imputer(Node):
+    """``SimpleImputer`` with ``missing_values=np.nan``, no indicator, no empty (all-missing) feature."""
+
+    def __init__(self, step: Any, path: str, dtype: np.dtype) -> None:
+        super().__init__(step, path)
+        if step.add_indicator:
+            raise Unsupported("add_indicator=True")
+        if not (isinstance(step.missing_values, float) and np.isnan(step.missing_values)):
+            raise Unsupported(f"missing_values={step.missing_values!r} (only NaN is compiled)")
+        statistics = np.asarray(step.statistics_)
+        if statistics.dtype.kind == "f" and np.isnan(statistics).any() or statistics.dtype == object and any(
+            v != v for v in statistics
+        ):
+            raise Unsupported("a feature was all missing in training (scikit-learn drops or keeps it)")
+        self.out_dtype = np.dtype(np.float64) if dtype.kind in "biu" and step.strategy in ("mean", "median") else dtype
+        if dtype.kind not in "biufO":
+            raise Unsupported(f"input dtype {dtype}")
+        self.dtype, self.width = dtype, len(statistics)
+        self.statistics = statistics
+
+    def transform(self, X: Any) -> np.ndarray:
+        X = _checked(X, self.dtype, self.width)
+        if X.dtype.kind in "biu":  # no NaN fits in an integer array: nothing to impute
+            return X.astype(self.out_dtype)
+        _no_infinity(X)
+        out = X.copy()
+        mask = out != out  # NaN, as scikit-learn's _get_mask finds it for float and object arrays
+        if mask.any():
+            rows, cols = np.nonzero(mask)
+            out[rows, cols] = self.statistics[cols]
+        return out
+
+
+class Scaler(Node):
+    """``StandardScaler`` (dense) and ``MinMaxScaler``: in-place arithmetic on a float copy, as scikit-learn does."""
+
+    def __init__(self, step: Any, path: str, dtype: np.dtype) -> None:
+        super().__init__(step, path)
+        from sklearn.preprocessing import MinMaxScaler, StandardScaler
+
+        if dtype.kind not in "biuf":
+            raise Unsupported(f"input dtype {dtype}")
+        self.dtype, self.width = dtype, int(step.n_features_in_)
+        self.out_dtype = dtype if dtype.kind == "f" else np.dtype(np.float64)
+        if type(step) is StandardScaler:
+            self.ops = [op for op in (("sub", step.mean_) if step.with_mean else None,
+                                      ("div", step.scale_) if step.with_std else None) if op]
+            self.clip = None
+        elif type(step) is MinMaxScaler:
+            self.ops = [("mul", step.scale_), ("add", step.min_)]
+            self.clip = step.feature_range if step.clip else None
+        else:
+            raise Unsupported("not a StandardScaler or MinMaxScaler")
+
+    def transform(self, X: Any) -> np.ndarray:
+        X = _checked(X, self.dtype, self.width)
+        _no_infinity(X)
+        out = X.astype(self.out_dtype)  # a copy, like check_array(copy=True)
+        for op, value in self.ops:
+            if op == "sub":
+                out -= value
+            elif op == "div":
+                out /= value
+            elif op == "mul":
+                out *= value
+            else:
+                out += value
+        if self.clip is not None:
+            np.clip(out, self.clip[0], self.clip[1], out=out)
+        return out
+
+
+class OneHot(Node):
+    """``OneHotEncoder``: dense output, no ``drop``, no infrequent categories, unknown categories as zeros."""
+
+    def __init__(self, step: Any, path: str, dtype: np.dtype) -> None:
+        super().__init__(step, path)
+        if step.handle_unknown not in ("ignore", "infrequent_if_exist", "warn"):
+            raise Unsupported(f"handle_unknown={step.handle_unknown!r}")
+        if step.drop is not None or getattr(step, "drop_idx_", None) is not None:
+            raise Unsupported(f"drop={step.drop!r}")
+        if getattr(step, "_infrequent_enabled", False):
+            raise Unsupported("infrequent categories (min_frequency / max_categories)")
+        if step.sparse_output:
+            raise Unsupported("sparse_output=True")
+        if dtype.kind not in "biufO":
+            raise Unsupported(f"input dtype {dtype}")
+        self.dtype, self.width = dtype, len(step.categories_)
+        self.out_dtype = np.dtype(step.dtype)
+        self.lookups: list[tuple[dict[Any, int], int | None]] = []  # (category -> column, column of NaN)
+        offset = 0
+        for categories in step.categories_:
+            values = list(categories)
+            nan_at = None
+            if values and isinstance(values[-1], float) and values[-1] != values[-1]:
+                nan_at, values = offset + len(values) - 1, values[:-1]
+            if categories.dtype == object and not all(type(v) is str for v in values):
+                raise Unsupported("object categories that are not all strings")
+            if categories.dtype != object and categories.dtype.kind not in "biuf":
+                raise Unsupported(f"categories of dtype {categories.dtype}")
+            self.lookups.append(({v: offset + i for i, v in enumerate(values)}, nan_at))
+            offset += len(categories)
+        self.n_out = offset
+        self.strings = dtype == object
+
+    def transform(self, X: Any) -> np.ndarray:
+        X = _checked(X, self.dtype, self.width)
+        _no_infinity(X)
+        out = np.zeros((X.shape[0], self.n_out), dtype=self.out_dtype)
+        for j, (lookup, nan_at) in enumerate(self.lookups):
+            for i, value in enumerate(X[:, j].tolist()):
+                if value != value:
+                    column = nan_at
+                elif self.strings and type(value) is not str:
+                    raise Defer("a category that is not a string: scikit-learn refuses mixed types")
+                else:
+                    column = lookup.get(value)
+                if column is not None:
+                    out[i, column] = 1
+        return out
+
+
+class Function(Node):
+    """``FunctionTransformer(validate=False)``: the user's function called as it is."""
+
+    form = "reference"
+
+    def __init__(self, step: Any, path: str) -> None:
+        super().__init__(step, path)
+        if step.validate:
+            raise Unsupported("validate=True")
+        if getattr(step, "_sklearn_output_config", {}).get("transform", "default") != "default":
+            raise Unsupported("set_output(transform=...) other than the default")
+        self.func = step.func if step.func is not None else None
+        self.kw_args = step.kw_args or {}
+
+    def transform(self, X: Any) -> Any:
+        return X if self.func is None else self.func(X, **self.kw_args)
