@@ -8,11 +8,22 @@ lone surrogates is returned with ``strict=False`` so that the caller reports
 each offending record and field (422) instead of a bare syntax error. Text
 from the client that goes back in an answer (a field name) passes through
 :func:`text`, so a lone surrogate can never make an answer unserialisable.
+
+A key repeated in one object is a 400 naming the key and the object (parsers
+disagree on which copy wins, so a proxy or an audit log could read another
+record than the model). orjson keeps the last copy silently, so a cheap test
+decides when to look: each member of an object has exactly one ``:`` outside
+strings, and re-serialising the parsed value keeps every string, so a body
+whose ``:`` count equals its re-serialisation's has dropped no member. Only
+when the counts differ (a repeat, or a ``\u003a`` escape) is the body parsed
+again by the standard library, which sees every pair.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +32,7 @@ from flask import Response
 from werkzeug.exceptions import BadRequest
 
 MIMETYPE = "application/json"
+_ESCAPED_COLON = re.compile(rb"\\u003[aA]")
 
 
 @dataclass(frozen=True)
@@ -35,9 +47,16 @@ class Parsed:
 def loads(data: bytes) -> Parsed:
     """Parse a request body, raising BadRequest (400) with the reason when it is not JSON."""
     try:
-        return Parsed(orjson.loads(data))
+        value = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         reason = str(exc)
+    else:
+        if data.count(b":") != orjson.dumps(value).count(b":") or _ESCAPED_COLON.search(data):
+            try:
+                _loads_checked(data)  # raises on a repeated key
+            except RecursionError:
+                raise BadRequest("The body nests too deeply to be checked; send flat records.") from None
+        return Parsed(value)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -51,10 +70,59 @@ def loads(data: bytes) -> Parsed:
         return float(name)
 
     try:
-        value = json.loads(text, parse_constant=constant)
+        value = _loads_checked(text, parse_constant=constant)
     except (ValueError, RecursionError):  # ValueError covers JSONDecodeError and 4300+ digit integers
         raise BadRequest(f"The body is not valid JSON: {reason}.") from None
     return Parsed(value, strict=False, constants=bool(seen))
+
+
+class _Repeated(dict):  # type: ignore[type-arg]
+    """An object in which ``key`` appeared more than once (found by :func:`_reject_repeats`)."""
+
+    key: str
+
+
+def _loads_checked(data: str | bytes, **options: Any) -> Any:
+    """The standard library's parse, seeing every pair: BadRequest for a repeated key."""
+    repeats: list[_Repeated] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(items)
+        if len(obj) == len(items):
+            return obj
+        seen: set[str] = set()
+        repeated = _Repeated(obj)
+        repeated.key = next(key for key, _ in items if key in seen or seen.add(key))  # type: ignore[func-returns-value]
+        repeats.append(repeated)
+        return repeated
+
+    value = json.loads(data, object_pairs_hook=pairs, **options)
+    if repeats:
+        _reject_repeats(value)
+    return value
+
+
+def _reject_repeats(value: Any) -> None:
+    """BadRequest naming the first repeated key (depth first) and the path of its object."""
+    for path, item in _walk(value):
+        if isinstance(item, _Repeated):
+            where = path or "the body"
+            raise BadRequest(
+                f'The key "{text(item.key)[:40]}" appears more than once in the object at {where[:100]}; '
+                "send each key once (JSON parsers disagree on which copy counts)."
+            )
+
+
+def _walk(value: Any) -> Iterator[tuple[str, Any]]:
+    """(path, value) for every object and list, iteratively (bodies may nest deeply): ``records[1]``."""
+    pending: list[tuple[str, Any]] = [("", value)]
+    while pending:
+        path, item = pending.pop()
+        if isinstance(item, dict):
+            yield path, item
+            pending.extend((f"{path}.{text(str(k))[:40]}" if path else text(str(k))[:40], v) for k, v in reversed(item.items()))
+        elif isinstance(item, list):
+            pending.extend((f"{path}[{i}]", v) for i, v in reversed(list(enumerate(item))))
 
 
 def text(value: str) -> str:

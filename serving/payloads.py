@@ -17,7 +17,7 @@ from typing import Any
 
 from blackbox import SchemaError
 from flask import Request
-from werkzeug.exceptions import UnsupportedMediaType
+from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 
 from . import jsonio
 
@@ -33,7 +33,7 @@ class TooManyRecords(SchemaError):
 
 
 def read_records(request: Request, shape: Shape, *, max_records: int) -> list[Any]:
-    """The records of a request: checked content type, one parse, the body's shape, the limits."""
+    """The records of a request: checked content type and encoding, size, one parse, the body's shape, the limits."""
     parsed = jsonio.loads(_body(request))
     records = shape(parsed.value)
     if len(records) > max_records:
@@ -114,12 +114,39 @@ MLFLOW_FORMATS: Mapping[str, Shape] = {
 
 
 def _body(request: Request) -> bytes:
-    """The raw body once its content type says UTF-8 JSON (415 otherwise; size limits: Flask, 413)."""
+    """The raw body once its headers say uncompressed UTF-8 JSON (415 otherwise), at most the size limit (413).
+
+    A chunked body has no Content-Length to check up front: it is read up to one
+    byte past the limit, so a longer one is a 413 too, never a cut body parsed
+    as broken JSON.
+    """
     charset = request.mimetype_params.get("charset", "utf-8").lower()
     if request.mimetype != jsonio.MIMETYPE or charset not in ("utf-8", "utf8"):
         received = request.content_type or "no Content-Type"
         raise UnsupportedMediaType(f"Send the body as application/json (UTF-8); got {received[:100]}.")
-    return request.get_data(cache=False)
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UnsupportedMediaType(
+            f"The body is sent with Content-Encoding {encoding[:40]}; this server reads bodies only as they are: "
+            "send it uncompressed (no Content-Encoding)."
+        )
+    limit = request.max_content_length
+    if limit is not None and request.content_length is not None and request.content_length > limit:
+        raise _too_large(limit, f"{request.content_length} bytes")
+    if request.content_length is not None or not request.environ.get("wsgi.input_terminated"):
+        return request.get_data(cache=False)
+    stream = request.environ["wsgi.input"]
+    data = stream.read() if limit is None else stream.read(limit + 1)
+    if limit is not None and len(data) > limit:
+        raise _too_large(limit, "a longer chunked body")
+    return data
+
+
+def _too_large(limit: int, received: str) -> RequestEntityTooLarge:
+    return RequestEntityTooLarge(
+        f"The body is over this server's limit of {limit} bytes (got {received}); send fewer records per request, "
+        "or raise the limit with blackbox serve --max-body-bytes (env BLACKBOX_MAX_CONTENT_LENGTH)."
+    )
 
 
 def _list(value: Any, expected: str) -> list[Any]:
