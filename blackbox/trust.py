@@ -52,7 +52,7 @@ _FORBIDDEN_MODULES = frozenset({
     "os", "posix", "nt", "subprocess", "pty", "shutil", "socket", "importlib", "runpy", "code", "codeop",
     "ctypes", "multiprocessing", "pickle", "_pickle", "marshal", "sys", "webbrowser", "pdb", "signal",
     "threading", "_thread", "asyncio", "tempfile", "io", "_io", "sysconfig", "site", "urllib", "http",
-    "operator", "_operator", "types", "inspect", "joblib", "builtins.__loader__",
+    "operator", "_operator", "types", "inspect",
 })
 # Parts of allowed packages that no model needs: test harnesses, compilers, session and clipboard tools.
 _FORBIDDEN_SUBMODULES = ("numpy.f2py", "numpy.testing", "numpy.distutils", "numpy._pytesttester", "numpy.ctypeslib",

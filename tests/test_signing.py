@@ -134,7 +134,7 @@ def test_unsigned_loads_only_when_allowed_and_loudly(saved, tmp_path, caplog):
         blackbox.load(unsigned)
     with caplog.at_level(logging.WARNING, logger="blackbox"):
         model = blackbox.load(unsigned, allow_unsigned=True)
-    assert model.signer is None and "UNSIGNED" in caplog.text
+    assert model.signer is None and "UNSIGNED" in caplog.text and "RUNS that code" in caplog.text
     model.self_test()
     # a signature that does not verify is refused even with allow_unsigned
     bad = tmp_path / "bad-sig.bbx"
