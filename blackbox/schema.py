@@ -20,8 +20,11 @@ Rules callers rely on:
 * An absent key or ``null`` is a missing value when training saw missing values
   in that field (``nullable``); otherwise it is ``missing`` / ``null``. In JSON
   NaN is never a missing value (send null); in a DataFrame NaN/None/NA is.
-* Numbers may be JSON numbers or numeric strings (``"22"``, ``"7.25"``);
-  booleans are not numbers; an integer field takes ``3`` and ``3.0``, not ``3.5``.
+* Numbers may be JSON numbers or numeric strings (``"22"``, ``"7.25"``), the
+  same for JSON records and CSV/DataFrame input (a CSV column with one bad value
+  is text, and its good rows must still score); :meth:`Schema.openapi` documents
+  both (``anyOf`` a number and a string matching :data:`NUMERIC_PATTERN`).
+  Booleans are not numbers; an integer field takes ``3`` and ``3.0``, not ``3.5``.
 * Strings are normalised to NFC; numbers are not strings; a lone surrogate
   (not encodable as UTF-8) is a ``type`` error.
 * ``row`` is the 0-based position in the batch (also for DataFrame input).
@@ -84,6 +87,8 @@ _ABSENT = object()  # the record has no such key
 _SKIP = object()  # the record is not an object (already reported)
 _INT = re.compile(r"\s*[+-]?\d+\s*", re.ASCII)
 _FLOAT = re.compile(r"\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*", re.ASCII)
+NUMERIC_PATTERN = r"^[ \t\n\r\f\v]*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?[ \t\n\r\f\v]*$"
+"""The numeric strings a number field takes (:data:`_FLOAT`, anchored, ECMA-262 syntax for OpenAPI)."""
 _NON_FINITE_WORDS = frozenset({"nan", "inf", "infinity"})
 _SHOWN = 5  # bullet lines in a SchemaError message
 _FRAME_CAP = 100  # row-level entries per (field, issue) for DataFrame input
@@ -169,6 +174,9 @@ class Schema:
                 prop["minimum"], prop["maximum"] = -field.limit, field.limit
             if field.nullable:
                 prop["nullable"] = True
+            if field.kind in ("integer", "number"):
+                text = {"type": "string", "pattern": NUMERIC_PATTERN, "description": f"{_EXPECTED[field.kind]} as text, e.g. \"22\"."}
+                prop = {"anyOf": [prop, text]}
             prop["description"] = " ".join(notes)
             properties[field.name] = prop
         required = [field.name for field in self.fields if not field.nullable]
