@@ -131,30 +131,39 @@ class OneHot(Node):
             nan_at = None
             if values and isinstance(values[-1], float) and values[-1] != values[-1]:
                 nan_at, values = offset + len(values) - 1, values[:-1]
-            if categories.dtype == object and not all(type(v) is str for v in values):
-                raise Unsupported("object categories that are not all strings")
+            kind = _object_kind(values) if categories.dtype == object else None
+            if categories.dtype == object and kind is None:
+                raise Unsupported("object categories that are neither all strings nor all numbers")
             if categories.dtype != object and categories.dtype.kind not in "biuf":
                 raise Unsupported(f"categories of dtype {categories.dtype}")
-            self.lookups.append(({v: offset + i for i, v in enumerate(values)}, nan_at))
+            self.lookups.append(({v: offset + i for i, v in enumerate(values)}, nan_at, kind))
             offset += len(categories)
         self.n_out = offset
-        self.strings = dtype == object
 
     def transform(self, X: Any) -> np.ndarray:
         X = _checked(X, self.dtype, self.width)
         _no_infinity(X)
         out = np.zeros((X.shape[0], self.n_out), dtype=self.out_dtype)
-        for j, (lookup, nan_at) in enumerate(self.lookups):
+        for j, (lookup, nan_at, kind) in enumerate(self.lookups):
             for i, value in enumerate(X[:, j].tolist()):
                 if value != value:
                     column = nan_at
-                elif self.strings and type(value) is not str:
-                    raise Defer("a category that is not a string: scikit-learn refuses mixed types")
+                elif kind is not None and _object_kind([value]) != kind:
+                    raise Defer("a category of another type than training's: scikit-learn refuses mixed types")
                 else:
                     column = lookup.get(value)
                 if column is not None:
                     out[i, column] = 1
         return out
+
+
+def _object_kind(values: list[Any]) -> str | None:
+    """``"str"`` or ``"number"`` when every value is one (bools are neither), else None."""
+    if all(type(v) is str for v in values):
+        return "str"
+    if all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) for v in values):
+        return "number"
+    return None
 
 
 class Function(Node):

@@ -1,0 +1,176 @@
+"""The fast path: compiled plans give the pipeline's own answers, and say what they did not compile."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, PowerTransformer, StandardScaler
+
+from blackbox.fastpath import Defer, build_plan
+from blackbox.model import SklearnModel
+from blackbox.schema import infer_schema
+
+NUMBERS = ["age", "fare", "sibsp", "parch"]
+CATEGORIES = ["sex", "embarked", "pclass"]
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    return json.loads(frame.to_json(orient="records"))
+
+
+def _plan(pipeline, X_train):
+    schema = infer_schema(X_train, limit=SklearnModel.numeric_limit(pipeline))
+    plan, record = build_plan(pipeline, X_train, schema)
+    return plan, record, schema
+
+
+def _assert_exact(plan, pipeline, schema, frame: pd.DataFrame) -> None:
+    """Rows the plan never saw (the holdout), one batch and one row at a time."""
+    prepared, _ = schema.to_frame(_records(frame.dropna(subset=["embarked"])))  # training saw no missing port
+    labels, proba = plan.both(prepared)
+    assert np.array_equal(labels, pipeline.predict(prepared))
+    assert np.abs(proba - pipeline.predict_proba(prepared)).max() <= 1e-9
+    for i in range(0, len(prepared), 37):
+        row = prepared.iloc[[i]].reset_index(drop=True)
+        assert np.array_equal(plan.predict(row), pipeline.predict(row))
+        assert np.abs(plan.predict_proba(row) - pipeline.predict_proba(row)).max() <= 1e-9
+
+
+def _modes(record) -> dict[str, str]:
+    return {step["path"]: step["mode"] for step in record["steps"]}
+
+
+@pytest.fixture(scope="module", params=["lr", "rf"])
+def training_pipeline(request, titanic):
+    from training.pipeline import build_pipeline
+
+    X_train, _, y_train, _ = titanic
+    pipeline = build_pipeline(X_train.columns, seed=0)
+    if request.param == "rf":
+        pipeline.set_params(model=RandomForestClassifier(n_estimators=30, random_state=0))
+    return pipeline.fit(X_train, y_train)
+
+
+def test_training_pipelines_compile_every_library_step_and_call_the_users(training_pipeline, titanic):
+    X_train, X_test, _, _ = titanic
+    plan, record, schema = _plan(training_pipeline, X_train)
+    assert plan is not None, record
+    modes = _modes(record)
+    assert modes["steps[mapper]"] == "compiled"
+    assert modes["steps[model]"] == "compiled"
+    called = {p for p, m in modes.items() if m == "called"}
+    assert called == {"steps[mapper].features[3]:family_size.familysize", "steps[mapper].features[7]:title.titleextractor"}
+    assert "reference" not in modes.values()
+    assert record["verified_rows"]["accepted"] > len(X_train)  # training rows and edge rows
+    _assert_exact(plan, training_pipeline, schema, X_test)
+
+
+def test_edge_rows_missing_unseen_and_out_of_range(training_pipeline, titanic):
+    X_train, X_test, _, _ = titanic
+    plan, _, schema = _plan(training_pipeline, X_train)
+    base = _records(X_test.dropna().head(2))
+    odd = [{**r, "age": None, "fare": None} for r in base] + [
+        {**r, "sex": "unknown", "embarked": "X", "name": "No Title Here", "pclass": 7, "fare": 1e9, "age": -40.0} for r in base]
+    frame, _ = schema.to_frame(odd)
+    labels, proba = plan.both(frame)
+    assert np.array_equal(labels, training_pipeline.predict(frame))
+    assert np.abs(proba - training_pipeline.predict_proba(frame)).max() <= 1e-9
+
+
+def test_a_value_the_model_refuses_defers_to_the_reference(titanic):
+    X_train, X_test, y_train, _ = titanic
+    pipeline = make_pipeline(
+        ColumnTransformer([("num", StandardScaler(), ["fare"])]), LogisticRegression()).fit(X_train[["fare"]].fillna(0), y_train)
+    frame = pd.DataFrame({"fare": [1.0, 7.0]})
+    plan, record, schema = _plan(pipeline, X_train[["fare"]].fillna(0))
+    assert plan is not None, record
+    with pytest.raises(ValueError, match="infinity"):
+        pipeline.predict(pd.DataFrame({"fare": [np.inf]}))
+    with pytest.raises(Defer):  # the caller then runs the reference, which raises its own error
+        plan.predict(pd.DataFrame({"fare": [np.inf]}))
+    assert np.array_equal(plan.predict(frame), pipeline.predict(frame))
+
+
+def test_column_transformer_pipeline(titanic):
+    X_train, X_test, y_train, _ = titanic
+    ct = ColumnTransformer([
+        ("num", Pipeline([("impute", SimpleImputer(strategy="mean")), ("scale", StandardScaler())]), ["age", "fare"]),
+        ("counts", MinMaxScaler(), ["sibsp", "parch"]),
+        ("cat", make_pipeline(SimpleImputer(strategy="most_frequent"), OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
+         CATEGORIES),
+    ], remainder="drop")
+    pipeline = Pipeline([("ct", ct), ("model", LogisticRegression(max_iter=1000))]).fit(X_train, y_train)
+    plan, record, schema = _plan(pipeline, X_train)
+    assert plan is not None, record
+    modes = _modes(record)
+    assert set(modes.values()) == {"compiled"}, modes
+    assert {"steps[ct].num.impute", "steps[ct].counts", "steps[ct].cat.onehotencoder"} <= set(modes)
+    _assert_exact(plan, pipeline, schema, X_test)
+
+
+class Clipper(TransformerMixin, BaseEstimator):
+    """A user's own transformer: clips each column to what training saw."""
+
+    def fit(self, X, y=None):
+        values = np.asarray(X, dtype=float)
+        self.low_, self.high_ = np.nanmin(values, axis=0), np.nanmax(values, axis=0)
+        return self
+
+    def transform(self, X):
+        return np.clip(np.asarray(X, dtype=float), self.low_, self.high_)
+
+
+def test_a_user_transformer_class_is_called_as_it_is(titanic):
+    X_train, X_test, y_train, _ = titanic
+    ct = ColumnTransformer([("num", make_pipeline(SimpleImputer(), Clipper(), StandardScaler()), NUMBERS)])
+    pipeline = make_pipeline(ct, RandomForestClassifier(n_estimators=20, random_state=0)).fit(X_train, y_train)
+    calls = []
+    original = Clipper.transform
+    Clipper.transform = lambda self, X: calls.append(type(X)) or original(self, X)
+    try:
+        plan, record, schema = _plan(pipeline, X_train)
+        assert plan is not None, record
+        modes = _modes(record)
+        assert modes["steps[columntransformer].num.clipper"] == "called"
+        assert modes["steps[columntransformer].num.simpleimputer"] == "compiled"
+        assert modes["steps[randomforestclassifier]"] == "compiled"
+        calls.clear()
+        _assert_exact(plan, pipeline, schema, X_test)
+        assert calls and set(calls) == {np.ndarray}  # the imputer's output, as in the pipeline
+    finally:
+        Clipper.transform = original
+
+
+def test_an_unsupported_step_falls_back_and_says_why(titanic):
+    X_train, X_test, y_train, _ = titanic
+    ct = ColumnTransformer([
+        ("power", make_pipeline(SimpleImputer(), PowerTransformer()), ["age", "fare"]),
+        ("flags", SimpleImputer(add_indicator=True), ["age"]),
+        ("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False, drop="first"), ["sex"]),
+    ])
+    pipeline = make_pipeline(ct, LogisticRegression(max_iter=1000)).fit(X_train, y_train)
+    plan, record, schema = _plan(pipeline, X_train)
+    assert plan is not None, record
+    steps = {s["path"]: s for s in record["steps"]}
+    assert steps["steps[columntransformer].power.powertransformer"]["mode"] == "reference"
+    assert "no compiler for PowerTransformer" in steps["steps[columntransformer].power.powertransformer"]["reason"]
+    assert steps["steps[columntransformer].flags"]["reason"] == "add_indicator=True"
+    assert steps["steps[columntransformer].cat"]["reason"] == "drop='first'"
+    assert steps["steps[columntransformer].power.simpleimputer"]["mode"] == "compiled"
+    _assert_exact(plan, pipeline, schema, X_test)
+
+
+def test_not_a_pipeline_has_no_plan(titanic):
+    X_train, _, y_train, _ = titanic
+    numbers = X_train[["sibsp", "parch"]]
+    plan, record, _ = _plan(LogisticRegression().fit(numbers, y_train), numbers)
+    assert plan is None and record["enabled"] is False and "Pipeline" in record["reason"]
