@@ -91,11 +91,13 @@ def requirements(path: str, blackbox_spec: str | None, trusted_keys: tuple[str, 
 @cli.command()
 @click.option("--out", "directory", required=True, type=click.Path(file_okay=False), help="Directory for the key pair.")
 @click.option("--name", default="blackbox", show_default=True, help="File name stem: NAME.key and NAME.pub.")
-def keygen(directory: str, name: str) -> None:
-    """Create an Ed25519 key pair for signing artifacts."""
-    private, public = signing.keygen(directory, name)
+@click.option("--type", "key_type", type=click.Choice(signing.KEY_TYPES), default="ed25519", show_default=True,
+              help="ec-p256: an ECDSA P-256 key, which also signs OpenSSF model signing bundles (sign --oms).")
+def keygen(directory: str, name: str, key_type: str) -> None:
+    """Create a key pair (Ed25519, or ECDSA P-256) for signing artifacts."""
+    private, public = signing.keygen(directory, name, key_type)
     kid = signing.key_id(signing.load_private_key(private).public_key())
-    click.echo(f"key id {kid}\n  private {private} (keep it secret; sign with --key)\n  public  {public} (give it to servers: --trusted-keys)")
+    click.echo(f"{key_type} key id {kid}\n  private {private} (keep it secret; sign with --key)\n  public  {public} (give it to servers: --trusted-keys)")
 
 
 @cli.command()
@@ -265,6 +267,12 @@ store_argument = click.argument("store", metavar="STORE")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 
 
+signing_key_option = click.option(
+    "--signing-key", type=click.Path(dir_okay=False, exists=True), default=None, metavar="KEY",
+    help=f"Private key (blackbox keygen) that signs the alias pointer this writes. Default: ${signing.SIGNING_KEY_ENV}.",
+)
+
+
 def _show(release: Release, as_json: bool, text: str) -> None:
     click.echo(json.dumps(release.to_dict(), indent=2, sort_keys=True) if as_json else text)
 
@@ -273,14 +281,21 @@ def _show(release: Release, as_json: bool, text: str) -> None:
 @click.argument("path", type=click.Path(dir_okay=False))
 @store_argument
 @json_option
+@signing_key_option
 @trust_options
-def push(path: str, store: str, as_json: bool, trusted_keys: tuple[str, ...], allow_unsigned: bool) -> None:
+def push(
+    path: str, store: str, as_json: bool, signing_key: str | None, trusted_keys: tuple[str, ...], allow_unsigned: bool
+) -> None:
     """Verify an artifact and publish it in STORE (a directory or s3://bucket/prefix) as NAME/VERSION.
 
     NAME and VERSION come from its manifest. Versions are immutable: the same bytes
     again are a no-op, other bytes under an existing version are refused (exit 8).
+    NAME@latest moves to the highest version, in a pointer signed with --signing-key
+    (without a key, exit 2; with --allow-unsigned the pointer is written unsigned).
     """
-    release = Store.open(store).push(path, trusted_keys=_keys(trusted_keys), allow_unsigned=allow_unsigned)
+    release = Store.open(store).push(
+        path, trusted_keys=_keys(trusted_keys), allow_unsigned=allow_unsigned, signing_key=signing_key
+    )
     _show(release, as_json, f"{release.ref} is in {store}  sha256 {release.sha256}  key {release.key_id or 'unsigned'}")
 
 
@@ -288,9 +303,15 @@ def push(path: str, store: str, as_json: bool, trusted_keys: tuple[str, ...], al
 @store_argument
 @click.argument("name", required=False)
 @json_option
-def list_releases(store: str, name: str | None, as_json: bool) -> None:
-    """List the releases in STORE (of NAME only, if given), oldest first, with their aliases."""
-    releases = Store.open(store).list(name)
+@trust_options
+def list_releases(
+    store: str, name: str | None, as_json: bool, trusted_keys: tuple[str, ...], allow_unsigned: bool
+) -> None:
+    """List the releases in STORE (of NAME only, if given) in version order, with their aliases.
+
+    An alias whose pointer does not verify with the trusted keys is left out, with a warning.
+    """
+    releases = Store.open(store).list(name, trusted_keys=_keys(trusted_keys), allow_unsigned=allow_unsigned)
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in releases], indent=2, sort_keys=True))
         return
@@ -318,14 +339,23 @@ def _metrics_text(metrics: dict[str, Any]) -> str:
 @click.argument("name")
 @click.argument("version")
 @click.option("--alias", required=True, help="The alias to move, e.g. production or staging.")
+@click.option("--allow-downgrade", is_flag=True,
+              help="Allow moving the alias to an older version; the pointer then says it is a rollback.")
 @json_option
+@signing_key_option
 @trust_options
 def promote(
-    store: str, name: str, version: str, alias: str, as_json: bool, trusted_keys: tuple[str, ...], allow_unsigned: bool,
+    store: str, name: str, version: str, alias: str, allow_downgrade: bool, as_json: bool, signing_key: str | None,
+    trusted_keys: tuple[str, ...], allow_unsigned: bool,
 ) -> None:
-    """Point NAME@ALIAS at VERSION, after verifying its artifact (the old target is kept for rollback)."""
+    """Point NAME@ALIAS at VERSION, after verifying its artifact (the old target is kept for rollback).
+
+    The pointer is signed with --signing-key; an older VERSION than the alias names is
+    refused (exit 8) unless --allow-downgrade.
+    """
     release = Store.open(store).promote(
-        name, version, alias, trusted_keys=_keys(trusted_keys), allow_unsigned=allow_unsigned
+        name, version, alias, trusted_keys=_keys(trusted_keys), allow_unsigned=allow_unsigned,
+        signing_key=signing_key, allow_downgrade=allow_downgrade,
     )
     _show(release, as_json, f"{name}@{alias} -> {release.version} in {store}  sha256 {release.sha256}")
 
@@ -335,12 +365,19 @@ def promote(
 @click.argument("name")
 @click.option("--alias", required=True, help="The alias to move back to its previous target.")
 @json_option
+@signing_key_option
 @trust_options
 def rollback(
-    store: str, name: str, alias: str, as_json: bool, trusted_keys: tuple[str, ...], allow_unsigned: bool
+    store: str, name: str, alias: str, as_json: bool, signing_key: str | None, trusted_keys: tuple[str, ...],
+    allow_unsigned: bool,
 ) -> None:
-    """Point NAME@ALIAS back at its previous target (verified); exit 8 if it has none."""
-    release = Store.open(store).rollback(name, alias, trusted_keys=_keys(trusted_keys), allow_unsigned=allow_unsigned)
+    """Point NAME@ALIAS back at its previous target (verified); exit 8 if it has none.
+
+    The new pointer is signed with --signing-key and says it is a rollback, which servers following the alias accept.
+    """
+    release = Store.open(store).rollback(
+        name, alias, trusted_keys=_keys(trusted_keys), allow_unsigned=allow_unsigned, signing_key=signing_key
+    )
     _show(release, as_json, f"{name}@{alias} rolled back to {release.version} in {store}  sha256 {release.sha256}")
 
 
@@ -350,7 +387,10 @@ def rollback(
 @click.option("-o", "--out", "dest", required=True, type=click.Path(), help="File (or directory) to write.")
 @trust_options
 def pull(store: str, ref: str, dest: str, trusted_keys: tuple[str, ...], allow_unsigned: bool) -> None:
-    """Download a release from STORE, verify it, and write it atomically (NAME alone means NAME@latest)."""
+    """Download a release from STORE, verify it, and write it atomically (NAME alone means NAME@latest).
+
+    An alias's pointer must verify with the trusted keys (unsigned: only with --allow-unsigned).
+    """
     path = Store.open(store).pull(ref, dest, trusted_keys=_keys(trusted_keys), allow_unsigned=allow_unsigned)
     manifest = persist.inspect(path, trusted_keys=_keys(trusted_keys))
     click.echo(f"{path}: {manifest['name']}@{manifest['version']} from {store}, verified")
@@ -359,9 +399,9 @@ def pull(store: str, ref: str, dest: str, trusted_keys: tuple[str, ...], allow_u
 @cli.command()
 @store_argument
 @click.option("--older-than", type=click.FloatRange(min=0), default=3600, show_default=True, metavar="SECONDS",
-              help="Only remove temporary files at least this old (younger ones may be uploads in flight).")
+              help="Only remove leftovers at least this old (younger ones may be uploads in flight).")
 def gc(store: str, older_than: float) -> None:
-    """Remove the temporary files interrupted pushes and promotes left in STORE."""
+    """Remove what interrupted pushes and promotes left in STORE: temporary files, unfinished S3 multipart uploads."""
     removed = Store.open(store).gc(older_than)
     click.echo("\n".join(removed) if removed else f"{store}: nothing to remove")
 

@@ -1,4 +1,4 @@
-"""Ed25519 keys and artifact signatures: who made this artifact, checked before unpickling.
+"""Signing keys and artifact signatures: who made this artifact, checked before unpickling.
 
 A signature covers the manifest's exact bytes, which bind the payload's sha256
 and length, the model's name and version; it also covers its own claims (key
@@ -6,10 +6,16 @@ id, signing time, optional expiry). The signed message starts with a domain
 tag, so a blackbox signature means nothing anywhere else. Servers hold only
 public keys, so a compromised server cannot forge an artifact. Keys rotate by
 trusting several at once; a key id is the first 16 hex digits of the sha256 of
-the raw public key.
+the raw public key (Ed25519: its 32 bytes; P-256: its uncompressed X9.62 point).
+
+Two key types sign: Ed25519 (the default) and ECDSA P-256 with SHA-256 (the one
+OpenSSF model signing and most HSMs also take, so one key can sign both). A
+keyring may mix them; a signature verifies only with a key of the type its
+``alg`` names, which is itself signed.
 
 The signature block stored in the artifact is JSON:
-``{"alg": "ed25519", "key_id", "signed_at", "expires_at", "signature"}``.
+``{"alg": "ed25519" | "ecdsa-p256-sha256", "key_id", "signed_at", "expires_at", "signature"}``
+(an ECDSA signature is DER-encoded).
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .artifact import load_json
@@ -36,22 +43,40 @@ REVOKED_KEYS_ENV = "BLACKBOX_REVOKED_KEYS"
 SIGNING_KEY_ENV = "BLACKBOX_SIGNING_KEY"
 _DOMAIN = b"blackbox-artifact-signature-v1\n"
 _CLAIMS = ("alg", "key_id", "signed_at", "expires_at")
+KEY_TYPES = ("ed25519", "ec-p256")  # what keygen makes
+ED25519, ECDSA_P256 = "ed25519", "ecdsa-p256-sha256"  # the block's alg for each
+PrivateKey = Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+PublicKey = Ed25519PublicKey | ec.EllipticCurvePublicKey
 
 
-def key_id(public_key: Ed25519PublicKey) -> str:
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+def key_id(public_key: PublicKey) -> str:
+    """The first 16 hex digits of the sha256 of the raw public key, whichever its type."""
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        raw = public_key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    else:
+        raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
-def keygen(directory: str | os.PathLike[str], name: str = "blackbox") -> tuple[Path, Path]:
-    """Write ``NAME.key`` (private, mode 0600) and ``NAME.pub`` into ``directory``; refuse to overwrite."""
+def algorithm(key: PrivateKey | PublicKey) -> str:
+    """The block's ``alg`` for signatures by ``key`` (or by its private half)."""
+    return ECDSA_P256 if isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)) else ED25519
+
+
+def keygen(directory: str | os.PathLike[str], name: str = "blackbox", key_type: str = "ed25519") -> tuple[Path, Path]:
+    """Write ``NAME.key`` (private PKCS#8 PEM, mode 0600) and ``NAME.pub`` into ``directory``; refuse to overwrite.
+
+    :param key_type: ``ed25519`` (default) or ``ec-p256`` (ECDSA P-256, also usable for OpenSSF model signing).
+    """
+    if key_type not in KEY_TYPES:
+        raise UsageError(f"Unknown key type {key_type!r}; choose one of {', '.join(KEY_TYPES)}.")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     private_path, public_path = directory / f"{name}.key", directory / f"{name}.pub"
     for path in (private_path, public_path):
         if path.exists():
             raise UsageError(f"{str(path)!r} already exists; choose another --name or directory (keys are never overwritten).")
-    private = Ed25519PrivateKey.generate()
+    private = Ed25519PrivateKey.generate() if key_type == "ed25519" else ec.generate_private_key(ec.SECP256R1())
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
@@ -60,29 +85,36 @@ def keygen(directory: str | os.PathLike[str], name: str = "blackbox") -> tuple[P
     return private_path, public_path
 
 
-def public_pem(public_key: Ed25519PublicKey) -> bytes:
+def public_pem(public_key: PublicKey) -> bytes:
     return public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
+def load_private_key(path: str | os.PathLike[str]) -> PrivateKey:
     try:
         key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
         raise UsageError(f"Cannot read the signing key {str(path)!r}: {exc}. Create one with `blackbox keygen`.") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise UsageError(f"{str(path)!r} is not an Ed25519 private key; create one with `blackbox keygen`.")
-    return key
+    if not _supported(key.public_key()):
+        raise UsageError(
+            f"{str(path)!r} is not an Ed25519 or ECDSA P-256 private key; create one with `blackbox keygen` "
+            "(--type ec-p256 for P-256)."
+        )
+    return key  # type: ignore[return-value]
 
 
-def sign(manifest_bytes: bytes, private_key: Ed25519PrivateKey, *, expires_at: str | None = None) -> bytes:
+def sign(manifest_bytes: bytes, private_key: PrivateKey, *, expires_at: str | None = None) -> bytes:
     """The signature block for ``manifest_bytes``."""
     claims = {
-        "alg": "ed25519",
+        "alg": algorithm(private_key),
         "key_id": key_id(private_key.public_key()),
         "signed_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "expires_at": expires_at,
     }
-    signature = private_key.sign(_message(claims, manifest_bytes))
+    message = _message(claims, manifest_bytes)
+    if isinstance(private_key, ec.EllipticCurvePrivateKey):
+        signature = private_key.sign(message, ec.ECDSA(hashes.SHA256()))
+    else:
+        signature = private_key.sign(message)
     return json.dumps({**claims, "signature": base64.b64encode(signature).decode()}, sort_keys=True).encode()
 
 
@@ -90,8 +122,8 @@ def read_block(block: bytes) -> dict[str, Any]:
     """Parse a signature block (not verified) and check its shape."""
     try:
         parsed = load_json(block.decode("utf-8"))  # bounded: read before anything is verified
-        if not isinstance(parsed, dict) or parsed.get("alg") != "ed25519":
-            raise ValueError("not an ed25519 signature block")
+        if not isinstance(parsed, dict) or parsed.get("alg") not in (ED25519, ECDSA_P256):
+            raise ValueError(f"not an {ED25519} or {ECDSA_P256} signature block")
         base64.b64decode(parsed["signature"], validate=True)
         str(parsed["key_id"])
     except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
@@ -103,7 +135,7 @@ def read_block(block: bytes) -> dict[str, Any]:
 class Keyring:
     """Trusted public keys by key id, and key ids that are no longer trusted."""
 
-    keys: dict[str, Ed25519PublicKey]
+    keys: dict[str, PublicKey]
     revoked: frozenset[str] = frozenset()
 
     @classmethod
@@ -111,22 +143,23 @@ class Keyring:
         """The one place a ``trusted_keys`` argument becomes a Keyring.
 
         ``paths`` is one source or an iterable of them: a ``.pub`` file or a directory of
-        them (str or Path, relative to the working directory), an ``Ed25519PublicKey``, or
-        a Keyring (its revocations kept). A lone str is one path, never iterated.
+        them (str or Path, relative to the working directory), an Ed25519 or P-256 public
+        key, or a Keyring (its revocations kept). A lone str is one path, never iterated.
+        Both key types may be mixed.
         """
-        if isinstance(paths, (str, os.PathLike, Ed25519PublicKey, Keyring)):
+        if isinstance(paths, (str, os.PathLike, Ed25519PublicKey, ec.EllipticCurvePublicKey, Keyring)):
             paths = [paths]
         try:
             sources = list(paths)
         except TypeError:
             sources = [paths]  # not iterable: refused below, by type
-        keys: dict[str, Ed25519PublicKey] = {}
+        keys: dict[str, PublicKey] = {}
         revoked = set(revoked)
         for source in sources:
             if isinstance(source, Keyring):
                 keys.update(source.keys)
                 revoked |= source.revoked
-            elif isinstance(source, Ed25519PublicKey):
+            elif isinstance(source, (Ed25519PublicKey, ec.EllipticCurvePublicKey)) and _supported(source):
                 keys[key_id(source)] = source
             elif isinstance(source, (str, os.PathLike)):
                 path = Path(source)
@@ -135,7 +168,7 @@ class Keyring:
                     keys[key_id(key)] = key
             else:
                 raise UsageError(
-                    "trusted_keys takes a .pub file or directory of them (str or Path), an Ed25519 public key, "
+                    "trusted_keys takes a .pub file or directory of them (str or Path), an Ed25519 or P-256 public key, "
                     f"a Keyring, or a list of those; got {type(source).__name__} {source!r}."
                 )
         return cls(keys, frozenset(revoked))
@@ -148,9 +181,8 @@ class Keyring:
         return cls.from_paths(paths, revoked)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        """Pickled as raw public key bytes (key objects do not pickle), so a Dask worker trusts what the driver trusts."""
-        raw = tuple(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw) for key in self.keys.values())
-        return _keyring_from_raw, (raw, self.revoked)
+        """Pickled as PEM public keys (key objects do not pickle), so a Dask worker trusts what the driver trusts."""
+        return _keyring_from_pem, (tuple(public_pem(key) for key in self.keys.values()), self.revoked)
 
     def verify(self, manifest_bytes: bytes, block: bytes, *, now: dt.datetime | None = None) -> dict[str, Any]:
         """Return the verified claims, or raise AuthenticityError saying why not."""
@@ -165,8 +197,17 @@ class Keyring:
                 f"({', '.join(sorted(self.keys)) or 'none configured'}). Pass its public key with "
                 f"--trusted-keys or {TRUSTED_KEYS_ENV} if you trust its signer."
             )
+        if parsed["alg"] != algorithm(public_key):
+            raise AuthenticityError(
+                f"The artifact's signature says {parsed['alg']}, but key {kid} is an {algorithm(public_key)} key: "
+                "its signature block was altered. Refusing it; fetch the artifact again from its source."
+            )
+        signature, message = base64.b64decode(parsed["signature"]), _message(parsed, manifest_bytes)
         try:
-            public_key.verify(base64.b64decode(parsed["signature"]), _message(parsed, manifest_bytes))
+            if isinstance(public_key, ec.EllipticCurvePublicKey):
+                public_key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+            else:
+                public_key.verify(signature, message)
         except InvalidSignature:
             raise AuthenticityError(
                 f"The artifact's signature (key {kid}) is invalid: its manifest or signature was altered "
@@ -183,19 +224,28 @@ def _message(claims: dict[str, Any], manifest_bytes: bytes) -> bytes:
     return _DOMAIN + signed_claims + b"\n" + manifest_bytes
 
 
-def _keyring_from_raw(raw: tuple[bytes, ...], revoked: frozenset[str]) -> Keyring:
-    keys = [Ed25519PublicKey.from_public_bytes(item) for item in raw]
-    return Keyring({key_id(key): key for key in keys}, revoked)
+def _keyring_from_pem(pems: tuple[bytes, ...], revoked: frozenset[str]) -> Keyring:
+    keys = [serialization.load_pem_public_key(pem) for pem in pems]
+    return Keyring({key_id(key): key for key in keys}, revoked)  # type: ignore[arg-type]
 
 
-def _load_public_key(path: Path) -> Ed25519PublicKey:
+def _supported(public_key: Any) -> bool:
+    """Ed25519, or ECDSA on P-256 (secp256r1) only."""
+    return isinstance(public_key, Ed25519PublicKey) or (
+        isinstance(public_key, ec.EllipticCurvePublicKey) and isinstance(public_key.curve, ec.SECP256R1)
+    )
+
+
+def _load_public_key(path: Path) -> PublicKey:
     try:
         key = serialization.load_pem_public_key(path.read_bytes())
     except (OSError, ValueError) as exc:
         raise UsageError(f"Cannot read the trusted key {str(path)!r}: {exc}.") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise UsageError(f"{str(path)!r} is not an Ed25519 public key (expected a .pub from `blackbox keygen`).")
-    return key
+    if not _supported(key):
+        raise UsageError(
+            f"{str(path)!r} is not an Ed25519 or ECDSA P-256 public key (expected a .pub from `blackbox keygen`)."
+        )
+    return key  # type: ignore[return-value]
 
 
 def _parse_time(text: str) -> dt.datetime:

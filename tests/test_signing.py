@@ -302,3 +302,75 @@ def test_unsigned_payload_cannot_reach_a_dangerous_callable_through_an_allowed_m
     with pytest.raises(blackbox.AuthenticityError, match="Refusing the unsigned payload"):
         blackbox.load(forged, allow_unsigned=True)
     assert not marker.exists()
+
+
+# --- ECDSA P-256 header signatures: one key type an HSM and OpenSSF model signing share ---
+
+
+def test_ec_p256_keygen_sign_and_verify_round_trip(tmp_path):
+    private, public = signing.keygen(tmp_path, "ec", key_type="ec-p256")
+    key = signing.load_private_key(private)
+    assert b"BEGIN PRIVATE KEY" in private.read_bytes() and private.stat().st_mode & 0o077 == 0
+    manifest = b'{"name": "m"}'
+    block = signing.sign(manifest, key, expires_at="2999-01-01T00:00:00Z")
+    claims = signing.Keyring.from_paths([public]).verify(manifest, block)
+    assert claims["alg"] == "ecdsa-p256-sha256" and claims["key_id"] == signing.key_id(key.public_key())
+    with pytest.raises(blackbox.AuthenticityError, match="invalid"):
+        signing.Keyring.from_paths([public]).verify(manifest + b" ", block)
+    # key ids are derived the same way for both types: sha256 of the raw public key, 16 hex digits
+    from cryptography.hazmat.primitives import serialization
+
+    point = key.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    assert claims["key_id"] == hashlib.sha256(point).hexdigest()[:16]
+    ed = signing.load_private_key(signing.keygen(tmp_path, "ed")[0]).public_key()
+    raw = ed.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    assert signing.key_id(ed) == hashlib.sha256(raw).hexdigest()[:16]
+
+
+def test_a_p256_key_does_not_verify_an_ed25519_signatures_bytes(tmp_path):
+    """Neither key type accepts the other's signature, even under the other's key id and algorithm name."""
+    ed_private, _ = signing.keygen(tmp_path, "ed")
+    ec_private, ec_public = signing.keygen(tmp_path, "ec", key_type="ec-p256")
+    ec_key = signing.load_private_key(ec_private)
+    manifest = b'{"name": "m"}'
+    ed_block = json.loads(signing.sign(manifest, signing.load_private_key(ed_private)))
+    forged = dict(ed_block, key_id=signing.key_id(ec_key.public_key()))  # the P-256 key must check the Ed25519 bytes
+    ring = signing.Keyring.from_paths([ec_public])
+    with pytest.raises(blackbox.AuthenticityError):
+        ring.verify(manifest, json.dumps(forged).encode())
+    forged["alg"] = "ecdsa-p256-sha256"
+    with pytest.raises(blackbox.AuthenticityError, match="invalid"):
+        ring.verify(manifest, json.dumps(forged).encode())
+
+
+def test_a_keyring_mixes_both_key_types_and_travels_by_pickle(tmp_path):
+    ed_private, ed_public = signing.keygen(tmp_path / "ring", "ed")
+    ec_private, ec_public = signing.keygen(tmp_path / "ring", "ec", key_type="ec-p256")
+    ring = pickle.loads(pickle.dumps(signing.Keyring.from_paths(tmp_path / "ring")))
+    manifest = b'{"name": "m"}'
+    for private, alg in ((ed_private, "ed25519"), (ec_private, "ecdsa-p256-sha256")):
+        assert ring.verify(manifest, signing.sign(manifest, signing.load_private_key(private)))["alg"] == alg
+    assert len(ring.keys) == 2
+    # a non-P-256 curve is refused where it is read, saying which curves are accepted
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    p384 = tmp_path / "p384.pub"
+    p384.write_bytes(ec.generate_private_key(ec.SECP384R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    with pytest.raises(blackbox.UsageError, match="P-256"):
+        signing.Keyring.from_paths([p384])
+
+
+def test_load_an_artifact_signed_with_a_p256_key(saved, keys, tmp_path, capsys):
+    assert blackbox_cli(["keygen", "--out", str(tmp_path / "k"), "--name", "hsm", "--type", "ec-p256"]) == 0
+    assert "ec-p256" in capsys.readouterr().out
+    copy = tmp_path / "ec.bbx"
+    copy.write_bytes(saved.read_bytes())
+    assert blackbox_cli(["sign", str(copy), "--key", str(tmp_path / "k" / "hsm.key")]) == 0
+    model = blackbox.load(copy, trusted_keys=[tmp_path / "k" / "hsm.pub", keys["public"]])
+    model.self_test()
+    assert model.signer == signing.key_id(signing.load_private_key(tmp_path / "k" / "hsm.key").public_key())
+    with pytest.raises(blackbox.AuthenticityError, match="not among the trusted keys"):
+        blackbox.load(copy, trusted_keys=[keys["public"]])
+    assert blackbox.verify(copy, trusted_keys=tmp_path / "k" / "hsm.pub").ok  # the isolated child trusts it too
