@@ -14,6 +14,11 @@ are told apart from a bug: a model that refuses records which passed the schema
 they can be found), and a model that answers NaN or infinity raises
 :class:`~blackbox.errors.ModelOutputError` naming the rows; neither ever
 returns ``null`` as a prediction.
+
+When the artifact carries a fast path (:mod:`blackbox.fastpath`, recorded as
+``manifest["fast_path"]["enabled"]``), ``model.plan`` computes the predictions
+and a call it defers runs the estimator itself; ``model.plan = None`` turns it
+off. The self-test runs the golden sample through both.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ import pandas as pd
 from . import trust
 from .artifact import Artifact, unpack
 from .errors import ModelInputError, ModelOutputError, SelfTestError, UsageError
+from .fastpath import ATTRIBUTE as _PLAN_ATTRIBUTE
+from .fastpath import Defer
 from .manifest import jsonable
 from .schema import Schema
 from .signing import read_block
@@ -61,6 +68,8 @@ class Model:
         self.manifest = manifest
         self.schema = Schema.from_dict(manifest["schema"])
         self._artifact = artifact
+        enabled = (manifest.get("fast_path") or {}).get("enabled")
+        self.plan = getattr(estimator, _PLAN_ATTRIBUTE, None) if enabled else None
 
     # -- what an adapter provides -------------------------------------------
     @classmethod
@@ -227,7 +236,15 @@ class Model:
         return bool(self.manifest.get("output", {}).get("probabilities"))
 
     def self_test(self) -> None:
-        """Re-run the golden sample; raise SelfTestError on any difference."""
+        """Re-run the golden sample, through the fast path (if any) and the reference; raise SelfTestError on any difference."""
+        plan = self.plan
+        try:
+            for self.plan in ([plan, None] if plan is not None else [None]):
+                self._self_test("the fast path" if self.plan is not None else "the model")
+        finally:
+            self.plan = plan
+
+    def _self_test(self, route: str) -> None:
         golden = self.manifest["golden"]
         frame, _ = self.prepare(golden["records"])
         got, proba = self.predict_and_proba_frame(frame)
@@ -250,7 +267,7 @@ class Model:
         if differences or max_diff > PROBA_TOLERANCE:
             shown = "\n".join(f"- {d}" for d in differences[:5])
             raise SelfTestError(
-                f"Model {self.name!r} {self.version} no longer gives its golden-sample predictions: "
+                f"Model {self.name!r} {self.version}, through {route}, no longer gives its golden-sample predictions: "
                 f"{len(differences)} difference(s), largest probability difference {max_diff:.3g} "
                 f"(tolerance {PROBA_TOLERANCE}).\n{shown}\n"
                 "Load it with the package versions it was saved with (see its requirements), or retrain.",
@@ -299,9 +316,19 @@ class SklearnModel(Model):
         return float(np.finfo(np.float32).max) if _holds_trees(estimator) else None
 
     def _predict(self, frame: pd.DataFrame) -> np.ndarray:
+        if self.plan is not None:
+            try:
+                return self.plan.predict(frame)
+            except Defer:
+                pass
         return self.estimator.predict(frame)
 
     def _predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        if self.plan is not None:
+            try:
+                return self.plan.predict_proba(frame)
+            except Defer:
+                pass
         return self.estimator.predict_proba(frame)
 
     def _refused_rows(self, frame: pd.DataFrame, dtype: np.dtype) -> list[int]:
@@ -316,6 +343,11 @@ class SklearnModel(Model):
             return np.flatnonzero(~np.isfinite(values.astype(dtype)).all(axis=1)).tolist()
 
     def _predict_both(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        if self.plan is not None:
+            try:
+                return self.plan.both(frame)
+            except Defer:
+                pass
         # What Pipeline.predict and predict_proba each do, with the transform shared.
         if not hasattr(self.estimator, "steps") or len(self.estimator.steps) < 2:
             return super()._predict_both(frame)

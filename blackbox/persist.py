@@ -24,6 +24,7 @@ from . import drift, isolation, serializers, signing, trust
 from .artifact import FORMAT_VERSION, Artifact, dump_manifest, pack, parse_manifest, read_bytes, read_header, unpack
 from .atomic import atomic_write
 from .embedding import embed
+from .fastpath import ATTRIBUTE as FAST_PATH_ATTRIBUTE
 from .isolation import DEFAULT_BLOCK
 from .errors import AuthenticityError, SchemaError, SelfTestError, UsageError
 from .manifest import data_summary, git_info, jsonable, python_info, search_metrics, source_snapshot, utc_now
@@ -31,6 +32,7 @@ from .model import Model
 from .rebuild import recipe_section
 from .schema import infer_schema
 from .signing import SIGNING_KEY_ENV
+from .store.releases import check_names
 from .trust import TrustedKeys
 
 GOLDEN_ROWS = 5
@@ -53,6 +55,7 @@ def save(
     block: Collection[str] = DEFAULT_BLOCK,
     signing_key: str | os.PathLike[str] | None = None,
     recipe: Mapping[str, Any] | None = None,
+    fast_path: bool = True,
     **metadata: Any,
 ) -> Path:
     """Write ``estimator`` to ``path`` as one self-contained artifact; return the path.
@@ -68,10 +71,14 @@ def save(
         so without a key ``save`` warns (UserWarning) what loading it will need.
     :param recipe: how to train it again (``blackbox rebuild``): ``entry_point`` (module run
         with ``python -m``), ``args``, ``seed`` and ``data`` (the training data file).
+    :param fast_path: build the fast path (:mod:`blackbox.fastpath`): the pipeline's
+        arithmetic on plain arrays, proved equal to it on ``train_data`` and edge rows,
+        stored beside the estimator and recorded in ``manifest["fast_path"]``.
     :param verify: before publishing at ``path``, load the artifact in an isolated
         interpreter with ``block`` and the by-value modules unimportable
         (:func:`blackbox.verify`); raise if it fails.
     """
+    check_names(name, version)  # they become paths in a model store: validated where they are made
     signing_key = signing_key or os.environ.get(SIGNING_KEY_ENV) or None
     model = build(
         estimator,
@@ -87,6 +94,7 @@ def save(
         signing_key=signing_key,
         recipe=recipe,
         metadata=metadata,
+        fast_path=fast_path,
     )
     data = model.serialize()
     if verify:
@@ -186,6 +194,7 @@ def build(
     signing_key: str | os.PathLike[str] | None,
     recipe: Mapping[str, Any] | None,
     metadata: Mapping[str, Any],
+    fast_path: bool = True,
 ) -> Model:
     """Package a fitted estimator as a verified, in-memory artifact (see :func:`save`)."""
     serializers.check_serializer(serializer)
@@ -201,7 +210,14 @@ def build(
     if sample is None:
         sample = frame.sample(n=min(GOLDEN_ROWS, len(frame)), random_state=0)
     records = jsonable(sample[schema.columns].to_dict("records"))
-    payload = embed(fitted, serializer=serializer, by_value=by_value, by_reference=by_reference)
+    plan, plan_record = _fast_path(fitted, train_data, schema) if fast_path else (None, {"enabled": False, "reason": "fast_path=False"})
+    try:
+        if plan is not None:
+            setattr(fitted, FAST_PATH_ATTRIBUTE, plan)  # pickled beside the estimator, sharing its fitted objects
+        payload = embed(fitted, serializer=serializer, by_value=by_value, by_reference=by_reference)
+    finally:
+        if plan is not None:
+            delattr(fitted, FAST_PATH_ATTRIBUTE)
     created_at = utc_now()
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
@@ -227,6 +243,7 @@ def build(
         "profile": drift.profile(train_data, schema) if train_data is not None else None,
         "recipe": recipe_section(recipe, search) if recipe is not None else None,
         "metadata": jsonable(metadata),
+        "fast_path": jsonable(plan_record),
     }
     manifest["golden"] = _golden(adapter(fitted, manifest), records)
     manifest_bytes = dump_manifest(manifest)
@@ -243,6 +260,18 @@ def build(
             exc.differences,
         ) from exc
     return reloaded
+
+
+def _fast_path(fitted: Any, train_data: pd.DataFrame | None, schema: Any) -> tuple[Any, dict[str, Any]]:
+    """The proved plan and its manifest record; a plan that cannot be built is recorded, never fatal."""
+    if train_data is None:
+        return None, {"enabled": False, "reason": "no train_data to prove it on"}
+    from .fastpath import build_plan
+
+    try:
+        return build_plan(fitted, train_data, schema)
+    except Exception as exc:  # noqa: BLE001 - the reference path stays; say why there is no plan
+        return None, {"enabled": False, "reason": f"building the plan failed: {exc!r}"[:500]}
 
 
 def _fitted_estimator(estimator: Any) -> tuple[Any, Any]:

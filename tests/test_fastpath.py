@@ -174,3 +174,34 @@ def test_not_a_pipeline_has_no_plan(titanic):
     numbers = X_train[["sibsp", "parch"]]
     plan, record, _ = _plan(LogisticRegression().fit(numbers, y_train), numbers)
     assert plan is None and record["enabled"] is False and "Pipeline" in record["reason"]
+
+
+def test_saved_artifact_carries_the_plan_and_serves_through_it(training_pipeline, titanic, tmp_path):
+    import blackbox
+
+    X_train, X_test, _, _ = titanic
+    path = blackbox.save(training_pipeline, tmp_path / "fast.bbx", train_data=X_train, name="fast", version="1.0.0")
+    manifest = blackbox.inspect(path)
+    assert manifest["fast_path"]["enabled"] is True
+    assert manifest["fast_path"]["speedup"]["ratio"] > 0
+    model = blackbox.load(path)
+    assert model.plan is not None
+    model.self_test()
+    records = _records(X_test.dropna(subset=["embarked"]).head(50))
+    fast = model.predict_batch(records), model.predict_proba(records)
+    model.plan = None  # the reference path
+    slow = model.predict_batch(records), model.predict_proba(records)
+    assert fast[0] == slow[0]
+    assert np.abs(np.asarray(fast[1]) - np.asarray(slow[1])).max() <= 1e-9
+
+
+def test_saved_without_the_fast_path_still_loads_and_serves(training_pipeline, titanic, tmp_path):
+    import blackbox
+
+    X_train, X_test, _, _ = titanic
+    path = blackbox.save(training_pipeline, tmp_path / "slow.bbx", train_data=X_train, fast_path=False)
+    assert blackbox.inspect(path)["fast_path"] == {"enabled": False, "reason": "fast_path=False"}
+    model = blackbox.load(path)
+    assert model.plan is None
+    record = _records(X_test.dropna().head(1))[0]
+    assert model.predict(record) == training_pipeline.predict(model.prepare([record])[0])[0]
