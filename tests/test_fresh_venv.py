@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 import blackbox
+from blackbox.cli import main as blackbox_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -72,3 +73,28 @@ def test_a_plain_install_of_the_checkout_loads_and_self_tests_both_serializers(
     differ = sorted(d for d, v in saved_with.items() if outcome["installed"][d] != v)
     assert sorted(outcome["warned"]) == differ, (outcome, saved_with)
     print(f"fresh venv vs saved: {({d: (saved_with[d], outcome['installed'][d]) for d in differ})}", file=sys.stderr)
+
+
+def test_a_server_venv_built_from_blackbox_requirements_has_exactly_the_saved_versions(
+    search, titanic, isolation_run, tmp_path_factory, tmp_path, capsys
+):
+    """The README's server build: `blackbox requirements model.bbx > requirements.txt`,
+    then `python -m venv srv && srv/bin/pip install -r requirements.txt`: no version differs."""
+    X_train, *_ = titanic
+    out = tmp_path_factory.mktemp("server")
+    artifacts = [blackbox.save(search, out / f"{s}.bbx", serializer=s, train_data=X_train) for s in ("dill", "cloudpickle")]
+    requirements = out / "requirements.txt"
+    assert blackbox_cli(["requirements", str(artifacts[0])]) == 0
+    requirements.write_text(capsys.readouterr().out)
+    srv = out / "srv"
+    isolation_run.build_venv(srv, ["-r", str(requirements)], stamp="blackbox requirements")
+    for artifact in artifacts:  # the cloudpickle artifact pins a subset of the dill one's
+        done = subprocess.run(
+            [str(srv / "bin" / "python"), "-I", "-c", LOAD, str(artifact)],
+            capture_output=True, text=True, cwd=tmp_path, timeout=300,
+            env={k: v for k, v in os.environ.items() if not k.startswith("PYTHON")},
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        outcome = json.loads(done.stdout)
+        assert outcome["warned"] == [], outcome
+        assert outcome["installed"] == blackbox.inspect(artifact)["requirements"]
