@@ -1,0 +1,133 @@
+"""In-process prediction latency with and without the fast path, beside the bare pipeline, LR and RF.
+
+One run trains the training package's pipeline with a LogisticRegression and a
+100-tree RandomForest (``bench_server.train``), saves each with the fast path,
+loads it twice (once with ``model.plan = None``: the reference path), and for
+``--duration`` seconds per side measures, round by round on the same record:
+
+* ``Model.predict(record)`` with the fast path;
+* ``Model.predict(record)`` without it;
+* ``pipeline.predict(pd.DataFrame([record]))``, the bare fitted pipeline.
+
+Pairing the sides call by call puts them under the same background load (the
+machine is shared): quote the ratios, not the times. Every round checks that
+both Model paths give the same prediction for the record, and before timing
+``predict_proba`` of every record is compared (within 1e-9): any difference
+ends the run with status 1. Prints a table and the targets, writes
+bench/results/fastpath.json.
+
+    .venv/bin/python bench/bench_fastpath.py [--duration S] [--models lr,rf]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import blackbox
+from blackbox import signing
+from blackbox.model import PROBA_TOLERANCE
+from bench_server import RESULTS, machine, percentile, titanic_records, train
+
+TARGETS = {"lr": 15.0, "rf": 8.0}
+LR_P50_MS = 0.5
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="Seconds per side [default: 5].")
+    parser.add_argument("--models", default="lr,rf", help="Comma-separated: lr, rf.")
+    args = parser.parse_args()
+    records = titanic_records()
+    results: dict = {"machine": machine(), "duration_s": args.duration, "models": {}}
+    with tempfile.TemporaryDirectory(prefix="bench-fastpath-") as tmp:
+        private, public = signing.keygen(Path(tmp), "bench")
+        for kind in args.models.split(","):
+            path = train(kind, Path(tmp), private)
+            fast = blackbox.load(path, trusted_keys=[str(public)])
+            slow = blackbox.load(path, trusted_keys=[str(public)])
+            slow.plan = None
+            if fast.plan is None:
+                sys.exit(f"bench_fastpath: {kind}: no fast path was built: {fast.manifest['fast_path']}")
+            check(fast, slow, records, kind)
+            results["models"][kind] = measure(fast, slow, records, args.duration)
+            results["models"][kind]["plan"] = fast.manifest["fast_path"]
+    print(table(results["models"]))
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / "fastpath.json"
+    out.write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {out}")
+
+
+def check(fast: blackbox.Model, slow: blackbox.Model, records: list[dict], kind: str) -> None:
+    """Every record through both paths, in one batch and one at a time: the same answers, or exit 1."""
+    batch = fast.predict_batch(records), fast.predict_proba(records)
+    reference = slow.predict_batch(records), slow.predict_proba(records)
+    worst = float(np.abs(np.asarray(batch[1]) - np.asarray(reference[1])).max())
+    if batch[0] != reference[0] or worst > PROBA_TOLERANCE:
+        sys.exit(f"bench_fastpath: {kind}: the fast path differs from the reference over {len(records)} records "
+                 f"(largest probability difference {worst:.3g})")
+    print(f"{kind}: {len(records)} records agree (largest probability difference {worst:.3g})", file=sys.stderr)
+
+
+def measure(fast: blackbox.Model, slow: blackbox.Model, records: list[dict], duration: float) -> dict:
+    """The three sides, one call each per round on the same record, for ``duration`` seconds per side."""
+    pipeline = slow.estimator
+    sides = {
+        "Model.predict, fast path": lambda r: fast.predict(r),
+        "Model.predict, no fast path": lambda r: slow.predict(r),
+        "pipeline.predict(DataFrame)": lambda r: pipeline.predict(pd.DataFrame([r]))[0],
+    }
+    latencies: dict[str, list[float]] = {label: [] for label in sides}
+    for call in sides.values():
+        call(records[0])  # warm up
+    started, i = time.perf_counter(), 0
+    while time.perf_counter() - started < duration * len(sides) or i < 3:
+        record = records[i % len(records)]
+        answers = []
+        for label, call in sides.items():
+            t0 = time.perf_counter()
+            answers.append(call(record))
+            latencies[label].append(time.perf_counter() - t0)
+        if answers[0] != answers[1]:
+            sys.exit(f"bench_fastpath: record {i % len(records)}: fast path {answers[0]!r}, reference {answers[1]!r}")
+        i += 1
+    base = statistics.median(latencies["pipeline.predict(DataFrame)"])
+    return {"rounds": i, "sides": {label: {"p50_ms": 1000 * statistics.median(v), "p99_ms": 1000 * percentile(v, 99),
+                                           "speedup_vs_pipeline": base / statistics.median(v)}
+                                   for label, v in latencies.items()}}
+
+
+def table(models: dict) -> str:
+    lines = ["| model | side | p50 ms | p99 ms | x faster than pipeline.predict(DataFrame) |", "|---|---|---|---|---|"]
+    verdicts = []
+    for kind, result in models.items():
+        for label, side in result["sides"].items():
+            lines.append(f"| {kind} | {label} | {side['p50_ms']:.3f} | {side['p99_ms']:.3f} | {side['speedup_vs_pipeline']:.1f}x |")
+        ours = result["sides"]["Model.predict, fast path"]
+        goal = TARGETS.get(kind)
+        verdicts.append(f"- {kind}: Model.predict fast path {ours['speedup_vs_pipeline']:.1f}x pipeline.predict(DataFrame) "
+                        f"(>= {goal}x) {'MET' if ours['speedup_vs_pipeline'] >= goal else 'NOT MET'}; "
+                        f"{ours['speedup_vs_pipeline'] / result['sides']['Model.predict, no fast path']['speedup_vs_pipeline']:.1f}x "
+                        f"Model.predict without it ({result['rounds']} paired rounds)")
+        if kind == "lr":
+            verdicts.append(f"- lr: p50 {ours['p50_ms']:.3f} ms (<= {LR_P50_MS} ms) {'MET' if ours['p50_ms'] <= LR_P50_MS else 'NOT MET'} "
+                            "(absolute: moves with the machine's load)")
+        steps = result["plan"]["steps"]
+        verdicts.append(f"  plan: {sum(s['mode'] == 'compiled' for s in steps)} compiled, "
+                        f"{sum(s['mode'] == 'called' for s in steps)} called as they are "
+                        f"({', '.join(s['step'].rsplit('.', 1)[-1] for s in steps if s['mode'] == 'called') or 'none'}), "
+                        f"{sum(s['mode'] == 'reference' for s in steps)} fallbacks")
+    return "\n".join(lines) + "\n\ntargets:\n" + "\n".join(verdicts)
+
+
+if __name__ == "__main__":
+    main()
