@@ -75,17 +75,23 @@ def inspect(path: str, as_json: bool, imports: bool, trusted_keys: tuple[str, ..
               help="The requirement line that installs blackbox, e.g. 'blackbox @ git+https://HOST/blackbox@v0.1.0'. "
                    "Default: where this blackbox was installed from (a checkout, a wheel, a commit), or "
                    "blackbox==VERSION if it came from a package index.")
+@click.option("-o", "--out", default="-", show_default=True, type=click.Path(dir_okay=False, allow_dash=True),
+              help="Where to write the file (atomically); - is stdout.")
 @trust_options
-def requirements(path: str, blackbox_spec: str | None, trusted_keys: tuple[str, ...], allow_unsigned: bool) -> None:
+def requirements(
+    path: str, blackbox_spec: str | None, out: str, trusted_keys: tuple[str, ...], allow_unsigned: bool
+) -> None:
     """Print a pip requirements file for a server: the exact versions the artifact was saved with, and blackbox.
 
     Read from the manifest once its signature verifies; nothing is unpickled.
-    `blackbox requirements model.bbx > requirements.txt`, then
+    `blackbox requirements model.bbx -o requirements.txt`, then
     `python3.X -m venv srv && srv/bin/pip install -r requirements.txt`.
     """
     manifest_bytes, block = read_header(path)
     trust.authenticate(Artifact(manifest_bytes, block, b""), _keys(trusted_keys), allow_unsigned=allow_unsigned)
-    click.echo(environment.requirements_file(parse_manifest(manifest_bytes), blackbox=blackbox_spec), nl=False)
+    text = environment.requirements_file(parse_manifest(manifest_bytes), blackbox=blackbox_spec)
+    with click.open_file(out, "w", atomic=out != "-") as stream:
+        stream.write(text)
 
 
 @cli.command()

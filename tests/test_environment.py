@@ -252,3 +252,11 @@ def test_the_requirements_file_names_the_python_it_needs(saved, capsys):
     python = blackbox.inspect(saved)["python"]["version"]
     major_minor = ".".join(python.split(".")[:2])
     assert f"python{major_minor} -m venv" in capsys.readouterr().out
+
+
+def test_requirements_write_a_file_with_out(saved, tmp_path, capsys):
+    assert blackbox_cli(["requirements", str(saved)]) == 0
+    printed = capsys.readouterr().out
+    target = tmp_path / "serving-requirements.txt"
+    assert blackbox_cli(["requirements", str(saved), "-o", str(target)]) == 0
+    assert target.read_text() == printed and capsys.readouterr().out == ""
