@@ -14,6 +14,10 @@ transforms) is the client's: 422 ``model_rejected_input``, the rows in the
 details. A model that answers NaN or infinity is the model's fault, so the
 status is 500, but with its own code ``invalid_model_output``, a message that
 says so and the rows in the details (never a 200 with ``null``).
+
+A model call past the request timeout is a 504 ``timeout`` whose message names
+the limit and its setting (the server is slow, not broken); a body not received
+within the read timeout is a 408 ``request_timeout``.
 """
 
 from __future__ import annotations
@@ -39,8 +43,9 @@ from werkzeug.exceptions import (
 )
 
 from . import jsonio
+from .inference import ModelTimeout
 from .lifecycle import request_id
-from .payloads import TooManyRecords
+from .payloads import BodyTimeout, TooManyRecords
 from .predlog import InvalidFeedback, PredictionLogOff, PredictionLogUnavailable
 
 TABLE: Mapping[type[BaseException], tuple[int, str]] = {
@@ -51,6 +56,8 @@ TABLE: Mapping[type[BaseException], tuple[int, str]] = {
     ModelInputError: (422, "model_rejected_input"),
     SchemaError: (422, "validation_error"),
     ModelOutputError: (500, "invalid_model_output"),
+    ModelTimeout: (504, "timeout"),
+    BodyTimeout: (408, "request_timeout"),
     BadRequest: (400, "malformed_body"),
     Unauthorized: (401, "unauthenticated"),
     Forbidden: (403, "forbidden"),
@@ -86,7 +93,7 @@ def handle(exc: Exception) -> Response:
     g.error = (exc.original_exception or exc) if isinstance(exc, InternalServerError) else exc
     g.error_code = code
     details: list[Any] = list(exc.problems) if isinstance(exc, (SchemaError, InvalidFeedback, ModelOutputError)) else []
-    if status >= 500 and not isinstance(exc, (ServiceUnavailable, ModelOutputError)):
+    if status >= 500 and not isinstance(exc, (ServiceUnavailable, ModelOutputError, ModelTimeout)):
         message = INTERNAL_MESSAGE
     elif isinstance(exc, HTTPException):
         message = exc.description or code

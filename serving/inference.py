@@ -26,14 +26,28 @@ error (their own, from their own call), and every other one its prediction. A
 model broken for every input thus costs one call more per request of the batch
 (at most ``max_records`` small calls); a request alone is called once, as
 without batching.
+
+Request timeout: every model call runs on this process's one model thread
+(which also serialises them), and a request waits for its answer only until
+its deadline (``timeout`` seconds after it reached the scorer), then raises
+:class:`ModelTimeout` (504). A Python thread cannot be stopped, so a call
+that runs past a deadline goes on to its end on the model thread and its
+answer is dropped; a call still queued behind it is cancelled instead. While
+such an overdue call runs, every new request is told at once (504) rather than
+queueing behind it; once the call ends, the worker answers normally again. A
+call that never ends (an infinite loop in a model) thus leaves the worker
+answering 504 until it is restarted.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 from blackbox import Model
@@ -51,6 +65,13 @@ class Scored:
 Answer = tuple[list[Any], list[list[float]] | None]
 """One model call's predictions and probabilities (None: the model has none)."""
 
+T = TypeVar("T")
+SETTING = "REQUEST_TIMEOUT (blackbox serve --request-timeout)"
+
+
+class ModelTimeout(Exception):
+    """The model did not answer this request within the request timeout (HTTP 504 ``timeout``)."""
+
 
 @dataclass
 class _Batch:
@@ -60,6 +81,7 @@ class _Batch:
     records: list[Mapping[str, Any]] = field(default_factory=list)
     starts: list[int] = field(default_factory=list)  # offset of each request's first record
     open: bool = True
+    started: bool = False  # the model thread took it (set under the scorer's condition)
     done: threading.Event = field(default_factory=threading.Event)
     answers: dict[int, Answer | Exception] = field(default_factory=dict)  # request offset -> its answer or error
     error: BaseException | None = None  # the batch failed before any request could be answered
@@ -72,6 +94,7 @@ class Scorer:
     :param max_wait: seconds a batch waits for requests still being validated.
     :param max_records: records per model call; a request this large is never batched.
     :param observe: called with the number of records of every model call (a metric).
+    :param timeout: seconds a request may take from here to its answer (None: no limit).
     """
 
     def __init__(
@@ -81,22 +104,27 @@ class Scorer:
         max_wait: float = 0.0,
         max_records: int = 1,
         observe: Callable[[int], None] | None = None,
+        timeout: float | None = None,
     ) -> None:
         self.batching = batching
         self.max_wait = max_wait
         self.max_records = max_records
+        self.timeout = timeout
         self._observe = observe
-        self._model_lock = threading.Lock()
+        self._runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blackbox-model")  # its thread starts on first use
+        self._running: object | None = None  # the job on the model thread
+        self._overdue = False  # that job ran past a request's deadline
+        self._state = threading.Lock()
         self._cond = threading.Condition()
         self._open: dict[int, _Batch] = {}  # id(model) -> its open batch
         self._validating = 0
 
     def score(self, model: Model, records: Sequence[Mapping[str, Any]], *, strict: bool) -> Scored:
         """Validate this request's records (one SchemaError lists every problem), then predict them."""
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
         if not self.batching or len(records) >= self.max_records:
             frame, warnings = model.prepare(records, strict=strict)
-            with self._model_lock:
-                predictions, probabilities = self._call(model, frame)
+            predictions, probabilities = self._run(lambda: self._call(model, frame), deadline)
             return Scored(predictions, probabilities, warnings)
         with self._cond:
             self._validating += 1
@@ -106,10 +134,12 @@ class Scorer:
             with self._cond:
                 self._validating -= 1
                 self._cond.notify_all()
+        self._check_overdue()
         batch, start, leader = self._join(model, records)
         if leader:
-            self._lead(batch)
-        batch.done.wait()
+            self._lead(batch, deadline)
+        if not batch.done.wait(None if deadline is None else max(0.0, deadline - time.monotonic())):
+            raise self._timeout()
         answer = batch.answers.get(start, batch.error)
         if isinstance(answer, BaseException):
             raise answer
@@ -140,30 +170,79 @@ class Scorer:
             del self._open[id(batch.model)]
             self._cond.notify_all()
 
-    def _lead(self, batch: _Batch) -> None:
-        """Wait for requests being validated (bounded), then for the model; predict; wake the batch."""
+    def _lead(self, batch: _Batch, deadline: float | None) -> None:
+        """Wait for requests being validated (bounded), then for the model thread, which answers the batch."""
+        with self._cond:
+            self._cond.wait_for(lambda: not batch.open or self._validating == 0, timeout=self.max_wait)
         try:
+            self._run(lambda: self._answer(batch), deadline)
+        except ModelTimeout as exc:
             with self._cond:
-                self._cond.wait_for(lambda: not batch.open or self._validating == 0, timeout=self.max_wait)
-            with self._model_lock:  # requests keep joining while the previous batch runs
-                with self._cond:
+                if not batch.started:  # the job will find the batch answered and return at once
                     self._close(batch)
-                try:
-                    predictions, probabilities = self._call(batch.model, self._frame(batch.model, batch.records))
-                except Exception:
-                    if len(batch.starts) == 1:
-                        raise
-                    self._isolate(batch)
-                else:
-                    stops = [*batch.starts[1:], len(batch.records)]
-                    for start, stop in zip(batch.starts, stops):
-                        batch.answers[start] = (
-                            predictions[start:stop], None if probabilities is None else probabilities[start:stop]
-                        )
+                    batch.error = exc
+                    batch.done.set()
+
+    def _answer(self, batch: _Batch) -> None:
+        """On the model thread: close the batch, predict it, give every request its answer (or the batch an error)."""
+        with self._cond:  # requests keep joining while the previous batch runs
+            if batch.done.is_set():  # its leader timed out before the model thread got to it
+                return
+            batch.started = True
+            self._close(batch)
+        try:
+            try:
+                predictions, probabilities = self._call(batch.model, self._frame(batch.model, batch.records))
+            except Exception:
+                if len(batch.starts) == 1:
+                    raise
+                self._isolate(batch)
+            else:
+                stops = [*batch.starts[1:], len(batch.records)]
+                for start, stop in zip(batch.starts, stops):
+                    batch.answers[start] = (
+                        predictions[start:stop], None if probabilities is None else probabilities[start:stop]
+                    )
         except BaseException as exc:  # nothing was answered: every request of the batch gets this error
             batch.error = exc
         finally:
             batch.done.set()
+
+    def _run(self, job: Callable[[], T], deadline: float | None) -> T:
+        """``job()`` on the model thread; ModelTimeout once ``deadline`` passes (the job is cancelled if not started)."""
+        self._check_overdue()
+        token = object()
+
+        def run() -> T:
+            with self._state:
+                self._running = token
+            try:
+                return job()
+            finally:
+                with self._state:
+                    self._running, self._overdue = None, False
+
+        future = self._runner.submit(run)
+        try:
+            return future.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:
+            if not future.cancel():  # running: it cannot be stopped, so later requests are told at once
+                with self._state:
+                    self._overdue = self._overdue or self._running is token
+            raise self._timeout() from None
+
+    def _check_overdue(self) -> None:
+        if self._overdue:
+            raise ModelTimeout(
+                f"The model is still busy with an earlier call that ran past the request timeout ({self.timeout:g} s, "
+                f"setting {SETTING}); this worker answers again once that call ends: retry later."
+            )
+
+    def _timeout(self) -> ModelTimeout:
+        return ModelTimeout(
+            f"The model did not answer within the request timeout ({self.timeout:g} s, setting {SETTING}); "
+            "retry later, or send fewer records per request."
+        )
 
     def _isolate(self, batch: _Batch) -> None:
         """The shared call failed: call the model for each request alone, so each gets its own answer or error."""

@@ -32,6 +32,10 @@ class TooManyRecords(SchemaError):
     """The batch is over the configured record limit (checked before any validation)."""
 
 
+class BodyTimeout(Exception):
+    """The client did not send its body within the read timeout (HTTP 408)."""
+
+
 def read_records(request: Request, shape: Shape, *, max_records: int) -> list[Any]:
     """The records of a request: checked content type and encoding, size, one parse, the body's shape, the limits."""
     parsed = jsonio.loads(_body(request))
@@ -133,10 +137,16 @@ def _body(request: Request) -> bytes:
     limit = request.max_content_length
     if limit is not None and request.content_length is not None and request.content_length > limit:
         raise _too_large(limit, f"{request.content_length} bytes")
-    if request.content_length is not None or not request.environ.get("wsgi.input_terminated"):
-        return request.get_data(cache=False)
-    stream = request.environ["wsgi.input"]
-    data = stream.read() if limit is None else stream.read(limit + 1)
+    try:
+        if request.content_length is not None or not request.environ.get("wsgi.input_terminated"):
+            return request.get_data(cache=False)
+        stream = request.environ["wsgi.input"]
+        data = stream.read() if limit is None else stream.read(limit + 1)
+    except TimeoutError:  # the socket's read timeout (serving/worker.py)
+        raise BodyTimeout(
+            "The body did not arrive within the server's read timeout (setting READ_TIMEOUT, "
+            "blackbox serve --read-timeout); send the whole request at once."
+        ) from None
     if limit is not None and len(data) > limit:
         raise _too_large(limit, "a longer chunked body")
     return data
