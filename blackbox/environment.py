@@ -21,16 +21,16 @@ behaves; version rules only keep out what is known not to load safely:
   and is frozen within one). Another micro release is tolerated.
 - The pickling libraries (dill, cloudpickle; a dill payload calls cloudpickle's
   reconstructors too), whose private reconstructors the payload calls by name
-  (a release that drops or changes one breaks old pickles: cloudpickle 0.4.0 ->
-  0.4.1, dill 0.3.0 -> 0.3.1). Another major (for a 0.x release, another 0.y:
-  dill 0.3 -> 0.4) is refused; another patch is
-  tolerated; another minor (for dill, the third component) is tolerated only
-  towards a newer release of a library that intends newer releases to read
-  older pickles (dill: uqfoundation/dill#270, #608 and its ``_shims``).
-  cloudpickle promises nothing across versions (its README: same version; its
-  maintainers: best effort, cloudpipe/cloudpickle#414, #479), so another
-  cloudpickle minor is refused. No library promises that an older release
-  reads a newer one's pickles.
+  (changing one broke pickles before: cloudpickle 0.4.1 could not load 0.4.0's,
+  cloudpipe/cloudpickle#126; dill 0.3.0 could not load 0.3.1.1's,
+  uqfoundation/dill#341). Another major (for a 0.x release, another 0.y: dill
+  0.3 -> 0.4) is refused; another patch is tolerated; another minor (for dill,
+  the third component) is tolerated only towards a newer release of a library
+  that intends newer releases to read older pickles (dill: uqfoundation/dill#270,
+  #608 and its ``_shims``). cloudpickle promises nothing across versions (its
+  README: the exact same Python, no long-term storage; its maintainers: best
+  effort, cloudpipe/cloudpickle#414, #479), so another cloudpickle minor is
+  refused. No library promises that an older release reads a newer one's pickles.
 - Any other requirement: another major (0.y for 0.x) is refused; the rest is
   tolerated.
 
