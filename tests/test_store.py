@@ -10,6 +10,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -155,11 +156,11 @@ def racing_promotes(uri: str, artifact: Path, tmp_path: Path) -> None:
             else:
                 landed.append(version)
     store = Store.open(uri)
-    pointer, _ = store._pointer("titanic", "production")
-    targets = [entry["version"] for entry in pointer["history"]] + [pointer["version"]]
+    current, history, _ = store._pointer("titanic", "production")
+    targets = [entry["version"] for entry in history] + [current.version]
     assert sorted(targets) == sorted(landed)  # every landed promote is recorded once, nothing else
     assert len(landed) >= 3  # each race has a winner
-    assert store.resolve("titanic@production").version == pointer["version"]
+    assert store.resolve("titanic@production").version == current.version
 
 
 # -- local directory ------------------------------------------------------------------------
@@ -184,7 +185,10 @@ def test_layout_is_name_version_artifact_with_records_and_alias_pointers(artifac
     record = json.loads((root / "titanic/1.0.0/release.json").read_text())
     assert record == release.record()
     pointer = json.loads((root / "titanic/aliases/staging.json").read_text())
-    assert (pointer["version"], pointer["sha256"], pointer["history"]) == ("1.0.0", release.sha256, [])
+    statement = pointer["signed"]
+    assert (statement["version"], statement["sha256"], statement["history"]) == ("1.0.0", release.sha256, [])
+    assert (statement["name"], statement["alias"], statement["rollback"]) == ("titanic", "staging", False)
+    assert pointer["signature"]["key_id"] == release.key_id  # the test key signs artifacts and pointers
     assert {p.name for p in root.rglob("*") if p.is_file()} == {"artifact.bbx", "release.json", "staging.json",
                                                                 "latest.json", ".lock"}
     assert store.pull("titanic@staging", tmp_path) == tmp_path / "titanic-1.0.0.bbx"  # a directory: NAME-VERSION.bbx
@@ -389,3 +393,238 @@ def test_store_errors_are_blackbox_errors_with_exit_code_8():
 def test_list_of_an_empty_store_is_empty(tmp_path, capsys):
     code, out, _ = run_cli(capsys, "list", tmp_path / "nothing-here", "--json")
     assert code == 0 and json.loads(out) == []
+
+
+# -- release pointers are signed statements (issue #16) -------------------------------------
+
+
+def pointer_file(root: Path, alias: str, name: str = "titanic") -> Path:
+    return root / name / "aliases" / f"{alias}.json"
+
+
+@pytest.fixture
+def two_releases(artifact, tmp_path) -> tuple[Path, Store]:
+    """A local store with titanic 1.0.0 and 2.0.0, production promoted 1.0.0 then 2.0.0 (latest: 2.0.0)."""
+    root = tmp_path / "store"
+    store = Store.open(root)
+    store.push(artifact)
+    store.push(variant(artifact, tmp_path, "2.0.0"))
+    store.promote("titanic", "1.0.0", "production")
+    store.promote("titanic", "2.0.0", "production")
+    return root, store
+
+
+def test_an_edited_pointer_is_refused(two_releases, tmp_path, capsys):
+    root, store = two_releases
+    one, two = store.resolve("titanic@1.0.0"), store.resolve("titanic@2.0.0")
+    path = pointer_file(root, "production")
+    path.write_text(path.read_text().replace(two.sha256, one.sha256).replace('"2.0.0"', '"1.0.0"'))
+    with pytest.raises(blackbox.AuthenticityError, match="titanic/aliases/production.json"):
+        store.resolve("titanic@production")
+    code, _, err = run_cli(capsys, "pull", root, "titanic@production", "-o", tmp_path / "x.bbx")
+    assert code == blackbox.AuthenticityError.exit_code and "signature" in err
+    assert not (tmp_path / "x.bbx").exists()
+
+
+def test_another_models_or_another_alias_pointer_is_refused(two_releases, artifact, tmp_path):
+    root, store = two_releases
+    store.push(variant(artifact, tmp_path, "1.0.0", name="other"))
+    store.promote("other", "1.0.0", "production")
+    store.promote("titanic", "1.0.0", "staging")
+    planted = pointer_file(root, "production")
+    planted.write_bytes(pointer_file(root, "production", "other").read_bytes())  # validly signed, for other@production
+    with pytest.raises(blackbox.AuthenticityError, match="other@production"):
+        store.resolve("titanic@production")
+    planted.write_bytes(pointer_file(root, "staging").read_bytes())  # validly signed, for titanic@staging
+    with pytest.raises(blackbox.AuthenticityError, match="titanic@staging"):
+        store.resolve("titanic@production")
+
+
+def test_a_replayed_older_pointer_is_refused_by_a_follower(artifact, tmp_path):
+    root = tmp_path / "store"
+    store = Store.open(root)
+    store.push(artifact)
+    old_latest = pointer_file(root, "latest").read_bytes()
+    store.promote("titanic", "1.0.0", "production")
+    old_production = pointer_file(root, "production").read_bytes()
+    store.push(variant(artifact, tmp_path, "2.0.0"))
+    store.promote("titanic", "2.0.0", "production")
+    for alias, old in (("production", old_production), ("latest", old_latest)):
+        served = store.resolve(f"titanic@{alias}")
+        assert served.version == "2.0.0" and served.pointer.sequence > 0
+        pointer_file(root, alias).write_bytes(old)  # what the store said before: validly signed
+        assert store.resolve(f"titanic@{alias}").version == "1.0.0"  # no memory: nothing to compare with
+        with pytest.raises(blackbox.AuthenticityError, match="older pointer") as caught:
+            store.resolve(f"titanic@{alias}", after=served)
+        assert "--allow-downgrade" in caught.value.message
+        assert store.resolve(f"titanic@{alias}", after=served, allow_downgrade=True).version == "1.0.0"
+
+
+def test_a_signed_rollback_is_accepted_and_an_unflagged_downgrade_is_not(two_releases, keys):
+    from blackbox import signing
+    from blackbox.store import pointers
+
+    root, store = two_releases
+    served = store.resolve("titanic@production")
+    rolled = store.rollback("titanic", "production")
+    assert rolled.version == "1.0.0"
+    accepted = store.resolve("titanic@production", after=served)
+    assert accepted.version == "1.0.0" and accepted.pointer.rollback
+    assert accepted.pointer.sequence > served.pointer.sequence
+
+    # promote refuses to go back unless told; told, its pointer says rollback.
+    store.promote("titanic", "2.0.0", "production")
+    served = store.resolve("titanic@production")
+    with pytest.raises(StoreError, match="downgrade"):
+        store.promote("titanic", "1.0.0", "production")
+    assert store.resolve("titanic@production").version == "2.0.0"
+    assert store.promote("titanic", "1.0.0", "production", allow_downgrade=True).version == "1.0.0"
+    assert store.resolve("titanic@production", after=served).pointer.rollback
+
+    # A validly signed, newer pointer to an older version that is not a rollback: refused unless allowed.
+    store.promote("titanic", "2.0.0", "production")
+    served = store.resolve("titanic@production")
+    path = pointer_file(root, "production")
+    document = json.loads(path.read_text())
+    one = store.resolve("titanic@1.0.0")
+    statement = {**document["signed"], **one.record(), "sequence": document["signed"]["sequence"] + 1, "rollback": False}
+    path.write_bytes(pointers.seal(statement, signing.load_private_key(keys["private"])))
+    with pytest.raises(blackbox.AuthenticityError, match="not a rollback"):
+        store.resolve("titanic@production", after=served)
+    assert store.resolve("titanic@production", after=served, allow_downgrade=True).version == "1.0.0"
+
+
+def test_a_pointer_signed_by_an_untrusted_key_is_refused(two_releases, tmp_path):
+    from blackbox import signing
+
+    root, store = two_releases
+    intruder, _ = signing.keygen(tmp_path / "intruder", "intruder")
+    store.promote("titanic", "1.0.0", "staging", signing_key=intruder)
+    with pytest.raises(blackbox.AuthenticityError, match="not among the trusted keys"):
+        store.resolve("titanic@staging")
+    assert store.resolve("titanic@production").version == "2.0.0"
+
+
+def test_unsigned_pointers_of_old_stores_are_refused_unless_allowed(two_releases, artifact, caplog, capsys):
+    root, store = two_releases
+    record = store.resolve("titanic@2.0.0").record()
+    legacy = {**record, "alias": "production", "updated_at": "2025-01-01T00:00:00Z", "history": []}  # the old format
+    pointer_file(root, "production").write_text(json.dumps(legacy))
+    with pytest.raises(blackbox.AuthenticityError, match="unsigned") as caught:
+        store.resolve("titanic@production")
+    assert "blackbox promote" in caught.value.message and "--signing-key" in caught.value.message
+    with caplog.at_level("WARNING"):
+        assert store.resolve("titanic@production", allow_unsigned=True).version == "2.0.0"
+    assert "UNSIGNED" in caplog.text
+    # Re-promoting with a key (the default one here) makes it a signed pointer again.
+    code, out, err = run_cli(capsys, "promote", root, "titanic", "2.0.0", "--alias", "production")
+    assert code == 0, err
+    assert store.resolve("titanic@production").pointer.key_id == blackbox.inspect(artifact)["signature"]["key_id"]
+
+
+def test_writing_a_pointer_needs_a_signing_key(artifact, tmp_path, monkeypatch, capsys):
+    from blackbox.signing import SIGNING_KEY_ENV
+
+    monkeypatch.delenv(SIGNING_KEY_ENV)
+    root = tmp_path / "store"
+    code, _, err = run_cli(capsys, "push", artifact, root)
+    assert code == blackbox.UsageError.exit_code and "--signing-key" in err and SIGNING_KEY_ENV in err
+    assert not root.exists()
+    monkeypatch.undo()
+
+
+# -- the local store never follows links out of its root ---------------------------------------
+
+
+def test_links_in_a_local_store_are_never_followed(artifact, tmp_path, capsys):
+    root = tmp_path / "store"
+    store = Store.open(root)
+    store.push(artifact)
+    outside = Store.open(tmp_path / "outside")
+    outside.push(variant(artifact, tmp_path, "3.0.0"))
+    (root / "titanic/3.0.0").symlink_to(tmp_path / "outside/titanic/3.0.0", target_is_directory=True)
+    assert [r.version for r in store.list("titanic")] == ["1.0.0"]
+    for ref in ("titanic@3.0.0",):
+        with pytest.raises(StoreError, match="symbolic link") as caught:
+            store.pull(ref, tmp_path / "x.bbx")
+        assert str(root / "titanic/3.0.0") in caught.value.message
+    code, _, err = run_cli(capsys, "pull", root, "titanic@3.0.0", "-o", tmp_path / "x.bbx")
+    assert code == EXIT_STORE and "symbolic link" in err
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the store")
+    (root / "titanic/1.0.0/release.json").unlink()
+    (root / "titanic/1.0.0/release.json").symlink_to(secret)
+    with pytest.raises(StoreError, match="symbolic link"):
+        store.resolve("titanic@1.0.0")
+    (root / "titanic/1.0.0/release.json").unlink()
+    (root / "titanic/1.0.0/artifact.bbx").rename(tmp_path / "moved.bbx")
+    (root / "titanic/1.0.0/artifact.bbx").symlink_to(tmp_path / "moved.bbx")
+    with pytest.raises(StoreError, match="symbolic link"):
+        store.pull("titanic", tmp_path / "x.bbx")
+    assert not (tmp_path / "x.bbx").exists()
+
+
+def test_a_fifo_in_the_store_is_refused_not_waited_on(artifact, tmp_path):
+    root = tmp_path / "store"
+    Store.open(root).push(artifact)
+    (root / "titanic/1.0.0/release.json").unlink()
+    os.mkfifo(root / "titanic/1.0.0/release.json")
+    with pytest.raises(StoreError, match="not a regular file"):
+        Store.open(root).resolve("titanic@1.0.0")
+
+
+# -- what is not a release is ignored; versions order by a stated rule ---------------------------
+
+
+def test_junk_in_the_store_is_ignored(artifact, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "store"
+    store = Store.open(root)
+    store.push(artifact)
+    store.push(variant(artifact, tmp_path, "2.0.0"))
+    (root / "README.txt").write_text("models live here")
+    (root / "titanic/README.txt").write_text("see the wiki")
+    shutil.copytree(root / "titanic/2.0.0", root / "titanic/latest")  # a stray copy, not a release
+    shutil.copytree(root / "titanic/2.0.0", root / "titanic/9.9.9")  # a copy under another version's name
+    (root / "titanic/empty").mkdir()
+    (root / "titanic/aliases/notes.txt").write_text("production is 2.0.0")
+    code, out, err = run_cli(capsys, "list", root, "--json")
+    assert code == 0, err
+    assert [r["version"] for r in json.loads(out)] == ["1.0.0", "2.0.0"]
+    assert run_cli(capsys, "list", root)[0] == 0
+    assert store.resolve("titanic").version == "2.0.0"
+    with pytest.raises(StoreError, match="titanic@2.0.0"):
+        store.resolve("titanic@9.9.9")
+
+
+@pytest.mark.parametrize("order", [("1.0.9", "1.0.10"), ("1.0.10", "1.0.9")])
+def test_versions_saved_in_the_same_second_order_by_version(order, artifact, tmp_path):
+    store = Store.open(tmp_path / "store")
+    created = unpack(artifact.read_bytes()).manifest()["created_at"]
+    for version in order:
+        store.push(variant(artifact, tmp_path, version, created_at=created))
+    assert store.resolve("titanic").version == "1.0.10"
+    assert [r.version for r in store.list("titanic")] == ["1.0.9", "1.0.10"]
+
+
+def test_version_order_is_pep440_then_natural():
+    from blackbox.store.releases import version_key
+
+    ordered = [
+        "build-9", "build-10", "1.0.0.dev1", "1.0.0a1", "1.0.0-beta", "1.0.0rc1", "1.0.0-rc.2", "1.0",
+        "1.0.0+local", "1.0.0.post1", "1.0.1", "2.0.0", "v10.0", "1!0.1",
+    ]
+    assert sorted(reversed(ordered), key=version_key) == ordered
+    assert version_key("1.0")[1] == version_key("1.0.0")[1]  # equal as versions; the text breaks the tie
+
+
+# -- names are validated where they are made ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("field,value", [("name", "../../x"), ("name", "a/b"), ("version", "../1"), ("version", "aliases")])
+def test_save_refuses_names_a_store_could_not_hold(field, value, search, titanic, tmp_path):
+    with pytest.raises(blackbox.UsageError, match=re.escape(repr(value))):
+        blackbox.save(search, tmp_path / "m.bbx", train_data=titanic[0], **{"name": "titanic", "version": "1.0.0", field: value})
+    assert list(tmp_path.iterdir()) == []

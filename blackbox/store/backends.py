@@ -8,19 +8,25 @@ offers, besides plain reads and listings:
 * ``read_versioned(key)`` / ``swap(key, data, token)``: compare-and-swap. The
   token says which state was read; ``swap`` raises :class:`Conflict` if the
   object changed since (token ``None``: it must still not exist).
-* ``age(key)`` and ``delete(key)``, for collecting what interrupted writers left.
+* ``age(key)`` and ``delete(key)``, for collecting what interrupted writers left;
+  ``uploads()`` and ``abort_upload(key, id)`` for writes a store keeps unseen (S3
+  multipart uploads never completed).
 
-How each backend keeps those promises, and where it cannot, is said on the class.
-Nothing here knows about artifacts, releases or aliases (see blackbox.store.store).
+A local store never follows a symbolic link below its root (a link could lead
+anywhere on the machine): it refuses one by name. How each backend keeps
+those promises, and where it cannot, is said on the class. Nothing here knows
+about artifacts, releases or aliases (see blackbox.store.store).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import os
 import posixpath
+import stat
 import tempfile
 import time
 import uuid
@@ -29,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import fsync_directory, atomic_write
+from ..errors import StoreError
 
 Key = tuple[str, ...]
 LOCK_FILE = ".lock"
@@ -68,6 +75,13 @@ class Backend:
     def delete(self, key: Key) -> None:
         raise NotImplementedError
 
+    def uploads(self) -> list[tuple[Key, str, float]]:
+        """Writes begun and never finished that the store keeps unseen: (key, upload id, age in seconds)."""
+        return []
+
+    def abort_upload(self, key: Key, upload_id: str) -> None:
+        raise NotImplementedError
+
 
 class LocalBackend(Backend):
     """A directory on a local (POSIX) filesystem.
@@ -78,19 +92,51 @@ class LocalBackend(Backend):
     complete, fsynced file. ``swap`` holds an ``flock`` on the directory's lock
     file (released by the kernel if the process dies), compares the current bytes
     with the token and replaces the file atomically (temp + fsync + rename).
+
+    No part of a key may be a symbolic link (the root itself may be one): every
+    operation checks each part with ``lstat`` and refuses a link, naming it;
+    listings leave links out; reads open the file with ``O_NOFOLLOW`` and read
+    only regular files (a FIFO or device planted in the store is refused, not
+    waited on). A directory swapped for a link between the check and its use
+    escapes the check; what is read is still verified (digest, signature) before use.
     """
 
     def __init__(self, root: Path) -> None:
         self.root = root
 
+    def _path(self, key: Key) -> Path:
+        """The path of ``key``, after checking that no part of it below the root is a symbolic link."""
+        path = self.root
+        for part in key:
+            path = path / part
+            if path.is_symlink():
+                raise self._link(path)
+        return path
+
+    def _link(self, path: Path) -> StoreError:
+        return StoreError(
+            f"{path} is a symbolic link (to {os.readlink(path)!r}), and the model store never follows links: one "
+            f"could lead out of the store root {self.root}. Refusing it; put the file or directory itself there, "
+            "or remove the link."
+        )
+
     def read(self, key: Key) -> bytes | None:
+        path = self._path(key)
         try:
-            return self.root.joinpath(*key).read_bytes()
-        except FileNotFoundError:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except (FileNotFoundError, NotADirectoryError):  # NotADirectoryError: a stray file where a directory would be
             return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # became a link since the check
+                raise self._link(path) from None
+            raise
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise StoreError(f"{path} is not a regular file; refusing to read it. Remove it from the store.")
+            return f.read()
 
     def create(self, key: Key, data: bytes) -> None:
-        path = self.root.joinpath(*key)
+        path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
@@ -105,7 +151,7 @@ class LocalBackend(Backend):
         fsync_directory(path.parent)
 
     def swap(self, key: Key, data: bytes, token: Any) -> None:
-        path = self.root.joinpath(*key)
+        path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._locked(path.parent):
             if self.read(key) != token:
@@ -114,15 +160,15 @@ class LocalBackend(Backend):
 
     def children(self, key: Key) -> list[str]:
         try:
-            return sorted(p.name for p in self.root.joinpath(*key).iterdir())
+            return sorted(p.name for p in self._path(key).iterdir() if not p.is_symlink())
         except (FileNotFoundError, NotADirectoryError):
             return []
 
     def age(self, key: Key) -> float:
-        return time.time() - self.root.joinpath(*key).stat().st_mtime
+        return time.time() - self._path(key).lstat().st_mtime
 
     def delete(self, key: Key) -> None:
-        self.root.joinpath(*key).unlink(missing_ok=True)
+        self._path(key).unlink(missing_ok=True)
 
     @staticmethod
     @contextlib.contextmanager
@@ -226,6 +272,25 @@ class S3Backend(FsspecBackend):
 
     def create(self, key: Key, data: bytes) -> None:
         self.fs.pipe_file(self._path(key), data, mode="create")
+
+    def uploads(self) -> list[tuple[Key, str, float]]:
+        """Multipart uploads begun under the store's root and never completed or aborted."""
+        bucket, _, prefix = self.root.partition("/")
+        prefix = f"{prefix}/" if prefix else ""
+        found: list[tuple[Key, str, float]] = []
+        page_from: dict[str, str] = {}
+        while True:
+            page = self.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix, **page_from)
+            for upload in page.get("Uploads", []):
+                key = tuple(upload["Key"][len(prefix):].split("/"))
+                found.append((key, upload["UploadId"], time.time() - upload["Initiated"].timestamp()))
+            if not page.get("IsTruncated"):
+                return found
+            page_from = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
+
+    def abort_upload(self, key: Key, upload_id: str) -> None:
+        bucket, _, path = self._path(key).partition("/")
+        self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=path, UploadId=upload_id)
 
     def swap(self, key: Key, data: bytes, token: Any) -> None:
         condition = {"IfMatch": token} if token is not None else {"mode": "create"}

@@ -5,20 +5,29 @@ Layout under the store's root (a directory, or any fsspec URL such as ``s3://buc
     NAME/VERSION/artifact.bbx    the artifact, exactly as pushed; never overwritten
     NAME/VERSION/release.json    its release record (sha256, size, created_at, key id, metrics),
                                  so listing never reads whole artifacts
-    NAME/aliases/ALIAS.json      a pointer: the target's release record, when it was set,
-                                 and the previous targets (``history``) that rollback returns to
+    NAME/aliases/ALIAS.json      a signed pointer: the target's release record, a sequence
+                                 number, and the previous targets (``history``) that rollback
+                                 returns to (see blackbox.store.pointers)
 
 A version exists once its artifact does: the artifact is published whole
 and exclusively (see blackbox.store.backends), read back, and compared with
 the digest of what was pushed; the record is written after it and can always
-be derived from it again. Pointers change only by compare-and-swap, so a
-writer that lost a race is told instead of silently undoing the other's work.
-``latest`` is an alias that every push moves to the newest release (by
-``created_at``); ``NAME`` alone means ``NAME@latest``.
+be derived from it again. A release is NAME/VERSION whose record names NAME
+and VERSION: anything else in the store (stray files, copies, links) is not
+one, and ``list`` ignores it.
+
+Pointers are written only by ``push`` (``latest``), ``promote`` and
+``rollback``, signed with the signing key, and change only by compare-and-swap,
+so a writer that lost a race is told instead of silently undoing the other's
+work. Write access to the store is not enough to change what a reader
+resolves: pointers are verified with the trusted keys. ``latest`` is moved by
+every push to the highest version (:func:`~blackbox.store.releases.version_key`);
+``NAME`` alone means ``NAME@latest``.
 
 Nothing is ever unpickled here: pushing, promoting and pulling verify the
 signature and the payload's digest (the checks ``blackbox.load`` makes before
-unpickling), not the model.
+unpickling), not the model. A pulled artifact must have the sha256 the
+(signed) pointer or record names, and the name and version it was resolved as.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import posixpath
 import re
@@ -33,11 +43,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .. import signing
 from ..artifact import read_bytes
 from ..atomic import atomic_write
-from ..errors import IntegrityError
-from ..manifest import utc_now
+from ..errors import AuthenticityError, IntegrityError, UsageError
+from ..signing import SIGNING_KEY_ENV, PrivateKey
 from ..trust import TrustedKeys
+from . import pointers
 from .backends import Conflict, Key, open_backend
 from .releases import (
     ALIASES,
@@ -51,14 +63,18 @@ from .releases import (
     describe,
     digest,
     is_alias,
+    load_object,
     parse_ref,
     valid_name,
     verified,
+    version_key,
 )
+
+log = logging.getLogger("blackbox")
 
 ARTIFACT = "artifact.bbx"
 RECORD = "release.json"
-HISTORY_LIMIT = 50
+SigningKey = str | os.PathLike[str] | None
 
 
 class Store:
@@ -78,14 +94,22 @@ class Store:
         return cls(uri, **storage_options)
 
     def push(
-        self, path: str | os.PathLike[str], *, trusted_keys: TrustedKeys = None, allow_unsigned: bool = False
+        self,
+        path: str | os.PathLike[str],
+        *,
+        trusted_keys: TrustedKeys = None,
+        allow_unsigned: bool = False,
+        signing_key: SigningKey = None,
     ) -> Release:
-        """Verify the artifact at ``path`` and publish it as NAME/VERSION from its manifest.
+        """Verify the artifact at ``path``, publish it as NAME/VERSION from its manifest, and move ``latest``.
 
         Pushing the same bytes again is a no-op (so a retry after a network error is
         safe); different bytes under an existing version are refused: versions are immutable.
+        ``signing_key`` (default: BLACKBOX_SIGNING_KEY) signs the ``latest`` pointer; without
+        one, only ``allow_unsigned`` lets it be written, unsigned.
         """
         data = read_bytes(path)
+        signer = _signer(signing_key, allow_unsigned, f"pushing {path}")
         release = verified(data, str(path), trusted_keys, allow_unsigned)
         with self._io(f"pushing {release.ref}"):
             key = (release.name, release.version, ARTIFACT)
@@ -105,11 +129,15 @@ class Store:
                 )
             with contextlib.suppress(FileExistsError):  # written by an earlier or concurrent push of these bytes
                 self._backend.create((release.name, release.version, RECORD), _dump(release.record()))
-            self._advance_latest(release)
+            self._advance_latest(release, signer, trusted_keys, allow_unsigned)
         return self._located(release)
 
-    def list(self, name: str | None = None) -> list[Release]:
-        """Every release (of ``name``, or of every model), oldest first, with the aliases pointing at each."""
+    def list(self, name: str | None = None, *, trusted_keys: TrustedKeys = None, allow_unsigned: bool = False) -> list[Release]:
+        """Every release (of ``name``, or of every model) in version order, with the aliases pointing at each.
+
+        What is not a release is left out; so is an alias whose pointer cannot be believed
+        (verified with ``trusted_keys``, as :meth:`resolve` does), with a warning naming it.
+        """
         with self._io("listing"):
             names = [check_name("model name", name)] if name is not None else [
                 n for n in self._backend.children(()) if valid_name(n)
@@ -118,51 +146,78 @@ class Store:
             for model in names:
                 aliases: dict[str, list[str]] = {}
                 for alias in self._aliases(model):
-                    pointer, _ = self._pointer(model, alias)
-                    if pointer is not None:
-                        aliases.setdefault(pointer["version"], []).append(alias)
+                    try:
+                        target, _, _ = self._pointer(model, alias, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned)
+                    except (AuthenticityError, StoreError) as exc:
+                        log.warning("Not listing alias %s@%s: %s", model, alias, exc.message)
+                        continue
+                    if target is not None:
+                        aliases.setdefault(target.version, []).append(alias)
                 for version in self._backend.children((model,)):
-                    release = self._release(model, version) if valid_name(version) and version != ALIASES else None
+                    if not valid_name(version) or version in (ALIASES, LATEST):
+                        continue
+                    try:
+                        release = self._release(model, version)
+                    except StoreError as exc:
+                        log.warning("Not listing %s: %s", self._where((model, version)), exc.message)
+                        continue
                     if release is not None:
                         releases.append(self._located(release, tuple(aliases.get(version, ()))))
-        return sorted(releases, key=lambda r: (r.name, r.created_at or "", r.version))
+        return sorted(releases, key=lambda r: (r.name, version_key(r.version)))
 
-    def resolve(self, ref: str) -> Release:
+    def resolve(
+        self,
+        ref: str,
+        *,
+        trusted_keys: TrustedKeys = None,
+        allow_unsigned: bool = False,
+        after: Release | None = None,
+        allow_downgrade: bool = False,
+    ) -> Release:
         """The release ``NAME@ALIAS``, ``NAME@VERSION`` or ``NAME`` (= ``NAME@latest``) names.
 
-        Reads one small object: the alias pointer (which carries the target's
-        record), or the version's record. An alias wins over a version of the same name.
+        Reads one small object: the alias pointer (which carries the target's record;
+        verified with ``trusted_keys``, default BLACKBOX_TRUSTED_KEYS; an unsigned one only
+        with ``allow_unsigned``), or the version's record. An alias wins over a version of
+        the same name. ``after`` is the release a follower resolved and serves now: a
+        pointer older than its pointer, or naming an older version without being a
+        rollback, is refused (AuthenticityError) unless ``allow_downgrade``.
         """
         name, target = parse_ref(ref)
         with self._io(f"resolving {ref}"):
-            pointer, _ = self._pointer(name, target) if is_alias(target) else (None, None)
-            if pointer is not None:
-                release = Release.from_record(pointer, where=self._where((name, ALIASES, f"{target}.json")))
-                return self._located(release, (target,))
-            release = self._release(name, target)
+            release = None
+            if is_alias(target):
+                release, _, _ = self._pointer(name, target, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned)
+            if release is None:
+                release = self._release(name, target)
+                release = self._located(release) if release is not None else None
         if release is None:
             raise StoreError(
                 f"{name}@{target} is neither an alias nor a version in {self.uri}. "
                 f"`blackbox list {self.uri} {name}` shows what there is."
             )
-        return self._located(release)
+        pointers.check_succession(release, after, f"{name}@{target} in {self.uri}", allow_downgrade=allow_downgrade)
+        return release
 
     def fetch(
-        self, ref: str, *, trusted_keys: TrustedKeys = None, allow_unsigned: bool = False
+        self, ref: str | Release, *, trusted_keys: TrustedKeys = None, allow_unsigned: bool = False
     ) -> tuple[Release, bytes]:
-        """Resolve ``ref`` and download its artifact, verified (digest, signature, payload); nothing is unpickled."""
-        release = self.resolve(ref)
+        """Download the artifact of ``ref`` (resolved here, or a Release from :meth:`resolve`), verified
+        (its sha256 is the one resolved, its signature and payload digest check); nothing is unpickled."""
+        release = ref if isinstance(ref, Release) else self.resolve(
+            ref, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned
+        )
         return release, self._download(release, trusted_keys, allow_unsigned)
 
     def pull(
         self,
-        ref: str,
+        ref: str | Release,
         dest: str | os.PathLike[str],
         *,
         trusted_keys: TrustedKeys = None,
         allow_unsigned: bool = False,
     ) -> Path:
-        """Download ``ref``, verify it, and place it at ``dest`` atomically.
+        """Download ``ref`` (as :meth:`fetch` does), verify it, and place it at ``dest`` atomically.
 
         A directory (existing, or named with a trailing slash) receives ``NAME-VERSION.bbx``.
         """
@@ -183,37 +238,74 @@ class Store:
         *,
         trusted_keys: TrustedKeys = None,
         allow_unsigned: bool = False,
+        signing_key: SigningKey = None,
+        allow_downgrade: bool = False,
     ) -> Release:
-        """Point ``NAME@ALIAS`` at ``version``, after verifying its artifact; the old target goes to history."""
+        """Point ``NAME@ALIAS`` at ``version``, after verifying its artifact; the old target goes to history.
+
+        The pointer is signed with ``signing_key`` (default: BLACKBOX_SIGNING_KEY). Moving
+        the alias to an older version than it names is refused unless ``allow_downgrade``;
+        then the pointer says it is a rollback, which followers accept.
+        """
         check_name("model name", name)
         check_version(version)
         check_alias(alias)
+        signer = _signer(signing_key, allow_unsigned, f"promoting {name}@{version} to {alias}")
         with self._io(f"promoting {name}@{version} to {alias}"):
-            pointer, token = self._pointer(name, alias, for_update=True)
+            current, history, token = self._pointer(
+                name, alias, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned, for_update=True
+            )
             release = self._release(name, version)
             if release is None:
                 raise StoreError(f"Version {version} of {name} is not in {self.uri}; push it first.")
-            if pointer is None or pointer["version"] != version:
-                self._download(release, trusted_keys, allow_unsigned)
-                self._swap(name, alias, _pointer_to(release, alias, _history(pointer)), token)
+            if current is not None and current.version == version and (_signed(current) or signer is None):
+                return current
+            downgrade = current is not None and version_key(version) < version_key(current.version)
+            if downgrade and not allow_downgrade:
+                raise StoreError(
+                    f"{name}@{alias} names version {current.version}; moving it to the older {version} is a "
+                    "downgrade, which servers following it refuse unless the pointer says it is a rollback. "
+                    "Use `blackbox rollback` to return to its previous target, or pass --allow-downgrade "
+                    "(allow_downgrade=True) to promote it as a rollback."
+                )
+            self._download(release, trusted_keys, allow_unsigned)
+            successor = pointers.statement(release, alias, current, _history(current, history), rollback=downgrade)
+            self._swap(name, alias, pointers.seal(successor, signer), token)
         return self._located(release, (alias,))
 
     def rollback(
-        self, name: str, alias: str, *, trusted_keys: TrustedKeys = None, allow_unsigned: bool = False
+        self,
+        name: str,
+        alias: str,
+        *,
+        trusted_keys: TrustedKeys = None,
+        allow_unsigned: bool = False,
+        signing_key: SigningKey = None,
     ) -> Release:
-        """Point ``NAME@ALIAS`` back at its previous target (verified), taking it off the history."""
+        """Point ``NAME@ALIAS`` back at its previous target (verified), taking it off the history.
+
+        The new pointer is signed (as for :meth:`promote`) and says it is a rollback.
+        """
         check_name("model name", name)
         check_alias(alias)
+        signer = _signer(signing_key, allow_unsigned, f"rolling back {name}@{alias}")
         with self._io(f"rolling back {name}@{alias}"):
-            pointer, token = self._pointer(name, alias, for_update=True)
-            if pointer is None:
-                raise StoreError(f"{name} has no alias {alias!r} in {self.uri}; `blackbox promote` creates one.")
-            if not pointer["history"]:
+            current, history, token = self._pointer(
+                name, alias, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned, for_update=True
+            )
+            if current is None:
                 raise StoreError(
-                    f"{name}@{alias} (now version {pointer['version']}) has no previous target left in its history "
+                    f"{name} has no alias {alias!r} in {self.uri}; `blackbox promote` creates one."
+                    if token is None else
+                    f"{name}@{alias} in {self.uri} has a pointer that cannot be believed (see the warning above), "
+                    "so there is no trusted history to roll back through. Promote the version you want instead."
+                )
+            if not history:
+                raise StoreError(
+                    f"{name}@{alias} (now version {current.version}) has no previous target left in its history "
                     "to roll back to. Promote the version you want instead."
                 )
-            previous = pointer["history"][-1]
+            previous = history[-1]
             release = self._release(name, previous["version"])
             if release is None:
                 raise StoreError(
@@ -227,14 +319,17 @@ class Store:
                     "altered. Refusing to roll back to it."
                 )
             self._download(release, trusted_keys, allow_unsigned)
-            self._swap(name, alias, _pointer_to(release, alias, pointer["history"][:-1]), token)
+            successor = pointers.statement(release, alias, current, history[:-1], rollback=True)
+            self._swap(name, alias, pointers.seal(successor, signer), token)
         return self._located(release, (alias,))
 
     def gc(self, older_than: float = 3600.0) -> list[str]:
-        """Remove temporary files interrupted writers left, if older than ``older_than`` seconds; return them.
+        """Remove what interrupted writers left, if older than ``older_than`` seconds; return what.
 
-        They are never versions or pointers (readers ignore them); the age keeps
-        gc away from writes still in flight.
+        That is temporary files, and on S3 multipart uploads of the store's own keys
+        that were never completed (S3 keeps their parts, unseen, until aborted). They
+        are never versions or pointers (readers ignore them); the age keeps gc away
+        from writes still in flight.
         """
         removed = []
         with self._io("collecting temporary files"):
@@ -242,44 +337,74 @@ class Store:
                 for sub in self._backend.children((name,)):
                     for leaf in self._backend.children((name, sub)):
                         key = (name, sub, leaf)
-                        if leaf.startswith(".") and leaf.endswith(".tmp") and self._backend.age(key) >= older_than:
+                        if _temporary(leaf) and self._backend.age(key) >= older_than:
                             self._backend.delete(key)
                             removed.append(self._where(key))
+            for key, upload_id, age in self._backend.uploads():
+                if _own_key(key) and age >= older_than:
+                    self._backend.abort_upload(key, upload_id)
+                    removed.append(f"{self._where(key)} (unfinished upload {upload_id})")
         return removed
 
     # ------------------------------------------------------------------ internals
 
     def _release(self, name: str, version: str) -> Release | None:
-        """The release record of NAME/VERSION; derived from the artifact if a push died before writing it."""
+        """The release record of NAME/VERSION; derived from the artifact if a push died before writing it.
+
+        A record (or artifact) of another name or version there is not this release: a StoreError.
+        """
         key = (name, version, RECORD)
         data = self._backend.read(key)
         if data is not None:
-            return Release.from_record(_load(data, self._where(key)), where=self._where(key))
-        artifact = self._backend.read((name, version, ARTIFACT))
-        return None if artifact is None else describe(artifact, self._where((name, version, ARTIFACT)))
+            release = Release.from_record(load_object(data, self._where(key)), where=self._where(key))
+        else:
+            key = (name, version, ARTIFACT)
+            artifact = self._backend.read(key)
+            if artifact is None:
+                return None
+            release = describe(artifact, self._where(key))
+        if (release.name, release.version) != (name, version):
+            raise damaged(self._where(key), f"holds {release.ref}, not {name}@{version}, so it is not a release")
+        return release
 
     def _aliases(self, name: str) -> list[str]:
         leaves = self._backend.children((name, ALIASES))
         names = (leaf.removesuffix(".json") for leaf in leaves if leaf.endswith(".json"))
         return [alias for alias in names if is_alias(alias)]
 
-    def _pointer(self, name: str, alias: str, *, for_update: bool = False) -> tuple[dict[str, Any] | None, Any]:
-        """The alias's pointer (None if unset) and, ``for_update``, the token a later ``_swap`` compares."""
+    def _pointer(
+        self,
+        name: str,
+        alias: str,
+        *,
+        trusted_keys: TrustedKeys = None,
+        allow_unsigned: bool = False,
+        for_update: bool = False,
+    ) -> tuple[Release | None, list[dict[str, Any]], Any]:
+        """The release NAME@ALIAS's pointer names (None if unset), its history, and the token ``_swap`` compares.
+
+        A pointer that cannot be believed raises (blackbox.store.pointers); ``for_update``
+        (a writer about to replace it), it is logged and treated as unset, history and all.
+        """
         key = (name, ALIASES, f"{alias}.json")
         try:
             data, token = self._backend.read_versioned(key) if for_update else (self._backend.read(key), None)
         except Conflict:
             raise self._lost_race(name, alias) from None
         if data is None:
-            return None, None
-        pointer = _load(data, self._where(key))
-        if not isinstance(pointer.get("version"), str) or not isinstance(pointer.get("history"), list):
-            raise damaged(self._where(key), "is not a valid alias pointer")
-        return pointer, token
-
-    def _swap(self, name: str, alias: str, pointer: dict[str, Any], token: Any) -> None:
+            return None, [], token
         try:
-            self._backend.swap((name, ALIASES, f"{alias}.json"), _dump(pointer), token)
+            release, history = pointers.read(data, self._where(key), name, alias, trusted_keys, allow_unsigned)
+        except (AuthenticityError, StoreError) as exc:
+            if not for_update:
+                raise
+            log.warning("Replacing %s, which cannot be believed (%s); its history is dropped.", self._where(key), exc.message)
+            return None, [], token
+        return self._located(release, (alias,)), history, token
+
+    def _swap(self, name: str, alias: str, pointer: bytes, token: Any) -> None:
+        try:
+            self._backend.swap((name, ALIASES, f"{alias}.json"), pointer, token)
         except Conflict:
             raise self._lost_race(name, alias) from None
 
@@ -289,17 +414,22 @@ class Store:
             f"changed here. Check `blackbox list {self.uri} {name}` and run the command again if still needed."
         )
 
-    def _advance_latest(self, release: Release) -> None:
-        """Move ``latest`` to ``release`` unless it already names a newer one; concurrent pushes retry."""
+    def _advance_latest(
+        self, release: Release, signer: PrivateKey | None, trusted_keys: TrustedKeys, allow_unsigned: bool
+    ) -> None:
+        """Move ``latest`` to ``release`` unless it names a higher version (or this one, signed); pushes retry."""
         for _ in range(10):
-            pointer, token = self._pointer(release.name, LATEST, for_update=True)
-            if pointer is not None and (pointer.get("created_at") or "", pointer["version"]) >= (
-                release.created_at or "", release.version
+            current, history, token = self._pointer(
+                release.name, LATEST, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned, for_update=True
+            )
+            if current is not None and (
+                version_key(current.version) > version_key(release.version)
+                or (current.version == release.version and (_signed(current) or signer is None))
             ):
                 return
-            successor = _pointer_to(release, LATEST, _history(pointer))
+            successor = pointers.statement(release, LATEST, current, _history(current, history), rollback=False)
             try:
-                self._backend.swap((release.name, ALIASES, f"{LATEST}.json"), _dump(successor), token)
+                self._backend.swap((release.name, ALIASES, f"{LATEST}.json"), pointers.seal(successor, signer), token)
                 return
             except Conflict:
                 continue
@@ -329,6 +459,7 @@ class Store:
         return data
 
     def _located(self, release: Release, aliases: tuple[str, ...] = ()) -> Release:
+        """``release`` as found here (its uri, and the aliases it was found through)."""
         return dataclasses.replace(release, aliases=aliases, uri=self._where((release.name, release.version, ARTIFACT)))
 
     def _where(self, key: Key) -> str:
@@ -345,29 +476,48 @@ class Store:
             ) from exc
 
 
-def _pointer_to(release: Release, alias: str, history: list[dict[str, Any]]) -> dict[str, Any]:
-    return {**release.record(), "alias": alias, "updated_at": utc_now(), "history": history[-HISTORY_LIMIT:]}
+def _signer(signing_key: SigningKey, allow_unsigned: bool, what: str) -> PrivateKey | None:
+    """The key that signs the pointer a command writes; None (unsigned, warned) only with ``allow_unsigned``."""
+    path = signing_key or os.environ.get(SIGNING_KEY_ENV) or None
+    if path is not None:
+        return signing.load_private_key(path)
+    if not allow_unsigned:
+        raise UsageError(
+            f"{what} writes an alias pointer, and pointers are signed so that write access to the store is not "
+            f"enough to change what servers run: pass --signing-key KEY or set {SIGNING_KEY_ENV} (`blackbox keygen` "
+            "makes a key). Only for readers that accept unsigned pointers: --allow-unsigned."
+        )
+    log.warning("WRITING AN UNSIGNED ALIAS POINTER while %s (no signing key, allow_unsigned=True)", what)
+    return None
 
 
-def _history(pointer: dict[str, Any] | None) -> list[dict[str, Any]]:
+def _signed(release: Release) -> bool:
+    return release.pointer is not None and release.pointer.key_id is not None
+
+
+def _history(current: Release | None, history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The history a pointer's successor keeps: the old history plus the old target."""
-    if pointer is None:
+    if current is None:
         return []
-    return [*pointer["history"], {k: pointer.get(k) for k in ("version", "sha256", "updated_at")}]
+    updated_at = current.pointer.updated_at if current.pointer is not None else None
+    return [*history, {"version": current.version, "sha256": current.sha256, "updated_at": updated_at}]
+
+
+def _temporary(leaf: str) -> bool:
+    return leaf.startswith(".") and leaf.endswith(".tmp")
+
+
+def _own_key(key: Key) -> bool:
+    """Whether ``key`` is one this store writes (an artifact, record, pointer, or a temporary file beside one)."""
+    if len(key) != 3 or not valid_name(key[0]):
+        return False
+    if key[1] == ALIASES:
+        return key[2].endswith(".json") or _temporary(key[2])
+    return valid_name(key[1]) and (key[2] in (ARTIFACT, RECORD) or _temporary(key[2]))
 
 
 def _dump(value: dict[str, Any]) -> bytes:
     return json.dumps(value, indent=2, sort_keys=True, allow_nan=False).encode() + b"\n"
-
-
-def _load(data: bytes, where: str) -> dict[str, Any]:
-    try:
-        value = json.loads(data)
-    except ValueError as exc:
-        raise damaged(where, f"is not valid JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise damaged(where, "is not a JSON object")
-    return value
 
 
 def _redact(uri: str) -> str:
