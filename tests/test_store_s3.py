@@ -139,3 +139,46 @@ def test_an_unreachable_store_is_a_store_error_naming_it_without_credentials(end
     assert "s3://bucket/models" in caught.value.message and "reachable" in caught.value.message
     assert SECRET not in caught.value.message
     assert Store.open("s3://KEY:SECRET@bucket/models").uri == "s3://bucket/models"
+
+
+def test_gc_aborts_unfinished_multipart_uploads_of_the_stores_own_keys(uri, artifact, capsys):
+    """A push killed mid-upload leaves parts S3 keeps (and bills) unseen; gc aborts them, and only the store's."""
+    store = Store.open(uri)
+    store.push(artifact)
+    fs = store._backend.fs
+    root = uri.removeprefix("s3://")
+    bucket = root.partition("/")[0]
+
+    def begin(path: str):
+        upload = fs.open(path, "wb", block_size=5 * 2**20)
+        upload.write(b"\0" * (6 * 2**20))
+        upload.flush()  # sends the first part: a multipart upload, never completed
+        return upload
+
+    def pending() -> set[str]:
+        return {u["Key"] for u in fs.call_s3("list_multipart_uploads", Bucket=bucket).get("Uploads", [])}
+
+    uploads = {
+        "ours": begin(f"{root}/titanic/2.0.0/artifact.bbx"),
+        "another app's": begin(f"{bucket}/other-app/data.bin"),  # same bucket, outside the store
+        "not a store key": begin(f"{root}/titanic/notes/big.bin"),  # under the store, but never written by it
+    }
+    others = {f"{bucket}/other-app/data.bin".partition("/")[2], f"{root}/titanic/notes/big.bin".partition("/")[2]}
+    assert pending() == {f"{root}/titanic/2.0.0/artifact.bbx".partition("/")[2]} | others
+    try:
+        # Younger than the limit: could be an upload in flight. (moto reports every upload as initiated
+        # 2010-11-10T20:48:33Z, so "younger" here means younger than 10^9 s.)
+        assert store.gc(older_than=1e9) == []
+        from blackbox.cli import main as blackbox_cli
+
+        capsys.readouterr()
+        assert blackbox_cli(["gc", uri, "--older-than", "0"]) == 0
+        out = capsys.readouterr().out
+        assert f"{uri}/titanic/2.0.0/artifact.bbx (unfinished upload " in out
+        assert pending() == others
+        assert Store.open(uri).resolve("titanic").sha256 == file_sha256(artifact)  # nothing else was touched
+    finally:
+        uploads["ours"].closed = True  # aborted by gc: its finaliser must not try to complete it
+        for name in ("another app's", "not a store key"):
+            uploads[name].discard()
+            uploads[name].closed = True
