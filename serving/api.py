@@ -1,6 +1,9 @@
 """Prediction routes: ``POST /predict``, the MLflow-compatible ``POST /invocations``, and ``POST /feedback``.
 
-Scope: HTTP glue. Both routes read the body into records (:mod:`.payloads`),
+Scope: HTTP glue. With several models, ``/models/{name}/predict`` and
+``/models/{name}/invocations`` address one (the bare routes answer 404 naming
+them); with one, both forms work. :func:`score` and :func:`record` are the one
+scoring path, which :mod:`.v2` uses too. Both routes read the body into records (:mod:`.payloads`),
 score them in one call (:class:`.inference.Scorer`) with the model read once from
 the holder, and answer ``{"predictions", "probabilities", "classes", "model",
 "warnings", "request_id"}``; ``predictions`` is also what MLflow clients read.
@@ -17,39 +20,36 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from blackbox import Model
 from blackbox.errors import ModelOutputError
 from flask import Blueprint, Response, g, request
 
 from . import jsonio, payloads, predlog, state
+from .inference import Scored
 from .lifecycle import request_id
+from .state import Served
 
 bp = Blueprint("api", __name__)
 
 
 @bp.post("/predict")
-def predict() -> Response:
-    return _predict(payloads.native)
+@bp.post("/models/<name>/predict")
+def predict(name: str | None = None) -> Response:
+    return _predict(name, payloads.native)
 
 
 @bp.post("/invocations")
-def invocations() -> Response:
-    return _predict(payloads.invocation)
+@bp.post("/models/<name>/invocations")
+def invocations(name: str | None = None) -> Response:
+    return _predict(name, payloads.invocation)
 
 
-def _predict(shape: payloads.Shape) -> Response:
+def _predict(name: str | None, shape: payloads.Shape) -> Response:
     current = state.current()
-    model = current.holder.require()
-    g.model_version = model.version
+    served = current.served(name)
+    model = held(served)
     records = payloads.read_records(request, shape, max_records=current.settings.max_records)
-    g.records = len(records)
-    try:
-        scored = current.scorer.score(model, records, strict=current.settings.strict_fields)
-    except ModelOutputError as exc:
-        current.metrics.invalid_output(model.version, len(exc.rows))
-        current.log.event("invalid_model_output", logging.ERROR, request_id=request_id(), model_version=model.version,
-                          output=exc.output, rows=exc.rows[:100], records=len(records))
-        raise
-    g.warnings = scored.warnings
+    scored = score(served, model, records)
     body: dict[str, Any] = {"predictions": scored.predictions}
     if scored.probabilities is not None:
         body["probabilities"] = scored.probabilities
@@ -59,11 +59,40 @@ def _predict(shape: payloads.Shape) -> Response:
     body["warnings"] = scored.warnings
     body["request_id"] = request_id()
     response = jsonio.response(body)  # before recording: an answer that cannot be serialised records nothing
-    current.metrics.predicted(len(records), model.version, scored.warnings)
-    current.monitor.observe(model, records)
+    record(served, model, records, scored)
+    return response
+
+
+def held(served: Served) -> Model:
+    """The model ``served`` holds now (503 when none), read once for the whole request and named in its log line."""
+    g.model_name = served.name
+    model = served.holder.require()
+    g.model_version = model.version
+    return model
+
+
+def score(served: Served, model: Model, records: list[Any]) -> Scored:
+    """Validate and predict ``records`` with ``model`` in its own scorer; an invalid output is logged and counted, then raised."""
+    current = state.current()
+    g.records = len(records)
+    try:
+        scored = served.scorer.score(model, records, strict=current.settings.strict_fields)
+    except ModelOutputError as exc:
+        current.metrics.invalid_output(served.name, model.version, len(exc.rows))
+        current.log.event("invalid_model_output", logging.ERROR, request_id=request_id(), model=served.name,
+                          model_version=model.version, output=exc.output, rows=exc.rows[:100], records=len(records))
+        raise
+    g.warnings = scored.warnings
+    return scored
+
+
+def record(served: Served, model: Model, records: list[Any], scored: Scored) -> None:
+    """An answered request, once its body is serialised: metrics, the model's drift window, the prediction log."""
+    current = state.current()
+    current.metrics.predicted(served.name, len(records), model.version, scored.warnings)
+    served.monitor.observe(model, records)
     if current.predlog is not None:
         current.predlog.record(model, records, scored)
-    return response
 
 
 @bp.post("/feedback")

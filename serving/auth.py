@@ -5,11 +5,13 @@ Scope: reading keys and checking requests. Keys come from ``API_KEYS``
 from ``BLACKBOX_API_KEYS``) and/or ``API_KEYS_FILE`` (the same, with ``#``
 comments). With no key configured the server is open (``blackbox serve`` then
 binds only to loopback unless told ``--insecure-no-auth``). With keys, every
-route but ``/health`` and ``/ready`` needs ``Authorization: Bearer <key>``
+route but ``/health``, ``/ready``, ``/v2/health/live`` and ``/v2/health/ready`` needs ``Authorization: Bearer <key>``
 (401 otherwise), and a key granted the route's scope (403 otherwise, naming it):
 
-- ``predict``: ``POST /predict``, ``/invocations`` and ``/feedback``;
-- ``read``: ``GET /model``, ``/schema``, ``/openapi.json``, ``/drift`` and
+- ``predict``: ``POST /predict``, ``/invocations`` and ``/feedback`` (and their
+  ``/models/{name}/...`` forms), ``POST /v2/models/{name}/infer``;
+- ``read``: ``GET /models``, ``/model``, ``/schema``, ``/openapi.json``, ``/drift``,
+  the ``/v2`` metadata and model-ready routes, and
   ``/metrics`` (it tells who uses the model how much; Prometheus sends the
   header from its ``authorization.credentials_file``);
 - ``admin``: ``POST /reload``, and any route not listed here (deny by default).
@@ -38,13 +40,15 @@ from werkzeug.exceptions import Forbidden, Unauthorized
 from . import state
 from .config import Settings
 
-OPEN_ENDPOINTS = frozenset({"ops.health", "ops.ready"})
+OPEN_ENDPOINTS = frozenset({"ops.health", "ops.ready", "v2.server_live", "v2.server_ready"})
 SCOPES = ("predict", "read", "admin")
 DEFAULT_SCOPES = frozenset({"predict", "read"})
 ENDPOINT_SCOPES = {
     "api.predict": "predict", "api.invocations": "predict", "api.feedback": "predict",
     "ops.model": "read", "ops.schema": "read", "ops.openapi_json": "read", "ops.metrics": "read", "monitor.drift_view": "read",
     "ops.reload": "admin",
+    "ops.models": "read", "ops.model_ready": "read",
+    "v2.infer": "predict", "v2.server_metadata": "read", "v2.model_metadata": "read", "v2.model_ready": "read",
 }
 """The scope each route needs; a route not listed needs ``admin``."""
 MIN_KEY_LENGTH = 16

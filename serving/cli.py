@@ -34,9 +34,10 @@ DEFAULT_THREADS = 32
 
 
 @click.command()
-@click.argument("path", type=click.Path(dir_okay=True), required=False)
-@click.option("--store", default=None, metavar="URI", help="Follow a release in this model store instead of serving PATH.")
-@click.option("--model", "model_ref", default=None, metavar="NAME@ALIAS", help="The store reference to follow, e.g. titanic@production.")
+@click.argument("paths", metavar="[PATH]...", nargs=-1, type=click.Path(dir_okay=True))
+@click.option("--store", default=None, metavar="URI", help="Follow releases in this model store instead of serving PATHs.")
+@click.option("--model", "model_refs", multiple=True, metavar="NAME@ALIAS",
+              help="A store reference to follow, e.g. titanic@production; repeatable (one model each).")
 @click.option("--poll-interval", type=click.FloatRange(min=0), default=None,
               help="Seconds between checks of the followed alias (0: only POST /reload) [default: 30].")
 @click.option("--load-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -51,6 +52,10 @@ DEFAULT_THREADS = 32
               help="Threads per worker (1: gunicorn's sync worker).")
 @click.option("--timeout", type=click.IntRange(min=1), default=30, show_default=True,
               help="gunicorn's worker timeout: a worker silent this long is restarted.")
+@click.option("--request-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds a request may wait for the model; then 504 (below --timeout) [default: 20].")
+@click.option("--read-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds a client has to send a whole request from its first byte; then 408 [default: 15].")
 @click.option("--trusted-keys", "trusted_keys", multiple=True, type=click.Path(exists=True), metavar="PATH",
               help="Trusted public key (.pub) or directory of them; repeatable. Default: $BLACKBOX_TRUSTED_KEYS.")
 @click.option("--allow-unsigned", is_flag=True, help="Also serve an unsigned artifact: loading it RUNS ITS CODE; only a signature is a trust boundary.")
@@ -72,9 +77,9 @@ DEFAULT_THREADS = 32
               help="Log every prediction to this SQLAlchemy URL or SQLite file (POST /feedback adds labels) [default: off].")
 @click.option("--debug", is_flag=True, help="Flask's development server (one process, reloader off) instead of gunicorn.")
 def serve(
-    path: str | None,
+    paths: tuple[str, ...],
     store: str | None,
-    model_ref: str | None,
+    model_refs: tuple[str, ...],
     poll_interval: float | None,
     load_timeout: float | None,
     cache_dir: str | None,
@@ -83,6 +88,8 @@ def serve(
     workers: int | None,
     threads: int,
     timeout: int,
+    request_timeout: float | None,
+    read_timeout: float | None,
     trusted_keys: tuple[str, ...],
     allow_unsigned: bool,
     strict: bool,
@@ -98,9 +105,11 @@ def serve(
     prediction_log: str | None,
     debug: bool,
 ) -> None:
-    """Serve the artifact at PATH (or follow --store/--model) over HTTP.
+    """Serve the artifacts at PATHs (files or directories of .bbx; or follow --store/--model) over HTTP.
 
     POST /predict, /invocations, /feedback, /reload; GET /health, /ready, /model, /schema, /openapi.json, /metrics.
+    Each model also answers as /models/NAME/... (GET /models lists them; with several, that is how to address
+    one), and over the Open Inference Protocol v2 (/v2/models/NAME/infer).
     """
     metrics_dir = None if debug else tempfile.mkdtemp(prefix="blackbox-metrics-")
     previous = os.environ.get(MULTIPROC_ENV)
@@ -109,10 +118,10 @@ def serve(
     master = os.getpid()
     try:
         config, settings = _config(
-            path,
+            list(paths) or None,
             load={"trusted_keys": list(trusted_keys) or None, "allow_unsigned": allow_unsigned or None, "strict": strict or None},
             STORE=store,
-            MODEL=model_ref,
+            MODEL=list(model_refs) or None,
             POLL_INTERVAL=poll_interval,
             LOAD_TIMEOUT=load_timeout,
             CACHE_DIR=cache_dir,
@@ -125,8 +134,11 @@ def serve(
             BATCHING=batching,
             BATCH_MAX_WAIT_MS=batch_max_wait_ms,
             BATCH_MAX_RECORDS=batch_max_records,
+            REQUEST_TIMEOUT=request_timeout,
+            READ_TIMEOUT=read_timeout,
         )
         _check_exposure(host, settings, insecure_no_auth)
+        _check_timeouts(settings, timeout)
         if debug:
             from . import create_app
 
@@ -146,7 +158,7 @@ def _restore(name: str, value: str | None) -> None:
         os.environ[name] = value
 
 
-def _config(path: str | None, load: dict[str, Any], **overrides: Any) -> tuple[dict[str, Any], Settings]:
+def _config(path: list[str] | None, load: dict[str, Any], **overrides: Any) -> tuple[dict[str, Any], Settings]:
     """The config every worker gets (defaults, then BLACKBOX_* env, then the options given), checked."""
     from flask import Config
 
@@ -172,6 +184,17 @@ def _check_exposure(host: str, settings: Settings, insecure_no_auth: bool) -> No
     )
 
 
+def _check_timeouts(settings: Settings, timeout: int) -> None:
+    """A request must time out (JSON 504) before gunicorn's sync worker is killed for it (HTML 500)."""
+    from blackbox import UsageError
+
+    if settings.request_timeout >= timeout:
+        raise UsageError(
+            f"--request-timeout ({settings.request_timeout:g} s, env BLACKBOX_REQUEST_TIMEOUT) must be below "
+            f"--timeout ({timeout} s), gunicorn's worker timeout: lower the first or raise the second."
+        )
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -182,24 +205,49 @@ def _is_loopback(host: str) -> bool:
 
 
 def _run(config: dict[str, Any], settings: Settings, host: str, port: int, workers: int | None, threads: int, timeout: int) -> None:
-    """Vet the artifact in an isolated child, then start gunicorn; its workers load the vetted copy."""
+    """Vet each artifact in an isolated child, then start gunicorn; its workers load the vetted copies.
+
+    A model that fails its checks is reported not ready by the workers while the
+    others serve; when none passes, the first failure ends the command.
+    """
+    from blackbox import BlackboxError
+
     from .gunicorn_app import Server, default_workers, options
     from .holder import Vetted
 
     master = os.getpid()
     vetted = Vetted(tempfile.mkdtemp(prefix="blackbox-serve-"), settings.load_options, settings.load_timeout)
     try:
+        lines: list[str] = []
+        failures: list[BlackboxError] = []
         if settings.store is not None:
-            served = _follow_once(settings, vetted)
+            for ref in settings.model_refs:
+                try:
+                    lines.append(_follow_once(settings, ref, vetted))
+                except BlackboxError as exc:
+                    failures.append(exc)
+                    lines.append(f"{ref}: NOT READY, {exc.message}")
         else:
-            config["ARTIFACT"] = str(vetted.admit(settings.artifact))
-            served = _describe(config["ARTIFACT"])
+            admitted, unavailable = {}, {}
+            for name, path in settings.artifacts.items():
+                try:
+                    admitted[name] = str(vetted.admit(path))
+                    lines.append(_describe(admitted[name]))
+                except BlackboxError as exc:
+                    failures.append(exc)
+                    unavailable[name] = exc.message
+                    lines.append(f"{name} ({path}): NOT READY, {exc.message}")
+            config["ARTIFACT"], config["UNAVAILABLE"] = admitted, unavailable
+        if len(failures) == len(lines):
+            raise failures[0]
         workers = workers or default_workers()
         bind = f"[{host.strip('[]')}]:{port}" if ":" in host else f"{host}:{port}"
-        click.echo(f"blackbox serve: {served}; starting {workers} worker(s) x {threads} thread(s) on http://{bind}", err=True)
+        for line in lines:
+            click.echo(f"blackbox serve: {line}", err=True)
+        click.echo(f"blackbox serve: starting {workers} worker(s) x {threads} thread(s) on http://{bind}", err=True)
         server = Server(
             config, options(bind=bind, workers=workers, threads=threads, timeout=timeout),
-            vetted=vetted, source=settings.artifact,
+            vetted=vetted, sources=settings.artifacts,
         )
         server.run()
     finally:
@@ -214,16 +262,16 @@ def _describe(path: str) -> str:
     return f"{manifest['name']} {manifest['version']} (sha256 {Path(path).stem[:12]}) verified in an isolated child"
 
 
-def _follow_once(settings: Settings, vetted: Any) -> str:
-    """Vet, in a child, what the followed reference names now (or its cached copy when the store is down)."""
+def _follow_once(settings: Settings, ref: str, vetted: Any) -> str:
+    """Vet, in a child, what a followed reference names now (or its cached copy when the store is down)."""
     from .follow import Follower
     from .holder import ModelHolder
     from .logs import RequestLog
     from .metrics import Metrics
 
-    follower = Follower(settings, ModelHolder(), Metrics(), RequestLog(settings.log_format), vetted)
+    follower = Follower(settings, ModelHolder(), Metrics(), RequestLog(settings.log_format), vetted, ref=ref)
     admitted = follower.admit_initial()
-    where = f"following {settings.model_ref} in {settings.store}"
+    where = f"following {ref} in {settings.store}"
     if admitted is None:
         return f"{where}: the store cannot be reached and nothing is cached yet, so the workers start not ready and retry"
     target, source = admitted

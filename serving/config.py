@@ -29,11 +29,15 @@ from sqlalchemy.engine import URL
 
 DEFAULTS: Mapping[str, Any] = MappingProxyType(
     {
-        # Artifact to serve: a path or a file:// URI.
+        # Artifact(s) to serve: a path or a file:// URI, a directory (its *.bbx files), a list of
+        # those, or {"name": path}. Each is served under its manifest name (/models/{name}/...).
         "ARTIFACT": None,
-        # Or follow a release in a model store (blackbox.store): its URI, and NAME@ALIAS.
+        # Or follow releases in a model store (blackbox.store): its URI, and NAME@ALIAS (or a list).
         "STORE": None,
         "MODEL": None,
+        # Set by blackbox serve: {"name": reason} for artifacts that failed their checks in the
+        # master; the workers report them not ready and serve the others.
+        "UNAVAILABLE": {},
         # Seconds between checks of the followed alias (0: only on POST /reload).
         "POLL_INTERVAL": 30,
         # Seconds the first load and self-test of a new artifact may take in its isolated child
@@ -70,6 +74,12 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
         "DRIFT_INTERVAL": 15,
         # Prediction log (blackbox/predlog.py): a SQLAlchemy URL or a SQLite file path; None: off.
         "PREDICTION_LOG": None,
+        # Seconds a request may wait for the model (queue and call); past that it is a 504 and the
+        # call's answer is dropped (serving/inference.py). Below gunicorn's --timeout (30).
+        "REQUEST_TIMEOUT": 20,
+        # Seconds a client has to send a whole request, headers and body, from its first byte
+        # (serving/worker.py); past that it gets a 408 and the connection is closed.
+        "READ_TIMEOUT": 15,
     }
 )
 
@@ -89,9 +99,10 @@ def layer(target: Config, overrides: Mapping[str, Any] | None = None) -> Config:
 class Settings:
     """The checked settings the server runs with (see :data:`DEFAULTS` for their meaning)."""
 
-    artifact: Path | None
+    artifacts: Mapping[str, Path]
     store: str | None
-    model_ref: str | None
+    model_refs: tuple[str, ...]
+    unavailable: Mapping[str, str]
     poll_interval: float
     load_timeout: float
     cache_dir: Path
@@ -108,21 +119,29 @@ class Settings:
     drift_window: int
     drift_interval: float
     prediction_log: URL | None
+    request_timeout: float
+    read_timeout: float
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
         """Validate a layered config; raise UsageError naming the key (and its env variable)."""
         store = None if config["STORE"] in (None, "") else str(config["STORE"])
-        model_ref = None if config["MODEL"] in (None, "") else str(config["MODEL"])
-        if (store is None) != (model_ref is None) or (store is not None and config["ARTIFACT"] not in (None, "")):
+        model_refs = _model_refs(config["MODEL"])
+        if (store is None) != (not model_refs) or (store is not None and config["ARTIFACT"] not in (None, "", [])):
             raise UsageError(
                 "Serve either ARTIFACT (env BLACKBOX_ARTIFACT), or STORE together with MODEL "
                 "(env BLACKBOX_STORE, BLACKBOX_MODEL=NAME@ALIAS), not a mix."
             )
+        artifacts = _artifacts(config["ARTIFACT"])
+        unavailable = config["UNAVAILABLE"]
+        if not isinstance(unavailable, Mapping) or not all(isinstance(v, str) for v in unavailable.values()):
+            raise _bad("UNAVAILABLE", 'a mapping {"name": "reason"}', unavailable)
+        _unique([*artifacts, *unavailable], "ARTIFACT")
         return cls(
-            artifact=_artifact(config["ARTIFACT"]),
+            artifacts=artifacts,
             store=store,
-            model_ref=model_ref,
+            model_refs=model_refs,
+            unavailable=MappingProxyType(dict(unavailable)),
             poll_interval=_number(config, "POLL_INTERVAL", "seconds"),
             load_timeout=_positive(config, "LOAD_TIMEOUT"),
             cache_dir=_cache_dir(config["CACHE_DIR"]),
@@ -139,6 +158,8 @@ class Settings:
             drift_window=_integer(config, "DRIFT_WINDOW", 0),
             drift_interval=_number(config, "DRIFT_INTERVAL", "seconds"),
             prediction_log=_prediction_log(config["PREDICTION_LOG"]),
+            request_timeout=_positive(config, "REQUEST_TIMEOUT"),
+            read_timeout=_positive(config, "READ_TIMEOUT"),
         )
 
 
@@ -188,6 +209,63 @@ def _choice(config: Mapping[str, Any], key: str, choices: tuple[str, ...]) -> st
     if value not in choices:
         raise _bad(key, f"one of {', '.join(choices)}", value)
     return str(value)
+
+
+def _artifacts(value: Any) -> Mapping[str, Path]:
+    """Name -> local path of every artifact to serve (directories expanded to their ``*.bbx``, sorted).
+
+    The name is the manifest's (read from the header, nothing unpickled), or the
+    file's stem when the header cannot be read: that artifact then fails its load
+    and is reported under that name. Two artifacts with one name are refused.
+    """
+    if value in (None, "", []):
+        return MappingProxyType({})
+    if isinstance(value, Mapping):
+        named = {str(name): _artifact(path) for name, path in value.items()}
+        return MappingProxyType({name: path for name, path in named.items() if path is not None})
+    paths: list[Path] = []
+    for item in value if isinstance(value, (list, tuple)) else [value]:
+        path = _artifact(item)
+        if path is not None and path.is_dir():
+            found = sorted(path.glob("*.bbx"))
+            if not found:
+                raise UsageError(f"The directory {str(path)!r} (ARTIFACT) holds no .bbx artifact to serve.")
+            paths += found
+        elif path is not None:
+            paths.append(path)
+    named = {}
+    for path in paths:
+        name = _manifest_name(path)
+        if name in named:
+            raise UsageError(
+                f"Two artifacts are named {name!r}: {str(named[name])!r} and {str(path)!r}; a server serves each "
+                "name once (/models/{name}), so serve them from two servers or save one under another name."
+            )
+        named[name] = path
+    return MappingProxyType(named)
+
+
+def _manifest_name(path: Path) -> str:
+    try:
+        name = blackbox.inspect(path).get("name")
+    except (blackbox.BlackboxError, OSError):
+        name = None
+    return name if isinstance(name, str) and name else path.stem
+
+
+def _model_refs(value: Any) -> tuple[str, ...]:
+    """``NAME@ALIAS`` references (one or a list); each is served under its NAME."""
+    if value in (None, "", []):
+        return ()
+    refs = tuple(str(ref) for ref in (value if isinstance(value, (list, tuple)) else [value]))
+    _unique([ref.partition("@")[0] for ref in refs], "MODEL")
+    return refs
+
+
+def _unique(names: list[str], key: str) -> None:
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise UsageError(f"Setting {key} (env BLACKBOX_{key}) names model {repeated[0]!r} twice; each name is served once.")
 
 
 def _artifact(value: Any) -> Path | None:

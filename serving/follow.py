@@ -1,6 +1,7 @@
 """Following a release in a model store: swap in a verified new model without dropping a request.
 
-Scope: one worker's view of one reference (``NAME@ALIAS``). :class:`Follower`
+Scope: one worker's view of one reference (``NAME@ALIAS``; a server following
+several has one Follower, holder and status per reference). :class:`Follower`
 resolves it (a cheap read of the alias pointer) every ``POLL_INTERVAL`` seconds,
 and ``POST /reload`` asks for a check at once. A new target is pulled (digest
 and signature checked) into ``CACHE_DIR``, vetted in an isolated child with a
@@ -62,11 +63,12 @@ class Follower:
 
     def __init__(
         self, settings: Settings, holder: ModelHolder, metrics: Metrics, log: RequestLog, vetted: Vetted,
-        on_first: Callable[[Model], None] | None = None,
+        on_first: Callable[[Model], None] | None = None, *, ref: str,
     ) -> None:
-        assert settings.store is not None and settings.model_ref is not None
+        assert settings.store is not None
         self._store = Store.open(settings.store)
-        self._ref = settings.model_ref
+        self._ref = ref
+        self.name = ref.partition("@")[0]  # the served name: the metrics' model label
         self._settings = settings
         self._holder = holder
         self._metrics = metrics
@@ -107,7 +109,7 @@ class Follower:
 
     def start(self) -> None:
         """Follow in a daemon thread: first until a model is held, then every POLL_INTERVAL (never when that is 0)."""
-        threading.Thread(target=self._run, name="blackbox-follow", daemon=True).start()
+        threading.Thread(target=self._run, name=f"blackbox-follow-{self.name}", daemon=True).start()
 
     def check(self) -> dict[str, Any]:
         """Resolve the reference; swap in its release if it changed and passes every check."""
@@ -116,7 +118,7 @@ class Follower:
                 return self._check()
             except BlackboxError as exc:
                 self._error = exc
-                self._metrics.reloaded("failed")
+                self._metrics.reloaded(self.name, "failed")
                 self._log.event("reload_failed", logging.ERROR, ref=self._ref, code=exc.code, reason=exc.message)
                 result = "failed" if self._holder.model is not None else "unavailable"
                 return self._note(result, code=exc.code, reason=exc.message)
@@ -157,7 +159,7 @@ class Follower:
         self._holder.model = model  # the swap: one reference assignment
         self._metrics.retired(previous.name, previous.version, previous.sha256)
         self._metrics.serving(model.name, model.version, model.sha256)
-        self._metrics.reloaded("swapped")
+        self._metrics.reloaded(self.name, "swapped")
         self._log.event(
             "model_swapped", logging.INFO, ref=self._ref, version=model.version, sha256=model.sha256,
             previous_version=previous.version,

@@ -1,4 +1,4 @@
-"""Running the app under gunicorn: one model per worker, loaded after the fork.
+"""Running the app under gunicorn: the models in every worker, loaded after the fork.
 
 Scope: process management only. :class:`Server` is a gunicorn application
 whose workers each build :func:`serving.app.create_app` once they have forked
@@ -8,11 +8,12 @@ is in. The master never runs model code: ``blackbox serve`` has vetted the
 artifact in an isolated child (:class:`serving.holder.Vetted`) and hands the
 workers that vetted, immutable copy, never the file an operator may replace.
 
-SIGHUP vets the file at the served path the same way, in the master, before
+SIGHUP vets the file at each served path the same way, in the master, before
 gunicorn starts new workers: a file that passes replaces the workers'
 copy and the workers are replaced gracefully; one that fails (unsigned,
-corrupt, crashing, hanging) is logged as ``reload_failed`` and nothing else
-happens, so the running workers keep serving the old model. Following a store,
+corrupt, crashing, hanging) is logged as ``reload_failed`` and its model keeps
+its old copy (or stays not ready), while the others take their new one. When
+every file fails, nothing else happens: the running workers keep serving. Following a store,
 SIGHUP only replaces the workers (each follows the store itself).
 
 SIGTERM is gunicorn's graceful stop: each worker's ``/ready`` turns 503
@@ -84,16 +85,16 @@ def options(*, bind: str, workers: int, threads: int, timeout: int) -> dict[str,
 class Server(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type hints
     """gunicorn application serving ``create_app(config)`` in every worker, from vetted copies.
 
-    :param source: the artifact path SIGHUP vets again (None when following a store).
+    :param sources: name -> the artifact path SIGHUP vets again (empty when following a store).
     """
 
     def __init__(
-        self, config: Mapping[str, Any], settings: Mapping[str, Any], *, vetted: Vetted, source: Path | None,
+        self, config: Mapping[str, Any], settings: Mapping[str, Any], *, vetted: Vetted, sources: Mapping[str, Path],
     ) -> None:
         self.app_config = dict(config)
         self.settings = dict(settings)
         self.vetted = vetted
-        self.source = source
+        self.sources = dict(sources)
         super().__init__()
 
     def load_config(self) -> None:
@@ -103,11 +104,12 @@ class Server(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type h
     def load(self) -> Flask:
         """Called in each worker after the fork: returns at once, the model loads in a thread."""
         app = create_app(self.app_config, background=True, vetted=self.vetted)
-        holder = app.extensions[EXTENSION].holder
+        holders = [served.holder for served in app.extensions[EXTENSION].models.values()]
         stop = signal.getsignal(signal.SIGTERM)  # gunicorn's graceful stop, installed before load()
 
         def draining(signum: int, frame: Any) -> None:
-            holder.draining = True
+            for holder in holders:
+                holder.draining = True
             if callable(stop):
                 stop(signum, frame)
 
@@ -115,9 +117,27 @@ class Server(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type h
         return app
 
     def admit(self) -> None:
-        """In the master, at SIGHUP: vet the file at the served path; the workers started next load that copy."""
-        if self.source is not None:
-            self.app_config["ARTIFACT"] = str(self.vetted.admit(self.source))
+        """In the master, at SIGHUP: vet the file at each served path; the workers started next load those copies.
+
+        A model whose file fails keeps its previous copy (or stays unavailable);
+        when every file fails, nothing changes and this raises the first error.
+        """
+        admitted = dict(self.app_config["ARTIFACT"] or {})
+        unavailable = dict(self.app_config["UNAVAILABLE"] or {})
+        failures: list[BlackboxError] = []
+        for name, source in self.sources.items():
+            try:
+                admitted[name] = str(self.vetted.admit(source))
+                unavailable.pop(name, None)
+            except BlackboxError as exc:
+                failures.append(exc)
+                log = RequestLog(self.app_config.get("LOG_FORMAT") or "json")
+                log.event("reload_failed", logging.ERROR, model=name, artifact=str(source), code=exc.code, reason=exc.message)
+                if name not in admitted:
+                    unavailable[name] = exc.message
+        if failures and len(failures) == len(self.sources):
+            raise failures[0]
+        self.app_config["ARTIFACT"], self.app_config["UNAVAILABLE"] = admitted, unavailable
 
     def run(self) -> None:
         """As BaseApplication.run, with the master below."""
@@ -135,8 +155,6 @@ class _Arbiter(Arbiter):  # type: ignore[misc]
         try:
             self.app.admit()
         except BlackboxError as exc:
-            log = RequestLog(self.app.app_config.get("LOG_FORMAT") or "json")
-            log.event("reload_failed", logging.ERROR, artifact=str(self.app.source), code=exc.code, reason=exc.message)
             self.log.error("reload: failed, the running workers keep serving the old model: %s", exc.message)
             return
         super().reload()

@@ -102,6 +102,8 @@ class ModelHolder:
     ``loading`` is True while a first model is being loaded: requests then wait
     for it (up to ``wait`` seconds) instead of failing at once. ``draining`` is
     set when the process was told to stop; ``/ready`` then says 503.
+    ``failure`` says why no model could be loaded (None: none failed), for
+    ``/ready`` and ``GET /models`` while the server's other models serve.
     """
 
     def __init__(self, model: Model | None = None, *, wait: float = 0.0) -> None:
@@ -112,6 +114,7 @@ class ModelHolder:
         self.wait = wait
         self.loading = False
         self.draining = False
+        self.failure: str | None = None
 
     @property
     def model(self) -> Model | None:

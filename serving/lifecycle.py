@@ -51,9 +51,9 @@ def finish(response: Response) -> Response:
     current.metrics.observe(route=route, method=request.method, status=response.status_code, seconds=seconds)
     error = g.get("error")
     if isinstance(error, SchemaError):
-        current.metrics.rejected(error.problems)
+        current.metrics.rejected(g.get("model_name", ""), error.problems)
     failed = g.get("error_code") == "internal_error"
-    held = current.holder.model
+    held = current.sole_model()
     current.log.event(
         "request",
         logging.ERROR if failed else logging.INFO,
@@ -66,6 +66,7 @@ def finish(response: Response) -> Response:
         latency_ms=round(seconds * 1000, 3),
         key_id=g.get("key_id"),
         client=request.remote_addr,
+        model=g.get("model_name"),
         model_version=g.get("model_version") or (held.version if held else None),
         error=g.get("error_code"),
         traceback="".join(traceback.format_exception(error)) if failed else None,

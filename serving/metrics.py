@@ -1,6 +1,8 @@
 """Prometheus metrics that stay correct under several gunicorn workers.
 
-Scope: defining, updating and exposing the server's metrics. Each app gets its
+Scope: defining, updating and exposing the server's metrics. Every series about
+a model carries a ``model`` label (the name it is served under, as in
+``/models/{name}``), so several models in one server never mix. Each app gets its
 own registry, so apps in one process (tests) never collide. When
 ``PROMETHEUS_MULTIPROC_DIR`` is set (``blackbox serve`` sets it to a fresh
 directory before any worker starts), prometheus_client writes every value to
@@ -45,18 +47,20 @@ class Metrics:
             "blackbox_http_request_duration_seconds", "Time to answer a request, by route.", ["route"], registry=target
         )
         self.records = Counter(
-            "blackbox_records_predicted", "Records predicted, by model version.", ["model_version"], registry=target
+            "blackbox_records_predicted", "Records predicted, by model and version.", ["model", "model_version"],
+            registry=target,
         )
         self.problems = Counter(
-            "blackbox_validation_failures", "Problems that made records fail validation, by issue.", ["issue"], registry=target
+            "blackbox_validation_failures", "Problems that made records fail validation, by model and issue.",
+            ["model", "issue"], registry=target,
         )
         self.warnings = Counter(
-            "blackbox_input_warnings", "Warnings on records that were predicted (unseen category, out of range...), by issue.",
-            ["issue"], registry=target,
+            "blackbox_input_warnings", "Warnings on records that were predicted (unseen category, out of range...), by model "
+            "and issue.", ["model", "issue"], registry=target,
         )
         self.reloads = Counter(
-            "blackbox_reloads", "Checks of the followed store reference that swapped a model in, or failed.",
-            ["result"], registry=target,
+            "blackbox_reloads", "Checks of a followed store reference that swapped a model in, or failed, by model.",
+            ["model", "result"], registry=target,
         )
         self.model = Gauge(
             "blackbox_model_info", "The model being served (1 for the current one).", ["name", "version", "sha256"],
@@ -64,7 +68,7 @@ class Metrics:
         )
         self.drift_gauges = {
             key: Gauge(f"blackbox_feature_{key}", f"{text} in this worker's window of live inputs (GET /drift).",
-                       ["feature"], registry=target, multiprocess_mode="liveall")
+                       ["model", "feature"], registry=target, multiprocess_mode="liveall")
             for key, text in (
                 ("psi", "Population stability index against the training profile"),
                 ("unseen_share", "Share of categories never seen in training"),
@@ -81,12 +85,12 @@ class Metrics:
         )
         self.batch = Histogram(
             "blackbox_batch_records", "Records per model call (above 1 per request: micro-batching at work; a failed "
-            "shared call is followed by one call per request of it).",
-            buckets=BATCH_BUCKETS, registry=target,
+            "shared call is followed by one call per request of it), by model.",
+            ["model"], buckets=BATCH_BUCKETS, registry=target,
         )
         self.invalid_outputs = Counter(
             "blackbox_invalid_model_outputs", "Records the model answered with NaN or infinity (500 invalid_model_output), "
-            "by model version.", ["model_version"], registry=target,
+            "by model and version.", ["model", "model_version"], registry=target,
         )
 
     def serving(self, name: str, version: str, sha256: str) -> None:
@@ -97,49 +101,50 @@ class Metrics:
         """The model this process served before a reload."""
         self.model.labels(name, version, sha256).set(0)
 
-    def drift(self, features: Mapping[str, Mapping[str, Any]], *, stale: Set[str] = frozenset()) -> None:
+    def drift(self, model: str, features: Mapping[str, Mapping[str, Any]], *, stale: Set[str] = frozenset()) -> None:
         """Set the drift gauges from a :func:`blackbox.drift.compare` report; ``stale`` features go to NaN."""
         for name in stale:
             for gauge in self.drift_gauges.values():
-                gauge.labels(name).set(math.nan)
+                gauge.labels(model, name).set(math.nan)
         for name, entry in features.items():
             for key, gauge in self.drift_gauges.items():
                 if key in entry:
-                    gauge.labels(name).set(math.nan if entry[key] is None else entry[key])
+                    gauge.labels(model, name).set(math.nan if entry[key] is None else entry[key])
 
-    def reloaded(self, result: str) -> None:
-        self.reloads.labels(result).inc()
+    def reloaded(self, model: str, result: str) -> None:
+        self.reloads.labels(model, result).inc()
 
     def observe(self, *, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
         self.latency.labels(route).observe(seconds)
 
-    def predicted(self, count: int, version: str, warnings: Iterable[Mapping[str, Any]]) -> None:
-        self.records.labels(version).inc(count)
-        self._count(self.warnings, warnings)
+    def predicted(self, model: str, count: int, version: str, warnings: Iterable[Mapping[str, Any]]) -> None:
+        self.records.labels(model, version).inc(count)
+        self._count(self.warnings, model, warnings)
 
-    def invalid_output(self, version: str, records: int) -> None:
+    def invalid_output(self, model: str, version: str, records: int) -> None:
         """The model answered ``records`` records of a request with NaN or infinity."""
-        self.invalid_outputs.labels(version).inc(records)
+        self.invalid_outputs.labels(model, version).inc(records)
 
-    def batched(self, records: int) -> None:
+    def batched(self, model: str, records: int) -> None:
         """One model call of ``records`` records."""
-        self.batch.observe(records)
+        self.batch.labels(model).observe(records)
 
-    def rejected(self, problems: Iterable[Mapping[str, Any]]) -> None:
-        self._count(self.problems, problems)
+    def rejected(self, model: str, problems: Iterable[Mapping[str, Any]]) -> None:
+        """Validation problems of a request to ``model`` ("" when the request named no served model)."""
+        self._count(self.problems, model, problems)
 
     def exposition(self) -> bytes:
         """The text exposition format of every worker's values."""
         return generate_latest(self.registry)
 
     @staticmethod
-    def _count(counter: Counter, entries: Iterable[Mapping[str, Any]]) -> None:
+    def _count(counter: Counter, model: str, entries: Iterable[Mapping[str, Any]]) -> None:
         counts: dict[str, int] = {}
         for entry in entries:
             counts[entry["issue"]] = counts.get(entry["issue"], 0) + 1
         for issue, count in counts.items():
-            counter.labels(issue).inc(count)
+            counter.labels(model, issue).inc(count)
 
 
 def mark_process_dead(pid: int) -> None:

@@ -7,7 +7,8 @@ append); everything costly (typing the window with the model's schema,
 thread that refreshes the Prometheus gauges every ``DRIFT_INTERVAL`` seconds
 when records arrived since the last refresh.
 
-The window belongs to one model: it is emptied when the holder swaps in a model
+Each served model has its own window (``/models/{name}/drift``; gauges with
+its ``model`` label). The window belongs to one model: it is emptied when the holder swaps in a model
 with another payload sha256, and records scored by a model that is no longer
 held (requests in flight during a swap) are not counted. Each gunicorn worker
 keeps its own window: merging them would mean shipping records between
@@ -41,7 +42,10 @@ bp = Blueprint("monitor", __name__)
 class Monitor:
     """The last ``capacity`` validated records this worker scored with the held model (0: off)."""
 
-    def __init__(self, holder: ModelHolder, metrics: Metrics, log: RequestLog, *, capacity: int, interval: float) -> None:
+    def __init__(
+        self, holder: ModelHolder, metrics: Metrics, log: RequestLog, *, capacity: int, interval: float, name: str,
+    ) -> None:
+        self.name = name  # the served name: the gauges' model label
         self._holder = holder
         self._metrics = metrics
         self._log = log
@@ -103,7 +107,7 @@ class Monitor:
             return list(self._window), self._seen
 
     def _publish(self, features: Mapping[str, Mapping[str, Any]], seen: int) -> None:
-        self._metrics.drift(features, stale=set(self._features) - set(features))
+        self._metrics.drift(self.name, features, stale=set(self._features) - set(features))
         self._features = tuple(features)
         self._reported = seen
 
@@ -119,10 +123,11 @@ class Monitor:
                 try:
                     self.report()
                 except BlackboxError as exc:  # keep refreshing; the log says why this round failed
-                    self._log.event("drift_failed", logging.ERROR, code=exc.code, reason=exc.message)
+                    self._log.event("drift_failed", logging.ERROR, model=self.name, code=exc.code, reason=exc.message)
 
 
 @bp.get("/drift")
-def drift_view() -> Response:
-    """Per-feature drift of this worker's recent inputs from the training data."""
-    return jsonio.response(state.current().monitor.report())
+@bp.get("/models/<name>/drift")
+def drift_view(name: str | None = None) -> Response:
+    """Per-feature drift of this worker's recent inputs to one model from its training data."""
+    return jsonio.response(state.current().served(name).monitor.report())

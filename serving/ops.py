@@ -1,6 +1,11 @@
 """Operations routes: liveness, readiness, what is served, its schema and API, and metrics.
 
-Scope: read-only views of the app's state. ``/health`` and ``/ready`` stay open
+Scope: read-only views of the app's state. ``GET /models`` lists every served
+model (name, version, payload sha256, readiness and why not); each per-model
+route also answers as ``/models/{name}/...`` (``/models/{name}`` is its
+manifest). ``/ready`` is 200 only when every served model is ready (strict, as
+Triton's readiness): a model that failed its checks makes it 503 naming that
+model, while the others keep answering their own routes. ``/health`` and ``/ready`` stay open
 when API keys are on and answer with minimal bodies (no paths, no environment).
 ``/health`` answers as soon as the worker runs, whatever the model; ``/ready``
 is a 503 ``not_ready`` whose message says which: the model is loading, none
@@ -11,12 +16,15 @@ the embedded source code.
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Response
 from werkzeug.exceptions import Conflict
 
 from . import jsonio, openapi, state
 from .holder import NotReady
 from .metrics import CONTENT_TYPE
+from .state import Served
 
 bp = Blueprint("ops", __name__)
 
@@ -31,37 +39,76 @@ def health() -> Response:
 
 @bp.get("/ready")
 def ready() -> Response:
-    """Ready: a verified, self-tested model is held and the worker is not stopping (503 saying which otherwise); with a store, how the last check went."""
-    current = state.current()
-    holder = current.holder
-    model = holder.model
-    if holder.draining:
-        raise NotReady("This worker is draining (it was told to stop); send requests to another one.")
-    if model is None:
-        if holder.loading:
-            raise NotReady("The model is loading (verifying and self-testing it); retry shortly.")
-        reason = current.follower.status.get("reason") if current.follower is not None else None
-        raise NotReady(f"No model could be loaded yet ({reason or 'see load_failed in the log'}); the server keeps retrying.")
-    body = {"status": "ready", "model_version": model.version}
-    if current.follower is not None:
-        body["reload"] = current.follower.status
+    """Ready: every served model is held, verified and self-tested, and the worker is not stopping (503 saying which otherwise).
+
+    With a store, how each model's last check went.
+    """
+    models = state.current().models
+    waiting = {name: reason for name, served in models.items() if (reason := served.not_ready()) is not None}
+    if waiting:
+        if len(models) == 1:
+            raise NotReady(next(iter(waiting.values())))
+        listed = " ".join(f"{name}: {reason}" for name, reason in waiting.items())
+        raise NotReady(f"{len(waiting)} of {len(models)} models are not ready, the others serve. {listed}")
+    body: dict[str, Any] = {"status": "ready"}
+    if len(models) == 1:
+        (served,) = models.values()
+        body["model_version"] = served.holder.require().version
+        if served.follower is not None:
+            body["reload"] = served.follower.status
+    else:
+        body["models"] = {name: served.holder.require().version for name, served in models.items()}
     return jsonio.response(body)
 
 
+@bp.get("/models")
+def models() -> Response:
+    """Every served model: name, version, payload sha256, readiness (and why not), reload status."""
+    return jsonio.response({"models": [entry(served) for served in state.current().models.values()]})
+
+
+@bp.get("/models/<name>/ready")
+def model_ready(name: str) -> Response:
+    """One model's readiness: 200 with its entry, or 503 saying why not."""
+    served = state.current().served(name)
+    reason = served.not_ready()
+    if reason is not None:
+        raise NotReady(f"Model {name!r} is not ready. {reason}")
+    return jsonio.response(entry(served))
+
+
+def entry(served: Served) -> dict[str, Any]:
+    """What ``GET /models`` says about one model."""
+    model = served.holder.model
+    item: dict[str, Any] = {
+        "name": served.name,
+        "version": model.version if model else None,
+        "sha256": model.sha256 if model else None,
+        "ready": served.not_ready() is None,
+    }
+    if not item["ready"]:
+        item["reason"] = served.not_ready()
+    if served.follower is not None:
+        item["reload"] = served.follower.status
+    return item
+
+
 @bp.get("/model")
-def model() -> Response:
-    current = state.current()
-    held = current.holder.require()
+@bp.get("/models/<name>")
+def model(name: str | None = None) -> Response:
+    served = state.current().served(name)
+    held = served.holder.require()
     manifest = {key: value for key, value in held.manifest.items() if key not in HIDDEN_MANIFEST_KEYS}
-    if current.follower is not None:
-        manifest["reload"] = current.follower.status
+    if served.follower is not None:
+        manifest["reload"] = served.follower.status
     return jsonio.response(manifest)
 
 
 @bp.post("/reload")
-def reload() -> Response:
+@bp.post("/models/<name>/reload")
+def reload(name: str | None = None) -> Response:
     """Check the followed store reference now; 200 when unchanged or swapped, 409 when the new target failed, 503 when nothing serves yet."""
-    follower = state.current().follower
+    follower = state.current().served(name).follower
     if follower is None:
         raise Conflict("This server serves a file, not a store reference; start it with --store and --model to reload.")
     outcome = follower.check()
@@ -69,14 +116,17 @@ def reload() -> Response:
 
 
 @bp.get("/schema")
-def schema() -> Response:
-    return jsonio.response(state.current().holder.require().schema.to_dict())
+@bp.get("/models/<name>/schema")
+def schema(name: str | None = None) -> Response:
+    return jsonio.response(state.current().served(name).holder.require().schema.to_dict())
 
 
 @bp.get("/openapi.json")
-def openapi_json() -> Response:
+@bp.get("/models/<name>/openapi.json")
+def openapi_json(name: str | None = None) -> Response:
     current = state.current()
-    doc = openapi.document(current.holder.require(), max_records=current.settings.max_records, auth=bool(current.keys))
+    held = current.served(name).holder.require()
+    doc = openapi.document(held, max_records=current.settings.max_records, auth=bool(current.keys))
     return jsonio.response(doc)
 
 

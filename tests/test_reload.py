@@ -66,10 +66,10 @@ def test_reload_swaps_good_releases_and_refuses_broken_ones(store, records, tmp_
     assert ready.status_code == 200 and ready.get_json()["reload"]["result"] == "failed"
     assert client.get("/model").get_json()["reload"]["reason"]
     assert client.post("/reload").get_json()["result"] == "failed"  # known bad: not loaded again
-    assert "blackbox_reloads_total{result=\"failed\"} 1.0" in client.get("/metrics").get_data(as_text=True)
+    assert "blackbox_reloads_total{model=\"titanic\",result=\"failed\"} 1.0" in client.get("/metrics").get_data(as_text=True)
     metrics = client.get("/metrics").get_data(as_text=True)
-    assert 'blackbox_reloads_total{result="failed"} 1.0' in metrics
-    assert 'blackbox_reloads_total{result="swapped"} 1.0' in metrics
+    assert 'blackbox_reloads_total{model="titanic",result="failed"} 1.0' in metrics
+    assert 'blackbox_reloads_total{model="titanic",result="swapped"} 1.0' in metrics
 
     store.rollback("titanic", "production")  # back to 2.0.0: what already serves
     assert client.post("/reload").get_json() | {"checked_at": None} == {
