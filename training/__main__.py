@@ -217,7 +217,7 @@ def train(
     }
     say(format_summary(summary))
     if push is not None:
-        release = Store.open(push).push(path)
+        release = Store.open(push).push(path, signing_key=signing_key)  # the same key signs NAME@latest's pointer
         summary["release"] = release.to_dict()
         say(f"push: {release.ref} is in {push} ({release.uri})")
     return summary
