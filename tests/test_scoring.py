@@ -338,9 +338,9 @@ def test_a_killed_run_leaves_no_output_and_a_rerun_is_complete(artifact, rows, t
     child.wait()
     assert not out.exists()
 
-    for leftover in tmp_path.glob(".out.*.tmp"):  # what SIGKILL leaves: a temporary file, never the output
-        leftover.unlink()
+    assert list(tmp_path.glob(".out.*.tmp"))  # what SIGKILL leaves: hidden temporary files, never the output
     assert run(artifact, source, "-o", out, "--chunk-size", 50) == 0
+    assert not list(tmp_path.glob(".out.*.tmp"))  # the rerun removed them: their writer is gone
     assert run(artifact, source, "-o", tmp_path / "again.csv") == 0
     assert out.read_bytes() == (tmp_path / "again.csv").read_bytes()
 
