@@ -43,6 +43,7 @@ def main(path: str, options: dict) -> int:
             trusted_keys=options["trusted_keys"],
             allow_unsigned=options["allow_unsigned"],
             strict=options["strict"],
+            oms_bundle=options.get("oms_bundle"),
         )
         model.self_test()
         if options.get("records") is not None:

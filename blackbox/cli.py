@@ -108,11 +108,28 @@ def keygen(directory: str, name: str, key_type: str) -> None:
 
 @cli.command()
 @click.argument("path", type=click.Path(dir_okay=False, exists=True))
-@click.option("--key", required=True, type=click.Path(dir_okay=False, exists=True), help="Private key from keygen.")
+@click.option("--key", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Private key from keygen (with --oms: a P-256 key, keygen --type ec-p256).")
 @click.option("--expires-in", type=click.IntRange(min=1), default=None, metavar="DAYS",
               help="Make the signature expire after this many days.")
-def sign(path: str, key: str, expires_in: int | None) -> None:
-    """Sign an existing artifact in place (replacing any signature)."""
+@click.option("--oms", is_flag=True,
+              help="Write a detached OpenSSF model signing bundle over the whole file (PATH.sig) instead; the artifact "
+                   "is not changed, so sign its header first. Needs blackbox[oms].")
+@click.option("--sigstore", is_flag=True, help="With --oms: sign keyless with the CI's ambient OIDC credentials (network).")
+@click.option("--oms-bundle", "oms_bundle", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="With --oms: where to write the bundle (default: PATH.sig).")
+def sign(path: str, key: str | None, expires_in: int | None, oms: bool, sigstore: bool, oms_bundle: str | None) -> None:
+    """Sign an existing artifact in place (replacing any signature), or write an OMS bundle beside it (--oms)."""
+    if oms:
+        if expires_in:
+            raise click.UsageError("--expires-in sets the header signature's expiry; OpenSSF model signing has none.")
+        from . import oms as oms_
+
+        bundle = oms_.sign(path, key=key, sigstore=sigstore, bundle=oms_bundle)
+        click.echo(f"{path}: OpenSSF model signing bundle {bundle} ({'sigstore' if sigstore else 'key'} mode)")
+        return
+    if key is None or sigstore or oms_bundle:
+        raise click.UsageError("Sign the header with --key KEY; --sigstore and --oms-bundle go with --oms.")
     expires_at = None
     if expires_in:
         expires_at = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=expires_in)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -127,9 +144,12 @@ def sign(path: str, key: str, expires_in: int | None) -> None:
 @click.option("--python", "python", default=None, help="Interpreter to load it with (default: this one).")
 @click.option("--strict", is_flag=True, help="Refuse any package version that differs from the manifest's.")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+@click.option("--oms-bundle", "oms_bundle", type=click.Path(dir_okay=False, exists=True), default=None, metavar="FILE",
+              help="An OpenSSF model signing bundle over the file (by a trusted P-256 key) as the proof instead of "
+                   "the header signature; every other check still runs. Needs blackbox[oms].")
 @trust_options
 def verify(
-    path: str, block: tuple[str, ...], python: str | None, strict: bool, as_json: bool,
+    path: str, block: tuple[str, ...], python: str | None, strict: bool, as_json: bool, oms_bundle: str | None,
     trusted_keys: tuple[str, ...], allow_unsigned: bool,
 ) -> None:
     """Load an artifact where its training code cannot be imported, and re-run its golden sample.
@@ -141,7 +161,7 @@ def verify(
     """
     outcome = isolation.verify(
         path, block=block, python=python, strict=strict,
-        trusted_keys=_keys(trusted_keys), allow_unsigned=allow_unsigned,
+        trusted_keys=_keys(trusted_keys), allow_unsigned=allow_unsigned, oms_bundle=oms_bundle,
     )
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(outcome), indent=2, default=str))

@@ -79,12 +79,13 @@ def verify(
     strict: bool = False,
     records: list[dict[str, Any]] | None = None,
     timeout: float = 300,
+    oms_bundle: str | os.PathLike[str] | None = None,
 ) -> Verification:
     """Load ``path`` in an isolated interpreter where its user code cannot be imported.
 
     :param block: top-level modules made unimportable, on top of the artifact's by-value modules.
     :param python: the interpreter to use (default: this one); it must have blackbox installed.
-    :param trusted_keys, allow_unsigned, strict: the load policy, as for :func:`blackbox.load`.
+    :param trusted_keys, allow_unsigned, strict, oms_bundle: the load policy, as for :func:`blackbox.load`.
     :param records: also predict these records there (``Verification.predictions``).
     :param timeout: seconds the child may take; past that it is killed and the outcome is a failed self-test.
     """
@@ -99,8 +100,9 @@ def verify(
             "block": blocked,
             "strict": strict,
             "allow_unsigned": allow_unsigned,
-            "trusted_keys": _write_trusted(trusted_keys, Path(scratch, "keys")) if signature else None,
+            "trusted_keys": _write_trusted(trusted_keys, Path(scratch, "keys")) if signature or oms_bundle else None,
             "records": records,
+            "oms_bundle": None if oms_bundle is None else str(Path(oms_bundle).resolve()),
         })
         try:
             done = subprocess.run(

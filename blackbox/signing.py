@@ -213,10 +213,15 @@ class Keyring:
                 f"The artifact's signature (key {kid}) is invalid: its manifest or signature was altered "
                 "after signing. Refusing it; fetch the artifact again from its source."
             ) from None
-        expires = parsed.get("expires_at")
-        if expires and (now or dt.datetime.now(dt.timezone.utc)) >= _parse_time(expires):
-            raise AuthenticityError(f"The artifact's signature expired at {expires}; re-sign it or ship a newer one.")
+        check_expiry(parsed, now=now)
         return {k: parsed.get(k) for k in _CLAIMS}
+
+
+def check_expiry(claims: dict[str, Any], *, now: dt.datetime | None = None) -> None:
+    """Raise AuthenticityError if the claims' ``expires_at`` has passed."""
+    expires = claims.get("expires_at")
+    if expires and (now or dt.datetime.now(dt.timezone.utc)) >= _parse_time(expires):
+        raise AuthenticityError(f"The artifact's signature expired at {expires}; re-sign it or ship a newer one.")
 
 
 def _message(claims: dict[str, Any], manifest_bytes: bytes) -> bytes:

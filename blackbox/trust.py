@@ -6,6 +6,11 @@ key; the manifest is strict JSON of the expected shape; this interpreter matches
 the environment the manifest records; and the payload has exactly the recorded
 length and sha256. Only then is the payload unpickled.
 
+The proof of authenticity is the header signature or, instead, an OpenSSF
+model signing bundle over the whole file (``oms_bundle``, blackbox.oms) by a
+trusted P-256 key; every later check runs either way, and the expiry of a
+header block the bundle covers is still enforced.
+
 The signature is the only trust boundary. An unsigned artifact is loaded only
 with an explicit, loudly logged ``allow_unsigned=True``, and loading it RUNS ITS
 CODE: user code embedded by value is code, which no static scan can prove
@@ -32,11 +37,12 @@ from .artifact import FORMAT_VERSION, Artifact
 from .environment import ServingEnvironment, top_level
 from .errors import ArtifactError, AuthenticityError, SelfContainmentError
 from .imports import Global, scan
-from .signing import Keyring
+from .signing import Keyring, check_expiry, read_block
 
 log = logging.getLogger("blackbox")
 
 TrustedKeys = Keyring | Iterable[str | os.PathLike[str]] | None
+OmsBundle = str | os.PathLike[str] | None
 _REQUIRED = ("format_version", "name", "version", "adapter", "serializer", "python", "payload", "schema")
 UNSIGNED_WARNING = (
     "LOADING AN UNSIGNED ARTIFACT (allow_unsigned=True): its code was not authenticated, and loading it RUNS "
@@ -76,14 +82,16 @@ def unpickle(
     strict: bool = False,
     trusted_keys: TrustedKeys = None,
     allow_unsigned: bool = False,
+    oms_bundle: OmsBundle = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Verify ``artifact`` and return its estimator and manifest.
 
     :param trusted_keys: a Keyring, or ``.pub`` files and directories; default: BLACKBOX_TRUSTED_KEYS.
     :param allow_unsigned: load an unsigned artifact (never one with a bad signature).
     :param strict: refuse any package version that differs from the manifest's.
+    :param oms_bundle: an OpenSSF model signing bundle over the artifact's bytes, the proof instead of the header signature.
     """
-    signed = authenticate(artifact, trusted_keys, allow_unsigned=allow_unsigned)
+    signed = authenticate(artifact, trusted_keys, allow_unsigned=allow_unsigned, oms_bundle=oms_bundle)
     return _unpickle(artifact, strict=strict, scan_payload=not signed)
 
 
@@ -92,8 +100,23 @@ def unpickle_own(artifact: Artifact) -> tuple[Any, dict[str, Any]]:
     return _unpickle(artifact, strict=True, scan_payload=False)
 
 
-def authenticate(artifact: Artifact, trusted_keys: TrustedKeys, *, allow_unsigned: bool) -> bool:
-    """True when the signature verifies; False for a tolerated unsigned artifact; raise otherwise."""
+def authenticate(
+    artifact: Artifact, trusted_keys: TrustedKeys, *, allow_unsigned: bool, oms_bundle: OmsBundle = None
+) -> bool:
+    """True when the signature (or the OMS bundle) verifies; False for a tolerated unsigned artifact; raise otherwise.
+
+    With ``oms_bundle``, ``artifact`` must be the whole artifact (payload included): the bundle signs the file.
+    """
+    keyring = trusted_keys if isinstance(trusted_keys, Keyring) else (
+        Keyring.from_environment() if trusted_keys is None else Keyring.from_paths(trusted_keys)
+    )
+    if oms_bundle is not None:
+        from . import oms  # model_signing is an optional extra, imported only for a bundle
+
+        oms.verify(artifact.to_bytes(), oms_bundle, keyring)
+        if artifact.signature:  # covered by the bundle, so its claims are the signer's: honour its expiry
+            check_expiry(read_block(artifact.signature))
+        return True
     if not artifact.signature:
         if not allow_unsigned:
             raise AuthenticityError(
@@ -103,9 +126,6 @@ def authenticate(artifact: Artifact, trusted_keys: TrustedKeys, *, allow_unsigne
             )
         log.warning(UNSIGNED_WARNING)
         return False
-    keyring = trusted_keys if isinstance(trusted_keys, Keyring) else (
-        Keyring.from_environment() if trusted_keys is None else Keyring.from_paths(trusted_keys)
-    )
     keyring.verify(artifact.manifest_bytes, artifact.signature)
     return True
 
