@@ -2,9 +2,11 @@
 
 Scope: one worker's view of one reference (``NAME@ALIAS``; a server following
 several has one Follower, holder and status per reference). :class:`Follower`
-resolves it (a cheap read of the alias pointer) every ``POLL_INTERVAL`` seconds,
-and ``POST /reload`` asks for a check at once. A new target is pulled (digest
-and signature checked) into ``CACHE_DIR``, vetted in an isolated child with a
+resolves it (a cheap read of the alias pointer, verified with the server's
+trusted keys; once a release was taken, an older pointer, or an older version
+that the pointer does not call a rollback, is refused) every ``POLL_INTERVAL``
+seconds, and ``POST /reload`` asks for a check at once. A new target is pulled
+(the sha256 the pointer names, signature checked) into ``CACHE_DIR``, vetted in an isolated child with a
 time limit (:class:`~serving.holder.Vetted`: a segfault or a hang there is a
 refusal, not a dead worker), then loaded and self-tested off the request path;
 only then does one reference assignment swap it into the
@@ -36,7 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from blackbox import BlackboxError, Model, Store, StoreError
+from blackbox import BlackboxError, Model, Release, Store, StoreError
 from blackbox.atomic import atomic_write
 
 from .config import Settings
@@ -78,6 +80,7 @@ class Follower:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._release_sha: str | None = None
+        self._accepted: Release | None = None  # what the store last named and this worker took: no older pointer is
         self._refused_sha: str | None = None  # a target that failed its own checks: not retried until the alias moves
         self._served_from: str | None = None
         self._error: BlackboxError | None = None
@@ -90,7 +93,7 @@ class Follower:
         release's own error when it fails its checks (or crashes, or hangs).
         """
         try:
-            target, source = self._fetch(self._store.resolve(self._ref)), "store"
+            target, source = self._fetch(self._resolve()), "store"
         except StoreError:
             cached = self._last_good()
             if cached is None:
@@ -125,7 +128,7 @@ class Follower:
 
     def _check(self) -> dict[str, Any]:
         try:
-            release = self._store.resolve(self._ref)
+            release = self._resolve()
         except StoreError as exc:
             cached = self._last_good() if self._holder.model is None else None
             if cached is None:
@@ -135,15 +138,26 @@ class Follower:
             return self._take(cached, "cache")  # nothing serves yet: the copy pulled last time does
         if release.sha256 == self._release_sha:
             self._served_from = "store"
+            self._accepted = release
             return self._note("unchanged", version=release.version)
         if release.sha256 == self._refused_sha:
             return self.status
         try:
-            return self._take(self._fetch(release), "store")
+            outcome = self._take(self._fetch(release), "store")
         except BlackboxError as exc:
             if not isinstance(exc, StoreError):  # the release itself is bad, not the way to it
                 self._refused_sha = release.sha256
             raise
+        self._accepted = release
+        return outcome
+
+    def _resolve(self) -> Release:
+        """What the reference names: its pointer verified with the server's keys, and not older than the one taken."""
+        options = self._settings.load_options
+        return self._store.resolve(
+            self._ref, trusted_keys=options.get("trusted_keys"), allow_unsigned=bool(options.get("allow_unsigned")),
+            after=self._accepted,
+        )
 
     def _take(self, target: Target, source: str) -> dict[str, Any]:
         """Vet the target in a child, load it here, swap it in."""
@@ -178,7 +192,7 @@ class Follower:
             except OSError as exc:
                 raise StoreError(f"Cannot create the cache directory {str(path.parent)!r} (CACHE_DIR): {exc}.") from None
             self._store.pull(
-                f"{release.name}@{release.version}", path,
+                release, path,  # the artifact must have the sha256 the (signed) pointer names
                 trusted_keys=options.get("trusted_keys"), allow_unsigned=bool(options.get("allow_unsigned")),
             )
         return Target(release.name, release.version, release.sha256, str(path))

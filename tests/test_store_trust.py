@@ -85,8 +85,6 @@ def test_forged_pointers_are_refused_by_a_following_server(store, client, record
     assert client.post("/reload").get_json()["result"] == "unchanged"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="serving/follow.py does not pass after= to Store.resolve yet (issue #16 part D "
-                                       "report: the wiring waits for the follow.py rework in progress)")
 def test_a_replayed_older_pointer_is_refused_by_a_following_server(store, client, records, tmp_path):
     root, _ = store
     assert served(client, records) == "2.0.0"
@@ -102,3 +100,16 @@ def test_a_signed_rollback_swaps_the_server_back(store, client, records):
     answer = client.post("/reload").get_json()
     assert answer["result"] == "swapped" and answer["version"] == "1.0.0", answer
     assert served(client, records) == "1.0.0"
+
+
+def test_pointers_are_verified_with_the_servers_own_trusted_keys(store, records, keys, tmp_path, monkeypatch):
+    from blackbox.signing import TRUSTED_KEYS_ENV
+
+    root, store_ = store
+    monkeypatch.delenv(TRUSTED_KEYS_ENV)  # only --trusted-keys (LOAD_OPTIONS) says whom to trust
+    app = create_app({"STORE": str(root), "MODEL": "titanic@production", "POLL_INTERVAL": 0,
+                      "CACHE_DIR": str(tmp_path / "cache"), "LOAD_OPTIONS": {"trusted_keys": [str(keys["public"])]}})
+    client = app.test_client()
+    assert served(client, records) == "2.0.0"
+    store_.rollback("titanic", "production", trusted_keys=[keys["public"]])
+    assert client.post("/reload").get_json()["result"] == "swapped"
