@@ -13,7 +13,7 @@ from blackbox import scoring
 from blackbox.cli import main
 from blackbox.signing import TRUSTED_KEYS_ENV
 
-from test_scoring import artifact, bad_rows, model, rows, write_input  # noqa: F401 (fixtures)
+from test_scoring import artifact, bad_rows, model, poison_artifact, rows, write_input  # noqa: F401 (fixtures)
 
 distributed = pytest.importorskip("distributed")
 
@@ -76,3 +76,15 @@ def test_dask_engine_refuses_an_artifact_failing_its_self_test(cluster, artifact
     assert main(args) == 7
     assert "golden-sample predictions" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["doctored.bbx", "in.csv"]
+
+
+def test_rows_the_model_rejects_on_workers_are_rejects_as_in_one_process(cluster, poison_artifact, tmp_path):
+    from test_scoring import poisoned
+
+    source = write_input(poisoned(400, (5, 120, 121, 399)), tmp_path / "in.csv")
+    options = dict(chunk_size=64, on_error="skip")
+    alone = scoring.score(poison_artifact, source, tmp_path / "alone.csv", **options)
+    spread = scoring.score(poison_artifact, source, tmp_path / "spread.csv", engine="dask", scheduler=cluster.scheduler_address, **options)
+    assert (spread.rows_rejected, spread.exit_code) == (alone.rows_rejected, 10) == (4, 10)
+    assert (tmp_path / "spread.csv").read_bytes() == (tmp_path / "alone.csv").read_bytes()
+    assert (tmp_path / "spread.rejects.csv").read_bytes() == (tmp_path / "alone.rejects.csv").read_bytes()
