@@ -1,14 +1,16 @@
-"""``blackbox serve PATH``: verify an artifact, then serve it under gunicorn.
+"""``blackbox serve PATH...``: verify artifacts, then serve them under gunicorn.
 
 Scope: the command line. Only click and the standard library are imported at
 module level, so ``blackbox``'s CLI can register :func:`serve` without loading
 Flask or a model. The command resolves the settings once (defaults,
 ``BLACKBOX_*`` environment, then its options), refuses a non-loopback bind
-without API keys, vets the artifact (load and self-test in an isolated child
-interpreter, killed after ``--load-timeout`` seconds: a bad, crashing or
-hanging one ends the command with its error's exit code, 7 for a crash or a
-timeout, and one line), then forks the workers, each of which loads the vetted
-copy in the background. The master never runs model code. Following a store
+without API keys, vets each artifact (load and self-test in an isolated child
+interpreter, killed after ``--load-timeout`` seconds), then forks the workers,
+each of which loads the vetted copies in the background. Several PATHs (or a
+directory of ``.bbx``, or several ``--model``) serve several models, each under
+its name; one that fails its checks is reported not ready while the others
+serve. When none passes (one model alone: when it fails), the command ends with
+the error's exit code (7 for a crash or a timeout) and one line. The master never runs model code. Following a store
 that cannot be reached at start, it starts anyway (live, not ready) on the
 last good cached release or on none, and the workers keep trying the store.
 ``--debug`` runs Flask's development server instead, in one process.
