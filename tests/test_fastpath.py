@@ -205,3 +205,69 @@ def test_saved_without_the_fast_path_still_loads_and_serves(training_pipeline, t
     assert model.plan is None
     record = _records(X_test.dropna().head(1))[0]
     assert model.predict(record) == training_pipeline.predict(model.prepare([record])[0])[0]
+
+
+# ---------------------------------------------------------------- the training package's user steps, made cheap
+
+def _titles_as_before(extractor, X) -> np.ndarray:
+    """TitleExtractor.transform as it was (pandas str.extract per column): the oracle of the rewrite."""
+    from sklearn.utils.validation import validate_data
+
+    from training.transforms import _TITLE_PATTERN, TITLE_ALIASES
+
+    X = validate_data(extractor, X, reset=False, dtype=None, ensure_all_finite=False)
+    keep = set(extractor.keep)
+    out = np.empty(X.shape, dtype=object)
+    for j in range(X.shape[1]):
+        column = X[:, j]
+        is_str = np.fromiter((isinstance(v, str) for v in column), dtype=bool, count=len(column))
+        titles = pd.Series(np.where(is_str, column, None), dtype="str").str.extract(_TITLE_PATTERN, expand=False).replace(TITLE_ALIASES)
+        out[:, j] = np.where(titles.isna(), extractor.missing, np.where(titles.isin(keep), titles, extractor.rare))
+    return out
+
+
+def _family_as_before(family, X) -> np.ndarray:
+    from sklearn.utils.validation import validate_data
+
+    X = validate_data(family, X, reset=False, dtype=[np.float64, np.float32], ensure_all_finite="allow-nan")
+    return np.nansum(X, axis=1, keepdims=True) + 1
+
+
+def test_the_training_transformers_give_their_previous_outputs_on_every_input_form(titanic):
+    import random
+    import warnings
+
+    from training.transforms import FamilySize, TitleExtractor
+
+    X_train, _, _, _ = titanic
+    random.seed(0)
+    pieces = [",", ".", " ", "\t", "\n", "\v", "\xa0", "\u2003", "Mr", "Mlle", "Ms", "Mme", "Dr", "é", "Master", "the Countess", ""]
+    fuzz = ["".join(random.choice(pieces) for _ in range(random.randint(0, 8))) for _ in range(3000)]
+    names = pd.DataFrame({"name": pd.array([*X_train["name"], *fuzz, None], dtype="str")})
+    extractor = TitleExtractor().fit(names)
+    for X in (names, names.astype(object), names.iloc[[7]], names.iloc[[len(names) - 1]]):
+        got, expected = extractor.transform(X), _titles_as_before(extractor, X)
+        assert got.dtype == object and got.tolist() == expected.tolist() and {type(v) for v in got.ravel()} == {str}
+    values = np.array([[v] for v in fuzz[:300]] + [[None], [np.nan], [3]], dtype=object)
+    unnamed = TitleExtractor().fit(values)
+    assert unnamed.transform(values).tolist() == _titles_as_before(unnamed, values).tolist()
+
+    relatives = X_train[["sibsp", "parch"]]
+    family = FamilySize().fit(relatives)
+    odd = pd.DataFrame({"sibsp": [1.5, np.nan, -0.0], "parch": [np.nan, np.nan, -0.0]})
+    as_float32 = relatives.astype(np.float32)
+    for X in (relatives, relatives.iloc[[3]], odd, as_float32):
+        got, expected = family.transform(X), _family_as_before(family, X)
+        assert got.dtype == expected.dtype and np.array_equal(got, expected, equal_nan=True)
+    # What scikit-learn refuses or warns about is still refused or warned about, by scikit-learn.
+    with pytest.raises(ValueError, match="infinity"):
+        family.transform(pd.DataFrame({"sibsp": [np.inf], "parch": [0]}))
+    with pytest.raises(ValueError, match="feature names"):
+        family.transform(relatives.rename(columns={"parch": "other"}))
+    with pytest.warns(UserWarning, match="feature names"):
+        family.transform(relatives.to_numpy())
+    with pytest.raises(ValueError, match="features"):
+        FamilySize().fit(relatives.to_numpy()).transform(np.ones((1, 3)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        family.transform(relatives.iloc[[0]])

@@ -9,11 +9,20 @@ blackbox both rely on. Conventions followed to the letter: keyword-only
 names the output. Both accept the 2-D slice a ``DataFrameMapper`` hands over
 (a DataFrame such as ``df[["sibsp", "parch"]]``, or its ``.values``) and
 return a 2-D array.
+
+They are as cheap on one row as on many (a server transforms one record at a
+time): the input the mapper hands over (a DataFrame with exactly the fitted
+columns, or an array of the fitted width) is checked directly, and anything
+else goes through scikit-learn's own ``validate_data``, so every error and
+warning is scikit-learn's; the arithmetic is plain Python and numpy, no pandas
+per call.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -44,6 +53,61 @@ def _input_feature_names(estimator: BaseEstimator, input_features) -> list[str]:
     return names
 
 
+def _validated(estimator: BaseEstimator, X: Any, numeric: bool) -> np.ndarray:
+    """What ``validate_data(estimator, X, reset=False, ...)`` returns in ``transform``, checked cheaply when it can be.
+
+    The cheap cases are the inputs a mapper hands over: a DataFrame with exactly
+    the fitted column names (of numpy dtypes, or strings for ``numeric=False``),
+    or an object/numeric ndarray of the fitted width for an estimator fitted
+    without names; at least one row. ``numeric`` mirrors
+    ``dtype=[np.float64, np.float32], ensure_all_finite="allow-nan"`` (the
+    common dtype kept when it is one of those, else float64; infinity refused),
+    otherwise ``dtype=None, ensure_all_finite=False``. Any other input, or one
+    that would be refused, is handed to ``validate_data``, which raises or warns.
+    """
+    values = _direct(estimator, X, numeric)
+    if values is None:
+        if numeric:
+            return validate_data(estimator, X, reset=False, dtype=[np.float64, np.float32], ensure_all_finite="allow-nan")
+        return validate_data(estimator, X, reset=False, dtype=None, ensure_all_finite=False)
+    return values
+
+
+def _direct(estimator: BaseEstimator, X: Any, numeric: bool) -> np.ndarray | None:
+    names = getattr(estimator, "feature_names_in_", None)
+    if type(X) is pd.DataFrame:
+        if names is None or len(X) == 0 or X.columns.tolist() != names.tolist():
+            return None
+        dtypes = X.dtypes.tolist()
+        if numeric:
+            if not all(isinstance(d, np.dtype) and d.kind in "iuf" for d in dtypes):
+                return None
+            common = np.result_type(*dtypes)
+            values = X.to_numpy(dtype=common if common in (np.float64, np.float32) else np.float64)
+        else:
+            if not all(isinstance(d, np.dtype) and d.kind in "iufO" or isinstance(d, pd.StringDtype) for d in dtypes):
+                return None
+            values = np.empty(X.shape, dtype=object)
+            for j, (_, column) in enumerate(X.items()):
+                values[:, j] = list(column.array)
+    elif type(X) is np.ndarray:
+        if names is not None or X.ndim != 2 or X.shape[0] == 0 or X.shape[1] != estimator.n_features_in_:
+            return None
+        if numeric:
+            if X.dtype.kind not in "iuf":
+                return None
+            values = X if X.dtype in (np.float64, np.float32) else X.astype(np.float64)
+        elif X.dtype == object:
+            values = X
+        else:
+            return None
+    else:
+        return None
+    if numeric and np.isinf(values).any():
+        return None  # validate_data raises its own error
+    return values
+
+
 class FamilySize(TransformerMixin, BaseEstimator):
     """Size of the family travelling together: the sum of the relatives columns (+1 for self).
 
@@ -71,9 +135,7 @@ class FamilySize(TransformerMixin, BaseEstimator):
     def transform(self, X) -> np.ndarray:
         """Return the row-wise family size as an ``(n_samples, 1)`` array."""
         check_is_fitted(self)
-        X = validate_data(
-            self, X, reset=False, dtype=[np.float64, np.float32], ensure_all_finite="allow-nan"
-        )
+        X = _validated(self, X, numeric=True)
         size = np.nansum(X, axis=1, keepdims=True)
         if self.include_self:
             size += 1
@@ -95,6 +157,7 @@ class FamilySize(TransformerMixin, BaseEstimator):
 TITLE_ALIASES: Mapping[str, str] = {"Mlle": "Miss", "Ms": "Miss", "Mme": "Mrs"}
 #: "Surname, Title. Given names": the title sits between the comma and the first dot.
 _TITLE_PATTERN = r",\s*([^,.]+?)\s*\."
+_TITLE = re.compile(_TITLE_PATTERN)
 
 
 class TitleExtractor(TransformerMixin, BaseEstimator):
@@ -144,20 +207,20 @@ class TitleExtractor(TransformerMixin, BaseEstimator):
     def transform(self, X) -> np.ndarray:
         """Return the titles as an ``(n_samples, n_features)`` object array of str."""
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=None, ensure_all_finite=False)
+        X = _validated(self, X, numeric=False)
         keep = {self.keep} if isinstance(self.keep, str) else set(self.keep)
         out = np.empty(X.shape, dtype=object)
         for j in range(X.shape[1]):
-            column = X[:, j]
-            # Anything that is not a string (None, NaN, a stray number) counts
-            # as a missing name; a str Series keeps the .str accessor working
-            # even when a whole column is missing.
-            is_str = np.fromiter((isinstance(v, str) for v in column), dtype=bool, count=len(column))
-            names = pd.Series(np.where(is_str, column, None), dtype="str")
-            titles = names.str.extract(_TITLE_PATTERN, expand=False).replace(TITLE_ALIASES)
-            labels = np.where(titles.isin(keep), titles, self.rare)
-            out[:, j] = np.where(titles.isna(), self.missing, labels)
+            out[:, j] = [self._label(value, keep) for value in X[:, j].tolist()]
         return out
+
+    def _label(self, name: Any, keep: set[str]) -> str:
+        # Anything that is not a string (None, NaN, a stray number) counts as a missing name.
+        match = _TITLE.search(name) if isinstance(name, str) else None
+        if match is None:
+            return self.missing
+        title = TITLE_ALIASES.get(match.group(1), match.group(1))
+        return title if title in keep else self.rare
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
         """``<input>_title`` for each input column."""
