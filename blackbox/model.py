@@ -97,6 +97,12 @@ class Model:
         """The largest magnitude the estimator computes a number with, when it is below float64's (saved in the schema)."""
         return None
 
+    @classmethod
+    def input_columns(cls, estimator: Any, frame: pd.DataFrame) -> tuple[list[str] | None, str]:
+        """The columns of ``frame`` (the training frame) the estimator reads, in the order to give them, and how
+        that is known; or None and why it cannot say (then the schema takes every column of ``frame``)."""
+        return None, f"the {cls.adapter!r} adapter does not say which columns a model reads"
+
     def _refused_rows(self, frame: pd.DataFrame, dtype: np.dtype) -> list[int]:
         """Rows of ``frame`` whose features are not finite in ``dtype`` (after an input refusal; [] if unknown)."""
         return []
@@ -315,6 +321,23 @@ class SklearnModel(Model):
         """float32's largest value when the estimator holds decision trees (trees, forests, boosting cast X to float32)."""
         return float(np.finfo(np.float32).max) if _holds_trees(estimator) else None
 
+    @classmethod
+    def input_columns(cls, estimator: Any, frame: pd.DataFrame) -> tuple[list[str] | None, str]:
+        """What the first step reads: a ColumnTransformer's columns, a DataFrameMapper's features, else ``feature_names_in_``.
+
+        Searches are followed to their best estimator and pipelines to their first
+        step. The order is the estimator's ``feature_names_in_`` (a bare estimator
+        checks it), then ``frame``'s. None when the first step cannot say: a user
+        step without ``feature_names_in_``, a mapper with a ``default`` (it passes on
+        every column it does not list), a ColumnTransformer fitted on an array.
+        """
+        columns, detail = _columns_read(estimator, frame)
+        if columns is None:
+            return None, detail
+        order = [*map(str, getattr(estimator, "feature_names_in_", ())), *frame.columns]
+        rank = {name: position for position, name in reversed(list(enumerate(order)))}
+        return sorted(dict.fromkeys(columns), key=lambda name: rank.get(name, len(rank))), detail
+
     def _predict(self, frame: pd.DataFrame) -> np.ndarray:
         if self.plan is not None:
             try:
@@ -357,6 +380,71 @@ class SklearnModel(Model):
         if _predicts_by_argmax(final):  # a forest's predict would compute every tree's probabilities again
             return final.classes_.take(np.argmax(proba, axis=1), axis=0), proba
         return final.predict(features), proba
+
+
+def _columns_read(step: Any, frame: pd.DataFrame) -> tuple[list[str] | None, str]:
+    """The columns ``step`` reads (repeats allowed, any order) and from what that is known; None and why if it cannot say."""
+    name = type(step).__name__
+    if hasattr(step, "best_estimator_"):
+        return _columns_read(step.best_estimator_, frame)
+    if isinstance(getattr(step, "steps", None), list):  # a Pipeline: its first step that is not 'passthrough'
+        first = next((s for _, s in step.steps if not (s is None or isinstance(s, str))), None)
+        return _columns_read(first, frame) if first is not None else (None, f"{name} has only passthrough steps")
+    if hasattr(step, "transformers_"):  # a fitted ColumnTransformer (the remainder is one of its entries)
+        names = getattr(step, "feature_names_in_", None)
+        if names is None:
+            return None, f"{name} was fitted on an array, without column names"
+        read: list[str] = []
+        for _, transformer, selection in step.transformers_:
+            if isinstance(transformer, str) and transformer == "drop":
+                continue
+            columns = _selected(selection, pd.Index(names))
+            if columns is None:
+                return None, f"{name} selects columns with {_short(selection)}, which blackbox cannot read"
+            read += columns
+        return read, f"{name} columns"
+    if hasattr(step, "built_features") and hasattr(step, "default"):  # a fitted sklearn-pandas DataFrameMapper
+        if step.default is not False:
+            return None, f"{name} has default={_short(step.default)}, which passes on every column its features do not list"
+        read = []
+        for feature in step.built_features if isinstance(step.built_features, list) else [step.built_features]:
+            columns = feature[0](frame) if callable(feature[0]) else feature[0]
+            columns = [columns] if isinstance(columns, str) else columns
+            if not (isinstance(columns, (list, tuple)) and all(isinstance(c, str) for c in columns)):
+                return None, f"{name} has a feature of columns {_short(feature[0])}, which blackbox cannot read"
+            read += columns
+        return read, f"{name} features"
+    names = getattr(step, "feature_names_in_", None)
+    if names is not None:
+        return [str(n) for n in names], f"{name}.feature_names_in_"
+    return None, f"{name} does not say which columns it reads (no feature_names_in_)"
+
+
+def _selected(selection: Any, names: pd.Index) -> list[str] | None:
+    """A fitted ColumnTransformer's selection (names, positions, a slice or a boolean mask) as column names."""
+    if isinstance(selection, str):
+        return [selection]
+    if isinstance(selection, slice):
+        if isinstance(selection.start, str) or isinstance(selection.stop, str):  # labels, both ends included
+            selection = names.slice_indexer(selection.start, selection.stop, selection.step)
+        return [str(n) for n in names[selection]]
+    values = np.asarray(selection)
+    if values.ndim == 0 and values.dtype.kind in "iu":
+        return [str(names[int(values)])]
+    if values.ndim != 1:
+        return None
+    if values.size == 0:
+        return []
+    if values.dtype.kind in "UO" and all(isinstance(v, str) for v in values.tolist()):
+        return values.tolist()
+    if values.dtype.kind in "biu":
+        return [str(n) for n in names[values]]
+    return None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _predicts_by_argmax(estimator: Any) -> bool:

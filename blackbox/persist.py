@@ -4,6 +4,11 @@
 stored) into one artifact file: the payload with user code embedded by value,
 and a manifest that describes it, written atomically and only after the bytes
 have been loaded back and have reproduced the golden sample.
+
+The input schema holds the columns of ``train_data`` the fitted pipeline reads
+(every column only where the pipeline cannot say; the schema's ``inputs``
+records which), and a field is nullable when the fitted model, probed with it
+missing on a few rows of ``train_data``, still predicts finite values.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Collection, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +36,14 @@ from .errors import AuthenticityError, SchemaError, SelfTestError, UsageError
 from .manifest import data_summary, git_info, jsonable, python_info, search_metrics, source_snapshot, utc_now
 from .model import Model
 from .rebuild import recipe_section
-from .schema import infer_schema
+from .schema import Schema, infer_schema
 from .signing import SIGNING_KEY_ENV
 from .store.releases import check_names
 from .trust import TrustedKeys
 
 GOLDEN_ROWS = 5
+PROBE_ROWS = 3
+"""Rows of train_data (complete ones first) that each field's missing-value probe predicts."""
 
 
 def save(
@@ -60,8 +68,8 @@ def save(
 ) -> Path:
     """Write ``estimator`` to ``path`` as one self-contained artifact; return the path.
 
-    :param train_data: the frame the model was fit on: its columns become the
-        input schema, and it is fingerprinted (it is not stored).
+    :param train_data: the frame the model was fit on: the columns the pipeline reads
+        become the input schema, and it is fingerprinted (it is not stored).
     :param sample: a few input rows for the golden sample (default: rows of ``train_data``).
     :param metrics: extra scores, e.g. ``{"holdout": {"accuracy": 0.8}}``.
     :param by_value: modules to embed by value beyond those blackbox detects.
@@ -211,7 +219,9 @@ def build(
             "schema and the golden sample; pass train_data=X_train."
         )
     adapter = Model.adapter_for(fitted)
-    schema = infer_schema(frame, limit=adapter.numeric_limit(fitted))
+    columns, inputs = _inputs(adapter, fitted, frame)
+    schema = replace(infer_schema(frame[columns], limit=adapter.numeric_limit(fitted)), inputs=inputs)
+    schema = _probe_missing(adapter, fitted, schema, frame)
     if sample is None:
         sample = frame.sample(n=min(GOLDEN_ROWS, len(frame)), random_state=0)
     records = jsonable(sample[schema.columns].to_dict("records"))
@@ -302,6 +312,35 @@ def _fitted_estimator(estimator: Any) -> tuple[Any, Any]:
             )
         return estimator.best_estimator_, estimator
     return estimator, None
+
+
+def _inputs(adapter: type[Model], fitted: Any, frame: pd.DataFrame) -> tuple[list[Any], tuple[str, str]]:
+    """The columns of ``frame`` the schema holds, and how they were chosen (the schema's ``inputs``)."""
+    columns, detail = adapter.input_columns(fitted, frame)
+    if columns is None:
+        return list(frame.columns), ("train_data", detail)
+    lacking = [name for name in columns if name not in frame.columns]
+    if lacking:
+        raise UsageError(
+            f"train_data lacks the column(s) {lacking} that the model reads ({detail}); "
+            "pass the frame the model was fit on as train_data."
+        )
+    return columns, ("pipeline", detail)
+
+
+def _probe_missing(adapter: type[Model], fitted: Any, schema: Schema, frame: pd.DataFrame) -> Schema:
+    """``schema`` with each field nullable where the fitted model predicts without it (:meth:`Schema.probe_missing`)."""
+    rows = frame[schema.columns]
+    complete = rows.dropna()
+    records = jsonable((complete if len(complete) else rows).head(PROBE_ROWS).to_dict("records"))
+    model = adapter(fitted, {"schema": schema.to_dict(), "output": adapter.describe_output(fitted)})
+
+    def predict(probe: pd.DataFrame) -> None:
+        with warnings.catch_warnings():  # a probe's warnings (an all-missing column) are no news to the user
+            warnings.simplefilter("ignore")
+            model.predict_and_proba_frame(probe)
+
+    return schema.probe_missing(records, predict)
 
 
 def _golden(model: Model, records: list[dict[str, Any]]) -> dict[str, Any]:

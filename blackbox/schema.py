@@ -2,7 +2,9 @@
 
 Scope: inference and validation only; no HTTP, no pickle. :func:`infer_schema`
 captures at save time what each column the pipeline consumes looked like in
-training; the schema travels as plain JSON (:meth:`Schema.to_dict`) and
+training (the caller chooses the columns: :func:`blackbox.save` takes those the
+fitted pipeline reads, recorded in ``inputs``), and :meth:`Schema.probe_missing`
+decides each field's nullability from what a predict callable tolerates; the schema travels as plain JSON (:meth:`Schema.to_dict`) and
 :meth:`Schema.to_frame` checks a batch of raw records against it and rebuilds
 the DataFrame with exactly the training dtypes, so a served record is
 predicted bit for bit like the same row in training. Nothing is per model.
@@ -17,9 +19,16 @@ at :func:`infer_schema` with a :class:`UsageError`.
 Rules callers rely on:
 
 * Names match exactly: ``"Age"`` is an unknown field and ``"age"`` is missing.
-* An absent key or ``null`` is a missing value when training saw missing values
-  in that field (``nullable``); otherwise it is ``missing`` / ``null``. In JSON
-  NaN is never a missing value (send null); in a DataFrame NaN/None/NA is.
+* An absent key or ``null`` is a missing value when the field is ``nullable``;
+  otherwise it is a ``missing`` / ``null`` problem. A missing value of a nullable
+  field is predicted (the model fills it in) with a warning: ``missing_imputed``
+  for an absent key, ``null_imputed`` for a ``null`` (and, in a DataFrame or CSV,
+  for NaN/None/NA or an empty cell: a frame cannot leave a field out). In JSON
+  NaN is never a missing value (send null).
+* ``nullable`` is decided at save time by probing the fitted model with the field
+  missing (``missing_probe``: ``tolerated``, ``refused``, or ``untestable`` for a
+  numpy integer or boolean dtype, which holds no missing value). A schema without
+  ``missing_probe`` (older artifacts) keeps the nullability training's rows showed.
 * Numbers may be JSON numbers or numeric strings (``"22"``, ``"7.25"``), the
   same for JSON records and CSV/DataFrame input (a CSV column with one bad value
   is text, and its good rows must still score); :meth:`Schema.openapi` documents
@@ -37,8 +46,11 @@ Rules callers rely on:
   integer dtypes fit in float32's range.
 * :meth:`Schema.to_dict` carries ``"version": 1``; :meth:`Schema.from_dict`
   refuses any other version and any unknown or missing key (``UsageError``);
-  ``limit`` is optional, and written only when set, so schemas without one
-  (older artifacts, models without limits) read in every version.
+  ``limit``, ``missing_probe`` (per field) and ``inputs`` (``{"from": "pipeline" |
+  "train_data", "detail"}``: how the columns were chosen) are optional, and
+  written only when set, so schemas without them (older artifacts, models
+  without limits) read in every version; a ``missing_probe`` that contradicts
+  ``nullable`` is refused.
 * DataFrame input: a missing column is an error even for a nullable field,
   object columns are checked value by value, and row-level entries are capped
   at 100 per (field, issue), followed by one ``row: None`` "N more rows" entry.
@@ -52,7 +64,8 @@ Problems (one :class:`SchemaError` lists them all; nothing is predicted):
 a ``type`` problem whatever ``strict`` says, its name shown with the surrogate
 escaped (``\\ud800``), so every problem and warning encodes as UTF-8.
 Warnings (returned; the record is still predicted):
-``unknown_field``, ``unseen_category``, ``out_of_range``.
+``unknown_field``, ``unseen_category``, ``out_of_range``, ``missing_imputed``,
+``null_imputed``.
 """
 
 from __future__ import annotations
@@ -83,6 +96,7 @@ _EXPECTED = {
 }
 _FAMILIES = ({"integer", "number"}, {"string", "category"}, {"boolean"})
 _WARNINGS = frozenset({"out_of_range", "unseen_category"})
+_PROBES = frozenset({"tolerated", "refused", "untestable"})
 _ABSENT = object()  # the record has no such key
 _SKIP = object()  # the record is not an object (already reported)
 _INT = re.compile(r"\s*[+-]?\d+\s*", re.ASCII)
@@ -105,7 +119,8 @@ class Field:
     rebuilds; ``categories`` (sorted, for strings with few distinct values),
     ``minimum``/``maximum`` (finite values) and ``max_length`` only feed warnings
     and the ``too_long`` limit; ``limit`` (numbers) is the model's, a hard bound
-    on the magnitude of a value.
+    on the magnitude of a value. ``missing_probe`` says how ``nullable`` was
+    decided (see :meth:`Schema.probe_missing`); None: from training's rows.
     """
 
     name: str
@@ -117,13 +132,19 @@ class Field:
     maximum: float | None = None
     max_length: int | None = None
     limit: float | None = None
+    missing_probe: str | None = None
 
 
 @dataclass(frozen=True)
 class Schema:
-    """The columns a pipeline consumes, in order; validates and rebuilds its input."""
+    """The columns a pipeline consumes, in order; validates and rebuilds its input.
+
+    ``inputs`` is ``(how, detail)``: how the columns were chosen (``pipeline`` or
+    ``train_data``) and from what, or None when nobody said (older artifacts).
+    """
 
     fields: tuple[Field, ...]
+    inputs: tuple[str, str] | None = None
 
     @property
     def columns(self) -> list[str]:
@@ -135,16 +156,20 @@ class Schema:
         for field in self.fields:
             item = asdict(field)
             item["categories"] = None if field.categories is None else list(field.categories)
-            if field.limit is None:
-                del item["limit"]  # optional: absent, the schema reads in blackboxes that predate it
+            for key in _OPTIONAL:
+                if item[key] is None:
+                    del item[key]  # optional: absent, the schema reads in blackboxes that predate it
             fields.append(item)
-        return {"version": _VERSION, "fields": fields}
+        data: dict[str, Any] = {"version": _VERSION, "fields": fields}
+        if self.inputs is not None:
+            data["inputs"] = {"from": self.inputs[0], "detail": self.inputs[1]}
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping) -> Schema:
         """Read a manifest's schema strictly: it is a trust boundary, so refuse anything odd."""
-        if not isinstance(data, Mapping) or set(data) != {"version", "fields"}:
-            raise UsageError("A schema must be a mapping with exactly the keys 'version' and 'fields'.")
+        if not isinstance(data, Mapping) or not {"version", "fields"} <= set(data) <= {"version", "fields", "inputs"}:
+            raise UsageError("A schema must be a mapping with exactly the keys 'version' and 'fields' (and optionally 'inputs').")
         if data["version"] != _VERSION:
             raise UsageError(f"Unsupported schema version {data['version']!r}; this blackbox reads version {_VERSION}.")
         items = data["fields"]
@@ -154,7 +179,7 @@ class Schema:
         duplicates = sorted(name for name, count in Counter(f.name for f in fields).items() if count > 1)
         if duplicates:
             raise UsageError(f"Schema fields must have unique names; repeated: {duplicates}.")
-        return cls(fields)
+        return cls(fields, _inputs_from_dict(data.get("inputs")))
 
     def openapi(self) -> dict:
         """JSON Schema (OpenAPI 3.0) of one record; ranges and seen values are documentation, not limits."""
@@ -174,6 +199,7 @@ class Schema:
                 prop["minimum"], prop["maximum"] = -field.limit, field.limit
             if field.nullable:
                 prop["nullable"] = True
+                notes.append("May be null or left out: the model fills it in, and the answer warns (null_imputed, missing_imputed).")
             if field.kind in ("integer", "number"):
                 text = {"type": "string", "pattern": NUMERIC_PATTERN, "description": f"{_EXPECTED[field.kind]} as text, e.g. \"22\"."}
                 prop = {"anyOf": [prop, text]}
@@ -190,6 +216,34 @@ class Schema:
         columns, index, warnings = self._check(records, strict)
         frame = pd.DataFrame({name: _build(values, dtype, index) for (name, values), dtype in zip(columns.items(), self._dtypes)}, index=index)
         return frame, warnings
+
+    def probe_missing(self, records: Sequence[Mapping], predict: Callable[[pd.DataFrame], Any]) -> Schema:
+        """This schema with each field's nullability decided by what ``predict`` tolerates.
+
+        ``records`` are a few rows the schema accepts; for each field whose dtype can
+        hold a missing value they are rebuilt by :meth:`to_frame` with that field
+        null in every row (as one request without it would be) and passed to
+        ``predict``, which raises when the model cannot do without the field. Any
+        exception means ``refused``; the records as given must predict (their
+        failure propagates: it is no answer about a missing value).
+        """
+        holds = [_holds_missing(dtype) for dtype in self._dtypes]
+        relaxed = replace(self, fields=tuple(replace(f, nullable=h) for f, h in zip(self.fields, holds)))
+        predict(relaxed.to_frame(records)[0])
+        fields = []
+        for field, holds_missing in zip(self.fields, holds):
+            if not holds_missing:
+                fields.append(replace(field, nullable=False, missing_probe="untestable"))
+                continue
+            frame, _ = relaxed.to_frame([{**record, field.name: None} for record in records])
+            try:
+                predict(frame)
+            except Exception:  # noqa: BLE001  the model's own code may raise anything: it cannot do without the field
+                tolerated = False
+            else:
+                tolerated = True
+            fields.append(replace(field, nullable=tolerated, missing_probe="tolerated" if tolerated else "refused"))
+        return replace(self, fields=tuple(fields))
 
     def validate(self, records: Any, *, strict: bool = False) -> list[dict]:
         """:meth:`to_frame`'s checks without building the frame: the warnings, or one :class:`SchemaError`.
@@ -367,13 +421,13 @@ def _dtype_of(field: Field) -> Any:
 
 
 def _field_from_dict(position: int, item: Any) -> Field:
-    if not isinstance(item, Mapping) or not set(_FIELD_RULES) - _OPTIONAL <= set(item) <= set(_FIELD_RULES):
+    if not isinstance(item, Mapping) or not set(_FIELD_RULES) - set(_OPTIONAL) <= set(item) <= set(_FIELD_RULES):
         keys = sorted(map(str, item)) if isinstance(item, Mapping) else type(item).__name__
         raise UsageError(
-            f"Schema field {position} must have exactly the keys {sorted(set(_FIELD_RULES) - _OPTIONAL)} "
+            f"Schema field {position} must have exactly the keys {sorted(set(_FIELD_RULES) - set(_OPTIONAL))} "
             f"(and optionally {sorted(_OPTIONAL)}); got {keys}."
         )
-    item = {"limit": None, **item}
+    item = {**dict.fromkeys(_OPTIONAL), **item}
 
     def bad(key: str, what: str) -> None:
         got = _clip(repr(item[key]), 60)
@@ -393,8 +447,10 @@ def _field_from_dict(position: int, item: Any) -> Field:
         dtype = bad("dtype", "a pandas dtype")
     if field.kind not in _kinds_for(dtype):
         bad("dtype", f"a dtype that holds {field.kind} values")
-    if field.nullable and isinstance(dtype, np.dtype) and dtype.kind in "biu":
+    if field.nullable and not _holds_missing(dtype):
         bad("nullable", f"false for dtype {dtype}, which cannot hold missing values")
+    if field.missing_probe is not None and field.nullable != (field.missing_probe == "tolerated"):
+        bad("nullable", f"{str(not field.nullable).lower()} when missing_probe is {field.missing_probe!r}")
     if field.limit is not None and field.kind != "number":
         bad("limit", "null for a field that is not a number")
     return field
@@ -414,8 +470,25 @@ _FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "maximum": (_is_finite_or_none, "a finite number or null"),
     "max_length": (lambda v: v is None or (type(v) is int and v >= 0), "a non-negative integer or null"),
     "limit": (lambda v: v is None or (_is_finite_or_none(v) and v > 0), "a positive finite number or null"),
+    "missing_probe": (lambda v: v is None or v in _PROBES, f"one of {sorted(_PROBES)} or null"),
 }
-_OPTIONAL = frozenset({"limit"})
+_OPTIONAL = ("limit", "missing_probe")
+_INPUTS_FROM = frozenset({"pipeline", "train_data"})
+
+
+def _inputs_from_dict(data: Any) -> tuple[str, str] | None:
+    if data is None:
+        return None
+    if not (isinstance(data, Mapping) and set(data) == {"from", "detail"} and data["from"] in _INPUTS_FROM and isinstance(data["detail"], str)):
+        raise UsageError(
+            f"A schema's 'inputs' must be {{'from': one of {sorted(_INPUTS_FROM)}, 'detail': a string}}, got {_clip(repr(data), 80)}."
+        )
+    return data["from"], data["detail"]
+
+
+def _holds_missing(dtype: Any) -> bool:
+    """Whether a column of this training dtype can hold a missing value (numpy integers and booleans cannot)."""
+    return not (isinstance(dtype, np.dtype) and dtype.kind in "biu")
 
 
 class _Report:
@@ -477,10 +550,12 @@ def _convert(field: Field, dtype: Any, check: _Check, values: list, report: _Rep
     out = []
     for row, value in enumerate(values):
         if value is None or value is _ABSENT or value is _SKIP:
-            if value is None and not field.nullable:
-                report.add(row, field.name, "null", _null_expected(field), "null")
-            elif value is _ABSENT and not field.nullable:
-                report.add(row, field.name, "missing", _EXPECTED[field.kind], "no value (field absent)")
+            if value is not _SKIP:
+                null = value is None
+                if field.nullable:
+                    report.add(row, field.name, _IMPUTED[null], _imputed_expected(field), _NO_VALUE[null], warning=True)
+                else:
+                    report.add(row, field.name, "null" if null else "missing", _null_expected(field) if null else _EXPECTED[field.kind], _NO_VALUE[null])
             out.append(fill)
         else:
             out.append(_checked(field, check, row, value, fill, report))
@@ -496,7 +571,20 @@ def _checked(field: Field, check: _Check, row: int, value: Any, fill: Any, repor
 
 
 def _null_expected(field: Field) -> str:
-    return f"{_EXPECTED[field.kind]} (training never saw a missing value)"
+    why = {
+        None: "training never saw a missing value",
+        "refused": "the model cannot predict without it",
+        "untestable": f"its training dtype {field.dtype} holds no missing value",
+    }[field.missing_probe]
+    return f"{_EXPECTED[field.kind]} ({why})"
+
+
+def _imputed_expected(field: Field) -> str:
+    return f"{_EXPECTED[field.kind]} (a missing value is filled in by the model: send one if you have it)"
+
+
+_IMPUTED = {True: "null_imputed", False: "missing_imputed"}  # by whether the value was null (True) or absent
+_NO_VALUE = {True: "null", False: "no value (field absent)"}
 
 
 def _check_array(field: Field, values: np.ndarray, report: _Report) -> np.ndarray:
@@ -505,7 +593,9 @@ def _check_array(field: Field, values: np.ndarray, report: _Report) -> np.ndarra
         report.add_rows(np.flatnonzero(mask), field.name, issue, expected, values, warning=warning)
 
     if values.dtype.kind == "f":
-        if not field.nullable:
+        if field.nullable:
+            flag(np.isnan(values), "null_imputed", _imputed_expected(field), warning=True)
+        else:
             flag(np.isnan(values), "null", _null_expected(field))
         flag(np.isinf(values), "non_finite", f"a finite {_EXPECTED[field.kind][2:]}")
         if field.limit is not None:
@@ -533,8 +623,10 @@ def _check_strings(field: Field, dtype: Any, check: _Check, column: pd.Series, r
         unusual |= ~present.isin(field.categories)
     fill = np.nan if isinstance(dtype, np.dtype) and dtype.kind in "fO" else None
     values[missing] = fill
-    if not field.nullable:
-        for row in np.flatnonzero(missing).tolist():
+    for row in np.flatnonzero(missing).tolist():
+        if field.nullable:
+            report.add(row, field.name, "null_imputed", _imputed_expected(field), "null", warning=True)
+        else:
             report.add(row, field.name, "null", _null_expected(field), "null")
     for row in np.flatnonzero(~missing)[unusual.to_numpy()].tolist():
         values[row] = _checked(field, check, row, values[row], fill, report)

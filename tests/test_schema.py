@@ -196,7 +196,7 @@ def test_round_trip_reproduces_training_frame_and_predictions():
     assert wire[5]["age"] is None and wire[19]["embarked"] is None
     frame, warnings = schema.to_frame(wire)
     pd.testing.assert_frame_equal(frame, features)
-    assert warnings == []
+    assert [(w["row"], w["field"], w["issue"]) for w in warnings] == [(5, "age", "null_imputed"), (12, "fare", "null_imputed"), (16, "age", "null_imputed"), (17, "age", "null_imputed"), (19, "embarked", "null_imputed")]
 
     numeric, categorical = ["pclass", "age", "sibsp", "parch", "fare"], ["sex", "embarked"]
     model = make_pipeline(
@@ -243,7 +243,7 @@ def test_absent_nullable_field_is_a_missing_value(schema, record):
     del record["age"], record["embarked"]
     frame, warnings = schema.to_frame([record])
     assert math.isnan(frame["age"].iloc[0]) and pd.isna(frame["embarked"].iloc[0])
-    assert warnings == []
+    assert [(w["row"], w["field"], w["issue"]) for w in warnings] == [(0, "age", "missing_imputed"), (0, "embarked", "missing_imputed")]
 
 
 # --- problems --------------------------------------------------------------
@@ -474,7 +474,10 @@ def test_dataframe_input_round_trips(schema):
     shuffled = features[FEATURES[::-1]].assign(extra=1)
     frame, warnings = schema.to_frame(shuffled)
     pd.testing.assert_frame_equal(frame, features)
-    assert [(w["row"], w["field"], w["issue"]) for w in warnings] == [(None, "extra", "unknown_field")]
+    assert [(w["row"], w["field"], w["issue"]) for w in warnings] == [
+        (None, "extra", "unknown_field"), (5, "age", "null_imputed"), (12, "fare", "null_imputed"),
+        (16, "age", "null_imputed"), (17, "age", "null_imputed"), (19, "embarked", "null_imputed"),
+    ]
 
 
 def test_dataframe_input_converts_compatible_dtypes(schema):
