@@ -135,17 +135,17 @@ def test_a_code_with_a_leading_zero_stays_a_string(ticket_artifact, tmp_path):
     assert read_output(tmp_path / "out.csv")["prediction"].tolist() == [1, 0]
 
 
-def bad_rows(rows: pd.DataFrame, n: int = 10_000, *, null_row: bool = True) -> pd.DataFrame:
-    """``n`` valid rows, except data row n/2+1 (age "abc") and row 7 (no embarked, never missing in training)."""
-    frame = rows.sample(n=n, replace=True, random_state=0).reset_index(drop=True).astype({"age": object})
+def bad_rows(rows: pd.DataFrame, n: int = 10_000, *, second: bool = True) -> pd.DataFrame:
+    """``n`` valid rows, except data row n/2+1 (age "abc") and row 7 (pclass "first")."""
+    frame = rows.sample(n=n, replace=True, random_state=0).reset_index(drop=True).astype({"age": object, "pclass": object})
     frame.loc[n // 2, "age"] = "abc"
-    if null_row:
-        frame.loc[6, "embarked"] = None
+    if second:
+        frame.loc[6, "pclass"] = "first"
     return frame
 
 
 def test_invalid_rows_fail_the_run_by_default(artifact, rows, tmp_path, capsys):
-    source = write_input(bad_rows(rows, null_row=False), tmp_path / "in.csv")
+    source = write_input(bad_rows(rows, second=False), tmp_path / "in.csv")
     assert run(artifact, source, "-o", tmp_path / "out.csv") == 9
     err = capsys.readouterr().err
     assert "row 5001 (1-based): field 'age': expected a number, got str 'abc'" in err and "--on-error skip" in err
@@ -161,14 +161,14 @@ def test_skip_rejects_invalid_rows_with_row_number_and_reason(artifact, model, r
 
     rejects = pd.read_csv(tmp_path / "out.rejects.csv", dtype=str, keep_default_na=False)
     assert rejects[["row", "passenger", "field", "issue"]].values.tolist() == [
-        ["7", frame.passenger[6], "embarked", "null"],
+        ["7", frame.passenger[6], "pclass", "type"],
         ["5001", frame.passenger[5000], "age", "type"],
     ]
-    assert rejects.received.tolist() == ["null", "str 'abc'"]
+    assert rejects.received.tolist() == ["str 'first'", "str 'abc'"]
     out = read_output(tmp_path / "out.csv")
     assert len(out) == 9998 and 7 not in set(out.row) and 5001 not in set(out.row)
     valid = frame.drop(index=[6, 5000]).drop(columns="passenger")
-    assert out.prediction.tolist() == model.predict_batch(valid.astype({"age": float}))
+    assert out.prediction.tolist() == model.predict_batch(valid.astype({"age": float, "pclass": int}))
 
 
 def test_every_row_of_a_chunk_with_many_invalid_rows_is_listed(artifact, rows, tmp_path):
@@ -420,7 +420,7 @@ def test_one_bad_boolean_in_a_csv_column_rejects_only_its_row():
 
 POISON_SOURCE = '''
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator, RegressorMixin, TransformerMixin
 
 
 class Poison(BaseEstimator, TransformerMixin):
@@ -440,13 +440,26 @@ class Poison(BaseEstimator, TransformerMixin):
             raise ValueError(f"poisoned value {self.poison} in column a")
         if (a >= self.broken).any():
             raise ValueError(f"column a at or above {self.broken}")
-        return X
+        return X.assign(a=np.where(a == 7.0, np.inf, a))  # a=7 becomes infinite: the classifier refuses it
+
+
+class Echo(RegressorMixin, BaseEstimator):
+    """A regressor answering column a, except NaN for a=8."""
+
+    def fit(self, X, y=None):
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def predict(self, X):
+        a = np.asarray(X["a"], dtype=float)
+        return np.where(a == 8.0, np.nan, a)
 '''
 
 
 @pytest.fixture(scope="module")
-def poison_artifact(tmp_path_factory) -> Path:
-    """A signed model whose own (by-value) transformer raises on a=13 (one row) or a>=100 (a broken model's every row)."""
+def poison_artifacts(tmp_path_factory) -> dict[str, Path]:
+    """Signed models with their own (by-value) code: ``classifier`` raises on a=13 (one row) or a>=100 (a broken
+    model's every row) and makes a=7 infinite; ``regressor`` (same transformer) answers NaN for a=8."""
     import importlib
 
     from sklearn.linear_model import LogisticRegression
@@ -455,17 +468,24 @@ def poison_artifact(tmp_path_factory) -> Path:
     where = tmp_path_factory.mktemp("poisonsrc")
     (where / "bbx_poison_feats.py").write_text(POISON_SOURCE)
     sys.path.insert(0, str(where))
+    saved = {}
     try:
         module = importlib.import_module("bbx_poison_feats")
         rng = np.random.default_rng(0)
         X = pd.DataFrame({"a": rng.normal(size=80), "b": rng.normal(size=80)})
-        pipeline = Pipeline([("poison", module.Poison()), ("clf", LogisticRegression())]).fit(X, (X.a + X.b > 0).astype(int))
-        path = blackbox.save(pipeline, tmp_path_factory.mktemp("poison") / "poison.bbx", train_data=X, name="poison", version="1")
+        for kind, final, y in (("classifier", LogisticRegression(), (X.a + X.b > 0).astype(int)), ("regressor", module.Echo(), X.a)):
+            pipeline = Pipeline([("poison", module.Poison()), ("final", final)]).fit(X, y)
+            saved[kind] = blackbox.save(pipeline, tmp_path_factory.mktemp("poison") / f"{kind}.bbx", train_data=X, name=kind, version="1")
+            assert blackbox.inspect(saved[kind])["by_value"] == ["bbx_poison_feats"]
     finally:
         sys.path.remove(str(where))
         sys.modules.pop("bbx_poison_feats", None)
-    assert blackbox.inspect(path)["by_value"] == ["bbx_poison_feats"]
-    return path
+    return saved
+
+
+@pytest.fixture(scope="module")
+def poison_artifact(poison_artifacts) -> Path:
+    return poison_artifacts["classifier"]
 
 
 def poisoned(n: int, rows: tuple[int, ...], value: float = 13.0) -> pd.DataFrame:
@@ -491,6 +511,22 @@ def test_a_row_the_model_cannot_score_is_a_reject_with_its_row_and_reason(fmt, p
     assert got.row.tolist() == [row for row in range(1, 301) if row not in (37, 38, 250)]
     model = blackbox.load(poison_artifact)
     assert got.prediction.tolist() == model.predict_batch(frame.drop(index=[36, 37, 249]))
+
+
+def test_rows_the_model_names_as_refused_or_answered_nan_for_are_rejects(poison_artifacts, tmp_path):
+    """ModelInputError (a value infinite after the model's transform) and ModelOutputError (a NaN answer) name their rows."""
+    source = write_input(poisoned(300, (20, 260), value=7.0), tmp_path / "in.csv")
+    assert run(poison_artifacts["classifier"], source, "-o", tmp_path / "out.csv", "--on-error", "skip") == 10
+    rejects = pd.read_csv(tmp_path / "out.rejects.csv")
+    assert rejects[["row", "issue"]].values.tolist() == [[20, "model_rejected"], [260, "model_rejected"]]
+    assert all("infinity" in reason for reason in rejects.received)
+
+    source = write_input(poisoned(300, (3, 150), value=8.0), tmp_path / "in8.csv")
+    assert run(poison_artifacts["regressor"], source, "-o", tmp_path / "out8.csv", "--on-error", "skip") == 10
+    rejects = pd.read_csv(tmp_path / "out8.rejects.csv")
+    assert rejects[["row", "issue", "received"]].values.tolist() == [[3, "invalid_model_output", "NaN or infinity"],
+                                                                      [150, "invalid_model_output", "NaN or infinity"]]
+    assert len(read_output(tmp_path / "out8.csv")) == 298
 
 
 def test_with_on_error_fail_a_row_the_model_rejects_fails_the_run_naming_it(poison_artifact, tmp_path, capsys):

@@ -18,7 +18,7 @@ from ..signing import Keyring
 from ._dask import WorkerArtifact, dask_client, dask_results, worker_loads
 from ._progress import Progress
 from ._reader import FORMATS, Source, format_of
-from ._scorer import MODEL_ERROR, score_chunk
+from ._scorer import MODEL_ERROR, MODEL_ISSUES, score_chunk
 from ._writer import OutputSpec, RejectsWriter, open_writer
 
 DEFAULT_CHUNK_ROWS = 50_000
@@ -154,6 +154,8 @@ def _first_reject(rejects: list[tuple[int, Any, dict[str, Any]]], input: Path, o
     row, _, problem = rejects[0]
     if problem["issue"] == MODEL_ERROR:
         what = f"the model cannot score it although it passed the schema ({problem['received']})"
+    elif problem["issue"] in MODEL_ISSUES:
+        what = f"the model cannot score it although it passed the schema: expected {problem['expected']}, got {problem['received']}"
     else:
         where = f"field {problem['field']!r}: " if problem["field"] is not None else ""
         what = f"{where}expected {problem['expected']}, got {problem['received']}"

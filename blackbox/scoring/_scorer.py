@@ -1,12 +1,16 @@
 """One chunk: validated by the model's schema, its valid rows predicted, its invalid ones kept with their problems.
 
-A row the model itself cannot score (its code raises on a value the schema
-accepts) is a reject too, issue ``model_error`` with the exception as the
-reason: when the model call on a chunk's valid rows fails, halves are retried
-until each failure is a single row. Only when the model fails on every row of
-a chunk (more than one row), or isolating the failures would take more than
+A row that passes the schema but that the model cannot score is a reject too.
+When the model call on a chunk's valid rows fails, the rows its error names
+(:class:`ModelInputError`: a value it cannot compute with; :class:`ModelOutputError`:
+a NaN or infinite answer) are rejected with that error's problem and the rest is
+predicted again; any other exception (the model's own code raising) has its rows
+found by retrying halves down to single rows, issue ``model_error`` with the
+exception as the reason. Only when the model fails on every row of a chunk of
+several (seen early: :data:`BROKEN_AFTER_ROWS` single rows failing with no call
+succeeding), or isolating the failures would take more than
 :data:`MAX_ISOLATION_CALLS` model calls, is it the model's fault:
-:class:`ModelFailedError` fails the run.
+:class:`ModelFailedError` (exit 14) fails the run.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ..errors import ModelFailedError, SchemaError
+from ..errors import ModelFailedError, ModelInputError, ModelOutputError, SchemaError
 from ..model import Model
 from ._chunks import Chunk, Scored
 from ._reader import parse
@@ -28,7 +32,9 @@ MAX_ISOLATION_CALLS = 2_000
 """Model calls a chunk may spend finding the rows the model fails on: about 2·log2(chunk rows) per such row,
 and each call on a few rows costs the model's fixed overhead (a few ms for a pipeline)."""
 MODEL_ERROR = "model_error"
-"""The issue of a reject the model, not the schema, refused."""
+"""The issue of a reject whose model call raised (the model's own code)."""
+MODEL_ISSUES = frozenset({MODEL_ERROR, "model_rejected", "invalid_model_output"})
+"""Issues of rejects the model, not the schema, refused (the last two from ModelInputError and ModelOutputError)."""
 BROKEN_AFTER_ROWS = 8
 """Single rows that all fail, with no call on the chunk succeeding, that show the model fails on everything."""
 
@@ -67,7 +73,7 @@ def score_chunk(model: Model, chunk: Chunk, id_column: str | None, probabilities
 
 
 class _Isolation:
-    """Finding the rows of a frame the model fails on, by retrying halves of what failed down to single rows."""
+    """Finding the rows of a frame the model fails on: rows its error names, else halves retried down to single rows."""
 
     def __init__(self, model: Model, frame: pd.DataFrame, probabilities: bool) -> None:
         self.model, self.frame, self.probabilities = model, frame, probabilities
@@ -76,14 +82,19 @@ class _Isolation:
         self.predictions: list[Any] = []
         self.probas: list[np.ndarray] = []
         self.failed: dict[int, dict[str, Any]] = {}  # position in the frame -> its problem
+        self.last: Exception | None = None
 
-    def predict(self, start: int, stop: int) -> Exception | None:
-        """Predict rows [start, stop) and keep the answers, or return the model's exception."""
-        part = self.frame if (start, stop) == (0, len(self.frame)) else self.frame.iloc[start:stop].reset_index(drop=True)
+    def predict(self, positions: np.ndarray) -> Exception | None:
+        """Predict the rows at ``positions`` (ascending) and keep the answers, or return the model's exception."""
+        if self.calls > MAX_ISOLATION_CALLS:
+            raise _Exhausted(self.last)
+        whole = len(positions) == len(self.frame)
+        part = self.frame if whole else self.frame.iloc[positions].reset_index(drop=True)
         self.calls += 1
         try:
             predictions, proba = _call(self.model, part, self.probabilities)
         except Exception as exc:  # noqa: BLE001  the model's own code may raise anything
+            self.last = exc
             return exc
         self.succeeded = True
         self.predictions += predictions
@@ -91,19 +102,27 @@ class _Isolation:
             self.probas.append(proba)
         return None
 
-    def bisect(self, start: int, stop: int, error: Exception) -> None:
-        """Rows [start, stop) failed together with ``error``: find which of them fail alone."""
-        if stop - start == 1:
-            self.failed[start] = _model_problem(error)
-            if not self.succeeded and len(self.failed) >= BROKEN_AFTER_ROWS:
-                raise _Broken(error)
-            return
-        middle = (start + stop) // 2
-        for part in ((start, middle), (middle, stop)):
-            if self.calls >= MAX_ISOLATION_CALLS:
-                raise _Exhausted(error)
-            if (failure := self.predict(*part)) is not None:
-                self.bisect(*part, failure)
+    def isolate(self, positions: np.ndarray, error: Exception) -> None:
+        """The rows at ``positions`` failed together with ``error``: find the ones the model fails on."""
+        named = error.rows if isinstance(error, (ModelInputError, ModelOutputError)) else []
+        if named and all(0 <= row < len(positions) for row in named):  # the model said which rows
+            for row, problem in zip(error.rows, error.problems, strict=True):
+                self._fail(positions[row], {**problem, "row": None}, error)
+            rest = np.delete(positions, named)
+            if len(rest) and (failure := self.predict(rest)) is not None:
+                self.isolate(rest, failure)
+        elif len(positions) == 1:
+            self._fail(positions[0], _model_problem(error), error)
+        else:
+            middle = len(positions) // 2
+            for half in (positions[:middle], positions[middle:]):
+                if (failure := self.predict(half)) is not None:
+                    self.isolate(half, failure)
+
+    def _fail(self, position: int, problem: dict[str, Any], error: Exception) -> None:
+        self.failed[int(position)] = problem
+        if not self.succeeded and len(self.failed) >= BROKEN_AFTER_ROWS and len(self.failed) < len(self.frame):
+            raise _Broken(error)
 
 
 class _Broken(Exception):
@@ -117,13 +136,13 @@ class _Exhausted(Exception):
 def _predict(model: Model, frame: pd.DataFrame, probabilities: bool) -> tuple[list[Any], np.ndarray | None, dict[int, dict[str, Any]]]:
     """Predictions (and probabilities) for the rows the model can score, and the problem of each row it cannot, by position."""
     search = _Isolation(model, frame, probabilities)
-    if (error := search.predict(0, len(frame))) is not None:
+    if (error := search.predict(np.arange(len(frame)))) is not None:
         try:
-            search.bisect(0, len(frame), error)
+            search.isolate(np.arange(len(frame)), error)
         except _Broken as broken:
             raise _AtFault(f"every row it was tried on ({len(search.failed)} alone, none succeeded)", broken.args[0]) from None
         except _Exhausted as exhausted:
-            raise _AtFault(f"at least {len(search.failed):,} rows, more than {MAX_ISOLATION_CALLS:,} model calls could isolate,",
+            raise _AtFault(f"more rows than {MAX_ISOLATION_CALLS:,} model calls could isolate (at least {len(search.failed):,})",
                            exhausted.args[0]) from None
         if len(frame) > 1 and len(search.failed) == len(frame):
             raise _AtFault("every row", error)
