@@ -13,7 +13,7 @@ from blackbox import scoring
 from blackbox.cli import main
 from blackbox.signing import TRUSTED_KEYS_ENV
 
-from test_scoring import artifact, bad_rows, model, poison_artifact, rows, write_input  # noqa: F401 (fixtures)
+from test_scoring import artifact, bad_rows, model, poison_artifact, poison_artifacts, rows, write_input  # noqa: F401 (fixtures)
 
 distributed = pytest.importorskip("distributed")
 
