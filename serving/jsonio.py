@@ -106,9 +106,9 @@ def _reject_repeats(value: Any) -> None:
     """BadRequest naming the first repeated key (depth first) and the path of its object."""
     for path, item in _walk(value):
         if isinstance(item, _Repeated):
-            where = path or "the body"
+            where = f"the object at {path[:100]}" if path else "the body's top-level object"
             raise BadRequest(
-                f'The key "{text(item.key)[:40]}" appears more than once in the object at {where[:100]}; '
+                f'The key "{text(item.key)[:40]}" appears more than once in {where}; '
                 "send each key once (JSON parsers disagree on which copy counts)."
             )
 
