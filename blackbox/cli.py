@@ -272,10 +272,11 @@ def score(
 ) -> None:
     """Score a CSV, Parquet or JSON Lines file in bounded memory; publish the output atomically.
 
-    Exit 0 when every row was scored; 10 when some rows were rejected (--on-error skip);
-    9 when the input cannot be read or scored (a missing column, an invalid row with
-    --on-error fail); 2 for a usage error such as an existing output; 3, 4, 5, 6 or 11
-    when the artifact is refused, as for every command that loads one.
+    Exit 0 when every row was scored; 10 when some rows were rejected (--on-error skip),
+    by the schema or by the model; 9 when the input cannot be read or scored (a missing
+    column, an invalid row with --on-error fail); 14 when the model fails on every row of
+    a chunk; 2 for a usage error such as an existing output; 3, 4, 5, 6, 7 (its self-test)
+    or 11 when the artifact is refused, as for every command that loads one.
     """
     summary = scoring.score(
         artifact, input_path, output, input_format=input_format, chunk_size=chunk_size, id_column=id_column,
