@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import re
+import reprlib
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
@@ -99,8 +100,10 @@ class Model:
 
     @classmethod
     def input_columns(cls, estimator: Any, frame: pd.DataFrame) -> tuple[list[str] | None, str]:
-        """The columns of ``frame`` (the training frame) the estimator reads, in the order to give them, and how
-        that is known; or None and why it cannot say (then the schema takes every column of ``frame``)."""
+        """The columns of the training ``frame`` the estimator reads, in order, and how that is known.
+
+        None and why when it cannot say: then the schema takes every column of ``frame``.
+        """
         return None, f"the {cls.adapter!r} adapter does not say which columns a model reads"
 
     def _refused_rows(self, frame: pd.DataFrame, dtype: np.dtype) -> list[int]:
@@ -400,18 +403,18 @@ def _columns_read(step: Any, frame: pd.DataFrame) -> tuple[list[str] | None, str
                 continue
             columns = _selected(selection, pd.Index(names))
             if columns is None:
-                return None, f"{name} selects columns with {_short(selection)}, which blackbox cannot read"
+                return None, f"{name} selects columns with {reprlib.repr(selection)}, which blackbox cannot read"
             read += columns
         return read, f"{name} columns"
     if hasattr(step, "built_features") and hasattr(step, "default"):  # a fitted sklearn-pandas DataFrameMapper
         if step.default is not False:
-            return None, f"{name} has default={_short(step.default)}, which passes on every column its features do not list"
+            return None, f"{name} has default={reprlib.repr(step.default)}, which passes on every column its features do not list"
         read = []
         for feature in step.built_features if isinstance(step.built_features, list) else [step.built_features]:
             columns = feature[0](frame) if callable(feature[0]) else feature[0]
             columns = [columns] if isinstance(columns, str) else columns
             if not (isinstance(columns, (list, tuple)) and all(isinstance(c, str) for c in columns)):
-                return None, f"{name} has a feature of columns {_short(feature[0])}, which blackbox cannot read"
+                return None, f"{name} has a feature of columns {reprlib.repr(feature[0])}, which blackbox cannot read"
             read += columns
         return read, f"{name} features"
     names = getattr(step, "feature_names_in_", None)
@@ -440,11 +443,6 @@ def _selected(selection: Any, names: pd.Index) -> list[str] | None:
     if values.dtype.kind in "biu":
         return [str(n) for n in names[values]]
     return None
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _predicts_by_argmax(estimator: Any) -> bool:
