@@ -210,6 +210,32 @@ def rebuild(
         raise click.exceptions.Exit(result.exit_code)
 
 
+@cli.command("export")
+@click.argument("artifact", type=click.Path(dir_okay=False, exists=True))
+@click.option("--mlflow", "mlflow_dir", required=True, type=click.Path(file_okay=False), metavar="DIR",
+              help="Write an MLflow pyfunc model directory (new) that loads the signed artifact through blackbox.load.")
+@click.option("--trusted-keys", "trusted_keys", multiple=True, type=click.Path(exists=True), metavar="PATH",
+              help=f"Public keys the artifact must verify with before it is exported. Default: ${TRUSTED_KEYS_ENV}.")
+@click.option("--embed-trusted-keys", is_flag=True,
+              help=f"Copy the signer's public key into DIR, trusted where the server's ${TRUSTED_KEYS_ENV} is unset "
+                   "(then whoever can write the registry can swap both).")
+@click.option("--blackbox", "blackbox_spec", metavar="REQUIREMENT", default=None,
+              help="The requirement line that installs blackbox (default: as `blackbox requirements`).")
+def export(
+    artifact: str, mlflow_dir: str, trusted_keys: tuple[str, ...], embed_trusted_keys: bool, blackbox_spec: str | None,
+) -> None:
+    """Export a verified artifact for MLflow: a pyfunc model directory for a registry and `mlflow models serve`.
+
+    Plain files (mlflow is not needed here). At load, MLflow's side verifies the artifact with
+    its own BLACKBOX_TRUSTED_KEYS, as every blackbox loader does.
+    """
+    from .mlflow_export import export as export_mlflow
+
+    out = export_mlflow(artifact, mlflow_dir, trusted_keys=_keys(trusted_keys), embed_trusted_keys=embed_trusted_keys,
+                        blackbox=blackbox_spec)
+    click.echo(f"{out}: MLflow pyfunc model of {artifact} (mlflow.pyfunc.load_model({str(out)!r}))")
+
+
 def _summary(m: dict[str, Any]) -> str:
     search = (m.get("metrics") or {}).get("search") or {}
     git = m.get("git") or {}

@@ -174,6 +174,13 @@ class Keyring:
         return cls(keys, frozenset(revoked))
 
     @classmethod
+    def resolve(cls, trusted_keys: Any) -> Keyring:
+        """A loader's ``trusted_keys``: a Keyring as it is, None for the environment's, else :meth:`from_paths`."""
+        if isinstance(trusted_keys, Keyring):
+            return trusted_keys
+        return cls.from_environment() if trusted_keys is None else cls.from_paths(trusted_keys)
+
+    @classmethod
     def from_environment(cls) -> Keyring:
         """Keys named by BLACKBOX_TRUSTED_KEYS (paths separated by os.pathsep), revocations by BLACKBOX_REVOKED_KEYS."""
         paths = [p for p in os.environ.get(TRUSTED_KEYS_ENV, "").split(os.pathsep) if p]

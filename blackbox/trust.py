@@ -107,9 +107,7 @@ def authenticate(
 
     With ``oms_bundle``, ``artifact`` must be the whole artifact (payload included): the bundle signs the file.
     """
-    keyring = trusted_keys if isinstance(trusted_keys, Keyring) else (
-        Keyring.from_environment() if trusted_keys is None else Keyring.from_paths(trusted_keys)
-    )
+    keyring = Keyring.resolve(trusted_keys)
     if oms_bundle is not None:
         from . import oms  # model_signing is an optional extra, imported only for a bundle
 
