@@ -255,7 +255,7 @@ def test_metrics_count_requests_records_failures_and_warnings(make_client, passe
     client = make_client()
     post(client, passengers[:7])
     post(client, {**PASSENGER, "sex": "robot", "age": 500})
-    post(client, [{**PASSENGER, "pclass": "first"}, {**PASSENGER, "fare": None, "sex": None}])
+    post(client, [{**PASSENGER, "pclass": "first"}, {**PASSENGER, "fare": None, "sibsp": None}])
     client.get("/nope")
     assert metric(client, "blackbox_http_requests_total", route="/predict", status="200") == 2
     assert metric(client, "blackbox_http_requests_total", route="/predict", status="422") == 1
@@ -275,14 +275,14 @@ def test_every_problem_names_its_record_field_expectation_and_value(client):
         PASSENGER,
         {k: v for k, v in PASSENGER.items() if k != "pclass"},  # missing
         {**PASSENGER, "age": "abc", "sibsp": 1.5},  # cannot coerce; not an integer
-        {**PASSENGER, "sex": None, "fare": "7.25"},  # null never seen; numeric string is fine
+        {**PASSENGER, "sibsp": None, "fare": "7.25"},  # an integer holds no null; numeric string is fine
         {**PASSENGER, "age": [1, 2], "embarked": 1},  # wrong types
         "not an object",
     ]
     response = post(client, records)
     body = assert_error(response, 422, "validation_error")
     assert details(response) == [
-        (1, "pclass", "missing"), (2, "age", "type"), (2, "sibsp", "type"), (3, "sex", "null"),
+        (1, "pclass", "missing"), (2, "age", "type"), (2, "sibsp", "type"), (3, "sibsp", "null"),
         (4, "age", "type"), (4, "embarked", "type"), (5, None, "not_an_object"),
     ]
     first = body["error"]["details"][1]
