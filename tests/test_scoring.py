@@ -581,3 +581,13 @@ def test_a_dask_worker_self_tests_the_artifact_it_loads(artifact, model, tmp_pat
     remote = WorkerArtifact(str(bad), model.sha256, Keyring.from_environment(), False)
     with pytest.raises(blackbox.SelfTestError, match="golden-sample"):
         remote.load()
+
+
+def test_isolating_model_failures_is_bounded(poison_artifact, tmp_path, monkeypatch, capsys):
+    """Rows the model fails on cost model calls to find; past the bound the run fails rather than crawl."""
+    monkeypatch.setattr(scoring._scorer, "MAX_ISOLATION_CALLS", 20)
+    source = write_input(poisoned(300, tuple(range(3, 300, 30))), tmp_path / "in.csv")  # 10 scattered rows
+    assert run(poison_artifact, source, "-o", tmp_path / "out.csv", "--on-error", "skip") == 14
+    err = capsys.readouterr().err
+    assert "more rows than 20 model calls could isolate" in err and "poisoned value 13.0" in err
+    assert sorted(os.listdir(tmp_path)) == ["in.csv"]

@@ -87,9 +87,9 @@ class _Isolation:
     def predict(self, positions: np.ndarray) -> Exception | None:
         """Predict the rows at ``positions`` (ascending) and keep the answers, or return the model's exception."""
         if self.calls > MAX_ISOLATION_CALLS:
-            raise _Exhausted(self.last)
-        whole = len(positions) == len(self.frame)
-        part = self.frame if whole else self.frame.iloc[positions].reset_index(drop=True)
+            raise _AtFault(f"more rows than {MAX_ISOLATION_CALLS:,} model calls could isolate (at least {len(self.failed):,})",
+                           self.last)
+        part = self.frame if len(positions) == len(self.frame) else self.frame.iloc[positions].reset_index(drop=True)
         self.calls += 1
         try:
             predictions, proba = _call(self.model, part, self.probabilities)
@@ -121,29 +121,18 @@ class _Isolation:
 
     def _fail(self, position: int, problem: dict[str, Any], error: Exception) -> None:
         self.failed[int(position)] = problem
-        if not self.succeeded and len(self.failed) >= BROKEN_AFTER_ROWS and len(self.failed) < len(self.frame):
-            raise _Broken(error)
-
-
-class _Broken(Exception):
-    """No call succeeded and enough single rows failed: the model fails on everything."""
-
-
-class _Exhausted(Exception):
-    """The isolation budget ran out."""
+        if not self.succeeded and BROKEN_AFTER_ROWS <= len(self.failed) < len(self.frame):
+            raise _AtFault(f"every row it was tried on ({len(self.failed)} alone, none succeeded)", error)
 
 
 def _predict(model: Model, frame: pd.DataFrame, probabilities: bool) -> tuple[list[Any], np.ndarray | None, dict[int, dict[str, Any]]]:
-    """Predictions (and probabilities) for the rows the model can score, and the problem of each row it cannot, by position."""
+    """Predictions (and probabilities) for the rows the model can score, and the problem of each row it cannot, by position.
+
+    Raises :class:`_AtFault` when the model, not the rows, is at fault.
+    """
     search = _Isolation(model, frame, probabilities)
     if (error := search.predict(np.arange(len(frame)))) is not None:
-        try:
-            search.isolate(np.arange(len(frame)), error)
-        except _Broken as broken:
-            raise _AtFault(f"every row it was tried on ({len(search.failed)} alone, none succeeded)", broken.args[0]) from None
-        except _Exhausted as exhausted:
-            raise _AtFault(f"more rows than {MAX_ISOLATION_CALLS:,} model calls could isolate (at least {len(search.failed):,})",
-                           exhausted.args[0]) from None
+        search.isolate(np.arange(len(frame)), error)
         if len(frame) > 1 and len(search.failed) == len(frame):
             raise _AtFault("every row", error)
     if not probabilities:
@@ -155,7 +144,7 @@ def _predict(model: Model, frame: pd.DataFrame, probabilities: bool) -> tuple[li
 class _AtFault(Exception):
     """The model, not the data, is at fault: it fails on (nearly) every valid row of a chunk."""
 
-    def __init__(self, which: str, error: Exception) -> None:
+    def __init__(self, which: str, error: Exception | None) -> None:
         super().__init__(which, error)
         self.which, self.error = which, error
 
