@@ -127,27 +127,33 @@ def test_batch_scoring_takes_numeric_strings_like_the_server(served_model, tmp_p
 
 # -- 1. request timeout ------------------------------------------------------------------------
 @pytest.fixture
-def slow_app(base_config, served_model, monkeypatch):  # noqa: F811
-    """An app whose model takes 3 s on a record with ``age`` 99, with a 1 s request timeout."""
+def slow_app(base_config, monkeypatch):  # noqa: F811
+    """An app with a 1 s request timeout whose model takes 3 s for the call after ``app.slow.set()``."""
     def make(**overrides):
         model = blackbox.load(base_config["ARTIFACT"], **base_config["LOAD_OPTIONS"])
         real = model.predict_and_proba_frame
+        armed = threading.Event()
 
         def slow(frame):
-            if (frame["age"] == 99).any():
+            if armed.is_set():
+                armed.clear()
                 time.sleep(3)
             return real(frame)
 
         monkeypatch.setattr(model, "predict_and_proba_frame", slow)
-        return create_app({**base_config, "REQUEST_TIMEOUT": 1, **overrides}, model=model)
+        app = create_app({**base_config, "REQUEST_TIMEOUT": 1, **overrides}, model=model)
+        app.slow = armed
+        return app
     return make
 
 
 @pytest.mark.parametrize("batching", [True, False], ids=["batching", "no-batching"])
 def test_a_model_call_over_the_request_timeout_is_504_and_the_worker_recovers(slow_app, batching, served_model):  # noqa: F811
-    client = slow_app(BATCHING=batching).test_client()
+    app = slow_app(BATCHING=batching)
+    client = app.test_client()
+    app.slow.set()
     started = time.monotonic()
-    body = assert_error(post(client, {**PASSENGER, "age": 99}), 504, "timeout")
+    body = assert_error(post(client, PASSENGER), 504, "timeout")
     assert time.monotonic() - started < 2.5  # the 1 s limit, not the 3 s call
     assert "1 s" in body["error"]["message"] and "REQUEST_TIMEOUT" in body["error"]["message"]
     # While the stuck call runs, other requests are told at once instead of piling up behind it.
@@ -162,8 +168,10 @@ def test_a_model_call_over_the_request_timeout_is_504_and_the_worker_recovers(sl
 
 
 def test_requests_queued_behind_a_slow_call_time_out_at_their_own_deadline(slow_app):
-    client = slow_app(REQUEST_TIMEOUT=2).test_client()
-    slow = threading.Thread(target=post, args=(client, {**PASSENGER, "age": 99}))
+    app = slow_app(REQUEST_TIMEOUT=2)
+    client = app.test_client()
+    app.slow.set()
+    slow = threading.Thread(target=post, args=(client, PASSENGER))
     slow.start()
     time.sleep(0.5)  # the slow call holds the model; the next one waits, not yet overdue
     started = time.monotonic()
