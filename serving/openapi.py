@@ -82,10 +82,12 @@ def document(model: Model, *, max_records: int, auth: bool) -> dict[str, Any]:
         }, ["error", "request_id"]),
     }
     errors = {str(status): _answer(text, "Error") for status, text in (
-        (400, "Malformed JSON body"), (401, "Missing or unknown API key"),
-        (413, "Body or batch over the limit"), (415, "Not application/json (UTF-8)"),
+        (400, "Malformed JSON body, or a key repeated in one object"), (401, "Missing or unknown API key"),
+        (408, "The request did not arrive within the read timeout"),
+        (413, "Body or batch over the limit"), (415, "Not application/json (UTF-8), or compressed"),
         (422, "Records that do not fit the schema; details name each record and field"),
         (500, "Failure inside the model"), (503, "No model loaded yet"),
+        (504, "The model did not answer within the request timeout"),
     )}
     scoring = {"200": _answer("Predictions in input order", "Prediction"), **errors}
     doc: dict[str, Any] = {
