@@ -43,7 +43,6 @@ log = logging.getLogger("blackbox")
 
 TrustedKeys = Keyring | Iterable[str | os.PathLike[str]] | None
 OmsBundle = str | os.PathLike[str] | None
-_REQUIRED = ("format_version", "name", "version", "adapter", "serializer", "python", "payload", "schema")
 UNSIGNED_WARNING = (
     "LOADING AN UNSIGNED ARTIFACT (allow_unsigned=True): its code was not authenticated, and loading it RUNS "
     "that code; the static scan is a tripwire, not a proof. Sign artifacts and load only signed ones."
@@ -72,6 +71,8 @@ _FORBIDDEN_NAMES = frozenset({
     "load_module", "load_session", "read_pickle", "attrgetter", "methodcaller", "_get_attr", "_getattr",
     "_getattribute", "run_module", "run_path", "kill", "remove", "unlink", "rmtree",
 })
+# blackbox's own modules that a payload may name: the fast-path plan saved beside the estimator (blackbox.fastpath).
+_BLACKBOX_IN_PAYLOADS = ("blackbox.fastpath",)
 # builtins offers classes; of its functions, only those the scan follows call by call (see blackbox.imports).
 _VETTED_BUILTINS = frozenset({"getattr", "setattr", "delattr"})
 
@@ -157,9 +158,7 @@ def _model(estimator: Any, manifest: dict[str, Any], artifact: Artifact) -> Any:
 
 
 def _check_shape(manifest: dict[str, Any]) -> None:
-    missing = [key for key in _REQUIRED if key not in manifest]
-    if missing:
-        raise ArtifactError(f"The artifact manifest lacks {', '.join(missing)}; the file is damaged or not an artifact.")
+    """What the manifest's values must be here (its keys and their types: blackbox.artifact.check_shape, at parse)."""
     if manifest["format_version"] != FORMAT_VERSION:
         raise ArtifactError(
             f"The manifest says format {manifest['format_version']!r} but the framing says {FORMAT_VERSION}; "
@@ -228,7 +227,7 @@ def _static_problem(g: Global, declared: tuple[frozenset[str], frozenset[str]]) 
         return "a dunder name, which no model needs"
     if top in by_value:
         return "a by-value module named by reference: that code cannot be checked without running it"
-    if top in _STDLIB_ALLOWED:
+    if top in _STDLIB_ALLOWED or any(g.module == m or g.module.startswith(m + ".") for m in _BLACKBOX_IN_PAYLOADS):
         return None
     if top in sys.stdlib_module_names:
         return "its module is not declared: not among the standard-library modules a model needs"
