@@ -17,8 +17,12 @@ returns ``null`` as a prediction.
 
 When the artifact carries a fast path (:mod:`blackbox.fastpath`, recorded as
 ``manifest["fast_path"]["enabled"]``), ``model.plan`` computes the predictions
-and a call it defers runs the estimator itself; ``model.plan = None`` turns it
-off. The self-test runs the golden sample through both.
+and a call it defers runs the estimator itself; ``model.plan = None`` (or
+``blackbox.load(..., fast_path=False)``) turns it off. With a plan, records
+(``predict``, ``predict_batch``, ``predict_proba``) go from the schema's checks
+to the plan without a DataFrame (:class:`~blackbox.fastpath.table.Prepared`);
+the ``*_frame`` methods take either that or a prepared frame. The self-test
+runs the golden sample through both routes.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from .artifact import Artifact, unpack
 from .errors import ModelInputError, ModelOutputError, SelfTestError, UsageError
 from .fastpath import ATTRIBUTE as _PLAN_ATTRIBUTE
 from .fastpath import Defer
+from .fastpath.table import Prepared, as_frame
 from .manifest import jsonable
 from .schema import Schema
 from .signing import read_block
@@ -168,11 +173,16 @@ class Model:
 
     def predict_batch(self, records: Records) -> list[Any]:
         """Predictions for many records, in input order."""
-        frame, _ = self.prepare(records)
-        return self.predict_frame(frame)
+        return self.predict_frame(self._prepared(records))
 
-    def predict_frame(self, frame: pd.DataFrame) -> list[Any]:
-        """Predictions for a frame already prepared by :meth:`prepare`."""
+    def _prepared(self, records: Records) -> pd.DataFrame | Prepared:
+        """The records checked by the schema: as columns for the plan (no DataFrame), else as the prepared frame."""
+        if self.plan is not None:
+            return Prepared(self.schema, records)
+        return self.prepare(records)[0]
+
+    def predict_frame(self, frame: pd.DataFrame | Prepared) -> list[Any]:
+        """Predictions for a frame already prepared by :meth:`prepare` (or records as :class:`Prepared`)."""
         predictions = self._guarded(self._predict, frame)
         self._check_output(predictions, "predictions")
         return jsonable(predictions)
@@ -180,8 +190,7 @@ class Model:
     def predict_proba(self, records: Mapping[str, Any] | Records) -> list[float] | list[list[float]]:
         """Class probabilities (columns in ``classes`` order); one row for one record."""
         single = isinstance(records, Mapping)
-        frame, _ = self.prepare([records] if single else records)  # type: ignore[list-item]
-        rows = self.predict_proba_frame(frame)
+        rows = self.predict_proba_frame(self._prepared([records] if single else records))  # type: ignore[list-item]
         return rows[0] if single else rows
 
     def predict_proba_frame(self, frame: pd.DataFrame) -> list[list[float]]:
@@ -213,7 +222,7 @@ class Model:
             if not _REFUSED_INPUT.search(reason):
                 raise
         dtype = np.dtype(np.float32 if "float32" in reason else np.float64)
-        rows = [0] if len(frame) == 1 else self._refused_rows(frame, dtype)
+        rows = [0] if len(frame) == 1 else self._refused_rows(as_frame(frame), dtype)
         where = f"record{'s' if len(rows) > 1 else ''} {_rows_text(rows)}" if rows else "a record"
         raise ModelInputError(
             f"Model {self.name!r} {self.version} cannot compute with {where}, although it passed the schema: "
@@ -255,8 +264,7 @@ class Model:
 
     def _self_test(self, route: str) -> None:
         golden = self.manifest["golden"]
-        frame, _ = self.prepare(golden["records"])
-        got, proba = self.predict_and_proba_frame(frame)
+        got, proba = self.predict_and_proba_frame(self._prepared(golden["records"]))
         differences = [
             {"row": i, "expected": e, "got": g} for i, (e, g) in enumerate(zip(golden["predictions"], got)) if e != g
         ]
@@ -290,11 +298,14 @@ class Model:
         return self._artifact.to_bytes()
 
     @classmethod
-    def deserialize(cls, data: bytes, *, source: str = "artifact", **policy: Any) -> Model:
-        """Verify and load artifact bytes; ``policy`` as for :func:`blackbox.load`."""
+    def deserialize(cls, data: bytes, *, source: str = "artifact", fast_path: bool = True, **policy: Any) -> Model:
+        """Verify and load artifact bytes; ``fast_path`` and ``policy`` as for :func:`blackbox.load`."""
         artifact = unpack(data, source)
         estimator, manifest = trust.unpickle(artifact, **policy)
-        return cls.named(manifest["adapter"])(estimator, manifest, artifact)
+        model = cls.named(manifest["adapter"])(estimator, manifest, artifact)
+        if not fast_path:
+            model.plan = None
+        return model
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} {self.version} sha256={self.sha256[:12]}>"
@@ -341,21 +352,21 @@ class SklearnModel(Model):
         rank = {name: position for position, name in reversed(list(enumerate(order)))}
         return sorted(dict.fromkeys(columns), key=lambda name: rank.get(name, len(rank))), detail
 
-    def _predict(self, frame: pd.DataFrame) -> np.ndarray:
+    def _predict(self, frame: pd.DataFrame | Prepared) -> np.ndarray:
         if self.plan is not None:
             try:
                 return self.plan.predict(frame)
             except Defer:
                 pass
-        return self.estimator.predict(frame)
+        return self.estimator.predict(as_frame(frame))
 
-    def _predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+    def _predict_proba(self, frame: pd.DataFrame | Prepared) -> np.ndarray:
         if self.plan is not None:
             try:
                 return self.plan.predict_proba(frame)
             except Defer:
                 pass
-        return self.estimator.predict_proba(frame)
+        return self.estimator.predict_proba(as_frame(frame))
 
     def _refused_rows(self, frame: pd.DataFrame, dtype: np.dtype) -> list[int]:
         # What the final step saw: the pipeline's transform of the frame, or the frame's numbers.
@@ -368,12 +379,13 @@ class SklearnModel(Model):
         with np.errstate(over="ignore", invalid="ignore"):
             return np.flatnonzero(~np.isfinite(values.astype(dtype)).all(axis=1)).tolist()
 
-    def _predict_both(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    def _predict_both(self, frame: pd.DataFrame | Prepared) -> tuple[np.ndarray, np.ndarray]:
         if self.plan is not None:
             try:
                 return self.plan.both(frame)
             except Defer:
                 pass
+        frame = as_frame(frame)
         # What Pipeline.predict and predict_proba each do, with the transform shared.
         if not hasattr(self.estimator, "steps") or len(self.estimator.steps) < 2:
             return super()._predict_both(frame)

@@ -138,6 +138,7 @@ def load(
     allow_unsigned: bool = False,
     strict: bool = False,
     oms_bundle: str | os.PathLike[str] | None = None,
+    fast_path: bool = True,
 ) -> Model:
     """Verify and load an artifact; nothing is unpickled before every check passes.
 
@@ -149,10 +150,12 @@ def load(
     :param oms_bundle: an OpenSSF model signing bundle (``PATH.sig``) over the file, by a trusted P-256 key,
         as the proof of authenticity instead of the header signature (needs ``blackbox[oms]``);
         every other check still runs.
+    :param fast_path: predict through the artifact's fast path when it has one; False: through
+        the estimator itself (``model.plan`` is None). The load-time self-test checks both either way.
     """
     return Model.deserialize(
         read_bytes(path), source=str(path), trusted_keys=trusted_keys, allow_unsigned=allow_unsigned, strict=strict,
-        oms_bundle=oms_bundle,
+        oms_bundle=oms_bundle, fast_path=fast_path,
     )
 
 

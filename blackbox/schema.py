@@ -252,6 +252,20 @@ class Schema:
         """
         return self._check(records, strict)[2]
 
+    def checked(self, records: Any, *, strict: bool = False) -> tuple[list[Any], pd.Index, list[dict]]:
+        """:meth:`to_frame`'s checks and its columns before any is built: the values of each field in schema
+        order (missing values as the dtype's marker), the frame's index, and the warnings.
+
+        For the fast path (:mod:`blackbox.fastpath.table`), which builds only the columns it reads,
+        each with :meth:`column`.
+        """
+        columns, index, warnings = self._check(records, strict)
+        return list(columns.values()), index, warnings
+
+    def column(self, position: int, values: Any, index: pd.Index) -> Any:
+        """The column :meth:`to_frame` builds for field ``position`` from its :meth:`checked` values."""
+        return _build(values, self._dtypes[position], index)
+
     def _check(self, records: Any, strict: bool) -> tuple[dict[str, Any], pd.Index, list[dict]]:
         report = _Report({name: position for position, name in enumerate(self.columns)})
         index = None

@@ -271,3 +271,67 @@ def test_the_training_transformers_give_their_previous_outputs_on_every_input_fo
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         family.transform(relatives.iloc[[0]])
+
+
+# ---------------------------------------------------------------- records to the plan without a DataFrame
+
+def _odd_records(X_test: pd.DataFrame) -> list[dict]:
+    """Records a server gets: missing values (null and absent), unseen categories, numbers as text, far-out numbers."""
+    base = _records(X_test.dropna().head(3))
+    absent = [{k: v for k, v in r.items() if k not in ("age", "fare")} for r in base]
+    return [*base, *absent, *[{**r, "age": None, "fare": None} for r in base],
+            *[{**r, "sex": "unknown", "embarked": "X", "name": "No Title Here", "pclass": 7} for r in base],
+            *[{**r, "age": "22", "fare": " 7.25", "sibsp": "1", "pclass": "3"} for r in base],
+            *[{**r, "age": -40.0, "fare": 1e9, "parch": 30} for r in base]]
+
+
+def test_checked_records_give_the_frames_answers_without_building_it(training_pipeline, titanic, monkeypatch):
+    from blackbox.fastpath.table import Prepared, Table
+
+    X_train, X_test, _, _ = titanic
+    plan, _, schema = _plan(training_pipeline, X_train)
+    records = _odd_records(X_test)
+    frame, _ = schema.to_frame(records)
+    prepared = Prepared(schema, records)
+    pd.testing.assert_frame_equal(prepared.frame(), frame, check_exact=True)
+    expected = training_pipeline.predict(frame), training_pipeline.predict_proba(frame)
+    for source in (Prepared(schema, records), frame):
+        labels, proba = plan.both(source)
+        assert np.array_equal(labels, expected[0]) and np.abs(proba - expected[1]).max() <= 1e-9
+    for i, record in enumerate(records):  # one record at a time, as Model.predict runs them
+        labels, proba = plan.both(Prepared(schema, [record]))
+        assert labels[0] == expected[0][i] and np.abs(proba[0] - expected[1][i]).max() <= 1e-9
+    # The slices user steps get, and the values compiled steps get, are the frame's, from either source.
+    for source in (Prepared(schema, records), frame):
+        table = Table(source, schema.columns)
+        for positions in ([3, 4], [7], [0, 1, 2, 5, 6]):
+            pd.testing.assert_frame_equal(table.frame_of(positions), frame.iloc[:, positions], check_exact=True)
+            assert compiler_same(table.values(positions, frame.iloc[:, positions].values.dtype), frame.iloc[:, positions].values)
+    # No DataFrame of the whole input is built on the way.
+    monkeypatch.setattr(Prepared, "frame", lambda self: pytest.fail("built the DataFrame"))
+    plan.both(Prepared(schema, records))
+
+
+def compiler_same(a, b) -> bool:
+    from blackbox.fastpath.compiler import same
+
+    return same(a, b)
+
+
+def test_model_predict_runs_records_through_the_plan_and_defers_whole(training_pipeline, titanic, tmp_path, monkeypatch):
+    import blackbox
+    from blackbox.fastpath import estimators
+
+    X_train, X_test, _, _ = titanic
+    path = blackbox.save(training_pipeline, tmp_path / "m.bbx", train_data=X_train)
+    model, reference = blackbox.load(path), blackbox.load(path, fast_path=False)
+    assert model.plan is not None and reference.plan is None
+    records = _odd_records(X_test)
+    expected = reference.predict_batch(records), reference.predict_proba(records)
+    assert [model.predict(r) for r in records] == expected[0]
+    assert np.abs(np.asarray(model.predict_proba(records)) - np.asarray(expected[1])).max() <= 1e-9
+    called = []
+    monkeypatch.setattr(type(model.plan.final), "both", lambda self, X: called.append(1) or (_ for _ in ()).throw(Defer("test")))
+    monkeypatch.setattr(type(model.plan.final), "predict", lambda self, X: called.append(1) or (_ for _ in ()).throw(Defer("test")))
+    assert model.predict_batch(records) == expected[0]  # the deferred call ran the estimator on the frame the records make
+    assert called and isinstance(model.plan.final, (estimators.Linear, estimators.Trees))

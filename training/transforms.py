@@ -76,7 +76,7 @@ def _validated(estimator: BaseEstimator, X: Any, numeric: bool) -> np.ndarray:
 def _direct(estimator: BaseEstimator, X: Any, numeric: bool) -> np.ndarray | None:
     names = getattr(estimator, "feature_names_in_", None)
     if type(X) is pd.DataFrame:
-        if names is None or len(X) == 0 or X.columns.tolist() != names.tolist():
+        if names is None or len(X) == 0 or list(X.columns) != names.tolist():
             return None
         dtypes = X.dtypes.tolist()
         if numeric:

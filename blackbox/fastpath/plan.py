@@ -13,9 +13,12 @@ used (``plan`` is None, the record says why).
 Rules callers rely on:
 
 * :meth:`Plan.predict`, :meth:`Plan.predict_proba` and :meth:`Plan.both` take
-  the frame :meth:`Schema.to_frame` prepared and give what the estimator
-  would; they raise :class:`~blackbox.fastpath.base.Defer` when the call must
-  run the reference way (the caller does that, whole).
+  the frame :meth:`Schema.to_frame` prepared, or the same records as
+  :class:`~blackbox.fastpath.table.Prepared` (no DataFrame built), and give
+  what the estimator would; they raise :class:`~blackbox.fastpath.base.Defer`
+  when the call must run the reference way (the caller does that, whole, on
+  :func:`~blackbox.fastpath.table.as_frame` of its input). Both input forms
+  are proved at save.
 * The plan holds references to the estimator's own fitted objects, so it is
   pickled beside it (as :data:`ATTRIBUTE` on the estimator) and adds only
   small index arrays; derived arrays are rebuilt when it is unpickled.
@@ -34,7 +37,7 @@ import pandas as pd
 from . import compiler, estimators
 from .base import Defer, Node
 from .edges import edge_records
-from .table import Table
+from .table import Prepared, Table, as_frame
 
 ATTRIBUTE = "_blackbox_fast_path"
 """Where the plan rides inside the payload: an attribute of the stored estimator."""
@@ -52,24 +55,24 @@ class Plan:
         self.steps = steps
         self.final = final
 
-    def _features(self, frame: pd.DataFrame) -> Any:
-        X: Any = Table(frame, self.columns)
-        for index, node in enumerate(self.steps):
-            if index == 0 and node.form != "table":
-                X = frame
-            X = node.transform(X)
+    def _features(self, source: pd.DataFrame | Prepared) -> Any:
         if not self.steps:
             raise Defer("nothing compiled")
+        X: Any = Table(source, self.columns)
+        for index, node in enumerate(self.steps):
+            if index == 0 and node.form != "table":
+                X = as_frame(source)
+            X = node.transform(X)
         return X
 
-    def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        return self.final.predict(self._features(frame))
+    def predict(self, source: pd.DataFrame | Prepared) -> np.ndarray:
+        return self.final.predict(self._features(source))
 
-    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
-        return self.final.predict_proba(self._features(frame))
+    def predict_proba(self, source: pd.DataFrame | Prepared) -> np.ndarray:
+        return self.final.predict_proba(self._features(source))
 
-    def both(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        return self.final.both(self._features(frame))
+    def both(self, source: pd.DataFrame | Prepared) -> tuple[np.ndarray, np.ndarray]:
+        return self.final.both(self._features(source))
 
     def records(self) -> list[dict[str, Any]]:
         return [r for node in [*self.steps, self.final] for r in node.records()]
@@ -82,7 +85,8 @@ def build_plan(estimator: Any, train_data: pd.DataFrame, schema: Any) -> tuple[P
     columns = schema.columns
     if type(estimator) is not Pipeline or len(estimator.steps) < 2:
         return None, {"enabled": False, "reason": "not a scikit-learn Pipeline of transformers and a final estimator"}
-    frame, refused = _verification_frames(estimator, train_data, schema)
+    accepted, refused = _verification_records(estimator, train_data, schema)
+    frame = schema.to_frame(accepted)[0]
     table = Table(frame, columns)
     steps: list[Node] = []
     X: Any = frame
@@ -98,16 +102,16 @@ def build_plan(estimator: Any, train_data: pd.DataFrame, schema: Any) -> tuple[P
     final = compiler.final_step(last, f"steps[{name}]", X, (last.predict(X), proba))
     plan = Plan(columns, steps, final)
     record: dict[str, Any] = {"enabled": True, "version": PLAN_VERSION, "steps": plan.records()}
-    problem = prove(plan, estimator, frame, refused)
+    problem = prove(plan, estimator, schema, accepted, refused)
     if problem:
         return None, {**record, "enabled": False, "reason": problem}
     record["verified_rows"] = {"accepted": len(frame), "refused_by_the_model": len(refused)}
-    record["speedup"] = measure(plan, estimator, frame)
+    record["speedup"] = measure(plan, estimator, schema, accepted)
     return plan, record
 
 
-def _verification_frames(estimator: Any, train_data: pd.DataFrame, schema: Any) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
-    """Every training row and the edge rows the model accepts, as one frame the schema typed; and the refused rows, one frame each."""
+def _verification_records(estimator: Any, train_data: pd.DataFrame, schema: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every training row and the edge rows the model accepts (as records the schema takes); and the edge rows it refuses."""
     from ..manifest import jsonable
 
     records = [r for r in jsonable(train_data[schema.columns].to_dict("records")) if _fits(schema, r)]
@@ -118,13 +122,12 @@ def _verification_frames(estimator: Any, train_data: pd.DataFrame, schema: Any) 
         accepted += edges
     except Exception:  # noqa: BLE001 - the model refuses some edge row: find which
         for record in edges:
-            row = schema.to_frame([record])[0]
             try:
-                reference(estimator, row)
+                reference(estimator, schema.to_frame([record])[0])
                 accepted.append(record)
             except Exception:  # noqa: BLE001
-                refused.append(row)
-    return schema.to_frame(accepted)[0], refused
+                refused.append(record)
+    return accepted, refused
 
 
 def _fits(schema: Any, record: dict[str, Any]) -> bool:
@@ -141,60 +144,75 @@ def reference(estimator: Any, frame: pd.DataFrame) -> tuple[Any, Any]:
     return estimator.predict(frame), proba
 
 
-def prove(plan: Plan, estimator: Any, frame: pd.DataFrame, refused: list[pd.DataFrame]) -> str | None:
-    """Why the plan does not give the reference's answers on the verification rows, or None.
+def prove(plan: Plan, estimator: Any, schema: Any, accepted: list[dict[str, Any]], refused: list[dict[str, Any]]) -> str | None:
+    """Why the plan does not give the reference's answers on the verification records, or None.
 
-    On the rows the model accepts: labels identical, probabilities (and
-    regression outputs) within the tolerance. On a row the model refuses: the
-    plan defers (so the caller gets the model's own error) or raises the same
-    type of error.
+    Both input forms (the prepared frame, and :class:`Prepared` records). On the
+    records the model accepts: labels identical, probabilities (and regression
+    outputs) within the tolerance. On a record the model refuses: the plan
+    defers (so the caller gets the model's own error) or raises the same type
+    of error.
     """
+    frame = schema.to_frame(accepted)[0]
     labels, proba = reference(estimator, frame)
-    try:
-        got_labels, got_proba = plan.both(frame) if proba is not None else (plan.predict(frame), None)
-    except Defer as exc:
-        return f"the plan deferred on the verification rows: {exc}"
-    labels_ok = compiler.close(got_labels, labels) if np.asarray(labels).dtype.kind == "f" else compiler.same(got_labels, labels)
-    if not labels_ok:
-        return "labels differ from the reference on the verification rows"
-    if proba is not None and not compiler.close(got_proba, proba):
-        return f"probabilities differ from the reference by more than {compiler.TOLERANCE} on the verification rows"
-    for i, row in enumerate(refused):
+    for form, source in (("frame", frame), ("records", Prepared(schema, accepted))):
+        try:
+            got_labels, got_proba = plan.both(source) if proba is not None else (plan.predict(source), None)
+        except Defer as exc:
+            return f"the plan deferred on the verification rows ({form}): {exc}"
+        labels_ok = compiler.close(got_labels, labels) if np.asarray(labels).dtype.kind == "f" else compiler.same(got_labels, labels)
+        if not labels_ok:
+            return f"labels differ from the reference on the verification rows ({form})"
+        if proba is not None and not compiler.close(got_proba, proba):
+            return f"probabilities differ from the reference by more than {compiler.TOLERANCE} on the verification rows ({form})"
+    for i, record in enumerate(refused):
+        row = schema.to_frame([record])[0]
         try:
             reference(estimator, row)
         except Exception as exc:  # noqa: BLE001
             error = exc
-        try:
-            plan.both(row) if plan.final.has_proba else plan.predict(row)
-        except Defer:
-            continue
-        except Exception as exc:  # noqa: BLE001
-            if type(exc) is type(error):
+        for source in (row, Prepared(schema, [record])):
+            try:
+                plan.both(source) if plan.final.has_proba else plan.predict(source)
+            except Defer:
                 continue
-            return f"refused edge row {i}: the model raised {error!r}, the plan {exc!r}"
-        return f"refused edge row {i}: the model raised {error!r} and the plan answered"
+            except Exception as exc:  # noqa: BLE001
+                if type(exc) is type(error):
+                    continue
+                return f"refused edge row {i}: the model raised {error!r}, the plan {exc!r}"
+            return f"refused edge row {i}: the model raised {error!r} and the plan answered"
     return None
 
 
-def measure(plan: Plan, estimator: Any, frame: pd.DataFrame) -> dict[str, Any]:
-    """Median single-row time of both paths, paired row by row (a shared machine's load hits both alike)."""
-    rows = [frame.iloc[[i]].reset_index(drop=True) for i in range(min(_TIMED_ROWS, len(frame)))]
+def measure(plan: Plan, estimator: Any, schema: Any, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median time from one record to its answer on both paths, paired record by record (a shared machine's load hits both alike).
+
+    The plan's side checks the record and runs on it (:class:`Prepared`); the
+    reference's builds the DataFrame (``to_frame``) and calls the estimator.
+    """
+    rows = records[:_TIMED_ROWS]
     has_proba = plan.final.has_proba
 
-    def timed(call: Callable[[pd.DataFrame], Any], row: pd.DataFrame) -> float:
-        started = time.perf_counter()
+    def fast(record: dict[str, Any]) -> Any:
+        source = Prepared(schema, [record])
         try:
-            call(row)
+            return plan.both(source) if has_proba else plan.predict(source)
         except Defer:
-            pass
+            return reference(estimator, source.frame())
+
+    def slow(record: dict[str, Any]) -> Any:
+        frame = schema.to_frame([record])[0]
+        return reference(estimator, frame) if has_proba else estimator.predict(frame)
+
+    def timed(call: Callable[[dict[str, Any]], Any], record: dict[str, Any]) -> float:
+        started = time.perf_counter()
+        call(record)
         return time.perf_counter() - started
 
-    fast = plan.both if has_proba else plan.predict
-    slow = (lambda f: reference(estimator, f)) if has_proba else estimator.predict
-    pairs = [(timed(fast, row), timed(slow, row)) for row in rows for _ in range(2)][2:]
+    pairs = [(timed(fast, r), timed(slow, r)) for r in rows for _ in range(2)][2:]
     ours = statistics.median(p[0] for p in pairs)
     theirs = statistics.median(p[1] for p in pairs)
-    return {"rows": len(rows), "plan_us": round(ours * 1e6, 1), "reference_us": round(theirs * 1e6, 1),
+    return {"rows": len(rows), "from": "one record", "plan_us": round(ours * 1e6, 1), "reference_us": round(theirs * 1e6, 1),
             "ratio": round(theirs / ours, 1) if ours else None}
 
 
