@@ -143,6 +143,17 @@ class PredictionLog:
         with self.engine.begin() as conn:
             conn.execute(predictions.insert(), list(rows))
 
+    def predicted_by(self, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], tuple[str, str]]:
+        """The (model_name, model_sha256) of each logged (request_id, row) among ``keys`` (the latest, if logged twice)."""
+        self.ensure_tables()
+        keys = set(keys)
+        ids = sorted({r for r, _ in keys})
+        query = (sa.select(predictions.c.request_id, predictions.c.row, predictions.c.model_name, predictions.c.model_sha256)
+                 .where(predictions.c.request_id.in_(ids)).order_by(predictions.c.id))
+        with self.engine.connect() as conn:
+            found = {(r, i): (name, sha) for r, i, name, sha in conn.execute(query)}
+        return {key: found[key] for key in keys if key in found}
+
     def add_labels(self, labels: Sequence[tuple[str, int, Any]]) -> list[bool]:
         """Store (request_id, row, label) entries; for each, whether its prediction is in the log yet."""
         self.ensure_tables()

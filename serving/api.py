@@ -2,7 +2,8 @@
 
 Scope: HTTP glue. With several models, ``/models/{name}/predict`` and
 ``/models/{name}/invocations`` address one (the bare routes answer 404 naming
-them); with one, both forms work. :func:`score` and :func:`record` are the one
+them); with one, both forms work. ``/models/{name}/feedback`` addresses the
+model whose classes a label not logged yet must match. :func:`score` and :func:`record` are the one
 scoring path, which :mod:`.v2` uses too. Both routes read the body into records (:mod:`.payloads`),
 score them in one call (:class:`.inference.Scorer`) with the model read once from
 the holder, and answer ``{"predictions", "probabilities", "classes", "model",
@@ -96,7 +97,17 @@ def record(served: Served, model: Model, records: list[Any], scored: Scored) -> 
 
 
 @bp.post("/feedback")
-def feedback() -> Response:
-    """Labels observed after the fact, for logged predictions (see :func:`.predlog.store_feedback`)."""
+@bp.post("/models/<name>/feedback")
+def feedback(name: str | None = None) -> Response:
+    """Labels observed after the fact, for logged predictions (see :func:`.predlog.store_feedback`).
+
+    Each label is checked against the model that made its logged prediction; one
+    not logged yet, against the addressed model (the only one, or ``NAME``'s).
+    """
     current = state.current()
-    return jsonio.response(predlog.store_feedback(current.predlog, request, max_entries=current.settings.max_records))
+    if current.predlog is None:
+        raise predlog.PredictionLogOff()
+    addressed = held(current.served(name)) if name is not None or len(current.models) == 1 else None
+    models = {served.name: served.holder.model for served in current.models.values()}
+    return jsonio.response(predlog.store_feedback(current.predlog, request, max_entries=current.settings.max_records,
+                                                  models=models, addressed=addressed))

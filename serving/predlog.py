@@ -31,8 +31,11 @@ from __future__ import annotations
 
 import atexit
 import datetime as dt
+import json
 import logging
+import math
 import os
+import re
 import threading
 import time
 import weakref
@@ -43,6 +46,7 @@ from typing import Any
 
 from blackbox import Model
 from blackbox.predlog import SQLITE_BUSY_MS, TRANSIENT, PredictionLog, prediction_rows
+from blackbox.schema import NUMERIC_PATTERN
 from flask import Request, g
 from werkzeug.exceptions import Conflict, ServiceUnavailable, UnprocessableEntity
 
@@ -285,30 +289,141 @@ class Recorder:
 
 # ---------------------------------------------------------------- POST /feedback
 
-def store_feedback(recorder: Recorder | None, request: Request, *, max_entries: int) -> dict[str, Any]:
+def store_feedback(
+    recorder: Recorder, request: Request, *, max_entries: int, models: Mapping[str, Model | None],
+    addressed: Model | None,
+) -> dict[str, Any]:
     """Store the labels of a ``/feedback`` body; the answer says, per entry, whether its prediction is logged yet.
 
     The body is ``{"request_id": ..., "row": 0, "label": ...}`` or a list of them
     (``row`` defaults to 0, the only record of a single-record request). A label
     for a prediction not logged yet (the log is written asynchronously) is kept all
     the same (``known: false``); a later label for the same record replaces it.
+
+    Each label must be an outcome of the model it is about (:func:`as_label`):
+    the model of that name in ``models`` (the served ones) when the log names the
+    prediction's model, else ``addressed`` (the route's model, or the only one
+    served); with neither, the entry is refused (``unknown_model``). Labels are
+    stored as the class itself (``1.0`` and ``"1"`` for the class ``1`` store
+    ``1``), so a label column keeps the classes' type. Nothing is stored unless
+    every entry passes.
     """
-    if recorder is None:
-        raise PredictionLogOff()
     entries = payloads.read_records(request, lambda body: body if isinstance(body, list) else [body], max_records=max_entries)
     labels = [_label(index, entry) for index, entry in enumerate(entries)]
     problems = [problem for item in labels if isinstance(item, list) for problem in item]
     if problems:
         raise InvalidFeedback(problems)
+    entries_ok: list[tuple[str, int, Any]] = labels  # type: ignore[assignment]  # no problems: every item is a tuple
     try:
-        known = recorder.log.add_labels(labels)  # type: ignore[arg-type]  # no problems: every item is a tuple
+        logged = recorder.log.predicted_by((rid, row) for rid, row, _ in entries_ok)
+        stored = []
+        for index, (rid, row, label) in enumerate(entries_ok):
+            name = logged.get((rid, row), (None, None))[0]
+            model = models.get(name) if name is not None else None
+            checked = _checked(index, label, model or addressed)
+            if isinstance(checked, dict):
+                problems.append(checked)
+            else:
+                stored.append((rid, row, checked[0]))
+        if problems:
+            raise InvalidFeedback(problems)
+        known = recorder.log.add_labels(stored)
     except TRANSIENT:
         raise PredictionLogUnavailable() from None
     return {
-        "stored": len(labels),
-        "feedback": [{"request_id": rid, "row": row, "known": seen} for (rid, row, _), seen in zip(labels, known, strict=True)],
+        "stored": len(stored),
+        "feedback": [{"request_id": rid, "row": row, "known": seen} for (rid, row, _), seen in zip(stored, known, strict=True)],
         "request_id": request_id(),
     }
+
+
+def _checked(index: int, label: Any, model: Model | None) -> tuple[Any] | dict[str, Any]:
+    """``(label as stored,)``, or the entry's problem with ``label`` for ``model``."""
+    if model is None:
+        return {"row": index, "field": "label", "issue": "unknown_model", "received": _shown(label),
+                "expected": "a label for a prediction this server made: this one is not in the log (yet), so which "
+                            "model's classes it must match is unknown; send it to /models/NAME/feedback"}
+    value = as_label(model, label)
+    if value is not _REFUSED:
+        return (value,)
+    classes = model.classes
+    if classes is None:
+        return {"row": index, "field": "label", "issue": "invalid", "received": _shown(label),
+                "expected": f"a finite number (model {model.name!r} is a regressor), as a JSON number or numeric text"}
+    shown = json.dumps(classes[:20]) + (f" and {len(classes) - 20} more" if len(classes) > 20 else "")
+    return {"row": index, "field": "label", "issue": "unknown_class", "received": _shown(label),
+            "expected": f"one of model {model.name!r}'s classes: {shown}"}
+
+
+_REFUSED = object()
+_NUMERIC = re.compile(NUMERIC_PATTERN)
+
+
+def as_label(model: Model, label: Any) -> Any:
+    """``label`` as the outcome of ``model`` it names (the class itself), or :data:`_REFUSED`.
+
+    The JSON value must equal a class once read as the classes' own type:
+    a number class (integer or float) takes a number or numeric text of the same
+    value (``1``, ``1.0``, ``"1"``, ``" 1 "`` for the class ``1``); a string class that
+    string exactly, or a number whose text it is; a boolean class a boolean or
+    ``"true"``/``"false"``. A boolean is never a number (``true`` is not the class
+    ``1``). A regressor takes a finite number or numeric text, stored as a float.
+    """
+    classes = model.classes
+    if classes is None:
+        if (model.manifest.get("output") or {}).get("kind") != "regression":
+            return label  # an adapter that names no classes: nothing to check against
+        number = _number(label)
+        return _REFUSED if number is None else number
+    for value in classes:
+        if _names(value, label):
+            return value
+    return _REFUSED
+
+
+def _names(value: Any, label: Any) -> bool:
+    """Whether the JSON ``label`` names the class ``value``."""
+    if isinstance(value, bool):
+        if isinstance(label, str):
+            return label.strip().lower() == ("true" if value else "false")
+        return isinstance(label, bool) and label is value
+    if isinstance(value, str):
+        if isinstance(label, str):
+            return label == value
+        number = _number(label)
+        return number is not None and (str(int(number)) if number.is_integer() else repr(number)) == value
+    if isinstance(value, (int, float)):
+        if isinstance(label, int) and not isinstance(label, bool):
+            return label == value  # exactly, however large
+        number = _number(label)
+        return number is not None and number == value
+    return label == value
+
+
+def _number(label: Any) -> float | None:
+    """A JSON number or numeric text as a finite float; None for anything else (booleans included)."""
+    if isinstance(label, bool):
+        return None
+    if isinstance(label, str):
+        if len(label) > 100 or not _NUMERIC.match(label):
+            return None
+        label = float(label)
+    if isinstance(label, (int, float)):
+        try:
+            number = float(label)
+        except OverflowError:
+            return None
+        return number if math.isfinite(number) else None
+    return None
+
+
+def _shown(label: Any) -> str:
+    """The label as the client sent it, in JSON, cut for the answer."""
+    try:
+        text = json.dumps(label, ensure_ascii=True, allow_nan=True)
+    except (TypeError, ValueError):
+        text = repr(label)
+    return text if len(text) <= 100 else text[:99] + "…"
 
 
 def _label(index: int, entry: Any) -> tuple[str, int, Any] | list[dict[str, Any]]:
