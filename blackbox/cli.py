@@ -237,6 +237,7 @@ def export(
 
 
 def _summary(m: dict[str, Any]) -> str:
+    """What inspect prints: the keys check_shape guarantees, indexed; every other one read as optional."""
     search = (m.get("metrics") or {}).get("search") or {}
     git = m.get("git") or {}
     data = m.get("data") or {}
@@ -249,25 +250,37 @@ def _summary(m: dict[str, Any]) -> str:
         f"{m['name']} {m['version']}  (created {m.get('created_at')}, format {m['format_version']})",
         f"  signature     {signer}",
         f"  estimator     {m.get('estimator')}",
-        f"  serializer    {m['serializer']['name']} {m['serializer']['version']}, Python {m['python']['version']}",
+        f"  serializer    {m['serializer']['name']} {m['serializer'].get('version', '?')}, Python {m['python']['version']}",
         f"  payload       {m['payload']['size']} bytes, sha256 {m['payload']['sha256']}",
-        f"  by value      {', '.join(m.get('by_value') or []) or '-'}",
+        f"  by value      {', '.join(map(str, m.get('by_value') or [])) or '-'}",
         f"  requires      {', '.join(f'{k}=={v}' for k, v in (m.get('requirements') or {}).items())}",
         f"  git           {git.get('commit') or '-'} ({git.get('branch') or '-'}{', dirty' if git.get('dirty') else ''})",
         f"  data          {data.get('rows', '-')} rows from {data.get('source') or '-'}, {data.get('fingerprint', '-')}",
-        f"  inputs        {', '.join(m['schema'].get('columns', [f['name'] for f in m['schema'].get('fields', [])]))}",
+        f"  inputs        {', '.join(map(str, _inputs(m['schema'])))}",
         f"  output        {output.get('kind')} {output.get('classes') or ''}",
     ]
-    if search:
+    if isinstance(search, dict) and search:
         lines.append(
-            f"  cv {search.get('scoring') or 'score'}  {search.get('best_score'):.4f} ± {search.get('best_score_std'):.4f}"
-            f"  best {json.dumps(search.get('best_params'))}"
+            f"  cv {search.get('scoring') or 'score'}  {_number(search.get('best_score'))} ± "
+            f"{_number(search.get('best_score_std'))}  best {json.dumps(search.get('best_params'))}"
         )
     for group, values in (m.get("metrics") or {}).items():
         if group != "search" and isinstance(values, dict):
             lines.append(f"  {group:<13} " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()))
-    lines.append(f"  golden sample {len((m.get('golden') or {}).get('records', []))} rows")
+    lines.append(f"  golden sample {len(m['golden']['records'])} rows")
     return "\n".join(lines)
+
+
+def _inputs(schema: dict[str, Any]) -> list[Any]:
+    columns = schema.get("columns")
+    if isinstance(columns, list):
+        return columns
+    fields = schema.get("fields")
+    return [f.get("name") for f in fields if isinstance(f, dict)] if isinstance(fields, list) else []
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
 
 
 @cli.command()

@@ -62,6 +62,7 @@ class Model:
     """A trained model with its manifest; subclass it (with ``adapter=``) for another library."""
 
     adapter: ClassVar[str] = ""
+    expects: ClassVar[str] = "an estimator this adapter accepts"  # what accepts() wants, for a refusal
     _adapters: ClassVar[dict[str, type[Model]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -315,6 +316,7 @@ class SklearnModel(Model):
     """Adapter for scikit-learn estimators and pipelines."""
 
     adapter = "sklearn"
+    expects = "a fitted scikit-learn estimator or pipeline (with predict and get_params)"
 
     @classmethod
     def accepts(cls, estimator: Any) -> bool:

@@ -142,8 +142,10 @@ def load(
 ) -> Model:
     """Verify and load an artifact; nothing is unpickled before every check passes.
 
-    :param trusted_keys: public keys (``.pub`` files or directories of them) whose
-        signatures are accepted; default: BLACKBOX_TRUSTED_KEYS.
+    :param trusted_keys: whose signatures are accepted: a ``.pub`` file or a directory of
+        them (str or Path), an Ed25519 or P-256 public key, a :class:`~blackbox.signing.Keyring`,
+        or a list of those; default: BLACKBOX_TRUSTED_KEYS. Key ids in BLACKBOX_REVOKED_KEYS
+        are refused whichever way the keys are given.
     :param allow_unsigned: also load an unsigned artifact (logged loudly). A present
         but invalid signature is refused whatever this says.
     :param strict: refuse any package version that differs from the manifest's.

@@ -131,12 +131,25 @@ def read_block(block: bytes) -> dict[str, Any]:
     return parsed
 
 
+def revoked_from_environment() -> frozenset[str]:
+    """The key ids BLACKBOX_REVOKED_KEYS names (separated by commas or whitespace)."""
+    return frozenset(k for k in os.environ.get(REVOKED_KEYS_ENV, "").replace(",", " ").split() if k)
+
+
 @dataclass(frozen=True)
 class Keyring:
-    """Trusted public keys by key id, and key ids that are no longer trusted."""
+    """Trusted public keys by key id, and key ids that are no longer trusted.
+
+    ``revoked`` always includes the ids BLACKBOX_REVOKED_KEYS names when the keyring
+    is made, however its keys were given (paths, key objects, by hand, unpickled): a
+    revocation is never lifted by passing the key explicitly.
+    """
 
     keys: dict[str, PublicKey]
     revoked: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "revoked", frozenset(self.revoked) | revoked_from_environment())
 
     @classmethod
     def from_paths(cls, paths: Any = (), revoked: Iterable[str] = ()) -> Keyring:
@@ -145,7 +158,8 @@ class Keyring:
         ``paths`` is one source or an iterable of them: a ``.pub`` file or a directory of
         them (str or Path, relative to the working directory), an Ed25519 or P-256 public
         key, or a Keyring (its revocations kept). A lone str is one path, never iterated.
-        Both key types may be mixed.
+        Both key types may be mixed. ``revoked`` adds key ids to those BLACKBOX_REVOKED_KEYS
+        names, which are revoked whatever the sources.
         """
         if isinstance(paths, (str, os.PathLike, Ed25519PublicKey, ec.EllipticCurvePublicKey, Keyring)):
             paths = [paths]
@@ -184,26 +198,36 @@ class Keyring:
     def from_environment(cls) -> Keyring:
         """Keys named by BLACKBOX_TRUSTED_KEYS (paths separated by os.pathsep), revocations by BLACKBOX_REVOKED_KEYS."""
         paths = [p for p in os.environ.get(TRUSTED_KEYS_ENV, "").split(os.pathsep) if p]
-        revoked = [k for k in os.environ.get(REVOKED_KEYS_ENV, "").replace(",", " ").split() if k]
-        return cls.from_paths(paths, revoked)
+        return cls.from_paths(paths)  # BLACKBOX_REVOKED_KEYS: as every keyring
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled as PEM public keys (key objects do not pickle), so a Dask worker trusts what the driver trusts."""
         return _keyring_from_pem, (tuple(public_pem(key) for key in self.keys.values()), self.revoked)
 
+    def trusted(self, kid: str, what: str = "The artifact", remedy: str = "") -> PublicKey:
+        """The trusted, unrevoked key ``kid``; else AuthenticityError saying ``what`` is signed by which key, and ``remedy``.
+
+        The one check of a signer (artifacts and store pointers alike).
+        """
+        if kid in self.revoked:
+            raise AuthenticityError(
+                f"{what} is signed by key {kid}, which is revoked ({REVOKED_KEYS_ENV} or the keyring); refusing "
+                f"it.{remedy or ' Ship it signed by a trusted key.'}"
+            )
+        public_key = self.keys.get(kid)
+        if public_key is None:
+            raise AuthenticityError(
+                f"{what} is signed by key {kid}, which is not among the trusted keys "
+                f"({', '.join(sorted(self.keys)) or 'none configured'}). Pass its public key with "
+                f"--trusted-keys or {TRUSTED_KEYS_ENV} if you trust its signer.{remedy}"
+            )
+        return public_key
+
     def verify(self, manifest_bytes: bytes, block: bytes, *, now: dt.datetime | None = None) -> dict[str, Any]:
         """Return the verified claims, or raise AuthenticityError saying why not."""
         parsed = read_block(block)
         kid = str(parsed["key_id"])
-        if kid in self.revoked:
-            raise AuthenticityError(f"The artifact is signed by key {kid}, which is revoked; refusing it.")
-        public_key = self.keys.get(kid)
-        if public_key is None:
-            raise AuthenticityError(
-                f"The artifact is signed by key {kid}, which is not among the trusted keys "
-                f"({', '.join(sorted(self.keys)) or 'none configured'}). Pass its public key with "
-                f"--trusted-keys or {TRUSTED_KEYS_ENV} if you trust its signer."
-            )
+        public_key = self.trusted(kid)
         if parsed["alg"] != algorithm(public_key):
             raise AuthenticityError(
                 f"The artifact's signature says {parsed['alg']}, but key {kid} is an {algorithm(public_key)} key: "

@@ -4,7 +4,8 @@ Unpickling runs code, so nothing is unpickled until: the framing parses (with
 capped lengths and a bounded manifest); the signature verifies against a trusted
 key; the manifest is strict JSON of the expected shape; this interpreter matches
 the environment the manifest records; and the payload has exactly the recorded
-length and sha256. Only then is the payload unpickled.
+length and sha256. Only then is the payload unpickled, and what it unpickles to
+must be an estimator the manifest's adapter serves (not None, not a dict).
 
 The proof of authenticity is the header signature or, instead, an OpenSSF
 model signing bundle over the whole file (``oms_bundle``, blackbox.oms) by a
@@ -24,6 +25,7 @@ import importlib
 import importlib.util
 import keyword
 import logging
+import reprlib
 import os
 import sys
 import types
@@ -37,11 +39,15 @@ from .artifact import FORMAT_VERSION, Artifact
 from .environment import ServingEnvironment, top_level
 from .errors import ArtifactError, AuthenticityError, SelfContainmentError
 from .imports import Global, scan
-from .signing import Keyring, check_expiry, read_block
+from .signing import Keyring, PublicKey, check_expiry, read_block
 
 log = logging.getLogger("blackbox")
 
-TrustedKeys = Keyring | Iterable[str | os.PathLike[str]] | None
+KeySource = str | os.PathLike[str] | PublicKey | Keyring
+TrustedKeys = KeySource | Iterable[KeySource] | None
+"""What every ``trusted_keys=`` takes (:meth:`Keyring.from_paths`): a ``.pub`` file or a directory of them
+(str or Path), an Ed25519 or P-256 public key, a Keyring, or an iterable of those; None: BLACKBOX_TRUSTED_KEYS.
+BLACKBOX_REVOKED_KEYS applies to every one."""
 OmsBundle = str | os.PathLike[str] | None
 UNSIGNED_WARNING = (
     "LOADING AN UNSIGNED ARTIFACT (allow_unsigned=True): its code was not authenticated, and loading it RUNS "
@@ -87,7 +93,7 @@ def unpickle(
 ) -> tuple[Any, dict[str, Any]]:
     """Verify ``artifact`` and return its estimator and manifest.
 
-    :param trusted_keys: a Keyring, or ``.pub`` files and directories; default: BLACKBOX_TRUSTED_KEYS.
+    :param trusted_keys: whom to trust (:data:`TrustedKeys`); default: BLACKBOX_TRUSTED_KEYS.
     :param allow_unsigned: load an unsigned artifact (never one with a bad signature).
     :param strict: refuse any package version that differs from the manifest's.
     :param oms_bundle: an OpenSSF model signing bundle over the artifact's bytes, the proof instead of the header signature.
@@ -147,6 +153,7 @@ def _unpickle(artifact: Artifact, *, strict: bool, scan_payload: bool) -> tuple[
         ) from exc
     except Exception as exc:  # a verified payload that still fails to load is a broken artifact
         raise ArtifactError(f"The payload passed verification but could not be unpickled: {exc!r}.") from exc
+    _check_estimator(estimator, manifest)
     environment.prove(differences, lambda: _model(estimator, manifest, artifact).self_test())
     return estimator, manifest
 
@@ -155,6 +162,20 @@ def _model(estimator: Any, manifest: dict[str, Any], artifact: Artifact) -> Any:
     from .model import Model  # imported here: blackbox.model imports this module
 
     return Model.named(manifest["adapter"])(estimator, manifest, artifact)
+
+
+def _check_estimator(estimator: Any, manifest: dict[str, Any]) -> None:
+    """Refuse a payload the manifest's adapter cannot serve (None, a dict...): a broken artifact, not a model."""
+    from .model import Model
+
+    adapter = Model.named(manifest["adapter"])
+    if not adapter.accepts(estimator):
+        found = f"{type(estimator).__module__}.{type(estimator).__qualname__}"
+        raise ArtifactError(
+            f"The payload unpickled to {found} ({reprlib.repr(estimator)}), which the {adapter.adapter!r} adapter the "
+            f"manifest names does not serve: it expects {adapter.expects}. The artifact was not written by "
+            "blackbox.save from a fitted model; re-save the model."
+        )
 
 
 def _check_shape(manifest: dict[str, Any]) -> None:

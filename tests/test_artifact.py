@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from blackbox import artifact
-from blackbox.artifact import MAGIC, dump_manifest, pack, parse_manifest, read_header, unpack
+from blackbox.artifact import MAGIC, dump_manifest, load_json, pack, parse_manifest, read_header, unpack
 from blackbox.errors import ArtifactError, IntegrityError
 
 
@@ -87,7 +87,7 @@ def test_hostile_manifest_json_is_a_malformed_artifact(text):
 
 
 def test_a_deep_manifest_a_real_one_could_be_still_parses():
-    assert parse_manifest(b'{"a": ' + b"[" * 30 + b"1" + b"]" * 30 + b', "b": "[[[[{{{{\\"", "n": 1e308}')["n"] == 1e308
+    assert load_json('{"a": ' + "[" * 30 + "1" + "]" * 30 + ', "b": "[[[[{{{{\\"", "n": 1e308}')["n"] == 1e308
 
 
 def test_hostile_signature_block_is_refused_not_a_traceback():

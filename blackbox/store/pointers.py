@@ -39,7 +39,7 @@ from typing import Any
 from .. import signing
 from ..errors import AuthenticityError
 from ..manifest import utc_now
-from ..signing import TRUSTED_KEYS_ENV, Keyring, PrivateKey
+from ..signing import Keyring, PrivateKey
 from ..trust import TrustedKeys
 from .releases import Pointer, Release, damaged, load_object, version_key
 
@@ -133,23 +133,14 @@ def check_succession(release: Release, after: Release | None, ref: str, *, allow
 
 def _verify(statement: dict[str, Any], block: Any, where: str, trusted_keys: TrustedKeys) -> str:
     """The key id that signed ``statement``; raise AuthenticityError saying why not."""
-    keyring = trusted_keys if isinstance(trusted_keys, Keyring) else (
-        Keyring.from_environment() if trusted_keys is None else Keyring.from_paths(trusted_keys)
-    )
+    keyring = Keyring.resolve(trusted_keys)
     try:
         block_bytes = json.dumps(block).encode()
         kid = str(signing.read_block(block_bytes)["key_id"])
         message = _message(statement)
     except (AuthenticityError, TypeError, ValueError):
         raise AuthenticityError(f"{where} has a malformed signature; refusing it. Promote the alias again.") from None
-    if kid in keyring.revoked:
-        raise AuthenticityError(f"{where} is signed by key {kid}, which is revoked; refusing it. Promote it again with a trusted key.")
-    if kid not in keyring.keys:
-        raise AuthenticityError(
-            f"{where} is signed by key {kid}, which is not among the trusted keys "
-            f"({', '.join(sorted(keyring.keys)) or 'none configured'}). Pass its public key with --trusted-keys "
-            f"or {TRUSTED_KEYS_ENV} if you trust its signer, or promote the alias again with a trusted key."
-        )
+    keyring.trusted(kid, where, " Promote the alias again with a trusted key.")
     try:
         keyring.verify(message, block_bytes)
     except AuthenticityError:
