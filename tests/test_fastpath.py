@@ -335,3 +335,23 @@ def test_model_predict_runs_records_through_the_plan_and_defers_whole(training_p
     monkeypatch.setattr(type(model.plan.final), "predict", lambda self, X: called.append(1) or (_ for _ in ()).throw(Defer("test")))
     assert model.predict_batch(records) == expected[0]  # the deferred call ran the estimator on the frame the records make
     assert called and isinstance(model.plan.final, (estimators.Linear, estimators.Trees))
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5, 12, 13, 40])
+def test_the_forest_walk_finds_each_trees_leaf_at_every_batch_size(titanic, rows):
+    from blackbox.fastpath.estimators import SMALL_BATCH, Trees
+
+    X_train, _, y_train, _ = titanic
+    numbers = X_train[NUMBERS].fillna(0).to_numpy()
+    forest = RandomForestClassifier(n_estimators=25, random_state=0).fit(numbers, y_train)
+    node = Trees(forest, "forest")
+    rng = np.random.default_rng(rows)
+    X = numbers[rng.integers(0, len(numbers), rows)].copy()
+    thresholds = forest.estimators_[0].tree_.threshold  # values on (float32 next to) split points: ties go left
+    X[:, 1] = np.float32(thresholds[rng.integers(0, len(thresholds), rows)])
+    X[0] = [0.0, -1e6, 1e6, 0.0]
+    expected = np.stack([t.tree_.apply(X.astype(np.float32)) for t in forest.estimators_], axis=1) + node.offsets
+    assert np.array_equal(node._leaves(X), expected)
+    assert (rows <= SMALL_BATCH) == (rows in (1, 2, 5, 12))  # both ways of finding leaves are covered
+    labels, proba = node.both(X)
+    assert np.array_equal(labels, forest.predict(X)) and np.abs(proba - forest.predict_proba(X)).max() <= 1e-9
