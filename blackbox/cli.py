@@ -268,7 +268,26 @@ def _summary(m: dict[str, Any]) -> str:
         if group != "search" and isinstance(values, dict):
             lines.append(f"  {group:<13} " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()))
     lines.append(f"  golden sample {len(m['golden']['records'])} rows")
+    lines += _fast_path_lines(m.get("fast_path"))
     return "\n".join(lines)
+
+
+def _fast_path_lines(record: Any) -> list[str]:
+    """The fast path's plan as save recorded it: on or off (why), each step's mode, the speed-up measured then."""
+    if not isinstance(record, dict):
+        return ["  fast path     none (saved before blackbox had one)"]
+    if not record.get("enabled"):
+        return [f"  fast path     off: {record.get('reason')}"]
+    steps = record.get("steps") or []
+    counts = {mode: sum(s.get("mode") == mode for s in steps) for mode in ("compiled", "called", "reference")}
+    speed = record.get("speedup") or {}
+    lines = [f"  fast path     on: {counts['compiled']} compiled, {counts['called']} called as they are, "
+             f"{counts['reference']} fallback(s); at save {speed.get('ratio')}x faster per record "
+             f"({speed.get('plan_us')} us vs {speed.get('reference_us')} us)"]
+    for step in steps:
+        reason = f": {step['reason']}" if step.get("reason") else ""
+        lines.append(f"    {step.get('mode', '?'):<9} {step.get('path')} ({step.get('step')}){reason}")
+    return lines
 
 
 def _inputs(schema: dict[str, Any]) -> list[Any]:
@@ -299,6 +318,7 @@ def _number(value: Any) -> str:
               help="Where invalid rows are listed (CSV). Default: OUTPUT_STEM.rejects.csv beside the output.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output and rejects file.")
 @click.option("--no-probabilities", is_flag=True, help="Leave out the proba_<class> columns (less model work).")
+@click.option("--no-fast-path", is_flag=True, help="Score through the estimator itself, not the artifact's fast path.")
 @click.option("--engine", type=click.Choice(["local", "dask"]), default="local", show_default=True,
               help="Score in this process, or on Dask workers (pip install 'blackbox[dask]').")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
@@ -307,7 +327,7 @@ def _number(value: Any) -> str:
 def score(
     artifact: str, input_path: str, output: str, input_format: str | None, chunk_size: int, id_column: str | None,
     on_error: str, rejects: str | None, overwrite: bool, no_probabilities: bool, engine: str, scheduler: str | None,
-    trusted_keys: tuple[str, ...], allow_unsigned: bool,
+    trusted_keys: tuple[str, ...], allow_unsigned: bool, no_fast_path: bool,
 ) -> None:
     """Score a CSV, Parquet or JSON Lines file in bounded memory; publish the output atomically.
 
@@ -321,6 +341,7 @@ def score(
         artifact, input_path, output, input_format=input_format, chunk_size=chunk_size, id_column=id_column,
         rejects=rejects, on_error=on_error, overwrite=overwrite, engine=engine, scheduler=scheduler,
         trusted_keys=_keys(trusted_keys), allow_unsigned=allow_unsigned, probabilities=not no_probabilities, progress=True,
+        fast_path=not no_fast_path,
     )
     click.echo(summary.describe())
     if summary.exit_code:
@@ -511,19 +532,15 @@ def export_log(
 @click.option("--since", callback=_moment, metavar="ISO", help="Only predictions at or after this time (naive: UTC).")
 @click.option("--until", callback=_moment, metavar="ISO", help="Only predictions before this time.")
 @click.option("--json", "as_json", is_flag=True, help="Print the per-feature numbers as JSON.")
-@click.option("--all-versions", is_flag=True,
-              help="Count the records of every version with the artifact's name, not only this artifact's (its payload sha256).")
 @trust_options
 def drift(
     artifact: str, database: str, output: str | None, since: dt.datetime | None, until: dt.datetime | None, as_json: bool,
-    all_versions: bool, trusted_keys: tuple[str, ...], allow_unsigned: bool,
+    trusted_keys: tuple[str, ...], allow_unsigned: bool,
 ) -> None:
-    """Compare the inputs logged at DB for this artifact with its training data; write an HTML report.
+    """Compare the inputs logged at DB for the artifact's model with its training data; write an HTML report.
 
-    The log's records are this artifact's: those whose payload sha256 is its own
-    (--all-versions: every version of its name). The artifact is read, never unpickled
-    (its signature is checked as for every command). Exit 9 when the log has no such
-    records in the period; 2 without -o or --json.
+    The artifact is read, never unpickled (its signature is checked as for every command).
+    Exit 9 when the log has no records of this model in the period; 2 without -o or --json.
     """
     from . import predlog
     from .drift import worst
@@ -536,26 +553,18 @@ def drift(
     if not signature["valid"] and not (allow_unsigned and not signature["signed"]):
         raise AuthenticityError(f"{artifact}: {signature.get('reason')}; pass --trusted-keys (or --allow-unsigned "
                                 "for an unsigned artifact) to read its training profile.")
-    sha256 = manifest["payload"]["sha256"]
-    live = predlog.read_log(database, since=since, until=until, with_feedback=True, model_name=manifest["name"],
-                            model_sha256=None if all_versions else sha256)
-    which = f"any version of {manifest['name']}" if all_versions else (
-        f"{manifest['name']} {manifest['version']} (payload sha256 {sha256[:12]})")
+    live = predlog.read_log(database, since=since, until=until, with_feedback=True, model_name=manifest["name"])
     if live.empty:
         period = f"from {since or 'the start'} until {until or 'now'}"
-        other = "" if all_versions else "; --all-versions counts every version of the name"
-        raise SchemaError(f"The log at {database} has no predictions of {which} {period}; widen --since/--until, "
-                          f"or check that the server logs with --prediction-log{other}.")
+        raise SchemaError(f"The log at {database} has no predictions of {manifest['name']} {period}; "
+                          "widen --since/--until, or check that the server logs with --prediction-log.")
     features = compare_live(manifest, live)
     if output is not None:
         period = (since.isoformat() if since else None, until.isoformat() if until else None)
-        path = drift_report(manifest, live, output, period=period, features=features, all_versions=all_versions)
-        click.echo(f"{path}: {len(live)} records of {which}, drift {worst(features) or 'not measurable'}", err=as_json)
+        path = drift_report(manifest, live, output, period=period, features=features)
+        click.echo(f"{path}: {len(live)} records of {manifest['name']}, drift {worst(features) or 'not measurable'}", err=as_json)
     if as_json:
-        model = {"name": manifest["name"], "version": manifest["version"], "payload_sha256": sha256,
-                 "all_versions": all_versions}
-        click.echo(json.dumps({"model": model, "records": len(live), "status": worst(features), "features": features},
-                              indent=2))
+        click.echo(json.dumps({"records": len(live), "status": worst(features), "features": features}, indent=2))
 
 
 def _register_serve() -> None:

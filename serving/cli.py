@@ -61,6 +61,8 @@ DEFAULT_THREADS = 32
 @click.option("--trusted-keys", "trusted_keys", multiple=True, type=click.Path(exists=True), metavar="PATH",
               help="Trusted public key (.pub) or directory of them; repeatable. Default: $BLACKBOX_TRUSTED_KEYS.")
 @click.option("--allow-unsigned", is_flag=True, help="Also serve an unsigned artifact: loading it RUNS ITS CODE; only a signature is a trust boundary.")
+@click.option("--no-fast-path", is_flag=True,
+              help="Predict through the estimator itself, not the artifact's fast path (LOAD_OPTIONS fast_path=false).")
 @click.option("--strict", is_flag=True, help="Refuse any package version that differs from the manifest's.")
 @click.option("--strict-fields", is_flag=True, help="Reject records with unknown fields (422) instead of warning.")
 @click.option("--api-keys-file", type=click.Path(exists=True, dir_okay=False),
@@ -94,6 +96,7 @@ def serve(
     read_timeout: float | None,
     trusted_keys: tuple[str, ...],
     allow_unsigned: bool,
+    no_fast_path: bool,
     strict: bool,
     strict_fields: bool,
     api_keys_file: str | None,
@@ -121,7 +124,8 @@ def serve(
     try:
         config, settings = _config(
             list(paths) or None,
-            load={"trusted_keys": list(trusted_keys) or None, "allow_unsigned": allow_unsigned or None, "strict": strict or None},
+            load={"trusted_keys": list(trusted_keys) or None, "allow_unsigned": allow_unsigned or None, "strict": strict or None,
+                  "fast_path": False if no_fast_path else None},
             STORE=store,
             MODEL=list(model_refs) or None,
             POLL_INTERVAL=poll_interval,

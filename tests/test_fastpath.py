@@ -355,3 +355,79 @@ def test_the_forest_walk_finds_each_trees_leaf_at_every_batch_size(titanic, rows
     assert (rows <= SMALL_BATCH) == (rows in (1, 2, 5, 12))  # both ways of finding leaves are covered
     labels, proba = node.both(X)
     assert np.array_equal(labels, forest.predict(X)) and np.abs(proba - forest.predict_proba(X)).max() <= 1e-9
+
+
+# ---------------------------------------------------------------- the commands: inspect shows the plan, score and serve turn it off
+
+@pytest.fixture(scope="module")
+def lr_artifacts(titanic, tmp_path_factory):
+    import blackbox
+    from training.pipeline import build_pipeline
+
+    X_train, _, y_train, _ = titanic
+    pipeline = build_pipeline(X_train.columns, seed=0).fit(X_train, y_train)
+    where = tmp_path_factory.mktemp("fastpath-cli")
+    return (blackbox.save(pipeline, where / "fast.bbx", train_data=X_train, name="fast", version="1"),
+            blackbox.save(pipeline, where / "slow.bbx", train_data=X_train, name="slow", version="1", fast_path=False))
+
+
+def test_inspect_shows_the_plan_its_steps_and_the_speedup(lr_artifacts):
+    from click.testing import CliRunner
+
+    from blackbox.cli import cli
+
+    fast, slow = lr_artifacts
+    out = CliRunner().invoke(cli, ["inspect", str(fast)])
+    assert out.exit_code == 0, out.output
+    assert "fast path     on: 16 compiled, 2 called as they are, 0 fallback(s); at save " in out.output
+    assert "x faster per record" in out.output
+    assert "    called    steps[mapper].features[7]:title.titleextractor (training.transforms.TitleExtractor)" in out.output
+    assert "    compiled  steps[model] (sklearn.linear_model._logistic.LogisticRegression)" in out.output
+    out = CliRunner().invoke(cli, ["inspect", str(slow)])
+    assert "  fast path     off: fast_path=False" in out.output
+
+
+def test_score_no_fast_path_loads_without_it_and_writes_the_same(lr_artifacts, titanic, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import blackbox.persist
+    from blackbox.cli import cli
+
+    fast, _ = lr_artifacts
+    _, X_test, _, _ = titanic
+    source = tmp_path / "in.csv"
+    X_test.dropna(subset=["embarked"]).to_csv(source, index=False)
+    loaded = []
+    original = blackbox.persist.load
+    monkeypatch.setattr(blackbox.persist, "load", lambda *a, **k: loaded.append(original(*a, **k)) or loaded[-1])
+    outputs = []
+    for flags in ([], ["--no-fast-path"]):
+        out = tmp_path / f"out{len(flags)}.csv"
+        result = CliRunner().invoke(cli, ["score", str(fast), str(source), "-o", str(out), *flags])
+        assert result.exit_code == 0, result.output
+        outputs.append(pd.read_csv(out))
+    assert loaded[0].plan is not None and loaded[1].plan is None
+    assert outputs[0]["prediction"].tolist() == outputs[1]["prediction"].tolist()
+    probabilities = [c for c in outputs[0].columns if c.startswith("proba_")]
+    assert probabilities and np.abs(outputs[0][probabilities].to_numpy() - outputs[1][probabilities].to_numpy()).max() <= 1e-9
+
+
+def test_serve_no_fast_path_is_a_load_option(monkeypatch):
+    from click.testing import CliRunner
+
+    import serving.cli
+    from blackbox.errors import UsageError
+    from serving.config import _load_options
+
+    seen = {}
+
+    def stop(path, load, **overrides):
+        seen.update(load)
+        raise UsageError("stopped by the test")
+
+    monkeypatch.setattr(serving.cli, "_config", stop)
+    CliRunner().invoke(serving.cli.serve, ["model.bbx", "--no-fast-path"])
+    assert seen["fast_path"] is False
+    CliRunner().invoke(serving.cli.serve, ["model.bbx"])
+    assert seen["fast_path"] is None  # not given: the default (on) holds
+    assert _load_options({"fast_path": False})["fast_path"] is False  # BLACKBOX_LOAD_OPTIONS__fast_path=false

@@ -76,6 +76,7 @@ def score(
     trusted_keys: Sequence[str | os.PathLike[str]] | None = None,
     allow_unsigned: bool = False,
     probabilities: bool = True,
+    fast_path: bool = True,
     progress: bool = False,
 ) -> Summary:
     """Score every record of ``input`` with the artifact's model and publish ``output`` atomically.
@@ -86,6 +87,7 @@ def score(
     :param on_error: ``fail`` stops at the first invalid row; ``skip`` rejects it and goes on.
     :param engine: ``local`` (this process) or ``dask`` (``scheduler``, or a local cluster).
     :param probabilities: write ``proba_<class>`` columns; without them a forest runs once, not twice.
+    :param fast_path: score through the artifact's fast path when it has one (``blackbox.load``'s option).
     :param progress: report progress on stderr (a bar on a terminal, log lines otherwise).
     """
     started = time.perf_counter()
@@ -95,7 +97,7 @@ def score(
     output_format = FORMATS.get(output.suffix.lower(), source_format)
     _check_options(input, output, rejects, chunk_size, on_error, overwrite, engine, scheduler)
     keyring = Keyring.from_paths(trusted_keys) if trusted_keys else Keyring.from_environment()
-    model = persist.load(artifact, trusted_keys=keyring, allow_unsigned=allow_unsigned)
+    model = persist.load(artifact, trusted_keys=keyring, allow_unsigned=allow_unsigned, fast_path=fast_path)
     model.self_test()
     source = Source(input, source_format, model.schema, id_column, chunk_size)
     spec = OutputSpec(model, id_column, source.id_type, probabilities)
@@ -104,7 +106,7 @@ def score(
     with contextlib.ExitStack() as stack:
         if engine == "dask":
             client = stack.enter_context(dask_client(scheduler))
-            remote = WorkerArtifact(str(Path(artifact).resolve()), model.sha256, keyring, allow_unsigned)
+            remote = WorkerArtifact(str(Path(artifact).resolve()), model.sha256, keyring, allow_unsigned, fast_path)
             results = dask_results(client, source.chunks(), remote, id_column, bool(spec.proba_names))
         else:
             results = (score_chunk(model, chunk, id_column, bool(spec.proba_names)) for chunk in source.chunks())
