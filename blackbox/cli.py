@@ -532,15 +532,19 @@ def export_log(
 @click.option("--since", callback=_moment, metavar="ISO", help="Only predictions at or after this time (naive: UTC).")
 @click.option("--until", callback=_moment, metavar="ISO", help="Only predictions before this time.")
 @click.option("--json", "as_json", is_flag=True, help="Print the per-feature numbers as JSON.")
+@click.option("--all-versions", is_flag=True,
+              help="Count the records of every version with the artifact's name, not only this artifact's (its payload sha256).")
 @trust_options
 def drift(
     artifact: str, database: str, output: str | None, since: dt.datetime | None, until: dt.datetime | None, as_json: bool,
-    trusted_keys: tuple[str, ...], allow_unsigned: bool,
+    all_versions: bool, trusted_keys: tuple[str, ...], allow_unsigned: bool,
 ) -> None:
-    """Compare the inputs logged at DB for the artifact's model with its training data; write an HTML report.
+    """Compare the inputs logged at DB for this artifact with its training data; write an HTML report.
 
-    The artifact is read, never unpickled (its signature is checked as for every command).
-    Exit 9 when the log has no records of this model in the period; 2 without -o or --json.
+    The log's records are this artifact's: those whose payload sha256 is its own
+    (--all-versions: every version of its name). The artifact is read, never unpickled
+    (its signature is checked as for every command). Exit 9 when the log has no such
+    records in the period; 2 without -o or --json.
     """
     from . import predlog
     from .drift import worst
@@ -553,18 +557,26 @@ def drift(
     if not signature["valid"] and not (allow_unsigned and not signature["signed"]):
         raise AuthenticityError(f"{artifact}: {signature.get('reason')}; pass --trusted-keys (or --allow-unsigned "
                                 "for an unsigned artifact) to read its training profile.")
-    live = predlog.read_log(database, since=since, until=until, with_feedback=True, model_name=manifest["name"])
+    sha256 = manifest["payload"]["sha256"]
+    live = predlog.read_log(database, since=since, until=until, with_feedback=True, model_name=manifest["name"],
+                            model_sha256=None if all_versions else sha256)
+    which = f"any version of {manifest['name']}" if all_versions else (
+        f"{manifest['name']} {manifest['version']} (payload sha256 {sha256[:12]})")
     if live.empty:
         period = f"from {since or 'the start'} until {until or 'now'}"
-        raise SchemaError(f"The log at {database} has no predictions of {manifest['name']} {period}; "
-                          "widen --since/--until, or check that the server logs with --prediction-log.")
+        other = "" if all_versions else "; --all-versions counts every version of the name"
+        raise SchemaError(f"The log at {database} has no predictions of {which} {period}; widen --since/--until, "
+                          f"or check that the server logs with --prediction-log{other}.")
     features = compare_live(manifest, live)
     if output is not None:
         period = (since.isoformat() if since else None, until.isoformat() if until else None)
-        path = drift_report(manifest, live, output, period=period, features=features)
-        click.echo(f"{path}: {len(live)} records of {manifest['name']}, drift {worst(features) or 'not measurable'}", err=as_json)
+        path = drift_report(manifest, live, output, period=period, features=features, all_versions=all_versions)
+        click.echo(f"{path}: {len(live)} records of {which}, drift {worst(features) or 'not measurable'}", err=as_json)
     if as_json:
-        click.echo(json.dumps({"records": len(live), "status": worst(features), "features": features}, indent=2))
+        model = {"name": manifest["name"], "version": manifest["version"], "payload_sha256": sha256,
+                 "all_versions": all_versions}
+        click.echo(json.dumps({"model": model, "records": len(live), "status": worst(features), "features": features},
+                              indent=2))
 
 
 def _register_serve() -> None:
@@ -593,4 +605,3 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("Aborted.", err=True)
         return 1
     return code if isinstance(code, int) else 0
-

@@ -2,7 +2,11 @@
 
 At save time :func:`profile` summarises each input column of ``train_data``:
 numbers by their missing rate and the share of values in each training decile
-(bin edges at the training quantiles), low-cardinality strings by their
+(bin edges at the training quantiles), integers by whole numbers instead (one
+bin per integer when training spans at most :data:`MAX_DISCRETE` + 1 of them,
+else deciles rounded to integers; ``integer: true``, edges half-way between
+integers, so live values outside the training range count in the end bins,
+labelled ``<= 0`` and ``>= 8``), low-cardinality strings by their
 category frequencies; free text only by its missing rate. :func:`compare`
 puts a batch of live records through the same bins and reports, per feature,
 the population stability index (PSI), the share of categories never seen in
@@ -23,6 +27,7 @@ import pandas as pd
 from .schema import Schema
 
 QUANTILES = np.linspace(0, 1, 11)[1:-1]  # inner decile edges
+MAX_DISCRETE = 20  # an integer feature spanning at most this many steps gets a bin per integer
 _EPSILON = 1e-4  # floor for empty bins, so PSI stays finite
 MODERATE = 0.1  # PSI from which a shift is worth a look
 MAJOR = 0.25  # PSI above which the population has moved: retrain or investigate
@@ -38,10 +43,15 @@ def profile(frame: pd.DataFrame, schema: Schema) -> dict[str, dict[str, Any]]:
         missing = float(column.isna().mean())
         if field.kind in ("integer", "number"):
             values = column.dropna().to_numpy(dtype=float)
-            edges = sorted(set(np.quantile(values, QUANTILES).tolist())) if len(values) else []
+            integer = field.kind == "integer"
+            if integer:
+                edges = _integer_edges(values)
+            else:
+                edges = sorted(set(np.quantile(values, QUANTILES).tolist())) if len(values) else []
             result[field.name] = {
                 "kind": "numeric",
                 "missing_rate": missing,
+                **({"integer": True} if integer else {}),
                 "edges": edges,
                 "shares": _numeric_shares(values, edges).tolist(),
             }
@@ -73,7 +83,7 @@ def compare(training: Mapping[str, Mapping[str, Any]], live: pd.DataFrame) -> di
             shares = _numeric_shares(present.to_numpy(dtype=float), prof["edges"])
             entry["psi"] = psi(np.asarray(prof["shares"]), shares) if len(present) else None
             entry["live_shares"] = shares.tolist()
-            entry["bins"] = bin_labels(prof["edges"])
+            entry["bins"] = bin_labels(prof["edges"], integer=bool(prof.get("integer")))
         elif prof["kind"] == "categorical":
             seen = list(prof["shares"])
             values = present.astype(str)
@@ -102,12 +112,36 @@ def worst(report: Mapping[str, Mapping[str, Any]]) -> str | None:
     return max(found, key=STATUSES.index) if found else None
 
 
-def bin_labels(edges: list[float]) -> list[str]:
-    """Readable names of the bins :func:`compare` counts numbers in: ``< e0``, ``e0 to e1``, ..., ``>= en``."""
+def bin_labels(edges: list[float], *, integer: bool = False) -> list[str]:
+    """Readable names of the bins :func:`compare` counts numbers in: ``< e0``, ``e0 to e1``, ..., ``>= en``.
+
+    ``integer``: the edges of an integer profile (half-way between integers), named
+    by the integers each bin holds: ``<= 0``, ``1``, ``2 to 4``, ..., ``>= 8``.
+    """
     if not edges:
         return ["all"]
+    if integer:
+        starts = [round(edge + 0.5) for edge in edges]
+        inner = [str(low) if high - 1 == low else f"{low} to {high - 1}" for low, high in zip(starts, starts[1:])]
+        return [f"<= {starts[0] - 1}", *inner, f">= {starts[-1]}"]
     inner = [f"{low:g} to {high:g}" for low, high in zip(edges, edges[1:])]
     return [f"< {edges[0]:g}", *inner, f">= {edges[-1]:g}"]
+
+
+def _integer_edges(values: np.ndarray) -> list[float]:
+    """Edges half-way below the integers that start a bin: each integer of a small range, else rounded deciles.
+
+    The training minimum never starts a bin, so no bin below it is empty by construction.
+    """
+    if not len(values):
+        return []
+    low, high = float(values.min()), float(values.max())
+    if high - low <= MAX_DISCRETE:
+        starts = np.arange(low + 1, high + 1)
+    else:
+        starts = np.unique(np.ceil(np.quantile(values, QUANTILES)))
+        starts = starts[starts > low]
+    return (starts - 0.5).tolist()
 
 
 def psi(expected: np.ndarray, actual: np.ndarray) -> float:

@@ -227,8 +227,12 @@ def read_log(
     until: dt.datetime | None = None,
     with_feedback: bool = False,
     model_name: str | None = None,
+    model_sha256: str | None = None,
 ) -> pd.DataFrame:
     """The logged predictions in ``[since, until)`` (naive times are UTC), oldest first, as one frame.
+
+    ``model_name`` / ``model_sha256``: only that model's rows (by name: every version;
+    by payload sha256: one artifact's).
 
     Columns: :data:`META_COLUMNS` (``ts`` as ``datetime64[ns, UTC]``), then one
     column per input field in first-seen order, then, with ``with_feedback``,
@@ -249,6 +253,8 @@ def read_log(
         query = query.where(predictions.c.ts < _utc(until))
     if model_name is not None:
         query = query.where(predictions.c.model_name == model_name)
+    if model_sha256 is not None:
+        query = query.where(predictions.c.model_sha256 == model_sha256)
     try:
         with log.engine.connect() as conn:
             rows = conn.execute(query.order_by(predictions.c.ts, predictions.c.id)).mappings().all()

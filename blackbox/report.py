@@ -4,9 +4,11 @@
 against the profile the artifact carries and writes a page with the model's
 identity and the period, a table of features (most drifted first, coloured by
 status), one plot per feature (training vs live shares per bin or category,
-unseen categories and missing rates), and, when the records carry feedback
-labels, accuracy and ROC AUC over time against the holdout figures recorded at
-training. The file needs no network: CSS is inline and each plot is an SVG
+unseen categories and missing rates; "no missing values" where neither side
+has any), and, when the records carry feedback labels, accuracy and ROC AUC over
+time against the holdout figures recorded at training: per calendar day (UTC)
+when the labelled records fall on several days, else per hour, else per minute,
+as the heading says. The file needs no network: CSS is inline and each plot is an SVG
 (drawn by matplotlib, ``pip install 'blackbox[report]'``) embedded as a data
 URI, so one plot's ids never meet another's. Every string that comes from the
 data or the manifest is escaped: category names are user input.
@@ -36,8 +38,8 @@ if TYPE_CHECKING:
 
     from .model import Model
 
-MIN_BUCKET = 30  # fewest labelled records an equal-count bucket holds
-MAX_BUCKETS = 10
+BUCKETS = (("day", "D", "%Y-%m-%d"), ("hour", "h", "%Y-%m-%d %H:00"), ("minute", "min", "%Y-%m-%d %H:%M"))
+"""Time buckets of the accuracy over time, coarsest first: the first that splits the labelled records is used."""
 COLOURS = {"training": "#4c72b0", "live": "#dd8452", "stable": "#2e7d32", "moderate": "#e6a100", "major": "#c62828"}
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#222;background:#f6f7f9}
@@ -62,18 +64,21 @@ def drift_report(
     *,
     period: tuple[str | None, str | None] | None = None,
     features: Mapping[str, Mapping[str, Any]] | None = None,
+    all_versions: bool = False,
 ) -> Path:
     """Write the HTML drift report of ``live`` (the artifact's input columns, optionally ``ts``,
     ``prediction``, ``probabilities`` and ``label``) to ``out``; return its path.
 
     ``features``: :func:`compare_live` of the same records, when the caller has it already.
+    ``all_versions``: say that ``live`` holds every version's records of the model's name
+    (the accuracy is this artifact's alone either way).
     Raises UsageError when the artifact has no training profile, the frame is empty,
     or matplotlib is missing; SchemaError when the live columns do not fit the schema.
     """
     manifest = _manifest(model_or_manifest)
     features = compare_live(manifest, live) if features is None else features
     performance = performance_over_time(manifest, live)
-    page = _page(manifest, features, performance, rows=len(live), period=period)
+    page = _page(manifest, features, performance, rows=len(live), period=period, all_versions=all_versions)
     path = Path(out)
     atomic_write(path, page.encode("utf-8"))
     return path
@@ -96,8 +101,12 @@ def compare_live(model_or_manifest: Model | Mapping[str, Any], live: pd.DataFram
 
 
 def performance_over_time(model_or_manifest: Model | Mapping[str, Any], live: pd.DataFrame) -> list[dict[str, Any]]:
-    """Accuracy and ROC AUC of the labelled records this artifact predicted, per day (or per equal-count
-    bucket within a day); [] without labels."""
+    """Accuracy and ROC AUC of the labelled records this artifact predicted, per time bucket; [] without labels.
+
+    Buckets are calendar days (UTC) when the labelled records fall on several, else
+    hours, else minutes (:data:`BUCKETS`); each entry names its ``bucket`` (its start,
+    e.g. ``2026-03-01 06:00``) and ``unit``. Without ``ts``: one bucket of every record.
+    """
     if "label" not in live.columns or "prediction" not in live.columns:
         return []
     manifest = _manifest(model_or_manifest)
@@ -107,14 +116,13 @@ def performance_over_time(model_or_manifest: Model | Mapping[str, Any], live: pd
     if labelled.empty:
         return []
     classes = (manifest.get("output") or {}).get("classes") or []
-    if "ts" in labelled.columns:
-        labelled = labelled.sort_values("ts", kind="stable")
-        days = labelled["ts"].dt.floor("D")
-        if days.nunique() > 1:
-            return [_scores(group, classes, str(day.date())) for day, group in labelled.groupby(days)]
-    count = max(1, min(MAX_BUCKETS, len(labelled) // MIN_BUCKET))
-    return [_scores(labelled.iloc[part], classes, _span(labelled.iloc[part]))
-            for part in np.array_split(np.arange(len(labelled)), count)]
+    if "ts" not in labelled.columns:
+        return [{**_scores(labelled, classes, "all records"), "unit": "all"}]
+    for unit, frequency, layout in BUCKETS:
+        starts = labelled["ts"].dt.floor(frequency)
+        if starts.nunique() > 1:
+            break
+    return [{**_scores(group, classes, f"{start:{layout}}"), "unit": unit} for start, group in labelled.groupby(starts)]
 
 
 def _scores(group: pd.DataFrame, classes: Sequence[Any], bucket: str) -> dict[str, Any]:
@@ -140,13 +148,6 @@ def _class_name(value: Any) -> str:
     return str(value)
 
 
-def _span(group: pd.DataFrame) -> str:
-    if "ts" not in group.columns:
-        return f"{len(group)} records"
-    first, last = group["ts"].iloc[0], group["ts"].iloc[-1]
-    return f"{first:%Y-%m-%d %H:%M} to {last:%H:%M}"
-
-
 def _manifest(model_or_manifest: Model | Mapping[str, Any]) -> Mapping[str, Any]:
     manifest = getattr(model_or_manifest, "manifest", model_or_manifest)
     assert isinstance(manifest, Mapping)
@@ -156,7 +157,7 @@ def _manifest(model_or_manifest: Model | Mapping[str, Any]) -> Mapping[str, Any]
 # -- the page ---------------------------------------------------------------
 def _page(
     manifest: Mapping[str, Any], features: Mapping[str, Mapping[str, Any]], performance: list[dict[str, Any]],
-    *, rows: int, period: tuple[str | None, str | None] | None,
+    *, rows: int, period: tuple[str | None, str | None] | None, all_versions: bool = False,
 ) -> str:
     e = html.escape
     name, version = str(manifest.get("name")), str(manifest.get("version"))
@@ -171,7 +172,8 @@ def _page(
         f"<h1>Drift report: {e(name)} {e(version)} {_badge(overall)}</h1>",
         f"<p class=meta>Payload sha256 <code>{e(str((manifest.get('payload') or {}).get('sha256')))}</code>, "
         f"created {e(str(manifest.get('created_at')))}, trained on {e(str((manifest.get('data') or {}).get('rows')))} rows.<br>"
-        f"Period {e(start or 'start of the log')} to {e(end or 'now')}: {rows} live records. Generated {now}. "
+        f"Period {e(start or 'start of the log')} to {e(end or 'now')}: {rows} live records "
+        f"{f'of every version named {e(name)}' if all_versions else 'this artifact answered'}. Generated {now}. "
         f"PSI below {drift.MODERATE:g} is stable, {drift.MODERATE:g} to {drift.MAJOR:g} moderate, above {drift.MAJOR:g} major.</p>",
         "<h2>Features, most drifted first</h2><table><tr><th>feature</th><th>kind</th><th>status</th><th>PSI</th>"
         "<th>unseen share</th><th>missing (training)</th><th>missing (live)</th></tr>",
@@ -204,12 +206,14 @@ def _performance_section(performance: list[dict[str, Any]], holdout: Mapping[str
     e = html.escape
     labelled = sum(p["records"] for p in performance)
     reference = ", ".join(f"{k} {v:.3f}" for k, v in holdout.items()) or "none recorded in the manifest"
+    unit = performance[0]["unit"]
+    per = "" if unit == "all" else f" per {unit} (UTC)"
     rows = [
-        f"<h2 id=performance>Live accuracy and ROC AUC</h2><p class=note>{labelled} records this artifact predicted "
+        f"<h2 id=performance>Live accuracy and ROC AUC{per}</h2><p class=note>{labelled} records this artifact predicted "
         "have feedback. "
         f"Holdout figures from training: {e(reference)}.</p>",
         f"<div class=card><img class=plot alt='live accuracy and ROC AUC over time' src='{_svg_uri(_performance_figure(performance, holdout))}'></div>",
-        "<table><tr><th>period</th><th>records</th><th>accuracy</th><th>ROC AUC</th></tr>",
+        f"<table><tr><th>{'period' if unit == 'all' else unit}</th><th>records</th><th>accuracy</th><th>ROC AUC</th></tr>",
     ]
     rows += [
         f"<tr><td>{e(p['bucket'])}</td><td class=num>{p['records']}</td><td class=num>{_number(p['accuracy'], 3)}</td>"
@@ -239,10 +243,25 @@ def _percent(value: float | None) -> str:
 
 # -- the plots ----------------------------------------------------------------
 def _feature_figure(profile: Mapping[str, Any], entry: Mapping[str, Any]) -> Figure:
-    """Shares per bin (numbers) or category (plus unseen), training beside live; missing rates on the right."""
+    """Shares per bin (numbers) or category (plus unseen), training beside live; missing rates on the right.
+
+    Where neither training nor live data has a missing value, the missing-rate chart
+    is left out and the title says "no missing values" instead of two empty bars.
+    """
     figure = _figure((7.2, 3.0))
-    grid = figure.add_gridspec(1, 2, width_ratios=(5, 1), wspace=0.35)
-    shares, missing = figure.add_subplot(grid[0]), figure.add_subplot(grid[1])
+    values = [entry["training_missing_rate"], entry["missing_rate"] or 0.0]
+    if any(values):
+        grid = figure.add_gridspec(1, 2, width_ratios=(5, 1), wspace=0.35)
+        shares, missing = figure.add_subplot(grid[0]), figure.add_subplot(grid[1])
+        bars = missing.bar([0, 1], values, color=[COLOURS["training"], COLOURS["live"]])
+        missing.bar_label(bars, [_percent(v) for v in values], fontsize=7)
+        missing.set_xticks([0, 1], ["training", "live"], fontsize=8)
+        missing.set_ylim(0, max(0.05, *values) * 1.25)
+        missing.set_title("missing", fontsize=9)
+        axes, note = (shares, missing), ""
+    else:
+        shares = figure.add_subplot()
+        axes, note = (shares,), ", no missing values"
     if entry["kind"] == "numeric":
         labels, training, live = entry["bins"], profile["shares"], entry["live_shares"]
     elif entry["kind"] == "categorical":
@@ -260,17 +279,11 @@ def _feature_figure(profile: Mapping[str, Any], entry: Mapping[str, Any]) -> Fig
         shares.set_ylabel("share of present values")
         shares.legend(fontsize=8, frameon=False, ncols=2, loc="lower right", bbox_to_anchor=(1, 1), borderaxespad=0)
         psi = entry.get("psi")
-        shares.set_title("no live values" if psi is None else f"PSI {psi:.3f}", fontsize=9, loc="left")
+        shares.set_title(("no live values" if psi is None else f"PSI {psi:.3f}") + note, fontsize=9, loc="left")
     else:
-        shares.text(0.5, 0.5, "free text: only the missing rate is compared", ha="center", va="center", fontsize=9)
+        shares.text(0.5, 0.5, "free text: only the missing rate is compared" + note, ha="center", va="center", fontsize=9)
         shares.set_axis_off()
-    values = [entry["training_missing_rate"], entry["missing_rate"] or 0.0]
-    bars = missing.bar([0, 1], values, color=[COLOURS["training"], COLOURS["live"]])
-    missing.bar_label(bars, [_percent(v) for v in values], fontsize=7)
-    missing.set_xticks([0, 1], ["training", "live"], fontsize=8)
-    missing.set_ylim(0, max(0.05, *values) * 1.25)
-    missing.set_title("missing", fontsize=9)
-    for axis in (shares, missing):
+    for axis in axes:
         axis.spines[["top", "right"]].set_visible(False)
         axis.tick_params(labelsize=8)
     return figure

@@ -56,3 +56,28 @@ def test_psi_is_zero_for_identical_shares_and_symmetric_in_sign():
     assert drift.psi(shares, np.array([0.5, 0.3, 0.2])) > 0
     assert drift.compare({"x": {"kind": "numeric", "missing_rate": 0.0, "edges": [1.0], "shares": [0.5, 0.5]}},
                          pd.DataFrame({"x": [np.nan]}))["x"]["psi"] is None
+
+
+def test_integer_features_are_binned_by_their_values(profile, titanic):
+    _, X_test, *_ = titanic
+    report = drift.compare(profile, X_test)
+    assert profile["pclass"]["integer"] is True and report["pclass"]["bins"] == ["<= 1", "2", ">= 3"]
+    assert all(share > 0.1 for share in profile["pclass"]["shares"])  # no empty "< 1" bin
+    sibsp = report["sibsp"]["bins"]
+    top = int(X_test["sibsp"].max())
+    assert sibsp[:3] == ["<= 0", "1", "2"] and sibsp[-1] == f">= {int(titanic[0]['sibsp'].max())}"
+    assert not any(label.startswith("< ") or "." in label for label in sibsp)  # every integer its own bin
+    assert sum(report["sibsp"]["live_shares"]) == pytest.approx(1.0) and top >= 1
+    assert report["age"]["bins"][0].startswith("< ")  # numbers with a fraction keep their decile bins
+
+
+def test_a_wide_integer_range_gets_integer_ranges():
+    from blackbox.schema import infer_schema
+
+    frame = pd.DataFrame({"count": np.arange(1000, dtype="int64")})
+    profile = drift.profile(frame, infer_schema(frame))["count"]
+    labels = drift.compare({"count": profile}, frame)["count"]["bins"]
+    assert labels[0] == "<= 99" and labels[1] == "100 to 199" and labels[-1] == ">= 900" and len(labels) == 10
+    assert profile["shares"] == pytest.approx([0.1] * 10)
+    old = {key: value for key, value in profile.items() if key != "integer"}  # a profile saved before: its old labels
+    assert drift.compare({"count": old}, frame)["count"]["bins"] == drift.bin_labels(profile["edges"])

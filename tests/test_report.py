@@ -93,6 +93,75 @@ def test_accuracy_per_day_matches_the_labels(model, log_frame):
     assert performance_over_time(model, other) == []
 
 
+def test_accuracy_within_one_day_is_per_hour_with_readable_labels(model, log_frame, tmp_path):
+    day = log_frame[log_frame["ts"] < pd.Timestamp("2026-03-02", tz="UTC")]
+    performance = performance_over_time(model, day)
+    labelled = day[day["label"].notna()]
+    hours = labelled["ts"].dt.floor("h")
+    assert [p["bucket"] for p in performance] == [f"{hour:%Y-%m-%d %H}:00" for hour in sorted(set(hours))]
+    assert len(performance) > 1 and {p["unit"] for p in performance} == {"hour"}
+    assert [p["records"] for p in performance] == hours.value_counts().sort_index().tolist()
+    page = drift_report(model, day, tmp_path / "day.html").read_text()
+    assert "Live accuracy and ROC AUC per hour (UTC)" in page and " to " not in page.split("id=performance")[1].split("</table>")[0]
+
+    minutes = day.assign(ts=pd.Timestamp("2026-03-01T06:14Z") + pd.to_timedelta(np.arange(len(day)) % 5, unit="min"))
+    assert [p["bucket"] for p in performance_over_time(model, minutes)] == [f"2026-03-01 06:{m}" for m in range(14, 19)]
+    assert "per day (UTC)" in drift_report(model, log_frame, tmp_path / "days.html").read_text()
+
+
+def section_plot(page: str, feature: str) -> str:
+    """The SVG of one feature's card."""
+    card = page.split(f"<section class=card id='f-{feature}'")[1].split("</section>")[0]
+    return base64.b64decode(PLOT.search(card).group(1)).decode()
+
+
+def test_a_feature_without_missing_values_says_so_instead_of_empty_axes(model, log_frame, tmp_path):
+    page = drift_report(model, log_frame, tmp_path / "report.html").read_text()
+    assert log_frame["pclass"].notna().all() and model.manifest["profile"]["pclass"]["missing_rate"] == 0
+    pclass = section_plot(page, "pclass")
+    assert "no missing values" in pclass and "0.0%" not in pclass
+    assert "&gt;= 3" in pclass and "&lt; 1" not in pclass  # integer bins, named by their values
+    age = section_plot(page, "age")
+    assert "no missing values" not in age and "missing" in age
+
+
+def write_log(db, model, frame: pd.DataFrame, **identity: str) -> None:
+    """The frame's rows written through the prediction log, as the server writes them; labels with them."""
+    log = predlog.PredictionLog(str(db))
+    fields = model.schema.columns
+    name = {"name": model.name, "version": model.version, "sha256": model.sha256, **identity}
+    for (ts, _), group in frame.groupby(["ts", "request_id"]):
+        log.append(predlog.prediction_rows(
+            request_id=group["request_id"].iloc[0], ts=ts.to_pydatetime(), model=name, client_id=None, latency_ms=2.0,
+            fields=fields, records=json.loads(group[fields].to_json(orient="records")),
+            predictions=group["prediction"].tolist(), probabilities=group["probabilities"].tolist(),
+        ))
+    labelled = frame[frame["label"].notna()]
+    log.add_labels([(r, 0, int(label)) for r, label in zip(labelled["request_id"], labelled["label"])])
+    log.dispose()
+
+
+def test_blackbox_drift_counts_only_this_artifacts_traffic(served_artifact, serving_keys, model, log_frame, tmp_path, capsys):  # noqa: F811
+    db = tmp_path / "log.db"
+    write_log(db, model, log_frame)
+    other = log_frame.assign(request_id="old-" + log_frame["request_id"], age=log_frame["age"] + 40)
+    write_log(db, model, other, version="0.9.0", sha256="0" * 64)  # the same name, another version's traffic
+    drift = ["drift", str(served_artifact), str(db), "--trusted-keys", str(serving_keys[1]), "--json"]
+    assert main(drift) == 0
+    mine = json.loads(capsys.readouterr().out)
+    assert mine["records"] == len(log_frame) and mine["model"]["payload_sha256"] == model.sha256
+    assert main([*drift, "--all-versions"]) == 0
+    every = json.loads(capsys.readouterr().out)
+    assert every["records"] == 2 * len(log_frame) and every["features"]["age"]["psi"] > mine["features"]["age"]["psi"]
+    assert main([*drift, "--since", "2026-03-02"]) == 0 and json.loads(capsys.readouterr().out)["records"] == len(log_frame) // 2
+
+    only_old = tmp_path / "old.db"
+    write_log(only_old, model, other, version="0.9.0", sha256="0" * 64)
+    assert main(["drift", str(served_artifact), str(only_old), "--trusted-keys", str(serving_keys[1]), "--json"]) == 9
+    err = capsys.readouterr().err
+    assert model.sha256[:12] in err and "--all-versions" in err
+
+
 def test_without_labels_there_is_no_accuracy_section(model, log_frame, tmp_path):
     page = drift_report(model, log_frame.drop(columns=["label", "label_ts"]), tmp_path / "r.html").read_text()
     assert "Live accuracy" not in page and len(plots(page)) == len(model.manifest["profile"])
