@@ -3,14 +3,17 @@
 ``save`` writes a fitted estimator (signed with an Ed25519 key) to a single file with the user's own code
 embedded by value and a manifest that describes it; ``load`` verifies the file
 before unpickling anything and returns a :class:`Model`; ``inspect`` reads the
-manifest without unpickling.
+manifest without unpickling. ``__version__`` is the installed distribution's version.
 """
+
+import importlib.metadata
 
 from .errors import (
     ArtifactError,
     AuthenticityError,
     BlackboxError,
     EnvironmentMismatchError,
+    ExitCode,
     IntegrityError,
     SchemaError,
     SelfContainmentError,
@@ -25,11 +28,17 @@ from .persist import inspect, load, save, sign
 from .schema import Schema, infer_schema
 from .store import Release, Store
 
+try:
+    __version__ = importlib.metadata.version("blackbox")
+except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
+
 __all__ = [
     "ArtifactError",
     "AuthenticityError",
     "BlackboxError",
     "EnvironmentMismatchError",
+    "ExitCode",
     "IntegrityError",
     "Model",
     "Release",
@@ -43,6 +52,7 @@ __all__ = [
     "UsageError",
     "Verification",
     "VersionMismatchWarning",
+    "__version__",
     "infer_schema",
     "inspect",
     "load",

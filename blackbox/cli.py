@@ -1,14 +1,24 @@
 """The ``blackbox`` command line. Each command is a thin shell over the public API.
 
 Every error blackbox raises on purpose ends the command with one line on stderr
-and the error class's exit code (see blackbox.errors); never a traceback.
+and the error class's exit code (:class:`~blackbox.errors.ExitCode`); never a
+traceback. The library's messages name its parameters (``overwrite=True``);
+here each is followed by the flags for the parameters the error names
+(``options``), e.g. ``On the command line: --overwrite.``
+
+``serve`` lives with the server (:mod:`serving.cli`) and is imported only when
+it runs or help lists it: importing this module loads neither Flask nor ``serving``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
+import importlib
+import importlib.util
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -17,14 +27,58 @@ import click
 from . import environment, isolation, persist, scoring, signing, trust
 from . import rebuild as rebuild_
 from .artifact import Artifact, parse_manifest, read_bytes, read_header, unpack
-from .errors import AuthenticityError, BlackboxError, SchemaError
+from .errors import AuthenticityError, BlackboxError, ExitCode, SchemaError
 from .imports import pickle_globals
 from .isolation import DEFAULT_BLOCK
 from .signing import TRUSTED_KEYS_ENV
 from .store import Release, Store
 
 
-@click.group()
+class _Command(click.Command):
+    """A command whose blackbox errors end with the flags for the parameters their message names."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BlackboxError as exc:
+            flags = [flag for name, value in exc.options.items() if (flag := _flag(self, name, value))]
+            if flags:
+                exc.message += f"\nOn the command line: {', '.join(flags)}."
+            raise
+
+
+def _flag(command: click.Command, name: str, value: Any) -> str | None:
+    """``--on-error skip`` for the parameter ``on_error`` and the value ``skip``; None if the command has no such option."""
+    option = next((p for p in command.params if isinstance(p, click.Option) and p.name == name), None)
+    if option is None:
+        return None
+    flag = max(option.opts, key=len)
+    return flag if option.is_flag or value is None or isinstance(value, bool) else f"{flag} {value}"
+
+
+class _Group(click.Group):
+    """The commands, and the lazy ones of other packages: imported when run or listed, not with this module."""
+
+    command_class = _Command
+    lazy = {"serve": "serving.cli:serve"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *(name for name in self.lazy if self._installed(name))})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None or cmd_name not in self.lazy or not self._installed(cmd_name):
+            return command
+        module, _, attribute = self.lazy[cmd_name].partition(":")
+        command = getattr(importlib.import_module(module), attribute)
+        self.add_command(command)
+        return command
+
+    def _installed(self, name: str) -> bool:  # blackbox may be installed without its server package
+        return importlib.util.find_spec(self.lazy[name].partition(".")[0]) is not None
+
+
+@click.group(cls=_Group)
 @click.version_option(package_name="blackbox")
 def cli() -> None:
     """Self-contained, verified artifacts for scikit-learn pipelines."""
@@ -62,7 +116,7 @@ def inspect(path: str, as_json: bool, imports: bool, trusted_keys: tuple[str, ..
     if as_json:
         click.echo(json.dumps(manifest, indent=2, sort_keys=True))
     else:
-        click.echo(_summary(manifest))
+        click.echo(_summary(manifest, file=_file_digest(path)))
         if imports:
             click.echo("  payload imports\n" + "\n".join(f"    {g}" for g in manifest["payload_imports"]))
     if require_valid and not manifest["signature"]["valid"]:
@@ -236,8 +290,21 @@ def export(
     click.echo(f"{out}: MLflow pyfunc model of {artifact} (mlflow.pyfunc.load_model({str(out)!r}))")
 
 
-def _summary(m: dict[str, Any]) -> str:
-    """What inspect prints: the keys check_shape guarantees, indexed; every other one read as optional."""
+def _file_digest(path: str) -> tuple[int, str] | None:
+    """The size and sha256 of the whole artifact file (what sha256sum and a store record say); None for a directory."""
+    if not os.path.isfile(path):
+        return None
+    with open(path, "rb") as f:
+        return os.fstat(f.fileno()).st_size, hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _summary(m: dict[str, Any], *, file: tuple[int, str] | None = None) -> str:
+    """What inspect prints: the keys check_shape guarantees, indexed; every other one read as optional.
+
+    Two hashes, named apart: the payload's (``payload_sha256``, bound by the manifest, what a
+    loaded model, the server and the prediction log say) and ``file``'s (``file_sha256``,
+    the whole file, what sha256sum, ``push`` and ``list`` say).
+    """
     search = (m.get("metrics") or {}).get("search") or {}
     git = m.get("git") or {}
     data = m.get("data") or {}
@@ -251,7 +318,8 @@ def _summary(m: dict[str, Any]) -> str:
         f"  signature     {signer}",
         f"  estimator     {m.get('estimator')}",
         f"  serializer    {m['serializer']['name']} {m['serializer'].get('version', '?')}, Python {m['python']['version']}",
-        f"  payload       {m['payload']['size']} bytes, sha256 {m['payload']['sha256']}",
+        f"  payload       {m['payload']['size']} bytes, payload_sha256 {m['payload']['sha256']}",
+        *([f"  file          {file[0]} bytes, file_sha256 {file[1]}"] if file else []),
         f"  by value      {', '.join(map(str, m.get('by_value') or [])) or '-'}",
         f"  requires      {', '.join(f'{k}=={v}' for k, v in (m.get('requirements') or {}).items())}",
         f"  git           {git.get('commit') or '-'} ({git.get('branch') or '-'}{', dirty' if git.get('dirty') else ''})",
@@ -261,7 +329,7 @@ def _summary(m: dict[str, Any]) -> str:
     ]
     if isinstance(search, dict) and search:
         lines.append(
-            f"  cv {search.get('scoring') or 'score'}  {_number(search.get('best_score'))} ± "
+            f"  cv {_scoring(search.get('scoring'), output.get('kind'))}  {_number(search.get('best_score'))} ± "
             f"{_number(search.get('best_score_std'))}  best {json.dumps(search.get('best_params'))}"
         )
     for group, values in (m.get("metrics") or {}).items():
@@ -270,6 +338,14 @@ def _summary(m: dict[str, Any]) -> str:
     lines.append(f"  golden sample {len(m['golden']['records'])} rows")
     lines += _fast_path_lines(m.get("fast_path"))
     return "\n".join(lines)
+
+
+def _scoring(scoring: Any, kind: Any) -> str:
+    """The search's scorer by name; a search without ``scoring`` used the estimator's own ``score``
+    (recorded as None, or "None" by artifacts saved before): accuracy for a classifier, R² for a regressor."""
+    if scoring not in (None, "None"):
+        return str(scoring)
+    return {"classification": "default (accuracy)", "regression": "default (r2)"}.get(kind, "default (the estimator's score)")
 
 
 def _fast_path_lines(record: Any) -> list[str]:
@@ -361,7 +437,12 @@ signing_key_option = click.option(
 
 
 def _show(release: Release, as_json: bool, text: str) -> None:
-    click.echo(json.dumps(release.to_dict(), indent=2, sort_keys=True) if as_json else text)
+    click.echo(json.dumps(_release_json(release), indent=2, sort_keys=True) if as_json else text)
+
+
+def _release_json(release: Release) -> dict[str, Any]:
+    """A release as JSON: its record, whose ``sha256`` is the whole file's, also named ``file_sha256``."""
+    return {**release.to_dict(), "file_sha256": release.sha256}
 
 
 @cli.command()
@@ -383,7 +464,7 @@ def push(
     release = Store.open(store).push(
         path, trusted_keys=_keys(trusted_keys), allow_unsigned=allow_unsigned, signing_key=signing_key
     )
-    _show(release, as_json, f"{release.ref} is in {store}  sha256 {release.sha256}  key {release.key_id or 'unsigned'}")
+    _show(release, as_json, f"{release.ref} is in {store}  file_sha256 {release.sha256}  key {release.key_id or 'unsigned'}")
 
 
 @cli.command("list")
@@ -400,9 +481,9 @@ def list_releases(
     """
     releases = Store.open(store).list(name, trusted_keys=_keys(trusted_keys), allow_unsigned=allow_unsigned)
     if as_json:
-        click.echo(json.dumps([r.to_dict() for r in releases], indent=2, sort_keys=True))
+        click.echo(json.dumps([_release_json(r) for r in releases], indent=2, sort_keys=True))
         return
-    rows = [("NAME", "VERSION", "CREATED", "SHA256", "KEY", "ALIASES", "METRICS")] + [
+    rows = [("NAME", "VERSION", "CREATED", "FILE_SHA256", "KEY", "ALIASES", "METRICS")] + [
         (r.name, r.version, r.created_at or "-", r.sha256[:12], r.key_id or "unsigned", ",".join(r.aliases) or "-",
          _metrics_text(r.metrics))
         for r in releases
@@ -444,7 +525,7 @@ def promote(
         name, version, alias, trusted_keys=_keys(trusted_keys), allow_unsigned=allow_unsigned,
         signing_key=signing_key, allow_downgrade=allow_downgrade,
     )
-    _show(release, as_json, f"{name}@{alias} -> {release.version} in {store}  sha256 {release.sha256}")
+    _show(release, as_json, f"{name}@{alias} -> {release.version} in {store}  file_sha256 {release.sha256}")
 
 
 @cli.command()
@@ -465,7 +546,7 @@ def rollback(
     release = Store.open(store).rollback(
         name, alias, trusted_keys=_keys(trusted_keys), allow_unsigned=allow_unsigned, signing_key=signing_key
     )
-    _show(release, as_json, f"{name}@{alias} rolled back to {release.version} in {store}  sha256 {release.sha256}")
+    _show(release, as_json, f"{name}@{alias} rolled back to {release.version} in {store}  file_sha256 {release.sha256}")
 
 
 @cli.command()
@@ -579,18 +660,6 @@ def drift(
                               indent=2))
 
 
-def _register_serve() -> None:
-    """`blackbox serve` lives with the server (serving/cli.py imports only click at module level)."""
-    try:
-        from serving.cli import serve
-    except ImportError:  # blackbox installed without its server package
-        return
-    cli.add_command(serve)
-
-
-_register_serve()
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code instead of exiting (tests pass argv)."""
     try:
@@ -600,8 +669,9 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except click.ClickException as exc:
         exc.show()
-        return 2
+        return ExitCode.USAGE
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
-        return 1
-    return code if isinstance(code, int) else 0
+        return ExitCode.INTERNAL
+    return code if isinstance(code, int) else ExitCode.OK
+

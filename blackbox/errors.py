@@ -1,60 +1,100 @@
 """The exceptions blackbox raises: one root, one class per failure a caller handles.
 
 Each class carries a stable ``code`` (what the server puts in JSON, so clients
-never match prose) and the ``exit_code`` every command-line tool uses for it.
-Messages say what was wrong, where, and what to do.
+never match prose) and the ``exit_code`` (an :class:`ExitCode`) every
+command-line tool uses for it. Messages say what was wrong, where, and what to
+do, in the terms of the Python API (parameters such as ``overwrite=True``): a
+message never names an HTTP route or a command-line flag. ``options`` lists the
+parameters a message refers to (with the value it suggests), so the command line
+can add its own flags for them; the server adds its routes.
+
+A problem with input data is always :func:`problem`'s
+``{"row", "field", "issue", "expected", "received"}`` entry.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from enum import IntEnum
 from typing import Any
 
 
+class ExitCode(IntEnum):
+    """The exit status of every blackbox command (the README lists the same)."""
+
+    OK = 0
+    INTERNAL = 1  # an unexpected failure: a bug
+    USAGE = 2
+    MALFORMED = 3
+    AUTHENTICITY = 4
+    INTEGRITY = 5
+    ENVIRONMENT = 6
+    SELF_TEST = 7
+    STORE = 8
+    INPUT_DATA = 9
+    PARTIAL_SUCCESS = 10  # some rows scored, others rejected: nothing failed
+    NOT_SELF_CONTAINED = 11
+    REBUILD_DRIFTED = 12
+    REBUILD_FAILED = 13
+    MODEL_FAILED = 14  # the model fails on valid input, or answers NaN or infinity
+
+
+def problem(row: int | None, field: str | None, issue: str, expected: str, received: str) -> dict[str, Any]:
+    """One problem (or warning) with input data: where it is (``row`` and ``field``, None when the whole input
+    is meant) and what was expected instead. The one constructor of that shape."""
+    return {"row": row, "field": field, "issue": issue, "expected": expected, "received": received}
+
+
 class BlackboxError(Exception):
-    """Root of every error blackbox raises on purpose."""
+    """Root of every error blackbox raises on purpose.
+
+    ``options``: the call's parameters the message tells the caller to change,
+    each with the value it suggests (None: no particular value), e.g.
+    ``{"on_error": "skip"}``; a command line names its flags for them.
+    """
 
     code = "blackbox_error"
-    exit_code = 1
+    exit_code = ExitCode.INTERNAL
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.options = dict(options or {})
 
 
 class UsageError(BlackboxError, ValueError):
     """The call itself is wrong: an unfitted estimator, an unknown option."""
 
     code = "usage_error"
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class ArtifactError(BlackboxError):
     """The file is not a blackbox artifact, or its framing is broken."""
 
     code = "malformed_artifact"
-    exit_code = 3
+    exit_code = ExitCode.MALFORMED
 
 
 class AuthenticityError(BlackboxError):
     """The artifact's signature is missing, unknown or invalid."""
 
     code = "authenticity"
-    exit_code = 4
+    exit_code = ExitCode.AUTHENTICITY
 
 
 class IntegrityError(BlackboxError):
     """The payload does not match the digest and length its manifest records."""
 
     code = "integrity"
-    exit_code = 5
+    exit_code = ExitCode.INTEGRITY
 
 
 class EnvironmentMismatchError(BlackboxError):
     """This interpreter cannot safely load the artifact (Python, packages)."""
 
     code = "environment_mismatch"
-    exit_code = 6
+    exit_code = ExitCode.ENVIRONMENT
 
     def __init__(self, message: str, mismatches: Sequence[str] = ()) -> None:
         super().__init__(message)
@@ -65,7 +105,7 @@ class SelfTestError(BlackboxError):
     """The model no longer gives the predictions recorded in its golden sample."""
 
     code = "self_test_failed"
-    exit_code = 7
+    exit_code = ExitCode.SELF_TEST
 
     def __init__(self, message: str, differences: Sequence[Mapping[str, Any]] = ()) -> None:
         super().__init__(message)
@@ -76,19 +116,20 @@ class StoreError(BlackboxError):
     """The model store cannot do what was asked: unreachable, a conflict, a missing version or alias."""
 
     code = "store_error"
-    exit_code = 8
+    exit_code = ExitCode.STORE
 
 
 class SchemaError(BlackboxError, ValueError):
     """Input records do not fit the schema captured at training time."""
 
     code = "validation_error"
-    exit_code = 9
+    exit_code = ExitCode.INPUT_DATA
 
-    def __init__(self, message: str, problems: Sequence[Mapping[str, Any]] = ()) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, problems: Sequence[Mapping[str, Any]] = (), *, options: Mapping[str, Any] | None = None
+    ) -> None:
+        super().__init__(message, options=options)
         self.problems = list(problems)
-
 
 
 class ModelInputError(SchemaError):
@@ -104,10 +145,7 @@ class ModelInputError(SchemaError):
 
     def __init__(self, message: str, rows: Sequence[int], reason: str) -> None:
         expected = "values the model can compute with (finite, within its numeric range after its transforms)"
-        super().__init__(message, [
-            {"row": row, "field": None, "issue": "model_rejected", "expected": expected, "received": reason}
-            for row in (rows or [None])
-        ])
+        super().__init__(message, [problem(row, None, "model_rejected", expected, reason) for row in (rows or [None])])
         self.rows = list(rows)
         self.reason = reason
 
@@ -124,7 +162,7 @@ class ModelOutputError(BlackboxError):
     """
 
     code = "invalid_model_output"
-    exit_code = 14  # the model failed, as ModelFailedError (12 is a drifted rebuild)
+    exit_code = ExitCode.MODEL_FAILED  # as ModelFailedError
 
     def __init__(self, message: str, rows: Sequence[int], output: str) -> None:
         super().__init__(message)
@@ -136,16 +174,14 @@ class ModelOutputError(BlackboxError):
 
     @property
     def problems(self) -> list[dict[str, Any]]:
-        return [
-            {"row": row, "field": None, "issue": "invalid_model_output", "expected": f"finite {self.output}", "received": "NaN or infinity"}
-            for row in self.rows
-        ]
+        return [problem(row, None, "invalid_model_output", f"finite {self.output}", "NaN or infinity") for row in self.rows]
+
 
 class SelfContainmentError(BlackboxError):
     """The payload needs a module that the serving side will not have."""
 
     code = "not_self_contained"
-    exit_code = 11
+    exit_code = ExitCode.NOT_SELF_CONTAINED
 
     def __init__(self, message: str, references: Sequence[str] = ()) -> None:
         super().__init__(message)
@@ -156,7 +192,14 @@ class ModelFailedError(BlackboxError):
     """The model itself fails on valid input: on every row of a batch, not on a few rows a caller can set aside."""
 
     code = "model_failed"
-    exit_code = 14
+    exit_code = ExitCode.MODEL_FAILED
+
+
+class RebuildError(BlackboxError):
+    """The recorded training could not be re-run (no recipe, changed data, a failing run)."""
+
+    code = "rebuild_failed"
+    exit_code = ExitCode.REBUILD_FAILED
 
 
 class VersionMismatchWarning(UserWarning):

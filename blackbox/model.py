@@ -228,7 +228,7 @@ class Model:
         raise ModelInputError(
             f"Model {self.name!r} {self.version} cannot compute with {where}, although it passed the schema: "
             f"{reason[:200]} A value is too large (or becomes infinite or NaN in the model's transforms); "
-            "send values closer to the range seen in training (GET /schema).",
+            "send values closer to the range seen in training (model.schema has each field's minimum and maximum).",
             rows, reason[:200],
         )
 

@@ -14,8 +14,10 @@ missing on a few rows of ``train_data``, still predicts finite values.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import hashlib
 import importlib.metadata
+import inspect as inspect_
 import os
 import tempfile
 import warnings
@@ -64,7 +66,8 @@ def save(
     signing_key: str | os.PathLike[str] | None = None,
     recipe: Mapping[str, Any] | None = None,
     fast_path: bool = True,
-    **metadata: Any,
+    metadata: Mapping[str, Any] | None = None,
+    **unknown: Any,
 ) -> Path:
     """Write ``estimator`` to ``path`` as one self-contained artifact; return the path.
 
@@ -85,7 +88,12 @@ def save(
     :param verify: before publishing at ``path``, load the artifact in an isolated
         interpreter with ``block`` and the by-value modules unimportable
         (:func:`blackbox.verify`); raise if it fails.
+    :param metadata: anything else to record, as JSON, in ``manifest["metadata"]``
+        (e.g. ``{"seed": 42}``). Any other keyword is refused (UsageError): a typo
+        such as ``verfy=True`` must not skip a check silently.
     """
+    if unknown:
+        raise _unknown_arguments(unknown)
     check_names(name, version)  # they become paths in a model store: validated where they are made
     signing_key = signing_key or os.environ.get(SIGNING_KEY_ENV) or None
     model = build(
@@ -101,7 +109,7 @@ def save(
         by_reference=by_reference,
         signing_key=signing_key,
         recipe=recipe,
-        metadata=metadata,
+        metadata=metadata or {},
         fast_path=fast_path,
     )
     data = model.serialize()
@@ -117,6 +125,19 @@ def save(
             UserWarning, stacklevel=2,
         )
     return written
+
+
+def _unknown_arguments(unknown: Mapping[str, Any]) -> UsageError:
+    """save()'s refusal of keywords it does not take, each with the accepted one it is closest to."""
+    accepted = [p.name for p in inspect_.signature(save).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    lines = []
+    for name in sorted(unknown):
+        close = difflib.get_close_matches(name, accepted, n=1)
+        lines.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return UsageError(
+        f"save() got unknown keyword argument(s) {', '.join(lines)}; it takes {', '.join(accepted)}. "
+        'Anything else to record in the manifest goes in metadata={...}.'
+    )
 
 
 def _verify_candidate(data: bytes, block: Collection[str], signing_key: str | os.PathLike[str] | None) -> None:

@@ -37,19 +37,12 @@ from typing import Any
 from . import signing
 from .artifact import Artifact, parse_manifest, read_bytes, read_header
 from .atomic import atomic_write
-from .errors import BlackboxError, UsageError
+from .errors import BlackboxError, ExitCode, RebuildError, UsageError
 from .isolation import verify
 from .signing import SIGNING_KEY_ENV
 from .trust import TrustedKeys, authenticate
 
-REPRODUCED, DRIFTED = 0, 12
-
-
-class RebuildError(BlackboxError):
-    """The recorded training could not be re-run (no recipe, changed data, a failing run)."""
-
-    code = "rebuild_failed"
-    exit_code = 13
+REPRODUCED, DRIFTED = ExitCode.OK, ExitCode.REBUILD_DRIFTED
 
 
 def recipe_section(recipe: Mapping[str, Any], search: Any) -> dict[str, Any]:
@@ -170,19 +163,21 @@ def _rebuild(
     if key_path is None and not allow_unsigned:
         raise RebuildError(
             "No key to sign the rebuilt artifact with, and loaders refuse unsigned artifacts: pass "
-            f"--signing-key KEY (signing_key=) or set {SIGNING_KEY_ENV}; or --allow-unsigned for an unsigned rebuild."
+            f"signing_key=KEY or set {SIGNING_KEY_ENV}; or allow_unsigned=True for an unsigned rebuild.",
+            options={"signing_key": "KEY", "allow_unsigned": True},
         )
     private_key = None if key_path is None else signing.load_private_key(Path(key_path).resolve())
     data_path = Path(data or recipe["data"]["path"]).resolve()
     if not data_path.is_file():
-        raise RebuildError(f"Training data {str(data_path)!r} is not there; pass the snapshot with --data PATH.")
+        raise RebuildError(f"Training data {str(data_path)!r} is not there; pass the snapshot as data=PATH.", options={"data": "PATH"})
     data_sha = _file_sha256(data_path)
     data_changed = data_sha != recipe["data"]["sha256"]
     if data_changed and not allow_data_change:
         raise RebuildError(
             f"Training data {str(data_path)!r} has sha256 {data_sha[:16]}…, not the recorded "
             f"{recipe['data']['sha256'][:16]}…: it is another snapshot. Pass the original data, or "
-            "--allow-data-change to rebuild on this one (the report will say so)."
+            "allow_data_change=True to rebuild on this one (the report will say so).",
+            options={"allow_data_change": True},
         )
     with tempfile.TemporaryDirectory(prefix="blackbox-rebuild-") as workdir:
         src, built = Path(workdir) / "src", Path(workdir) / "rebuilt.bbx"
@@ -245,9 +240,9 @@ def _report(
     old_holdout, new_holdout = old["metrics"].get("holdout") or {}, new["metrics"].get("holdout") or {}
     notes = []
     if data_changed:
-        notes.append("rebuilt on a different data snapshot (--allow-data-change)")
+        notes.append("rebuilt on a different data snapshot (a data change was allowed)")
     if signed_by is None:
-        notes.append("the rebuilt artifact is UNSIGNED (--allow-unsigned)")
+        notes.append("the rebuilt artifact is UNSIGNED (unsigned was allowed)")
     notes += [f"{lib} {v['old']} -> {v['new']}" for lib, v in versions.items() if v["old"] != v["new"]]
     return RebuildReport(
         status="reproduced" if reproduced else "drifted",

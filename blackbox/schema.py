@@ -55,7 +55,7 @@ Rules callers rely on:
   object columns are checked value by value, and row-level entries are capped
   at 100 per (field, issue), followed by one ``row: None`` "N more rows" entry.
 
-Every problem and warning is ``{"row", "field", "issue", "expected", "received"}``.
+Every problem and warning is ``{"row", "field", "issue", "expected", "received"}`` (:func:`blackbox.errors.problem`).
 Problems (one :class:`SchemaError` lists them all; nothing is predicted):
 ``not_a_list`` (the batch is not a list), ``empty`` (no records),
 ``not_an_object``, ``missing``, ``null``, ``type``, ``non_finite``, ``too_long``
@@ -82,7 +82,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from blackbox.errors import SchemaError, UsageError
+from blackbox.errors import SchemaError, UsageError, problem
 
 __all__ = ["Field", "Schema", "infer_schema"]
 
@@ -523,7 +523,7 @@ class _Report:
             self._counts[field, issue, warning] += 1
             if self._counts[field, issue, warning] > self.cap:
                 return
-        entry = {"row": row, "field": field, "issue": issue, "expected": expected, "received": received}
+        entry = problem(row, field, issue, expected, received)
         (self.warnings if warning else self.problems).append(entry)
 
     def add_rows(self, rows: np.ndarray, field: str, issue: str, expected: str, values: np.ndarray, *, warning: bool = False) -> None:
@@ -533,14 +533,14 @@ class _Report:
         room = max(self.cap - self._counts[field, issue, warning], 0)
         self._counts[field, issue, warning] += len(rows)
         for row in rows[:room].tolist():
-            entry = {"row": row, "field": field, "issue": issue, "expected": expected, "received": _describe(values[row].item())}
+            entry = problem(row, field, issue, expected, _describe(values[row].item()))
             (self.warnings if warning else self.problems).append(entry)
 
     def check(self, total: int) -> None:
         """Raise the batch's one SchemaError if anything is wrong."""
         for (field, issue, warning), count in self._counts.items():
             if count > self.cap:
-                entry = {"row": None, "field": field, "issue": issue, "expected": "as above", "received": f"{count - self.cap} more rows"}
+                entry = problem(None, field, issue, "as above", f"{count - self.cap} more rows")
                 (self.warnings if warning else self.problems).append(entry)
         key = lambda p: (p["row"] is not None, p["row"] or 0, self._order.get(p["field"], len(self._order)))  # noqa: E731
         self.problems.sort(key=key)
@@ -554,7 +554,7 @@ class _Report:
             lines.append(f"- {where or 'input'}: expected {p['expected']}, got {p['received']}")
         if len(self.problems) > _SHOWN:
             lines.append(f"- ... and {len(self.problems) - _SHOWN} more")
-        lines.append("Send records with the fields listed by the model's schema (GET /schema); every problem is listed in the details.")
+        lines.append("Send records with the fields the model's schema lists (model.schema); every problem is listed in the error's problems.")
         raise SchemaError("\n".join(lines), self.problems)
 
 

@@ -1,7 +1,10 @@
 """Every failure as one JSON shape, from one table of exception class -> (HTTP status, code).
 
 Scope: mapping exceptions to responses. Domain code raises blackbox errors and
-werkzeug's HTTP exceptions; nothing else in serving picks a status code. The
+werkzeug's HTTP exceptions; nothing else in serving picks a status code. A
+blackbox error's code in the table is its class's ``code`` (so the library and
+the wire cannot disagree); a validation error's message gets the route that
+describes the fields (the library's messages name no routes). The
 body is always ``{"error": {"code", "message", "details": [...]}, "request_id"}``
 with ``details`` the schema's ``{"row", "field", "issue", "expected",
 "received"}`` entries. Anything not in the table is a bug or a failure inside
@@ -49,13 +52,13 @@ from .payloads import BodyTimeout, TooManyRecords
 from .predlog import InvalidFeedback, PredictionLogOff, PredictionLogUnavailable
 
 TABLE: Mapping[type[BaseException], tuple[int, str]] = {
-    TooManyRecords: (413, "too_many_records"),
+    TooManyRecords: (413, TooManyRecords.code),  # a blackbox error's code is its class's own
+    ModelInputError: (422, ModelInputError.code),
+    SchemaError: (422, SchemaError.code),
+    ModelOutputError: (500, ModelOutputError.code),
     InvalidFeedback: (422, "invalid_feedback"),
     PredictionLogOff: (409, "prediction_log_off"),
     PredictionLogUnavailable: (503, "prediction_log_unavailable"),
-    ModelInputError: (422, "model_rejected_input"),
-    SchemaError: (422, "validation_error"),
-    ModelOutputError: (500, "invalid_model_output"),
     ModelTimeout: (504, "timeout"),
     BodyTimeout: (408, "request_timeout"),
     BadRequest: (400, "malformed_body"),
@@ -72,6 +75,8 @@ TABLE: Mapping[type[BaseException], tuple[int, str]] = {
 """Looked up along the exception's MRO, so the most specific class wins."""
 
 INTERNAL_MESSAGE = "The server failed while handling this request; the request id finds the details in its log."
+SCHEMA_HINT = "GET /schema describes the fields."
+"""Appended to the message of a validation error (code ``validation_error``) and of a refused input."""
 
 
 def init_app(app: Flask) -> None:
@@ -99,6 +104,8 @@ def handle(exc: Exception) -> Response:
         message = exc.description or code
     else:
         message = str(exc)
+        if code in (SchemaError.code, ModelInputError.code):
+            message += f"\n{SCHEMA_HINT}"
     headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"} if isinstance(exc, HTTPException) else None
     body = {"error": {"code": code, "message": message, "details": details}, "request_id": request_id()}
     return jsonio.response(body, status, headers)

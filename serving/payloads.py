@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from blackbox import SchemaError
+from blackbox.errors import problem as _problem
 from flask import Request
 from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 
@@ -30,6 +31,8 @@ SHOWN_ROWS = 100  # per-row shape problems listed before "N more rows", as the s
 
 class TooManyRecords(SchemaError):
     """The batch is over the configured record limit (checked before any validation)."""
+
+    code = "too_many_records"
 
 
 class BodyTimeout(Exception):
@@ -167,10 +170,6 @@ def _list(value: Any, expected: str) -> list[Any]:
 
 def _shape_error(issue: str, expected: str, received: str) -> SchemaError:
     return SchemaError(f"The body does not have the expected shape: expected {expected}, got {received}.", [_problem(None, None, issue, expected, received)])
-
-
-def _problem(row: int | None, field: str | None, issue: str, expected: str, received: str) -> dict[str, Any]:
-    return {"row": row, "field": field, "issue": issue, "expected": expected, "received": received}
 
 
 def _describe(value: Any) -> str:

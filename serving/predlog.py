@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from blackbox import Model
+from blackbox.errors import problem as _problem
 from blackbox.predlog import SQLITE_BUSY_MS, TRANSIENT, PredictionLog, prediction_rows
 from blackbox.schema import NUMERIC_PATTERN
 from flask import Request, g
@@ -340,19 +341,18 @@ def store_feedback(
 def _checked(index: int, label: Any, model: Model | None) -> tuple[Any] | dict[str, Any]:
     """``(label as stored,)``, or the entry's problem with ``label`` for ``model``."""
     if model is None:
-        return {"row": index, "field": "label", "issue": "unknown_model", "received": _shown(label),
-                "expected": "a label for a prediction this server made: this one is not in the log (yet), so which "
-                            "model's classes it must match is unknown; send it to /models/NAME/feedback"}
+        return _problem(index, "label", "unknown_model",
+                        "a label for a prediction this server made: this one is not in the log (yet), so which "
+                        "model's classes it must match is unknown; send it to /models/NAME/feedback", _shown(label))
     value = as_label(model, label)
     if value is not _REFUSED:
         return (value,)
     classes = model.classes
     if classes is None:
-        return {"row": index, "field": "label", "issue": "invalid", "received": _shown(label),
-                "expected": f"a finite number (model {model.name!r} is a regressor), as a JSON number or numeric text"}
+        return _problem(index, "label", "invalid",
+                        f"a finite number (model {model.name!r} is a regressor), as a JSON number or numeric text", _shown(label))
     shown = json.dumps(classes[:20]) + (f" and {len(classes) - 20} more" if len(classes) > 20 else "")
-    return {"row": index, "field": "label", "issue": "unknown_class", "received": _shown(label),
-            "expected": f"one of model {model.name!r}'s classes: {shown}"}
+    return _problem(index, "label", "unknown_class", f"one of model {model.name!r}'s classes: {shown}", _shown(label))
 
 
 _REFUSED = object()
@@ -434,7 +434,7 @@ def _label(index: int, entry: Any) -> tuple[str, int, Any] | list[dict[str, Any]
             received = type(entry[field]).__name__ if field in entry else "nothing"
         else:
             received = type(entry).__name__
-        return {"row": index, "field": field, "issue": issue, "expected": expected, "received": received}
+        return _problem(index, field, issue, expected, received)
 
     if not isinstance(entry, dict):
         return [problem(None, "not_an_object", 'an object {"request_id", "row", "label"}')]

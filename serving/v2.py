@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from blackbox import Model, SchemaError
+from blackbox.errors import problem as _problem
 from flask import Blueprint, Response, request
 from werkzeug.exceptions import BadRequest, NotFound, UnsupportedMediaType
 
@@ -273,10 +274,6 @@ def _datatype(values: Sequence[Any], default: str) -> str:
     if values and all(isinstance(v, str) for v in values):
         return "BYTES"
     return default
-
-
-def _problem(row: int | None, field: str | None, issue: str, expected: str, received: str) -> dict[str, Any]:
-    return {"row": row, "field": field, "issue": issue, "expected": expected, "received": received}
 
 
 def _invalid(message: str, field: str | None, issue: str, expected: str, received: str) -> SchemaError:

@@ -73,7 +73,7 @@ def saved(request, search, titanic, tmp_path_factory) -> Path:
         version="1.0.0",
         metrics={"holdout": {"accuracy": 0.8}},
         data_source="test-split",
-        seed=0,
+        metadata={"seed": 0},
     )
 
 

@@ -262,7 +262,8 @@ def test_existing_output_is_refused_unless_overwrite(artifact, rows, tmp_path, c
     out = tmp_path / "out.csv"
     out.write_text("precious")
     assert run(artifact, source, "-o", out) == 2
-    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "already exists; pass overwrite=True" in err and "On the command line: --overwrite." in err
     assert out.read_text() == "precious"
     assert run(artifact, source, "-o", out, "--overwrite") == 0
     assert len(read_output(out)) == 5

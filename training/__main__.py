@@ -172,8 +172,7 @@ def train(
             data_source=source,
             verify=verify,
             signing_key=signing_key,
-            seed=seed,
-            training_command=training_command,
+            metadata={"seed": seed, "training_command": training_command},
             recipe={
                 "entry_point": "training",
                 "args": recipe_args(seed, serializer, small_grid, name),

@@ -36,7 +36,8 @@ def dask_client(scheduler: str | None = None) -> Iterator[Any]:
         try:
             client = stack.enter_context(Client(target))
         except OSError as exc:
-            raise UsageError(f"Cannot reach the Dask scheduler at {scheduler!r}: {exc}. Check --scheduler.") from None
+            raise UsageError(f"Cannot reach the Dask scheduler at {scheduler!r}: {exc}. Check the scheduler address.",
+                             options={"scheduler": None}) from None
         yield client
 
 

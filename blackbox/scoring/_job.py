@@ -13,7 +13,7 @@ from typing import Any
 
 from .. import persist
 from ..atomic import atomic_writer
-from ..errors import SchemaError, UsageError
+from ..errors import ExitCode, SchemaError, UsageError
 from ..signing import Keyring
 from ._dask import WorkerArtifact, dask_client, dask_results, worker_loads
 from ._progress import Progress
@@ -22,7 +22,7 @@ from ._scorer import MODEL_ERROR, MODEL_ISSUES, score_chunk
 from ._writer import OutputSpec, RejectsWriter, open_writer
 
 DEFAULT_CHUNK_ROWS = 50_000
-PARTIAL_SUCCESS = 10
+PARTIAL_SUCCESS = ExitCode.PARTIAL_SUCCESS
 """Exit code of a run that scored some rows and rejected others (not an error: nothing failed)."""
 
 
@@ -44,8 +44,8 @@ class Summary:
         return self.rows_read / self.seconds if self.seconds else 0.0
 
     @property
-    def exit_code(self) -> int:
-        return PARTIAL_SUCCESS if self.rows_rejected else 0
+    def exit_code(self) -> ExitCode:
+        return PARTIAL_SUCCESS if self.rows_rejected else ExitCode.OK
 
     def describe(self) -> str:
         lines = [
@@ -142,14 +142,17 @@ def _check_options(
     if engine not in ("local", "dask"):
         raise UsageError(f"engine must be 'local' or 'dask', not {engine!r}.")
     if scheduler is not None and engine != "dask":
-        raise UsageError("--scheduler only applies to --engine dask.")
+        raise UsageError("A scheduler only applies with engine='dask'.", options={"scheduler": None, "engine": "dask"})
     if chunk_size < 1:
         raise UsageError(f"The chunk size must be at least 1 row, not {chunk_size}.")
     if len({input.resolve(), output.resolve(), rejects.resolve()}) < 3:
         raise UsageError(f"The input {str(input)!r}, the output {str(output)!r} and the rejects file {str(rejects)!r} must be three different files.")
     for path in (output, rejects):
         if path.exists() and not overwrite:
-            raise UsageError(f"{str(path)!r} already exists; pass --overwrite to replace it, or choose another path.")
+            raise UsageError(
+                f"{str(path)!r} already exists; pass overwrite=True to replace it, or choose another path.",
+                options={"overwrite": True},
+            )
 
 
 def _first_reject(rejects: list[tuple[int, Any, dict[str, Any]]], input: Path, output: Path) -> SchemaError:
@@ -165,7 +168,8 @@ def _first_reject(rejects: list[tuple[int, Any, dict[str, Any]]], input: Path, o
     return SchemaError(
         f"{str(input)!r} row {row} (1-based): {what}"
         + (f"; {more} more problem(s) in the same chunk" if more else "")
-        + f". Nothing was written to {str(output)!r}. Fix the input, or rerun with --on-error skip to score the "
+        + f". Nothing was written to {str(output)!r}. Fix the input, or rerun with on_error='skip' to score the "
         "valid rows and list the invalid ones in a rejects file.",
         [{**problem, "row": reject_row} for reject_row, _, problem in rejects],
+        options={"on_error": "skip"},
     )

@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from ..errors import SchemaError, UsageError
+from ..errors import SchemaError, UsageError, problem
 from ..schema import Field, Schema
 from ._chunks import Chunk
 
@@ -34,7 +34,8 @@ def format_of(path: Path, given: str | None) -> str:
         return FORMATS[path.suffix.lower()]
     except KeyError:
         raise UsageError(
-            f"Cannot tell the format of {str(path)!r} from its extension ({', '.join(FORMATS)}); pass --format csv|parquet|jsonl."
+            f"Cannot tell the format of {str(path)!r} from its extension ({', '.join(FORMATS)}); pass input_format='csv', 'parquet' or 'jsonl'.",
+            options={"input_format": "csv|parquet|jsonl"},
         ) from None
 
 
@@ -122,7 +123,7 @@ class Source:
                 f"{str(self.path)!r} lacks column(s) {', '.join(map(repr, missing[:5]))}"
                 f"{' and more' if len(missing) > 5 else ''}, which {what} need ({', '.join(self.columns)}). "
                 "Add them (names match exactly), or score another file.",
-                [{"row": None, "field": name, "issue": "missing", "expected": "a column", "received": "no such column"} for name in missing],
+                [problem(None, name, "missing", "a column", "no such column") for name in missing],
             )
 
     def _read(self, function: Any, *args: Any, **kwargs: Any) -> Any:
@@ -130,7 +131,10 @@ class Source:
         try:
             return function(*args, **kwargs)
         except (pa.ArrowException, OSError) as exc:
-            raise SchemaError(f"Cannot read {str(self.path)!r} as {self.format.upper()}: {exc}. Fix the file or pass the right --format.") from None
+            raise SchemaError(
+                f"Cannot read {str(self.path)!r} as {self.format.upper()}: {exc}. Fix the file or pass the right input_format.",
+                options={"input_format": None},
+            ) from None
 
 
 def _rebatch(batches: Iterator[pa.RecordBatch], size: int) -> Iterator[pa.Table]:
@@ -171,7 +175,7 @@ def parse(
             kept.append(position)
         except (ValueError, RecursionError) as exc:  # ValueError covers bad UTF-8 and bad JSON
             reason = str(exc)[:80]
-            rejects[position] = [{"row": None, "field": None, "issue": "invalid_json", "expected": "a JSON object", "received": reason}]
+            rejects[position] = [problem(None, None, "invalid_json", "a JSON object", reason)]
             records.append(None)
     ids = [record.get(id_column) if isinstance(record, dict) else None for record in records] if id_column else None
     return [records[i] for i in kept], ids, kept, rejects

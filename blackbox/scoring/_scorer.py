@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ..errors import ModelFailedError, ModelInputError, ModelOutputError, SchemaError
+from ..errors import ModelFailedError, ModelInputError, ModelOutputError, SchemaError, problem
 from ..model import Model
 from ._chunks import Chunk, Scored
 from ._reader import parse
@@ -164,7 +164,7 @@ def _call(model: Model, frame: pd.DataFrame, probabilities: bool) -> tuple[list[
 
 
 def _model_problem(error: Exception) -> dict[str, Any]:
-    return {"row": None, "field": None, "issue": MODEL_ERROR, "expected": "a record the model can score", "received": _reason(error)}
+    return problem(None, None, MODEL_ERROR, "a record the model can score", _reason(error))
 
 
 def _reason(error: Exception) -> str:

@@ -33,7 +33,8 @@ class OutputSpec:
         fields += [(name, pa.float64()) for name in self.proba_names] + [(name, pa.string()) for name in self.metadata]
         names = [name for name, _ in fields]
         if len(set(names)) < len(names):
-            raise UsageError(f"The id column {id_column!r} clashes with an output column ({', '.join(names)}); pass another --id-column.")
+            raise UsageError(f"The id column {id_column!r} clashes with an output column ({', '.join(names)}); pass another id_column.",
+                             options={"id_column": None})
         self.schema = pa.schema(fields)
 
     def table(self, scored: Scored) -> pa.Table:
