@@ -11,8 +11,10 @@ directory of ``.bbx``, or several ``--model``) serve several models, each under
 its name; one that fails its checks is reported not ready while the others
 serve. When none passes (one model alone: when it fails), the command ends with
 the error's exit code (7 for a crash or a timeout) and one line. The master never runs model code. Following a store
-that cannot be reached at start, it starts anyway (live, not ready) on the
-last good cached release or on none, and the workers keep trying the store.
+that cannot be reached at start, or whose target is refused (a bad release,
+a replayed pointer), it starts anyway on the last good cached release (or, the
+store unreachable, on none: live, not ready), and the workers keep following.
+A port already in use is a usage error (exit 2) before anything is vetted.
 ``--debug`` runs Flask's development server instead, in one process.
 """
 
@@ -40,6 +42,9 @@ DEFAULT_THREADS = 32
 @click.option("--store", default=None, metavar="URI", help="Follow releases in this model store instead of serving PATHs.")
 @click.option("--model", "model_refs", multiple=True, metavar="NAME@ALIAS",
               help="A store reference to follow, e.g. titanic@production; repeatable (one model each).")
+@click.option("--allow-downgrade", is_flag=True,
+              help="Accept an older store pointer than the one accepted last (even before a restart: it is recorded "
+                   "in --cache-dir), or an older version not marked a rollback.")
 @click.option("--poll-interval", type=click.FloatRange(min=0), default=None,
               help="Seconds between checks of the followed alias (0: only POST /reload) [default: 30].")
 @click.option("--load-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -84,6 +89,7 @@ def serve(
     paths: tuple[str, ...],
     store: str | None,
     model_refs: tuple[str, ...],
+    allow_downgrade: bool,
     poll_interval: float | None,
     load_timeout: float | None,
     cache_dir: str | None,
@@ -128,6 +134,7 @@ def serve(
                   "fast_path": False if no_fast_path else None},
             STORE=store,
             MODEL=list(model_refs) or None,
+            ALLOW_DOWNGRADE=allow_downgrade or None,
             POLL_INTERVAL=poll_interval,
             LOAD_TIMEOUT=load_timeout,
             CACHE_DIR=cache_dir,
@@ -145,6 +152,7 @@ def serve(
         )
         _check_exposure(host, settings, insecure_no_auth)
         _check_timeouts(settings, timeout)
+        _check_port(host, port)  # before the slow part (vetting), and before gunicorn's retries and "Can't connect"
         if debug:
             from . import create_app
 
@@ -199,6 +207,28 @@ def _check_timeouts(settings: Settings, timeout: int) -> None:
             f"--request-timeout ({settings.request_timeout:g} s, env BLACKBOX_REQUEST_TIMEOUT) must be below "
             f"--timeout ({timeout} s), gunicorn's worker timeout: lower the first or raise the second."
         )
+
+
+def _check_port(host: str, port: int) -> None:
+    """Bind ``host:port`` once (SO_REUSEADDR, as gunicorn binds) and let go: a port in use is a usage error (exit 2)."""
+    import errno
+    import socket
+
+    from blackbox import UsageError
+
+    address = host.strip("[]")
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(sockaddr)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise UsageError(
+                f"port {port} on {host} is already in use: pass --port with a free port, or stop what listens there."
+            ) from None
+        reason = exc.strerror or str(exc)
+        raise UsageError(f"Cannot bind {host}:{port}: {reason}. Pass another --host or --port.") from None
 
 
 def _is_loopback(host: str) -> bool:
@@ -280,6 +310,9 @@ def _follow_once(settings: Settings, ref: str, vetted: Any) -> str:
     where = f"following {ref} in {settings.store}"
     if admitted is None:
         return f"{where}: the store cannot be reached and nothing is cached yet, so the workers start not ready and retry"
-    target, source = admitted
-    cached = " (the store cannot be reached: its last good copy from the cache)" if source == "cache" else ""
+    target, source, refused = admitted
+    cached = ""
+    if source == "cache":
+        why = f"the store's target is refused: {refused}" if refused else "the store cannot be reached"
+        cached = f" ({why}; its last good copy from the cache, and the workers keep following)"
     return f"{where}: {target.name} {target.version}{cached} (sha256 {target.sha256[:12]}) verified in an isolated child"

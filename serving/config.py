@@ -43,6 +43,9 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
         # Seconds the first load and self-test of a new artifact may take in its isolated child
         # (serving/holder.py: vet); past that it is refused like a crash.
         "LOAD_TIMEOUT": 120,
+        # Accept an older pointer than the one accepted last (recorded in CACHE_DIR across restarts)
+        # or an older version that the pointer does not call a rollback: for an operator going back.
+        "ALLOW_DOWNGRADE": False,
         # Where releases pulled from the store are kept; the last good one serves while the
         # store is unreachable. None: $XDG_CACHE_HOME/blackbox/serve (~/.cache/blackbox/serve).
         "CACHE_DIR": None,
@@ -104,6 +107,7 @@ class Settings:
     model_refs: tuple[str, ...]
     unavailable: Mapping[str, str]
     poll_interval: float
+    allow_downgrade: bool
     load_timeout: float
     cache_dir: Path
     load_options: Mapping[str, Any]
@@ -143,6 +147,7 @@ class Settings:
             model_refs=model_refs,
             unavailable=MappingProxyType(dict(unavailable)),
             poll_interval=_number(config, "POLL_INTERVAL", "seconds"),
+            allow_downgrade=_bool(config, "ALLOW_DOWNGRADE"),
             load_timeout=_positive(config, "LOAD_TIMEOUT"),
             cache_dir=_cache_dir(config["CACHE_DIR"]),
             load_options=_load_options(config["LOAD_OPTIONS"]),

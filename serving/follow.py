@@ -17,10 +17,21 @@ any check is not swapped in: the old model keeps serving, and ``/ready``,
 and why. A release that failed its own checks is not tried again until the
 reference moves; a store that could not be reached is tried again at the next poll.
 
-Until a first model is held (the store unreachable at start), the follower
-retries with a doubling back-off capped at ``POLL_INTERVAL`` (30 s when that
-is 0), and meanwhile serves the last release it loaded from this reference
-before, kept in ``CACHE_DIR`` (``status["served_from"]`` says ``cache`` or ``store``).
+Until a first model is held, the follower retries with a doubling back-off
+capped at ``POLL_INTERVAL`` (30 s when that is 0). Meanwhile it serves the last
+release it loaded from this reference before, kept in ``CACHE_DIR``
+(``status["served_from"]`` says ``cache`` or ``store``): when the store cannot
+be reached, and also when what the store names is refused (a bad release, a
+replayed or forged pointer), whose refusal the status gives (result
+``failed``, its code and reason) while the follower keeps following.
+
+Replay protection survives restarts, as The Update Framework keeps its trusted
+metadata on disk: the record of NAME@ALIAS in ``CACHE_DIR`` also holds the last
+pointer accepted (sequence, version, sha256), passed as ``after=`` to the first
+resolve of a new process, so a restarted server refuses an older pointer as a
+running one does. ``ALLOW_DOWNGRADE`` (``serve --allow-downgrade``) lifts that
+check, for an operator who means to go back. A worker never lowers the recorded
+sequence otherwise (workers share the record).
 
 Each gunicorn worker follows on its own: ``POST /reload`` reaches one worker,
 the others catch up at their next poll. Workers share the master's vetted
@@ -40,6 +51,7 @@ from typing import Any
 
 from blackbox import BlackboxError, Model, Release, Store, StoreError
 from blackbox.atomic import atomic_write
+from blackbox.store.releases import Pointer, parse_ref
 
 from .config import Settings
 from .holder import ModelHolder, Vetted, load_model
@@ -80,27 +92,43 @@ class Follower:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._release_sha: str | None = None
-        self._accepted: Release | None = None  # what the store last named and this worker took: no older pointer is
+        self._alias = parse_ref(ref)[1]
+        # What the store last named and this server took, kept in CACHE_DIR: no older pointer is accepted after it.
+        self._accepted: Release | None = self._recorded_pointer()
         self._refused_sha: str | None = None  # a target that failed its own checks: not retried until the alias moves
         self._served_from: str | None = None
         self._error: BlackboxError | None = None
         self.status: dict[str, Any] = {"ref": self._ref, "store": self._store.uri, "result": None}
 
-    def admit_initial(self) -> tuple[Target, str] | None:
-        """Vet, without loading it here, what a starting worker would serve, and whether it comes from the store or the cache.
+    def admit_initial(self) -> tuple[Target, str, str | None] | None:
+        """Vet, without loading it here, what a starting worker would serve: the target, ``store`` or ``cache``, and
+        why the store's was refused (None: it was not).
 
-        None if the store cannot be reached and nothing is cached; raises the
-        release's own error when it fails its checks (or crashes, or hangs).
+        The cached last good copy stands in when the store cannot be reached or what it
+        names is refused; None if the store cannot be reached and nothing is cached.
+        Raises the refusal when nothing is cached (or the cached copy fails too).
         """
+        refused: BlackboxError | None = None
         try:
-            target, source = self._fetch(self._resolve()), "store"
+            target = self._fetch(self._resolve())
+            self._vetted.admit(target.file)
+            return target, "store", None
         except StoreError:
-            cached = self._last_good()
-            if cached is None:
-                return None
-            target, source = cached, "cache"
-        self._vetted.admit(target.file)
-        return target, source
+            pass
+        except BlackboxError as exc:  # a refused pointer, or a release that fails its checks
+            refused = exc
+        cached = self._last_good()
+        if cached is None:
+            if refused is not None:
+                raise refused
+            return None
+        try:
+            self._vetted.admit(cached.file)
+        except BlackboxError:
+            if refused is not None:
+                raise refused from None
+            raise
+        return cached, "cache", refused.message if refused is not None else None
 
     def load_initial(self) -> Model:
         """The release the reference names now, or the cached last good one if the store is unreachable; raises if neither serves."""
@@ -136,27 +164,52 @@ class Follower:
             self._log.event("store_unreachable", logging.WARNING, ref=self._ref, reason=exc.message,
                             serving_cached=cached.version)
             return self._take(cached, "cache")  # nothing serves yet: the copy pulled last time does
+        except BlackboxError as exc:  # the pointer is refused (replayed, forged, another model's)
+            return self._fall_back(exc)
         if release.sha256 == self._release_sha:
             self._served_from = "store"
-            self._accepted = release
+            self._accept(release)
             return self._note("unchanged", version=release.version)
         if release.sha256 == self._refused_sha:
             return self.status
         try:
             outcome = self._take(self._fetch(release), "store")
         except BlackboxError as exc:
-            if not isinstance(exc, StoreError):  # the release itself is bad, not the way to it
-                self._refused_sha = release.sha256
-            raise
-        self._accepted = release
+            if isinstance(exc, StoreError):
+                raise
+            self._refused_sha = release.sha256  # the release itself is bad, not the way to it
+            return self._fall_back(exc)
+        self._accept(release)
         return outcome
+
+    def _fall_back(self, refusal: BlackboxError) -> dict[str, Any]:
+        """Nothing serves yet and what the store names is refused: serve the cached last good release, saying why.
+
+        Raises ``refusal`` when a model is held already (it keeps serving) or no cached copy passes.
+        """
+        cached = self._last_good() if self._holder.model is None else None
+        if cached is None:
+            raise refusal
+        try:
+            self._take(cached, "cache")
+        except BlackboxError as exc:
+            self._log.event("cache_refused", logging.ERROR, ref=self._ref, code=exc.code, reason=exc.message)
+            raise refusal from None
+        self._error = refusal
+        self._metrics.reloaded(self.name, "failed")
+        self._log.event("reload_failed", logging.ERROR, ref=self._ref, code=refusal.code, reason=refusal.message,
+                        serving_cached=cached.version)
+        return self._note(
+            "failed", version=cached.version, code=refusal.code,
+            reason=f"{refusal.message} Serving the cached last good release {cached.version} (CACHE_DIR) meanwhile.",
+        )
 
     def _resolve(self) -> Release:
         """What the reference names: its pointer verified with the server's keys, and not older than the one taken."""
         options = self._settings.load_options
         return self._store.resolve(
             self._ref, trusted_keys=options.get("trusted_keys"), allow_unsigned=bool(options.get("allow_unsigned")),
-            after=self._accepted,
+            after=self._accepted, allow_downgrade=self._settings.allow_downgrade,
         )
 
     def _take(self, target: Target, source: str) -> dict[str, Any]:
@@ -200,19 +253,61 @@ class Follower:
     def _pointer(self) -> Path:
         return self._settings.cache_dir / f"{self._ref}.json"
 
-    def _remember(self, target: Target) -> None:
-        """Record the target as this reference's last good release (best effort: a read-only cache only loses the fallback)."""
+    def _record(self) -> dict[str, Any]:
+        """This reference's record: the last good target's fields, and ``accepted``, the last pointer taken."""
         try:
-            atomic_write(self._pointer(), json.dumps(asdict(target)).encode())
+            record = json.loads(self._pointer().read_text())
+        except (OSError, ValueError):
+            return {}
+        return record if isinstance(record, dict) else {}
+
+    def _write(self, record: dict[str, Any]) -> None:
+        """Best effort: a read-only cache only loses the fallback and the replay protection across restarts."""
+        try:
+            atomic_write(self._pointer(), json.dumps(record).encode())
         except OSError as exc:
             self._log.event("cache_write_failed", logging.WARNING, ref=self._ref, reason=str(exc))
 
-    def _last_good(self) -> Target | None:
+    def _remember(self, target: Target) -> None:
+        """Record the target as this reference's last good release."""
+        self._write({**self._record(), **asdict(target)})
+
+    def _accept(self, release: Release) -> None:
+        """Take ``release`` as the one after which no older pointer is believed, here and after a restart."""
+        previous, self._accepted = self._accepted, release
+        pointer = release.pointer
+        if pointer is None or (previous is not None and previous.pointer == pointer and previous.sha256 == release.sha256):
+            return
+        record = self._record()
+        kept = record.get("accepted")
+        if (isinstance(kept, dict) and isinstance(kept.get("sequence"), int) and kept["sequence"] > pointer.sequence
+                and not self._settings.allow_downgrade):
+            return  # another worker took a newer pointer already
+        record["accepted"] = {"sequence": pointer.sequence, "version": release.version, "sha256": release.sha256,
+                              "rollback": pointer.rollback}
+        self._write(record)
+
+    def _recorded_pointer(self) -> Release | None:
+        """The last pointer this reference accepted, from CACHE_DIR (None: none recorded)."""
+        accepted = self._record().get("accepted")
         try:
-            target = Target(**json.loads(self._pointer().read_text()))
-        except (OSError, ValueError, TypeError):
+            sequence, version, sha256 = accepted["sequence"], accepted["version"], accepted["sha256"]  # type: ignore[index]
+        except (TypeError, KeyError):
             return None
-        return target if Path(target.file).is_file() else None
+        if type(sequence) is not int or not isinstance(version, str) or not isinstance(sha256, str):
+            return None
+        pointer = Pointer(alias=self._alias, sequence=sequence, rollback=bool(accepted.get("rollback")),
+                          updated_at=None, key_id=None)
+        return Release(name=self.name, version=version, sha256=sha256, size=0, created_at=None, key_id=None,
+                       metrics={}, pointer=pointer)
+
+    def _last_good(self) -> Target | None:
+        record = self._record()
+        try:
+            target = Target(**{name: record[name] for name in Target.__dataclass_fields__})
+        except KeyError:
+            return None
+        return target if isinstance(target.file, str) and Path(target.file).is_file() else None
 
     def _note(self, result: str, **details: Any) -> dict[str, Any]:
         checked = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
