@@ -10,8 +10,11 @@ with ``pip install 'blackbox[postgres]'``); a plain path is a SQLite file,
 opened in WAL mode so several gunicorn workers append while readers read.
 
 ``blackbox_predictions`` holds one row per predicted record: its request id and
-its index in the request (``row``), the time, the model, the client's API key
-id, the request latency, the record as the model saw it (the schema's fields
+its index in the request (``row``), the time, the model (name, version and
+``model_sha256``: the payload's sha256, ``payload_sha256`` in the server's answers
+and ``blackbox inspect``, not the file's of ``push`` and ``list``; the column
+keeps its name so that existing tables and readers need no migration), the
+client's API key id, the request latency, the record as the model saw it (the schema's fields
 only; long strings shortened, see :func:`compact`), the prediction and the
 probabilities. A client may reuse a request id (``X-Request-ID`` on a retry), so
 the key is a surrogate ``id`` and (request_id, row) is only indexed.

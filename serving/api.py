@@ -7,7 +7,7 @@ model whose classes a label not logged yet must match. :func:`score` and :func:`
 scoring path, which :mod:`.v2` uses too. Both routes read the body into records (:mod:`.payloads`),
 score them in one call (:class:`.inference.Scorer`) with the model read once from
 the holder, and answer ``{"predictions", "probabilities", "classes", "model",
-"warnings", "request_id"}``; ``predictions`` is also what MLflow clients read.
+"warnings", "request_id"}`` (``model``: :func:`identity`); ``predictions`` is also what MLflow clients read.
 
 Only a request that is answered 200 is recorded (prediction metrics, drift
 window, prediction log), and only once its body is serialised: an answer that
@@ -56,12 +56,22 @@ def _predict(name: str | None, shape: payloads.Shape) -> Response:
         body["probabilities"] = scored.probabilities
     if model.classes is not None:
         body["classes"] = model.classes
-    body["model"] = {"name": model.name, "version": model.version, "sha256": model.sha256}
+    body["model"] = identity(model)
     body["warnings"] = scored.warnings
     body["request_id"] = request_id()
     response = jsonio.response(body)  # before recording: an answer that cannot be serialised records nothing
     record(served, model, records, scored)
     return response
+
+
+def identity(model: Model) -> dict[str, str]:
+    """The ``model`` object of every answer: name, version and the payload's sha256.
+
+    ``payload_sha256`` names the hash (the payload the manifest binds, what ``blackbox
+    inspect`` and the prediction log show; not the file's, which ``push`` and ``list``
+    show); ``sha256`` repeats it for clients written before the rename.
+    """
+    return {"name": model.name, "version": model.version, "payload_sha256": model.sha256, "sha256": model.sha256}
 
 
 def held(served: Served) -> Model:

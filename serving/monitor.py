@@ -31,7 +31,7 @@ from typing import Any
 from blackbox import BlackboxError, Model, drift
 from flask import Blueprint, Response
 
-from . import jsonio, state
+from . import api, jsonio, state
 from .holder import ModelHolder
 from .logs import RequestLog
 from .metrics import Metrics
@@ -74,7 +74,7 @@ class Monitor:
         model = self._holder.require()
         records, seen = self._snapshot(model)
         body: dict[str, Any] = {
-            "model": {"name": model.name, "version": model.version, "sha256": model.sha256},
+            "model": api.identity(model),
             "scope": "worker",
             "worker": {"pid": os.getpid()},
             "window": {"records": len(records), "capacity": self.capacity, "observed": seen},

@@ -83,7 +83,8 @@ def entry(served: Served) -> dict[str, Any]:
     item: dict[str, Any] = {
         "name": served.name,
         "version": model.version if model else None,
-        "sha256": model.sha256 if model else None,
+        "payload_sha256": model.sha256 if model else None,
+        "sha256": model.sha256 if model else None,  # the same, for clients written before payload_sha256
         "ready": served.not_ready() is None,
     }
     if not item["ready"]:

@@ -18,8 +18,8 @@ field-level problems are the same. Outputs: ``predict`` (shape ``[N]``) and,
 for classifiers, ``predict_proba`` (shape ``[N, n_classes]``, FP64, columns in
 the order of the metadata's ``classes`` parameter); ``outputs`` in the request
 picks among them. The response echoes ``id`` (our request id when none was
-sent) and carries the payload sha256, the request id and any input warnings (a
-JSON string) in ``parameters``.
+sent) and carries the payload sha256 (``payload_sha256``, and as ``sha256`` for
+older clients), the request id and any input warnings (a JSON string) in ``parameters``.
 
 Errors have the spec's form ``{"error": "message"}`` (plus our ``details``
 entries and ``request_id``); a malformed request or records the schema refuses
@@ -94,7 +94,7 @@ def model_metadata(name: str, version: str | None = None) -> Response:
     body: dict[str, Any] = {
         "name": served.name, "versions": [model.version], "platform": "blackbox", "inputs": inputs,
         "outputs": [{"name": "predict", "datatype": _predict_datatype(model), "shape": [-1]}],
-        "parameters": {"content_type": "pd", "sha256": model.sha256},
+        "parameters": {"content_type": "pd", "payload_sha256": model.sha256, "sha256": model.sha256},
     }
     if model.has_proba and model.classes:
         body["outputs"].append({"name": "predict_proba", "datatype": "FP64", "shape": [-1, len(model.classes)]})
@@ -131,7 +131,7 @@ def infer(name: str, version: str | None = None) -> Response:
         width = len(scored.probabilities[0]) if scored.probabilities else len(model.classes or ())
         outputs.append({"name": "predict_proba", "datatype": "FP64", "shape": [len(records), width],
                         "data": [p for row in scored.probabilities for p in row]})
-    parameters: dict[str, Any] = {"sha256": model.sha256, "request_id": request_id()}
+    parameters: dict[str, Any] = {"payload_sha256": model.sha256, "sha256": model.sha256, "request_id": request_id()}
     if scored.warnings:
         parameters["warnings"] = json.dumps(scored.warnings)
     given = body.get("id")

@@ -80,7 +80,7 @@ def test_holdout_traffic_shows_no_drift_and_matches_compare(config, holdout, ser
     body = client.get("/drift").get_json()
     assert body["window"] == {"records": len(holdout), "capacity": 5000, "observed": len(holdout)}
     assert body["scope"] == "worker" and isinstance(body["worker"]["pid"], int)
-    assert body["model"] == {"name": "titanic", "version": "1.0.0", "sha256": served_model.sha256}
+    assert body["model"] == {"name": "titanic", "version": "1.0.0", "payload_sha256": served_model.sha256, "sha256": served_model.sha256}
     assert body["status"] == "stable"
     expected = drift.compare(served_model.manifest["profile"], served_model.prepare(holdout)[0])
     assert body["features"] == json.loads(json.dumps(expected))

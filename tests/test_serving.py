@@ -108,7 +108,7 @@ def test_predict_one_record_matches_the_model_in_process(client, served_model):
     assert body["predictions"] == served_model.predict_batch([PASSENGER])
     assert body["probabilities"] == served_model.predict_proba([PASSENGER])
     assert body["classes"] == served_model.classes == [0, 1]
-    assert body["model"] == {"name": "titanic", "version": "1.0.0", "sha256": served_model.sha256}
+    assert body["model"] == {"name": "titanic", "version": "1.0.0", "payload_sha256": served_model.sha256, "sha256": served_model.sha256}
     assert body["warnings"] == []
     assert body["request_id"] == response.headers["X-Request-ID"] and len(body["request_id"]) >= 16
 

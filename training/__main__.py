@@ -209,7 +209,7 @@ def train(
         "holdout": holdout,
         "artifact": str(path),
         "size": path.stat().st_size,
-        "sha256": file_sha256(path),
+        "file_sha256": file_sha256(path),
         "payload_sha256": manifest["payload"]["sha256"],
         "verified": verify,
         "training_command": training_command,
@@ -256,7 +256,8 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"  CV {cv['scoring']}: {cv['mean']:.4f} ± {cv['std']:.4f}",
             f"  holdout: {metrics}",
             f"artifact: {summary['artifact']} ({summary['size']:,} bytes)",
-            f"  sha256: {summary['sha256']}",
+            f"  file_sha256:    {summary['file_sha256']}  (the whole file: sha256sum, blackbox push and list)",
+            f"  payload_sha256: {summary['payload_sha256']}  (blackbox inspect, the server, the prediction log)",
         ]
     )
 
