@@ -164,3 +164,59 @@ def test_other_bind_failures_give_the_os_reason(monkeypatch):
     monkeypatch.setattr(socket.socket, "bind", refuse)
     with pytest.raises(blackbox.UsageError, match=r"Cannot bind 127\.0\.0\.1:8000: Permission denied"):
         _check_port("127.0.0.1", 8000)
+
+
+# -- 6. the OpenAPI document covers every route the app serves -------------------------------------------
+
+KEY = "followups-openapi-key-0123456789"
+
+
+def documented_operations(app, doc: dict) -> list[tuple[str, str, str]]:
+    """(route, method, endpoint) of every route the app registers that the document lacks."""
+    missing = []
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        path = rule.rule.replace("<", "{").replace(">", "}")
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            if method.lower() not in doc["paths"].get(path, {}):
+                missing.append((rule.rule, method, rule.endpoint))
+    return missing
+
+
+def test_the_openapi_document_has_every_route_the_app_registers(artifact):  # noqa: F811
+    from serving.auth import ENDPOINT_SCOPES, OPEN_ENDPOINTS
+
+    app = create_app({"ARTIFACT": str(artifact), "API_KEYS": f"ops:{KEY} predict read admin"})
+
+    @app.get("/models/<name>/extra")
+    def extra(name: str):
+        """A route added later: documented from its docstring."""
+        return {}
+
+    client = app.test_client()
+    doc = client.get("/openapi.json", headers={"Authorization": f"Bearer {KEY}"}).get_json()
+    assert documented_operations(app, doc) == []
+    assert doc["paths"]["/models/{name}/extra"]["get"]["summary"] == "A route added later: documented from its docstring."
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        path = rule.rule.replace("<", "{").replace(">", "}")
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            operation = doc["paths"][path][method.lower()]
+            names = {p["name"] for p in operation.get("parameters", []) if p["in"] == "path"}
+            assert names == set(rule.arguments), (path, names)
+            if rule.endpoint in OPEN_ENDPOINTS:
+                assert operation["security"] == [] and "403" not in operation["responses"], path
+            else:
+                scope = ENDPOINT_SCOPES.get(rule.endpoint, "admin")
+                assert operation["x-required-scope"] == scope, (path, operation)
+                assert scope in operation["responses"]["403"]["description"], path
+                assert "401" in operation["responses"], path
+    assert set(doc["components"]["securitySchemes"]["bearer"]["description"].split()) >= {"predict", "read", "admin"}
+    assert doc["paths"]["/v2/models/{name}/infer"]["post"]["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/V2InferRequest"}
+    assert "404" in doc["paths"]["/models/{name}/predict"]["post"]["responses"]
+
+    open_doc = create_app({"ARTIFACT": str(artifact)}).test_client().get("/openapi.json").get_json()
+    assert "security" not in open_doc and "403" not in open_doc["paths"]["/predict"]["post"]["responses"]
