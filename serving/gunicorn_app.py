@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from blackbox import BlackboxError
+from blackbox import BlackboxError, ExitCode
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
@@ -146,7 +146,7 @@ class Server(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type h
             _Arbiter(self).run()
         except RuntimeError as exc:
             print(f"\nError: {exc}\n", file=sys.stderr, flush=True)
-            sys.exit(1)
+            sys.exit(ExitCode.INTERNAL)
 
 
 class _Arbiter(Arbiter):  # type: ignore[misc]
