@@ -5,7 +5,10 @@ directory. Before anything else it makes the blocked top-level modules
 unimportable, then loads the artifact with blackbox.load and runs its golden
 sample, and prints one JSON line with the outcome. Its exit code is the outcome's.
 An exception from the model's own code (not a blackbox error) is a failed
-self-test naming it; a crash or a hang is seen by the parent (no JSON line).
+self-test naming it, except a module it imports while it runs that cannot be
+found here: that is not self-contained, with the advice of
+:func:`blackbox.isolation.missing_module_advice`. A crash or a hang is seen by
+the parent (no JSON line).
 """
 
 from __future__ import annotations
@@ -58,16 +61,42 @@ def main(path: str, options: dict) -> int:
             details=getattr(exc, "differences", None) or getattr(exc, "references", None) or [],
         )
     except Exception as exc:  # the model's own code raised while loading or predicting its golden sample
-        outcome.update(
-            status=blackbox.SelfTestError.code,
-            error=type(exc).__name__,
-            message=f"Loading the artifact and running its golden sample raised {type(exc).__name__}: {exc}",
-            exit_code=blackbox.SelfTestError.exit_code,
-            details=[],
-        )
+        missing = _missing_module(exc)
+        if missing is not None:
+            from blackbox.isolation import missing_module_advice
+
+            outcome.update(
+                status=blackbox.SelfContainmentError.code,
+                error=blackbox.SelfContainmentError.__name__,
+                message=missing_module_advice(missing, blocked),
+                exit_code=blackbox.SelfContainmentError.exit_code,
+                details=[missing],
+            )
+        else:
+            outcome.update(
+                status=blackbox.SelfTestError.code,
+                error=type(exc).__name__,
+                message=f"Loading the artifact and running its golden sample raised {type(exc).__name__}: {exc}",
+                exit_code=blackbox.SelfTestError.exit_code,
+                details=[],
+            )
     outcome["seconds"] = round(time.perf_counter() - started, 4)
     print(json.dumps(outcome, default=str))
     return int(outcome.get("exit_code", 0))
+
+
+def _missing_module(exc: BaseException) -> str | None:
+    """The module a ModuleNotFoundError names, raised as ``exc`` or as its explicit cause (``raise ... from``).
+
+    Not a mere ``__context__``: code that falls back when an optional import fails then fails otherwise.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, ModuleNotFoundError) and exc.name:
+            return exc.name
+        exc = exc.__cause__
+    return None
 
 
 if __name__ == "__main__":

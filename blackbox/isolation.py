@@ -8,6 +8,12 @@ pre-unpickling check, and compares its golden-sample predictions exactly and
 its probabilities to ``blackbox.model.PROBA_TOLERANCE``. Never in-process:
 swapping ``sys.path`` or ``sys.modules`` in place would prove nothing.
 
+A module the model's code imports only when it runs (an ``import`` inside a
+feature function, which no scan of the pickle can see) and that cannot be found
+there, as on a server without it, is refused as not self-contained (exit 11)
+naming the module and what to do (:func:`missing_module_advice`), never a bare
+traceback.
+
 The child is also where untrusted model code meets its first run: a load or
 golden sample that kills the interpreter (a segfault in user code) or does not
 finish within ``timeout`` seconds is a failed self-test (exit code 7) naming
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -34,6 +41,21 @@ from .signing import Keyring, public_pem
 from .trust import TrustedKeys
 
 DEFAULT_BLOCK = ("training",)
+_MISSING_MODULE = re.compile(r"^ModuleNotFoundError: No module named '([^']+)'", re.MULTILINE)
+
+
+def missing_module_advice(module: str, blocked: Iterable[str] = ()) -> str:
+    """What to do about ``module``, imported by the model's code while it runs and not importable where it is served."""
+    top = module.partition(".")[0]
+    where = ("it is user code from the training machine (blocked here, as a server would not have it)"
+             if top in set(blocked) else "it is not importable here, as on a server without it")
+    return (
+        f"The model's code imports {module!r} only when it runs (an import statement inside a function, which "
+        f"blackbox cannot see in the pickle), and {where}. Move `import {top}` to the module level of the file "
+        f"that defines the function, so that blackbox embeds {top!r} by value (or records it as a requirement if "
+        f"it is an installed package); or, if the server installs {top!r} itself, declare it with "
+        f"save(by_reference=[{top!r}]) and install it there."
+    )
 
 
 @dataclass(frozen=True)
@@ -132,6 +154,12 @@ def verify(
                 f"(killed by {_signal_name(-done.returncode)}): its code crashes. Do not serve it; fix the model "
                 "or the native library it calls.",
                 SelfTestError.exit_code, blocked, 0.0,
+            )
+        missing = _MISSING_MODULE.search(done.stderr)
+        if missing:  # the model's code died importing a module the child does not have
+            return Verification(
+                False, SelfContainmentError.code, missing_module_advice(missing.group(1), blocked),
+                SelfContainmentError.exit_code, blocked, 0.0, [missing.group(1)],
             )
         tail = "\n".join(done.stderr.strip().splitlines()[-5:])
         return Verification(

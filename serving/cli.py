@@ -118,7 +118,7 @@ def serve(
 ) -> None:
     """Serve the artifacts at PATHs (files or directories of .bbx; or follow --store/--model) over HTTP.
 
-    POST /predict, /invocations, /feedback, /reload; GET /health, /ready, /model, /schema, /openapi.json, /metrics.
+    POST /predict, /invocations, /feedback, /reload; GET /health, /ready, /model, /schema, /openapi.json, /metrics, /drift.
     Each model also answers as /models/NAME/... (GET /models lists them; with several, that is how to address
     one), and over the Open Inference Protocol v2 (/v2/models/NAME/infer).
     """
