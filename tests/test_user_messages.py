@@ -69,3 +69,17 @@ def test_an_import_inside_a_feature_function_is_refused_with_advice(user_code, f
     assert "module level" in message and "by_reference" in message and "install" in message
     assert refused.value.references == ["late_helpers"]
     assert not (tmp_path / "late.bbx").exists()
+
+
+def test_a_child_that_dies_importing_a_module_gets_the_same_advice(frame, tmp_path):
+    """A traceback on the child's stderr (no outcome line) that is a missing module: advice, not the raw tail."""
+    path = blackbox.save(LogisticRegression().fit(frame, frame["x"] > 0), tmp_path / "m.bbx", train_data=frame,
+                         name="m", version="1")
+    dying = tmp_path / "python"
+    dying.write_text("#!/bin/sh\ncat >/dev/null\necho 'Traceback (most recent call last):' >&2\n"
+                     "echo \"ModuleNotFoundError: No module named 'late_helpers.sub'\" >&2\nexit 1\n")
+    dying.chmod(0o755)
+    outcome = blackbox.verify(path, python=dying)
+    assert outcome.status == blackbox.SelfContainmentError.code and outcome.exit_code == 11
+    assert "'late_helpers.sub'" in outcome.message and "by_reference=['late_helpers']" in outcome.message
+    assert "Traceback" not in outcome.message and outcome.details == ["late_helpers.sub"]
