@@ -3,10 +3,10 @@
 Each class carries a stable ``code`` (what the server puts in JSON, so clients
 never match prose) and the ``exit_code`` (an :class:`ExitCode`) every
 command-line tool uses for it. Messages say what was wrong, where, and what to
-do, in the terms of the Python API (parameters such as ``overwrite=True``): a
-message never names an HTTP route or a command-line flag. ``options`` lists the
-parameters a message refers to (with the value it suggests), so the command line
-can add its own flags for them; the server adds its routes.
+do, in the terms of the Python API (parameters such as ``overwrite=True``), not
+in those of an HTTP route or a command-line flag: ``options`` lists the parameters
+a message refers to (with the value it suggests), so the command line can add its
+own flags for them; the server adds its routes.
 
 A problem with input data is always :func:`problem`'s
 ``{"row", "field", "issue", "expected", "received"}`` entry.
