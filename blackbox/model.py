@@ -168,6 +168,14 @@ class Model:
         """What :meth:`prepare` checks, without building the frame: the warnings (raises SchemaError)."""
         return self.schema.validate(records, strict=strict)
 
+    def checked(self, records: Records, *, strict: bool = False) -> Prepared:
+        """What :meth:`prepare` checks, with the frame not built yet: the input of the ``*_frame`` methods with a plan.
+
+        Its ``warnings`` are the schema's; ``frame()`` is the frame :meth:`prepare`
+        builds (for a model without a plan). Raises SchemaError.
+        """
+        return Prepared(self.schema, records, strict=strict)
+
     def predict(self, record: Mapping[str, Any]) -> Any:
         """The prediction for one record."""
         return self.predict_batch([record])[0]

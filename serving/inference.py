@@ -1,16 +1,20 @@
-"""Records -> validated frame -> predictions, with concurrent requests sharing one model call.
+"""Records -> checked columns -> predictions, with concurrent requests sharing one model call.
 
-Scope: no HTTP here. Validation is the model's schema
-(:meth:`blackbox.Model.validate` / :meth:`~blackbox.Model.prepare`), never code
-written for one model, and it runs in each request's own thread, so a bad record gets its own 422 and never fails
-its neighbours.
+Scope: no HTTP here. Validation is the model's schema (:meth:`blackbox.Model.checked`),
+never code written for one model, and it runs in each request's own thread, so a bad
+record gets its own 422 and never fails its neighbours. A request's records are checked
+(and converted) once: what the model gets is the same input ``Model.predict`` gives
+its plan, :class:`~blackbox.fastpath.table.Prepared` (no DataFrame; a batch joins its
+requests' columns), or, for a model without a plan, the frame those records make
+(exactly :meth:`~blackbox.Model.prepare`'s).
 
-Why micro-batching: a pipeline's cost per call is mostly fixed (a
+Why micro-batching: each model call has a fixed cost (with the fast path a few
+hundred microseconds, most of it per call rather than per row; without it a
 ``DataFrameMapper`` transform costs about the same for 1 row as for 32), so a
 worker that predicts one request at a time is bound by calls, not records.
 Requests of one worker (gunicorn gthread) that arrive while the model is busy,
 or are still being validated, join one open batch; its first request (the
-leader) builds one frame of all their records and makes the one
+leader) hands the joined input to the model thread for the one
 ``predict_and_proba_frame`` call, and every request takes its own slice back.
 A request alone never waits: the leader waits (at most ``max_wait``) only while
 other requests are being validated. The model is called by one thread at a time: a pipeline holds user
@@ -51,6 +55,7 @@ from typing import Any, TypeVar
 
 import pandas as pd
 from blackbox import Model
+from blackbox.fastpath.table import Prepared
 
 
 @dataclass(frozen=True)
@@ -78,8 +83,9 @@ class _Batch:
     """Validated requests for one model, answered by one call; filled in by the leader."""
 
     model: Model
-    records: list[Mapping[str, Any]] = field(default_factory=list)
+    parts: list[Prepared] = field(default_factory=list)  # each request's checked records, in order
     starts: list[int] = field(default_factory=list)  # offset of each request's first record
+    size: int = 0  # records in the batch
     open: bool = True
     started: bool = False  # the model thread took it (set under the scorer's condition)
     done: threading.Event = field(default_factory=threading.Event)
@@ -123,19 +129,20 @@ class Scorer:
         """Validate this request's records (one SchemaError lists every problem), then predict them."""
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         if not self.batching or len(records) >= self.max_records:
-            frame, warnings = model.prepare(records, strict=strict)
-            predictions, probabilities = self._run(lambda: self._call(model, frame), deadline)
-            return Scored(predictions, probabilities, warnings)
+            prepared = model.checked(records, strict=strict)
+            predictions, probabilities = self._run(lambda: self._call(model, prepared), deadline)
+            return Scored(predictions, probabilities, prepared.warnings)
         with self._cond:
             self._validating += 1
         try:
-            warnings = model.validate(records, strict=strict)  # the batch's frame is built once, by its leader
+            prepared = model.checked(records, strict=strict)
         finally:
             with self._cond:
                 self._validating -= 1
                 self._cond.notify_all()
+        warnings = prepared.warnings
         self._check_overdue()
-        batch, start, leader = self._join(model, records)
+        batch, start, leader = self._join(model, prepared)
         if leader:
             self._lead(batch, deadline)
         if not batch.done.wait(None if deadline is None else max(0.0, deadline - time.monotonic())):
@@ -146,20 +153,21 @@ class Scorer:
         predictions, probabilities = answer  # type: ignore[misc]  (the leader answers every request, or sets error)
         return Scored(predictions, probabilities, warnings)
 
-    def _join(self, model: Model, records: Sequence[Mapping[str, Any]]) -> tuple[_Batch, int, bool]:
+    def _join(self, model: Model, prepared: Prepared) -> tuple[_Batch, int, bool]:
         """Add a validated request to the model's open batch (or open one); returns (batch, offset, is leader)."""
         with self._cond:
             batch = self._open.get(id(model))
-            if batch is not None and len(batch.records) + len(records) > self.max_records:
+            if batch is not None and batch.size + len(prepared) > self.max_records:
                 self._close(batch)
                 batch = None
             leader = batch is None
             if batch is None:
                 batch = self._open[id(model)] = _Batch(model)
-            start = len(batch.records)
+            start = batch.size
             batch.starts.append(start)
-            batch.records.extend(records)
-            if len(batch.records) >= self.max_records:
+            batch.parts.append(prepared)
+            batch.size += len(prepared)
+            if batch.size >= self.max_records:
                 self._close(batch)
             return batch, start, leader
 
@@ -192,13 +200,14 @@ class Scorer:
             self._close(batch)
         try:
             try:
-                predictions, probabilities = self._call(batch.model, self._frame(batch.model, batch.records))
+                joined = batch.parts[0] if len(batch.parts) == 1 else Prepared.joined(batch.parts)
+                predictions, probabilities = self._call(batch.model, joined)
             except Exception:
                 if len(batch.starts) == 1:
                     raise
                 self._isolate(batch)
             else:
-                stops = [*batch.starts[1:], len(batch.records)]
+                stops = [*batch.starts[1:], batch.size]
                 for start, stop in zip(batch.starts, stops):
                     batch.answers[start] = (
                         predictions[start:stop], None if probabilities is None else probabilities[start:stop]
@@ -246,29 +255,21 @@ class Scorer:
 
     def _isolate(self, batch: _Batch) -> None:
         """The shared call failed: call the model for each request alone, so each gets its own answer or error."""
-        stops = [*batch.starts[1:], len(batch.records)]
-        for start, stop in zip(batch.starts, stops):
+        for start, part in zip(batch.starts, batch.parts):
             try:
-                batch.answers[start] = self._call(batch.model, self._frame(batch.model, batch.records[start:stop]))
+                batch.answers[start] = self._call(batch.model, part)
             except Exception as exc:  # this request's own failure (the model's, on its records)
                 batch.answers[start] = exc
 
-    @staticmethod
-    def _frame(model: Model, records: list[Mapping[str, Any]]) -> pd.DataFrame:
-        """One frame of every request's records, built by the schema as for a single request.
+    def _call(self, model: Model, prepared: Prepared) -> Answer:
+        """One model call: the plan takes the checked columns as they are; without one, the frame they make.
 
-        Each request's records passed validation on their own, so this cannot
-        fail on them. Building a frame costs far more than checking a record
-        (pandas' constructor is most of :meth:`Model.prepare` for a few records,
-        and ``pd.concat`` of per-request frames costs several times one build),
-        so requests are only validated and the frame is built once per call, with
-        exactly the training dtypes whatever mix of requests shares it (one with
-        a column entirely missing, say).
+        Either way the input is what :meth:`Model.prepare` gives for the same
+        records, with the training dtypes whatever mix of requests shares it (one
+        with a column entirely missing, say): each value was checked and
+        converted on its own, in its request's thread, and is never checked again.
         """
-        frame, _ = model.prepare(records)
-        return frame
-
-    def _call(self, model: Model, frame: pd.DataFrame) -> Answer:
         if self._observe is not None:
-            self._observe(len(frame))
-        return model.predict_and_proba_frame(frame)
+            self._observe(len(prepared))
+        source: Prepared | pd.DataFrame = prepared if model.plan is not None else prepared.frame()
+        return model.predict_and_proba_frame(source)

@@ -19,6 +19,7 @@ import pytest
 from flask import Config
 
 from blackbox import Model, SchemaError, UsageError
+from blackbox.fastpath.table import as_frame
 from serving import create_app
 from serving.config import Settings, layer
 from serving.inference import Scorer
@@ -27,9 +28,10 @@ from test_serving_gunicorn import Server, call
 
 
 class Gated:
-    """A model whose first prediction waits for ``release``; keeps every frame it is asked to predict.
+    """A model whose first prediction waits for ``release``; keeps every input it is asked to predict.
 
-    Later calls raise ``fail`` (if set) when ``poisoned(frame)`` says so (default: always).
+    Later calls raise ``fail`` (if set) when ``poisoned(frame)`` says so (default: always);
+    ``frame`` is the input as a DataFrame. Everything else is the model's.
     """
 
     def __init__(self, model: Model, *, fail: BaseException | None = None, poisoned: Any = lambda frame: True) -> None:
@@ -38,19 +40,16 @@ class Gated:
         self.frames: list[Any] = []
         self.fail = fail
         self.poisoned = poisoned
-        self.validated = 0  # requests checked for a batch
-        self.prepared = 0  # frames built: a request predicted on its own, or a batch
+        self.checked_requests = 0  # requests whose records were checked (each once, batched or not)
         self._lock = threading.Lock()
 
-    def validate(self, records: Any, *, strict: bool = False) -> Any:
-        with self._lock:
-            self.validated += 1
-        return self.model.validate(records, strict=strict)
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
 
-    def prepare(self, records: Any, *, strict: bool = False) -> Any:
+    def checked(self, records: Any, *, strict: bool = False) -> Any:
         with self._lock:
-            self.prepared += 1
-        return self.model.prepare(records, strict=strict)
+            self.checked_requests += 1
+        return self.model.checked(records, strict=strict)
 
     @property
     def calls(self) -> list[int]:
@@ -61,7 +60,7 @@ class Gated:
         self.frames.append(frame)
         if len(self.frames) == 1:
             assert self.release.wait(30), "the test never released the first call"
-        elif self.fail is not None and self.poisoned(frame):
+        elif self.fail is not None and self.poisoned(as_frame(frame)):
             raise self.fail
         return self.model.predict_and_proba_frame(frame)
 
@@ -85,8 +84,7 @@ def run_gated(scorer: Scorer, gated: Gated, requests: list[list[dict]]) -> list[
     rest = [threading.Thread(target=one, args=(i,)) for i in range(1, len(requests))]
     for thread in rest:
         thread.start()
-    direct = [not scorer.batching or len(request) >= scorer.max_records for request in requests]
-    settle(scorer, lambda: gated.validated >= direct.count(False) and gated.prepared >= direct.count(True) + (not direct[0]))
+    settle(scorer, lambda: gated.checked_requests >= len(requests))
     gated.release.set()
     for thread in [first, *rest]:
         thread.join(30)
@@ -186,7 +184,7 @@ def test_requests_for_different_models_are_never_batched_together(served_model, 
     wait_until(lambda: old.calls)
     with ThreadPoolExecutor(12) as pool:
         futures = [pool.submit(scorer.score, old if i % 2 else new, [passengers[i]], strict=False) for i in range(12)]
-        settle(scorer, lambda: old.validated + new.validated >= 13)
+        settle(scorer, lambda: old.checked_requests + new.checked_requests >= 13)
         old.release.set()
         results = [f.result(30) for f in futures]
     blocker.join(30)
@@ -201,7 +199,7 @@ def test_a_batch_mixing_missing_and_present_values_is_predicted_with_the_trainin
     requests = [[passengers[0]], [passengers[3]], gappy, [passengers[4]]]
     results = run_gated(Scorer(batching=True, max_wait=0.002, max_records=256), gated, requests)
     assert gated.calls == [1, 4]
-    assert gated.frames[1].dtypes.equals(served_model.prepare(passengers[:1])[0].dtypes)
+    assert as_frame(gated.frames[1]).dtypes.equals(served_model.prepare(passengers[:1])[0].dtypes)
     flat = [record for request in requests for record in request]
     assert [p for r in results for p in r.predictions] == unbatched(served_model, flat)[0]
 

@@ -26,6 +26,7 @@ import blackbox
 from blackbox import Model, SchemaError, SklearnModel, infer_schema
 from blackbox.errors import ModelInputError, ModelOutputError
 from blackbox.artifact import unpack
+from blackbox.fastpath.table import as_frame
 from conftest import resign
 from serving import create_app
 from test_serving import (  # noqa: F401  (shared fixtures)
@@ -115,7 +116,7 @@ def test_a_poisoned_request_fails_alone_among_concurrent_valid_ones(old_forest_a
     for thread in rest:
         thread.start()
     queued = sum(map(len, requests[1:]))
-    while batching and sum(len(b.records) for b in current.scorer._open.values()) < queued:
+    while batching and sum(b.size for b in current.scorer._open.values()) < queued:
         assert time.monotonic() < deadline, "the requests never all joined the batch"
         time.sleep(0.001)
     release.set()
@@ -123,7 +124,7 @@ def test_a_poisoned_request_fails_alone_among_concurrent_valid_ones(old_forest_a
         thread.join(60)
 
     if batching:  # the poison really shared a call with others, which was then retried request by request
-        shared = [len(frame) for frame in calls if (frame["age"] == 1e300).any()]
+        shared = [len(frame) for frame in calls if (as_frame(frame)["age"] == 1e300).any()]
         assert max(shared) == queued and shared.count(2) == 1
     else:
         assert sorted(map(len, calls)) == sorted(map(len, requests))

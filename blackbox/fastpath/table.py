@@ -51,6 +51,26 @@ class Prepared:
     def __len__(self) -> int:
         return len(self.index)
 
+    @classmethod
+    def joined(cls, parts: Sequence[Prepared]) -> Prepared:
+        """Several inputs checked apart (one per request of a server batch) as one, rows in order.
+
+        The same as checking all their records at once: the schema checks and
+        converts each value on its own, so only the index (0..n-1) and the
+        warnings' row numbers would differ; ``warnings`` stay each part's own.
+        """
+        first = parts[0]
+        joined = cls.__new__(cls)
+        joined.schema, joined.warnings, joined._built = first.schema, [], {}
+        joined._values = [
+            [v for part in parts for v in part._values[position]]
+            if all(isinstance(part._values[position], list) for part in parts)
+            else np.concatenate([np.asarray(part._values[position], dtype=object) for part in parts])
+            for position in range(len(first._values))
+        ]
+        joined.index = pd.RangeIndex(sum(len(part) for part in parts))
+        return joined
+
     @property
     def columns(self) -> list[str]:
         return self.schema.columns
