@@ -24,7 +24,8 @@ from pathlib import Path
 from sklearn.model_selection import train_test_split
 
 import blackbox
-from blackbox import serializers, signing
+from blackbox import signing
+from blackbox.containment import serializers
 from blackbox.artifact import unpack
 from training.data import load_titanic
 from training.pipeline import search

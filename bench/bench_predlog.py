@@ -193,7 +193,7 @@ def writer_cost() -> dict[int, float]:
     CPU time, not wall time, so other load on the machine does not count: this is
     what logging takes from a worker's cores, whatever the request latencies say.
     """
-    from blackbox.predlog import PredictionLog, prediction_rows
+    from blackbox.monitoring.predlog import PredictionLog, prediction_rows
 
     fields = list(RECORD)
     costs = {}

@@ -22,7 +22,7 @@ from .errors import (
     UsageError,
     VersionMismatchWarning,
 )
-from .isolation import Verification, verify
+from .containment.isolation import Verification, verify
 from .model import Model, SklearnModel
 from .persist import inspect, load, save, sign
 from .schema import Schema, infer_schema

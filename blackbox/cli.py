@@ -24,12 +24,13 @@ from typing import Any
 
 import click
 
-from . import environment, isolation, persist, scoring, signing, trust
+from . import persist, scoring, signing, trust
 from . import rebuild as rebuild_
 from .artifact import Artifact, parse_manifest, read_bytes, read_header, unpack
 from .errors import AuthenticityError, BlackboxError, ExitCode, SchemaError
-from .imports import pickle_globals
-from .isolation import DEFAULT_BLOCK
+from .containment import environment, isolation
+from .containment.imports import pickle_globals
+from .containment.isolation import DEFAULT_BLOCK
 from .signing import TRUSTED_KEYS_ENV
 from .store import Release, Store
 
@@ -574,7 +575,7 @@ def gc(store: str, older_than: float) -> None:
     click.echo("\n".join(removed) if removed else f"{store}: nothing to remove")
 
 
-# ---------------------------------------------------------------- prediction log (blackbox.predlog)
+# ---------------------------------------------------------------- prediction log (blackbox.monitoring.predlog)
 
 def _moment(ctx: click.Context, param: click.Parameter, value: str | None) -> dt.datetime | None:
     if value is None:
@@ -600,7 +601,7 @@ def export_log(
     One row per logged record: request_id, row, ts, model_version, the input fields, the
     prediction, and with feedback the label and label_ts.
     """
-    from . import predlog  # SQLAlchemy: imported by the commands that use it, not by every command
+    from .monitoring import predlog  # SQLAlchemy: imported by the commands that use it, not by every command
 
     rows = predlog.export_log(database, output, since=since, until=until, with_feedback=with_feedback, labelled_only=labelled_only)
     click.echo(f"{output}: {rows} rows from {predlog.database_url(database).render_as_string(hide_password=True)}")
@@ -627,9 +628,9 @@ def drift(
     (its signature is checked as for every command). Exit 9 when the log has no such
     records in the period; 2 without -o or --json.
     """
-    from . import predlog
-    from .drift import worst
-    from .report import compare_live, drift_report
+    from .monitoring import predlog
+    from .monitoring.drift import worst
+    from .monitoring.report import compare_live, drift_report
 
     if output is None and not as_json:
         raise click.UsageError("Say where the report goes (-o report.html), or ask for --json.")

@@ -36,7 +36,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from . import environment, signing
+from . import signing
+from .containment import environment
 from .errors import AuthenticityError, UsageError
 from .model import Model
 from .persist import load

@@ -28,15 +28,17 @@ from typing import Any
 
 import pandas as pd
 
-from . import drift, isolation, serializers, signing, trust
+from . import signing, trust
 from .artifact import FORMAT_VERSION, Artifact, dump_manifest, pack, parse_manifest, read_bytes, read_header, unpack
 from .atomic import atomic_write
-from .embedding import embed
+from .containment import isolation, serializers
+from .containment.embedding import embed
+from .containment.isolation import DEFAULT_BLOCK
 from .fastpath import ATTRIBUTE as FAST_PATH_ATTRIBUTE
-from .isolation import DEFAULT_BLOCK
 from .errors import AuthenticityError, SchemaError, SelfTestError, UsageError
 from .manifest import data_summary, git_info, jsonable, python_info, search_metrics, source_snapshot, utc_now
 from .model import Model
+from .monitoring import drift
 from .rebuild import recipe_section
 from .schema import Schema, infer_schema
 from .signing import SIGNING_KEY_ENV

@@ -38,7 +38,7 @@ from . import signing
 from .artifact import Artifact, parse_manifest, read_bytes, read_header
 from .atomic import atomic_write
 from .errors import BlackboxError, ExitCode, RebuildError, UsageError
-from .isolation import verify
+from .containment.isolation import verify
 from .signing import SIGNING_KEY_ENV
 from .trust import TrustedKeys, authenticate
 

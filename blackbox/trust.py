@@ -34,11 +34,11 @@ from typing import Any
 
 import _blackbox_compat
 
-from . import environment, serializers
 from .artifact import FORMAT_VERSION, Artifact
-from .environment import ServingEnvironment, top_level
+from .containment import environment, serializers
+from .containment.environment import ServingEnvironment, top_level
+from .containment.imports import Global, scan
 from .errors import ArtifactError, AuthenticityError, SelfContainmentError
-from .imports import Global, scan
 from .signing import Keyring, PublicKey, check_expiry, read_block
 
 log = logging.getLogger("blackbox")
@@ -79,7 +79,7 @@ _FORBIDDEN_NAMES = frozenset({
 })
 # blackbox's own modules that a payload may name: the fast-path plan saved beside the estimator (blackbox.fastpath).
 _BLACKBOX_IN_PAYLOADS = ("blackbox.fastpath",)
-# builtins offers classes; of its functions, only those the scan follows call by call (see blackbox.imports).
+# builtins offers classes; of its functions, only those the scan follows call by call (see blackbox.containment.imports).
 _VETTED_BUILTINS = frozenset({"getattr", "setattr", "delattr"})
 
 
@@ -201,7 +201,7 @@ def check_unsigned(payload: bytes, manifest: dict[str, Any]) -> None:
     callable (pickle itself names a class or function by the module it was
     defined in); the callables in the denylists above are refused whatever
     module holds them. What is decided statically, from names alone: the
-    declaration, the denylists, and every getattr/importer call (blackbox.imports).
+    declaration, the denylists, and every getattr/importer call (blackbox.containment.imports).
     What needs the module: whether a name is a submodule, a re-export or a module
     object; so those modules, declared requirements installed here, are imported
     (as unpickling would import them), never a by-value or unknown one.

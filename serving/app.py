@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from blackbox import BlackboxError, Model, UsageError
-from blackbox.predlog import PredictionLog
+from blackbox.monitoring.predlog import PredictionLog
 from flask import Flask
 
 from . import api, auth, errors, lifecycle, monitor, ops, v2

@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 import blackbox
 from blackbox import UsageError
-from blackbox.predlog import database_url
+from blackbox.monitoring.predlog import database_url
 from flask import Config
 from sqlalchemy.engine import URL
 
@@ -75,7 +75,7 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
         # for GET /drift, and refreshes the drift gauges at most every DRIFT_INTERVAL seconds.
         "DRIFT_WINDOW": 5_000,
         "DRIFT_INTERVAL": 15,
-        # Prediction log (blackbox/predlog.py): a SQLAlchemy URL or a SQLite file path; None: off.
+        # Prediction log (blackbox/monitoring/predlog.py): a SQLAlchemy URL or a SQLite file path; None: off.
         "PREDICTION_LOG": None,
         # Seconds a request may wait for the model (queue and call); past that it is a 504 and the
         # call's answer is dropped (serving/inference.py). Below gunicorn's --timeout (30).

@@ -102,7 +102,7 @@ class Metrics:
         self.model.labels(name, version, sha256).set(0)
 
     def drift(self, model: str, features: Mapping[str, Mapping[str, Any]], *, stale: Set[str] = frozenset()) -> None:
-        """Set the drift gauges from a :func:`blackbox.drift.compare` report; ``stale`` features go to NaN."""
+        """Set the drift gauges from a :func:`blackbox.monitoring.drift.compare` report; ``stale`` features go to NaN."""
         for name in stale:
             for gauge in self.drift_gauges.values():
                 gauge.labels(model, name).set(math.nan)

@@ -3,7 +3,7 @@
 Scope: one worker's view. The request path only appends the records it just
 scored to a bounded :class:`collections.deque` (under a lock held for the
 append); everything costly (typing the window with the model's schema,
-:func:`blackbox.drift.compare`) runs when ``/drift`` is asked and in a daemon
+:func:`blackbox.monitoring.drift.compare`) runs when ``/drift`` is asked and in a daemon
 thread that refreshes the Prometheus gauges every ``DRIFT_INTERVAL`` seconds
 when records arrived since the last refresh.
 
@@ -28,7 +28,8 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from blackbox import BlackboxError, Model, drift
+from blackbox import BlackboxError, Model
+from blackbox.monitoring import drift
 from flask import Blueprint, Response
 
 from . import api, jsonio, state

@@ -1,6 +1,6 @@
 """The server's side of the prediction log: a bounded queue, one writer thread per worker, and ``/feedback``.
 
-Scope: getting answered predictions into :class:`blackbox.predlog.PredictionLog`
+Scope: getting answered predictions into :class:`blackbox.monitoring.predlog.PredictionLog`
 without ever making a request wait on the database. The request path only
 appends one entry (the request's records and answer, by reference) to a queue
 bounded in rows and returns. The writer thread builds the rows and inserts up to
@@ -46,7 +46,7 @@ from typing import Any
 
 from blackbox import Model
 from blackbox.errors import problem as _problem
-from blackbox.predlog import SQLITE_BUSY_MS, TRANSIENT, PredictionLog, prediction_rows
+from blackbox.monitoring.predlog import SQLITE_BUSY_MS, TRANSIENT, PredictionLog, prediction_rows
 from blackbox.schema import NUMERIC_PATTERN
 from flask import Request, g
 from werkzeug.exceptions import Conflict, ServiceUnavailable, UnprocessableEntity

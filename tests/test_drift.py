@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 import blackbox
-from blackbox import drift
+from blackbox.monitoring import drift
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import blackbox
-from blackbox import environment
+from blackbox.containment import environment
 from blackbox.artifact import unpack
 from blackbox.cli import main as blackbox_cli
 from conftest import marker_payload, resign

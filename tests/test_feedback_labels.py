@@ -21,7 +21,7 @@ from sklearn.preprocessing import StandardScaler
 
 import blackbox
 from blackbox.cli import main
-from blackbox.predlog import read_log
+from blackbox.monitoring import read_log
 from serving import create_app
 from test_predlog import AUTH, KEY, KEY_ID, _close_recorders, feedback, make_app, outcome, predict, wait_for  # noqa: F401
 from test_serving import PASSENGER, base_config, served_artifact, serving_keys  # noqa: F401

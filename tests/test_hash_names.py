@@ -68,6 +68,6 @@ def test_every_http_model_object_says_payload_sha256(base_config, served_model):
 
 
 def test_the_prediction_log_column_is_documented_as_the_payloads():
-    from blackbox import predlog
+    from blackbox.monitoring import predlog
 
     assert "model_sha256" in predlog.__doc__ and "payload" in predlog.__doc__.split("model_sha256")[1][:200]

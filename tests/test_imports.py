@@ -12,8 +12,8 @@ import dill
 import numpy as np
 import pytest
 
+from blackbox.containment.imports import Global, pickle_globals, scan
 from blackbox.errors import ArtifactError
-from blackbox.imports import Global, pickle_globals, scan
 from conftest import marker_payload
 
 

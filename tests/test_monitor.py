@@ -1,7 +1,7 @@
 """Live drift in the server: the window per worker, GET /drift, the gauges, and the reset on a model swap.
 
 Records go through ``POST /predict`` of a real app (Flask's test client); every
-number ``/drift`` gives is checked against :func:`blackbox.drift.compare` on the
+number ``/drift`` gives is checked against :func:`blackbox.monitoring.drift.compare` on the
 same records, and the Titanic holdout split must look like the training data
 while a shifted copy must not.
 """
@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import blackbox
-from blackbox import drift
+from blackbox.monitoring import drift
 from serving import create_app
 from test_serving import served_artifact, served_model, serving_keys  # noqa: F401  (shared fixtures)
 

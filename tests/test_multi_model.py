@@ -242,7 +242,7 @@ def test_store_references_are_followed_each_on_its_own(teams, tmp_path, probe_re
 
 
 def test_the_prediction_log_names_the_model_of_each_row(teams, tmp_path, probe_records):
-    from blackbox.predlog import read_log
+    from blackbox.monitoring import read_log
 
     log = tmp_path / "log.sqlite"
     app = create_app({"ARTIFACT": [str(teams["team-a"]["path"]), str(teams["team-b"]["path"])], "PREDICTION_LOG": str(log)})

@@ -114,7 +114,7 @@ def test_serialize_deserialize_round_trip(saved):
 
 CHILD = r"""
 import json, sys
-from blackbox._probe import _Blocker
+from blackbox.containment._probe import _Blocker
 sys.meta_path.insert(0, _Blocker(frozenset({"training"})))
 try:
     import training

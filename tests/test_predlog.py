@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from blackbox.cli import main
-from blackbox.predlog import MAX_TEXT, PredictionLog, read_log
+from blackbox.monitoring.predlog import MAX_TEXT, PredictionLog, read_log
 from serving import create_app
 from serving.predlog import Recorder
 from serving.state import EXTENSION

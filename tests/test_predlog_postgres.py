@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from blackbox.predlog import PredictionLog, read_log
+from blackbox.monitoring.predlog import PredictionLog, read_log
 from test_predlog import _close_recorders, make_app, outage, round_trip  # noqa: F401  (shared helpers and fixture)
 from test_serving import base_config, passengers, served_artifact, served_model, serving_keys  # noqa: F401
 from test_serving_gunicorn import free_port

@@ -1,6 +1,6 @@
 """The HTML drift report and ``blackbox drift``: content, escaping, the log end to end, and a real browser's view.
 
-The live frames have the shape :func:`blackbox.predlog.read_log` returns; the
+The live frames have the shape :func:`blackbox.monitoring.read_log` returns; the
 end-to-end test writes its rows through the prediction log itself.
 """
 
@@ -21,9 +21,9 @@ import pytest
 from PIL import Image  # matplotlib's own dependency
 
 import blackbox
-from blackbox import predlog
 from blackbox.cli import main
-from blackbox.report import drift_report, performance_over_time
+from blackbox.monitoring import predlog
+from blackbox.monitoring.report import drift_report, performance_over_time
 from test_serving import served_artifact, served_model, serving_keys  # noqa: F401  (shared fixtures)
 
 HOSTILE = "<script>alert('x')</script>&\"'"

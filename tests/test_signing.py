@@ -291,7 +291,7 @@ FORGED = [
 @pytest.mark.parametrize("case", FORGED)
 def test_unsigned_payload_cannot_reach_a_dangerous_callable_through_an_allowed_module(case, saved, tmp_path):
     """The attacker writes the unsigned manifest too: it declares every global its payload imports."""
-    from blackbox.imports import pickle_globals
+    from blackbox.containment.imports import pickle_globals
 
     marker = tmp_path / "MARKER"
     evil = forged_payloads(marker, tmp_path)[case]

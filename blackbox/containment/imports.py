@@ -22,7 +22,7 @@ from __future__ import annotations
 import pickletools
 from typing import NamedTuple
 
-from .errors import ArtifactError
+from ..errors import ArtifactError
 
 
 class Global(NamedTuple):

@@ -29,7 +29,7 @@ from typing import Any
 import cloudpickle
 import dill
 
-from .errors import UsageError
+from ..errors import UsageError
 
 SERIALIZERS = ("dill", "cloudpickle")
 PROTOCOL = 5

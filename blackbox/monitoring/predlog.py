@@ -37,8 +37,8 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
-from .atomic import atomic_writer
-from .errors import UsageError
+from ..atomic import atomic_writer
+from ..errors import UsageError
 
 MAX_TEXT = 256
 """Characters of a string value kept in the log; longer ones keep this prefix plus their length and sha256."""

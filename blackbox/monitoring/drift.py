@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .schema import Schema
+from ..schema import Schema
 
 QUANTILES = np.linspace(0, 1, 11)[1:-1]  # inner decile edges
 MAX_DISCRETE = 20  # an integer feature spanning at most this many steps gets a bin per integer

@@ -1,13 +1,13 @@
-"""Child-process side of blackbox.isolation: load an artifact where user code cannot be found.
+"""Child-process side of blackbox.containment.isolation: load an artifact where user code cannot be found.
 
-Run as ``python -I -m blackbox._probe ARTIFACT`` (JSON options on stdin) from an empty
+Run as ``python -I -m blackbox.containment._probe ARTIFACT`` (JSON options on stdin) from an empty
 directory. Before anything else it makes the blocked top-level modules
 unimportable, then loads the artifact with blackbox.load and runs its golden
 sample, and prints one JSON line with the outcome. Its exit code is the outcome's.
 An exception from the model's own code (not a blackbox error) is a failed
 self-test naming it, except a module it imports while it runs that cannot be
 found here: that is not self-contained, with the advice of
-:func:`blackbox.isolation.missing_module_advice`. A crash or a hang is seen by
+:func:`blackbox.containment.isolation.missing_module_advice`. A crash or a hang is seen by
 the parent (no JSON line).
 """
 
@@ -63,7 +63,7 @@ def main(path: str, options: dict) -> int:
     except Exception as exc:  # the model's own code raised while loading or predicting its golden sample
         missing = _missing_module(exc)
         if missing is not None:
-            from blackbox.isolation import missing_module_advice
+            from blackbox.containment.isolation import missing_module_advice
 
             outcome.update(
                 status=blackbox.SelfContainmentError.code,

@@ -1,8 +1,8 @@
 """Self-containment by construction: embed user code until the payload needs nothing else.
 
 :func:`embed` pickles the estimator, reads the globals the payload would import
-(:mod:`blackbox.imports`, from the opcodes), and moves every top-level module the
-serving side will not provide (:mod:`blackbox.environment`) into the by-value
+(:mod:`blackbox.containment.imports`, from the opcodes), and moves every top-level module the
+serving side will not provide (:mod:`blackbox.containment.environment`) into the by-value
 set; it repeats until the payload imports only provided modules. A reference it
 cannot embed (a C extension, ``__main__``, an object that pickles itself by
 name) is refused, naming the reference and where it sits in the estimator.
@@ -20,7 +20,7 @@ from typing import Any
 
 from . import serializers
 from .environment import ServingEnvironment, embeddable, top_level
-from .errors import SelfContainmentError
+from ..errors import SelfContainmentError
 from .imports import Global, pickle_globals
 
 _MAX_ROUNDS = 8

@@ -1,6 +1,6 @@
 """The drift report: one self-contained HTML file comparing a period of live inputs with the training data.
 
-:func:`drift_report` puts the live records through :func:`blackbox.drift.compare`
+:func:`drift_report` puts the live records through :func:`blackbox.monitoring.drift.compare`
 against the profile the artifact carries and writes a page with the model's
 identity and the period, a table of features (most drifted first, coloured by
 status), one plot per feature (training vs live shares per bin or category,
@@ -29,14 +29,14 @@ import numpy as np
 import pandas as pd
 
 from . import drift
-from .atomic import atomic_write
-from .errors import UsageError
-from .schema import Schema
+from ..atomic import atomic_write
+from ..errors import UsageError
+from ..schema import Schema
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from .model import Model
+    from ..model import Model
 
 BUCKETS = (("day", "D", "%Y-%m-%d"), ("hour", "h", "%Y-%m-%d %H:00"), ("minute", "min", "%Y-%m-%d %H:%M"))
 """Time buckets of the accuracy over time, coarsest first: the first that splits the labelled records is used."""
@@ -85,7 +85,7 @@ def drift_report(
 
 
 def compare_live(model_or_manifest: Model | Mapping[str, Any], live: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    """:func:`blackbox.drift.compare` of a live frame, typed by the artifact's schema first."""
+    """:func:`blackbox.monitoring.drift.compare` of a live frame, typed by the artifact's schema first."""
     manifest = _manifest(model_or_manifest)
     profile = manifest.get("profile")
     if not profile:

@@ -52,7 +52,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import (
+from ..errors import (
     ArtifactError,
     EnvironmentMismatchError,
     SelfContainmentError,

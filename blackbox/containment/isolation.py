@@ -35,10 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .artifact import parse_manifest, read_header
-from .errors import ArtifactError, SelfContainmentError, SelfTestError, error_class
-from .signing import Keyring, public_pem
-from .trust import TrustedKeys
+from ..artifact import parse_manifest, read_header
+from ..errors import ArtifactError, SelfContainmentError, SelfTestError, error_class
+from ..signing import Keyring, public_pem
+from ..trust import TrustedKeys
 
 DEFAULT_BLOCK = ("training",)
 _MISSING_MODULE = re.compile(r"^ModuleNotFoundError: No module named '([^']+)'", re.MULTILINE)
@@ -128,7 +128,7 @@ def verify(
         })
         try:
             done = subprocess.run(
-                [str(python or sys.executable), "-I", "-m", "blackbox._probe", str(path)],
+                [str(python or sys.executable), "-I", "-m", "blackbox.containment._probe", str(path)],
                 input=options,
                 cwd=empty,
                 capture_output=True,
