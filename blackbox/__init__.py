@@ -4,6 +4,15 @@
 embedded by value and a manifest that describes it; ``load`` verifies the file
 before unpickling anything and returns a :class:`Model`; ``inspect`` reads the
 manifest without unpickling. ``__version__`` is the installed distribution's version.
+
+Public: the names in ``__all__``; what the ``__all__`` of :mod:`blackbox.store` (the model
+store), :mod:`blackbox.scoring` (batch scoring) and :mod:`blackbox.monitoring` (``read_log``,
+the prediction log as a DataFrame) names; and :mod:`blackbox.mlflow_export`, the loader module
+an exported MLflow model names.
+The rest is internal and may move between releases: :mod:`blackbox.containment`
+(serializers, the pickle scan, environment checks, embedding, the isolated check),
+:mod:`blackbox.fastpath`, and the modules of the format and trust (``artifact``,
+``manifest``, ``trust``, ``signing``, ``persist``, ``model``, ``schema``, ``cli``).
 """
 
 import importlib.metadata

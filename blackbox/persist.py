@@ -38,7 +38,6 @@ from .fastpath import ATTRIBUTE as FAST_PATH_ATTRIBUTE
 from .errors import AuthenticityError, SchemaError, SelfTestError, UsageError
 from .manifest import data_summary, git_info, jsonable, python_info, search_metrics, source_snapshot, utc_now
 from .model import Model
-from .monitoring import drift
 from .rebuild import recipe_section
 from .schema import Schema, infer_schema
 from .signing import SIGNING_KEY_ENV
@@ -238,6 +237,8 @@ def build(
     fast_path: bool = True,
 ) -> Model:
     """Package a fitted estimator as a verified, in-memory artifact (see :func:`save`)."""
+    from .monitoring import drift  # the training profile: saving needs it, loading never does
+
     serializers.check_serializer(serializer)
     fitted, search = _fitted_estimator(estimator)
     frame = train_data if train_data is not None else sample
