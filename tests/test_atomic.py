@@ -10,7 +10,7 @@ from pathlib import Path
 
 from blackbox.atomic import STALE_SECONDS, atomic_write
 
-from conftest import child_env
+from _helpers import child_env
 
 WRITER = """
 import os, signal, sys

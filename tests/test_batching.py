@@ -23,8 +23,7 @@ from blackbox.fastpath.table import as_frame
 from serving import create_app
 from serving.config import Settings, layer
 from serving.inference import Scorer
-from test_serving import passengers, served_artifact, served_model, serving_keys  # noqa: F401  (shared fixtures)
-from test_serving_gunicorn import Server, call
+from _helpers import Server, call, wait_for
 
 
 class Gated:
@@ -80,7 +79,7 @@ def run_gated(scorer: Scorer, gated: Gated, requests: list[list[dict]]) -> list[
 
     first = threading.Thread(target=one, args=(0,))
     first.start()
-    wait_until(lambda: gated.calls)
+    wait_for(lambda: gated.calls, 30, interval=0.001)
     rest = [threading.Thread(target=one, args=(i,)) for i in range(1, len(requests))]
     for thread in rest:
         thread.start()
@@ -91,16 +90,9 @@ def run_gated(scorer: Scorer, gated: Gated, requests: list[list[dict]]) -> list[
     return results
 
 
-def wait_until(condition: Any) -> None:
-    deadline = time.monotonic() + 30
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.001)
-
-
 def settle(scorer: Scorer, checked: Any) -> None:
     """Every request checked; then a moment for each to join its batch (a few microseconds of work)."""
-    wait_until(lambda: checked() and scorer._validating == 0)
+    wait_for(lambda: checked() and scorer._validating == 0, 30, interval=0.001)
     time.sleep(0.2)
 
 
@@ -110,7 +102,7 @@ def unbatched(model: Model, records: list[dict]) -> tuple[list, list]:
     return [p[0] for p, _ in answers], [q[0] for _, q in answers]
 
 
-def test_concurrent_requests_share_one_call_and_get_their_own_answers_in_order(served_model, passengers):  # noqa: F811
+def test_concurrent_requests_share_one_call_and_get_their_own_answers_in_order(served_model, passengers):
     gated = Gated(served_model)
     requests = [[passengers[0]]] + [[p] for p in passengers[1:21]] + [passengers[21:24]]
     results = run_gated(Scorer(batching=True, max_wait=0.002, max_records=256), gated, requests)
@@ -123,7 +115,7 @@ def test_concurrent_requests_share_one_call_and_get_their_own_answers_in_order(s
     assert [len(r.predictions) for r in results] == [len(request) for request in requests]
 
 
-def test_a_bad_request_gets_its_own_error_and_its_neighbours_are_answered(served_model, passengers):  # noqa: F811
+def test_a_bad_request_gets_its_own_error_and_its_neighbours_are_answered(served_model, passengers):
     gated = Gated(served_model)
     bad = {**passengers[5], "pclass": "first"}
     requests = [[passengers[0]], [passengers[1]], [passengers[2], bad], [passengers[3]], [{"fare": 3}], [passengers[4]]]
@@ -135,7 +127,7 @@ def test_a_bad_request_gets_its_own_error_and_its_neighbours_are_answered(served
     assert [results[i].predictions[0] for i in good] == unbatched(served_model, [requests[i][0] for i in good])[0]
 
 
-def test_a_model_error_in_a_shared_call_reaches_only_the_request_that_caused_it(served_model, passengers):  # noqa: F811
+def test_a_model_error_in_a_shared_call_reaches_only_the_request_that_caused_it(served_model, passengers):
     """The failed batch is called again request by request: the poisoned one gets the error, the others their answers."""
     gated = Gated(served_model, fail=RuntimeError("cannot take this name"), poisoned=lambda frame: (frame["name"] == "POISON").any())
     scorer = Scorer(batching=True, max_wait=0.002, max_records=256)
@@ -147,7 +139,7 @@ def test_a_model_error_in_a_shared_call_reaches_only_the_request_that_caused_it(
     assert [results[i].predictions[0] for i in good] == unbatched(served_model, [requests[i][0] for i in good])[0]
 
 
-def test_a_model_broken_for_every_input_fails_every_request_of_the_batch(served_model, passengers):  # noqa: F811
+def test_a_model_broken_for_every_input_fails_every_request_of_the_batch(served_model, passengers):
     gated = Gated(served_model, fail=RuntimeError("the model broke"))
     scorer = Scorer(batching=True, max_wait=0.002, max_records=256)
     results = run_gated(scorer, gated, [[p] for p in passengers[:9]])
@@ -158,14 +150,14 @@ def test_a_model_broken_for_every_input_fails_every_request_of_the_batch(served_
     assert scorer.score(gated, [passengers[0]], strict=False).predictions == unbatched(served_model, passengers[:1])[0]
 
 
-def test_off_switch_gives_every_request_its_own_call(served_model, passengers):  # noqa: F811
+def test_off_switch_gives_every_request_its_own_call(served_model, passengers):
     gated = Gated(served_model)
     results = run_gated(Scorer(batching=False), gated, [[p] for p in passengers[:6]])
     assert gated.calls == [1] * 6
     assert [r.predictions[0] for r in results] == unbatched(served_model, passengers[:6])[0]
 
 
-def test_batches_hold_at_most_max_records_and_a_large_request_is_its_own_call(served_model, passengers):  # noqa: F811
+def test_batches_hold_at_most_max_records_and_a_large_request_is_its_own_call(served_model, passengers):
     gated = Gated(served_model)
     requests = [[passengers[0]]] + [[p] for p in passengers[1:11]] + [passengers[11:16]]
     results = run_gated(Scorer(batching=True, max_wait=0.002, max_records=4), gated, requests)
@@ -174,14 +166,14 @@ def test_batches_hold_at_most_max_records_and_a_large_request_is_its_own_call(se
     assert [p for r in results for p in r.predictions] == unbatched(served_model, flat)[0]
 
 
-def test_requests_for_different_models_are_never_batched_together(served_model, passengers):  # noqa: F811
+def test_requests_for_different_models_are_never_batched_together(served_model, passengers):
     """A hot reload swaps the model object: requests that read the old one and the new one stay apart."""
     old, new = Gated(served_model), Gated(served_model)
     new.release.set()
     scorer = Scorer(batching=True, max_wait=0.002, max_records=256)
     blocker = threading.Thread(target=scorer.score, args=(old, [passengers[0]]), kwargs={"strict": False})
     blocker.start()
-    wait_until(lambda: old.calls)
+    wait_for(lambda: old.calls, 30, interval=0.001)
     with ThreadPoolExecutor(12) as pool:
         futures = [pool.submit(scorer.score, old if i % 2 else new, [passengers[i]], strict=False) for i in range(12)]
         settle(scorer, lambda: old.checked_requests + new.checked_requests >= 13)
@@ -192,7 +184,7 @@ def test_requests_for_different_models_are_never_batched_together(served_model, 
     assert [r.predictions[0] for r in results] == unbatched(served_model, passengers[:12])[0]
 
 
-def test_a_batch_mixing_missing_and_present_values_is_predicted_with_the_training_dtypes(served_model, passengers):  # noqa: F811
+def test_a_batch_mixing_missing_and_present_values_is_predicted_with_the_training_dtypes(served_model, passengers):
     """A request whose nullable columns are all missing shares a call with complete ones: same answers as alone."""
     gated = Gated(served_model)
     gappy = [{**p, "age": None, "fare": None} for p in passengers[1:3]]
@@ -204,7 +196,7 @@ def test_a_batch_mixing_missing_and_present_values_is_predicted_with_the_trainin
     assert [p for r in results for p in r.predictions] == unbatched(served_model, flat)[0]
 
 
-def test_settings_and_app_wire_the_knobs(served_artifact, serving_keys):  # noqa: F811
+def test_settings_and_app_wire_the_knobs(served_artifact, serving_keys):
     def settings(**overrides: Any) -> Settings:
         return Settings.from_config(layer(Config("."), {"ARTIFACT": "x.bbx", **overrides}))
 
@@ -219,8 +211,8 @@ def test_settings_and_app_wire_the_knobs(served_artifact, serving_keys):  # noqa
 
 
 @pytest.mark.slow
-def test_gunicorn_batches_concurrent_requests_and_answers_each_exactly(served_artifact, serving_keys, served_model,  # noqa: F811
-                                                                        passengers, tmp_path):  # noqa: F811
+def test_gunicorn_batches_concurrent_requests_and_answers_each_exactly(served_artifact, serving_keys, served_model,
+                                                                        passengers, tmp_path):
     server = Server([str(served_artifact), "--host", "127.0.0.1", "--workers", "1", "--threads", "16",
                      "--trusted-keys", str(serving_keys[1])], tmp_path / "server.log")
     try:
@@ -237,7 +229,7 @@ def test_gunicorn_batches_concurrent_requests_and_answers_each_exactly(served_ar
         server.stop()
 
 
-def test_validate_checks_what_prepare_checks_without_building_a_frame(served_model, passengers):  # noqa: F811
+def test_validate_checks_what_prepare_checks_without_building_a_frame(served_model, passengers):
     records = [{**passengers[0], "cabin": "C85"}, passengers[1]]
     assert served_model.validate(records) == served_model.prepare(records)[1] != []
     bad = [passengers[0], {**passengers[1], "pclass": "first"}]

@@ -7,7 +7,7 @@ import sysconfig
 
 import sklearn
 
-from conftest import PYTHON, child_env
+from _helpers import PYTHON, child_env
 
 NEEDS_SHIM = tuple(int(p) for p in sklearn.__version__.split(".")[:2]) >= (1, 7)
 

@@ -14,7 +14,6 @@ import http.client
 import json
 import shutil
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import pytest
 
 import blackbox
 from blackbox.artifact import pack, unpack
-from test_serving_gunicorn import Server, call
+from _helpers import Server, call, user_module, wait_for, wait_for_url
 
 pytestmark = pytest.mark.slow
 
@@ -64,16 +63,8 @@ class Trap(BaseEstimator, TransformerMixin):
 
 @pytest.fixture(scope="module")
 def trap_module(tmp_path_factory):
-    from importlib import import_module
-
-    where = tmp_path_factory.mktemp("trapsrc")
-    (where / "bbx_trap_feats.py").write_text(TRAP_SOURCE)
-    sys.path.insert(0, str(where))
-    try:
-        yield import_module("bbx_trap_feats")
-    finally:
-        sys.path.remove(str(where))
-        sys.modules.pop("bbx_trap_feats", None)
+    with user_module(tmp_path_factory.mktemp("trapsrc"), "bbx_trap_feats", TRAP_SOURCE) as module:
+        yield module
 
 
 @pytest.fixture(scope="module")
@@ -113,17 +104,6 @@ def _kill(server: Server) -> None:
     if server.process.poll() is None:
         server.process.kill()
         server.process.wait()
-
-
-def _wait_for(condition, seconds: float, server: Server, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        if server.process.poll() is not None:
-            pytest.fail(f"server exited with {server.process.returncode} while waiting for {what}:\n{server.log.read_text()}")
-        time.sleep(0.1)
-    pytest.fail(f"{what} not seen after {seconds} s:\n{server.log.read_text()}")
 
 
 def _version(server: Server) -> str:
@@ -222,8 +202,8 @@ def test_sighup_with_a_bad_file_on_disk_keeps_the_old_model_serving(build, tmp_p
         for n, (kind, data) in enumerate(bad.items(), start=1):
             served.write_bytes(data)
             server.process.send_signal(signal.SIGHUP)
-            _wait_for(lambda: server.log.read_text().count('"event":"reload_failed"') >= n, 60, server,
-                      f"reload_failed after SIGHUP with a {kind} file")
+            wait_for(lambda: server.log.read_text().count('"event":"reload_failed"') >= n, 60, server=server,
+                     what=f"reload_failed after SIGHUP with a {kind} file")
             assert server.process.poll() is None, f"{kind}: {server.log.read_text()}"
             assert {_version(server) for _ in range(6)} == {"1.0.0"}, kind
         assert "SIGSEGV" in server.log.read_text()
@@ -231,7 +211,7 @@ def test_sighup_with_a_bad_file_on_disk_keeps_the_old_model_serving(build, tmp_p
         # A good file swapped in is taken by the new workers.
         served.write_bytes(newer.read_bytes())
         server.process.send_signal(signal.SIGHUP)
-        _wait_for(lambda: {_version(server) for _ in range(6)} == {"2.0.0"}, 60, server, "2.0.0 served after SIGHUP")
+        wait_for(lambda: {_version(server) for _ in range(6)} == {"2.0.0"}, 60, server=server, what="2.0.0 served after SIGHUP")
         assert server.stop() == 0
     finally:
         _kill(server)
@@ -257,8 +237,8 @@ def test_a_store_reload_to_a_crashing_or_hanging_release_keeps_the_old_model(tra
         server.wait_ready(workers=2)
         for n, version in enumerate(("2.0.0", "3.0.0"), start=1):
             trap_store.promote("trap", version, "production")
-            _wait_for(lambda: server.log.read_text().count('"event":"reload_failed"') >= 2 * n, 60, server,
-                      f"both workers refusing {version}")
+            wait_for(lambda: server.log.read_text().count('"event":"reload_failed"') >= 2 * n, 60, server=server,
+                     what=f"both workers refusing {version}")
             assert {_version(server) for _ in range(6)} == {"1.0.0"}
             ready = json.loads(call(server.url + "/ready")[1])
             assert ready["reload"]["result"] == "failed"
@@ -279,7 +259,7 @@ def test_an_unreachable_store_at_start_is_live_not_ready_then_serves(trap_store,
             "--cache-dir", str(cache)]
     server = Server(args, tmp_path / "server.log")
     try:
-        _wait_for(lambda: _answers(server.url + "/health"), 60, server, "/health")
+        wait_for_url(server.url + "/health", server.process, 60, log=server.log)
         status, body = call(server.url + "/ready")
         assert status == 503 and "No model could be loaded yet" in json.loads(body)["error"]["message"], body
         assert str(root) in json.loads(body)["error"]["message"]  # why: the store's own error
@@ -300,15 +280,8 @@ def test_an_unreachable_store_at_start_is_live_not_ready_then_serves(trap_store,
         ready = json.loads(call(server.url + "/ready")[1])
         assert ready["reload"]["served_from"] == "cache", ready
         away.rename(root)
-        _wait_for(lambda: json.loads(call(server.url + "/ready")[1])["reload"].get("served_from") == "store", 30,
-                  server, "the store taking over from the cache")
+        wait_for(lambda: json.loads(call(server.url + "/ready")[1])["reload"].get("served_from") == "store", 30,
+                 server=server, what="the store taking over from the cache")
         assert server.stop() == 0
     finally:
         _kill(server)
-
-
-def _answers(url: str) -> bool:
-    try:
-        return call(url, timeout=1)[0] == 200
-    except OSError:
-        return False

@@ -13,7 +13,7 @@ from blackbox import scoring
 from blackbox.cli import main
 from blackbox.signing import TRUSTED_KEYS_ENV
 
-from test_scoring import artifact, bad_rows, model, poison_artifact, poison_artifacts, rows, write_input  # noqa: F401 (fixtures)
+from _helpers import bad_rows, doctored, poisoned, write_input
 
 distributed = pytest.importorskip("distributed")
 
@@ -29,11 +29,11 @@ def cluster():
         yield local
 
 
-def test_scoring_on_workers_equals_one_process(cluster, artifact, rows, tmp_path):
-    source = write_input(bad_rows(rows, 600), tmp_path / "in.csv")
+def test_scoring_on_workers_equals_one_process(cluster, scoring_artifact, scoring_rows, tmp_path):
+    source = write_input(bad_rows(scoring_rows, 600), tmp_path / "in.csv")
     options = dict(chunk_size=50, id_column="passenger", on_error="skip")
-    alone = scoring.score(artifact, source, tmp_path / "alone.csv", **options)
-    spread = scoring.score(artifact, source, tmp_path / "spread.csv", engine="dask", scheduler=cluster.scheduler_address, **options)
+    alone = scoring.score(scoring_artifact, source, tmp_path / "alone.csv", **options)
+    spread = scoring.score(scoring_artifact, source, tmp_path / "spread.csv", engine="dask", scheduler=cluster.scheduler_address, **options)
 
     assert (tmp_path / "spread.csv").read_bytes() == (tmp_path / "alone.csv").read_bytes()
     assert (tmp_path / "spread.rejects.csv").read_bytes() == (tmp_path / "alone.rejects.csv").read_bytes()
@@ -43,10 +43,10 @@ def test_scoring_on_workers_equals_one_process(cluster, artifact, rows, tmp_path
     assert sum(spread.worker_loads.values()) >= 1
 
 
-def test_cli_dask_engine_on_its_own_local_cluster(artifact, rows, tmp_path, capsys):
-    source = write_input(rows, tmp_path / "in.parquet")
-    assert main(["score", str(artifact), str(source), "-o", str(tmp_path / "alone.parquet")]) == 0
-    assert main(["score", str(artifact), str(source), "-o", str(tmp_path / "spread.parquet"), "--engine", "dask"]) == 0
+def test_cli_dask_engine_on_its_own_local_cluster(scoring_artifact, scoring_rows, tmp_path, capsys):
+    source = write_input(scoring_rows, tmp_path / "in.parquet")
+    assert main(["score", str(scoring_artifact), str(source), "-o", str(tmp_path / "alone.parquet")]) == 0
+    assert main(["score", str(scoring_artifact), str(source), "-o", str(tmp_path / "spread.parquet"), "--engine", "dask"]) == 0
     assert (tmp_path / "spread.parquet").read_bytes() == (tmp_path / "alone.parquet").read_bytes()
     assert "model loads per Dask worker" in capsys.readouterr().out
 
@@ -67,11 +67,9 @@ def test_training_on_dask_gives_the_same_verified_artifact(cluster, tmp_path):
     assert outcome.ok, outcome.message
 
 
-def test_dask_engine_refuses_an_artifact_failing_its_self_test(cluster, artifact, rows, tmp_path, capsys):
-    from test_scoring import doctored
-
-    bad = doctored(artifact, tmp_path / "doctored.bbx")
-    source = write_input(rows.head(40), tmp_path / "in.csv")
+def test_dask_engine_refuses_an_artifact_failing_its_self_test(cluster, scoring_artifact, scoring_rows, tmp_path, capsys):
+    bad = doctored(scoring_artifact, tmp_path / "doctored.bbx")
+    source = write_input(scoring_rows.head(40), tmp_path / "in.csv")
     args = ["score", str(bad), str(source), "-o", str(tmp_path / "out.csv"), "--engine", "dask", "--scheduler", cluster.scheduler_address]
     assert main(args) == 7
     assert "golden-sample predictions" in capsys.readouterr().err
@@ -79,8 +77,6 @@ def test_dask_engine_refuses_an_artifact_failing_its_self_test(cluster, artifact
 
 
 def test_rows_the_model_rejects_on_workers_are_rejects_as_in_one_process(cluster, poison_artifact, tmp_path):
-    from test_scoring import poisoned
-
     source = write_input(poisoned(400, (5, 120, 121, 399)), tmp_path / "in.csv")
     options = dict(chunk_size=64, on_error="skip")
     alone = scoring.score(poison_artifact, source, tmp_path / "alone.csv", **options)

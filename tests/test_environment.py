@@ -20,7 +20,7 @@ import blackbox
 from blackbox.containment import environment
 from blackbox.artifact import unpack
 from blackbox.cli import main as blackbox_cli
-from conftest import marker_payload, resign
+from _helpers import marker_payload, resign
 
 ROOT = Path(__file__).resolve().parent.parent
 

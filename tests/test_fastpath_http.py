@@ -28,7 +28,6 @@ from blackbox.fastpath.table import Prepared
 from blackbox.model import PROBA_TOLERANCE
 from blackbox.schema import Schema
 from serving import create_app
-from test_serving import passengers, served_artifact, served_model, serving_keys  # noqa: F401  (shared fixtures)
 
 APPS = [(fast, batching) for fast in (True, False) for batching in (True, False)]
 

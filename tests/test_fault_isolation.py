@@ -27,11 +27,8 @@ from blackbox import Model, SchemaError, SklearnModel, infer_schema
 from blackbox.errors import ModelInputError, ModelOutputError
 from blackbox.artifact import unpack
 from blackbox.fastpath.table import as_frame
-from conftest import resign
 from serving import create_app
-from test_serving import (  # noqa: F401  (shared fixtures)
-    PASSENGER, assert_error, base_config, details, metric, passengers, served_artifact, served_model, serving_keys,
-)
+from _helpers import PASSENGER, assert_error, details, metric, resign
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -85,7 +82,7 @@ def alone(model: Model, records: list[dict]) -> tuple[list, list]:
 
 # -- 1. a model error in a shared batch reaches only the request that caused it --------
 @pytest.mark.parametrize("batching", [True, False], ids=["batching", "no-batching"])
-def test_a_poisoned_request_fails_alone_among_concurrent_valid_ones(old_forest_artifact, passengers, batching):  # noqa: F811
+def test_a_poisoned_request_fails_alone_among_concurrent_valid_ones(old_forest_artifact, passengers, batching):
     app = app_for(old_forest_artifact, BATCHING=batching, BATCH_MAX_RECORDS=256)
     current = app.extensions["blackbox"]
     model = current.holder.model
@@ -141,7 +138,7 @@ def test_a_poisoned_request_fails_alone_among_concurrent_valid_ones(old_forest_a
     assert len(current.monitor._window) == sum(map(len, requests)) - 2  # the failed request never reached the drift window
 
 
-def test_a_model_that_fails_for_everyone_still_fails_every_request(forest_artifact, passengers):  # noqa: F811
+def test_a_model_that_fails_for_everyone_still_fails_every_request(forest_artifact, passengers):
     """Retrying alone finds no culprit when the model is broken: every request gets its own error, the server keeps serving."""
     app = app_for(forest_artifact)
     model = app.extensions["blackbox"].holder.model

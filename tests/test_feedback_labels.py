@@ -23,15 +23,12 @@ import blackbox
 from blackbox.cli import main
 from blackbox.monitoring import read_log
 from serving import create_app
-from test_predlog import AUTH, KEY, KEY_ID, _close_recorders, feedback, make_app, outcome, predict, wait_for  # noqa: F401
-from test_serving import PASSENGER, base_config, served_artifact, serving_keys  # noqa: F401
+from _helpers import LOG_AUTH, LOG_KEY, LOG_KEY_ID, PASSENGER, details, feedback, make_app, outcome, predict, wait_for
+
+pytestmark = pytest.mark.usefixtures("close_recorders")
 
 
-def details(response) -> list[tuple]:
-    return [(d["row"], d["field"], d["issue"]) for d in response.get_json()["error"]["details"]]
-
-
-def test_a_label_the_model_does_not_have_is_refused_and_spellings_of_a_class_are_stored_as_it(base_config, tmp_path):  # noqa: F811
+def test_a_label_the_model_does_not_have_is_refused_and_spellings_of_a_class_are_stored_as_it(base_config, tmp_path):
     db = tmp_path / "log.db"
     app = make_app(base_config, str(db))
     client = app.test_client()
@@ -77,11 +74,11 @@ def two_models(tmp_path_factory) -> dict[str, str]:
 
 def test_with_several_models_the_logged_model_or_the_addressed_one_decides(two_models, tmp_path):
     db = tmp_path / "log.db"
-    app = create_app({"ARTIFACT": list(two_models.values()), "PREDICTION_LOG": str(db), "API_KEYS": {KEY_ID: KEY}})
+    app = create_app({"ARTIFACT": list(two_models.values()), "PREDICTION_LOG": str(db), "API_KEYS": {LOG_KEY_ID: LOG_KEY}})
     client = app.test_client()
     record = {"x": 0.5, "n": 2}
-    yes = client.post("/models/yesno/predict", json=record, headers=AUTH).get_json()["request_id"]
-    price = client.post("/models/price/predict", json=record, headers=AUTH).get_json()["request_id"]
+    yes = client.post("/models/yesno/predict", json=record, headers=LOG_AUTH).get_json()["request_id"]
+    price = client.post("/models/price/predict", json=record, headers=LOG_AUTH).get_json()["request_id"]
     wait_for(lambda: outcome(app, "written") == 2)
 
     wrong = feedback(client, [{"request_id": yes, "label": 3.5}, {"request_id": price, "label": "yes"},
@@ -99,10 +96,10 @@ def test_with_several_models_the_logged_model_or_the_addressed_one_decides(two_m
     assert unlogged.status_code == 422 and details(unlogged) == [(0, "label", "unknown_model")]
     assert "/models/NAME/feedback" in unlogged.get_json()["error"]["details"][0]["expected"]
     addressed = client.post("/models/yesno/feedback", json=[{"request_id": "not-logged-yet", "label": "yes"},
-                                                             {"request_id": "not-logged-either", "label": "maybe"}], headers=AUTH)
+                                                             {"request_id": "not-logged-either", "label": "maybe"}], headers=LOG_AUTH)
     assert addressed.status_code == 422 and details(addressed) == [(1, "label", "unknown_class")]
-    ok = client.post("/models/yesno/feedback", json={"request_id": "not-logged-yet", "label": "no"}, headers=AUTH)
+    ok = client.post("/models/yesno/feedback", json={"request_id": "not-logged-yet", "label": "no"}, headers=LOG_AUTH)
     assert ok.status_code == 200 and ok.get_json()["feedback"][0]["known"] is False
-    assert client.post("/models/nope/feedback", json={"request_id": "r", "label": "no"}, headers=AUTH).status_code == 404
+    assert client.post("/models/nope/feedback", json={"request_id": "r", "label": "no"}, headers=LOG_AUTH).status_code == 404
     assert client.post("/models/yesno/feedback", json={"request_id": "r", "label": "no"}).status_code == 401
-    assert json.loads(client.get("/openapi.json", headers=AUTH).data)  # the document still builds
+    assert json.loads(client.get("/openapi.json", headers=LOG_AUTH).data)  # the document still builds

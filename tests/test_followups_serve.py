@@ -17,10 +17,8 @@ import pytest
 
 import blackbox
 from blackbox.artifact import unpack
-from conftest import resign
 from serving import create_app
-from test_serving_gunicorn import Server, call, serve_command
-from test_store import artifact, variant  # noqa: F401 (the module-scoped signed artifact fixture)
+from _helpers import Server, call, resign, serve_command, taken_port, variant
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +27,7 @@ def records(titanic) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def bad(artifact, tmp_path_factory) -> Path:  # noqa: F811
+def bad(artifact, tmp_path_factory) -> Path:
     """A validly signed titanic 3.0.0 that fails its self-test."""
     data = artifact.read_bytes()
     manifest = unpack(data).manifest()
@@ -54,7 +52,7 @@ def served(client, records) -> str:
 
 
 def test_a_starting_follower_serves_the_cached_copy_while_the_alias_names_a_bad_release(
-    artifact, bad, records, tmp_path  # noqa: F811
+    artifact, bad, records, tmp_path
 ):
     root = tmp_path / "store"
     store = blackbox.Store.open(root)
@@ -94,7 +92,7 @@ def start(args: list[str], log: Path) -> Server:
 
 
 def test_a_restarted_server_refuses_a_replayed_pointer_unless_allowed_to_downgrade(
-    artifact, records, tmp_path  # noqa: F811
+    artifact, records, tmp_path
 ):
     root = tmp_path / "store"
     store = blackbox.Store.open(root)
@@ -138,11 +136,8 @@ def test_a_restarted_server_refuses_a_replayed_pointer_unless_allowed_to_downgra
 
 
 @pytest.mark.parametrize("debug", [False, True], ids=["gunicorn", "debug"])
-def test_serve_on_a_port_in_use_is_a_usage_error(artifact, debug):  # noqa: F811
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+def test_serve_on_a_port_in_use_is_a_usage_error(artifact, debug):
+    with taken_port() as port:
         done = subprocess.run(
             [*serve_command(), str(artifact), "--host", "127.0.0.1", "--port", str(port), *(["--debug"] if debug else [])],
             capture_output=True, text=True, timeout=120,
@@ -184,7 +179,7 @@ def documented_operations(app, doc: dict) -> list[tuple[str, str, str]]:
     return missing
 
 
-def test_the_openapi_document_has_every_route_the_app_registers(artifact):  # noqa: F811
+def test_the_openapi_document_has_every_route_the_app_registers(artifact):
     from serving.auth import ENDPOINT_SCOPES, OPEN_ENDPOINTS
 
     app = create_app({"ARTIFACT": str(artifact), "API_KEYS": f"ops:{KEY} predict read admin"})

@@ -18,8 +18,7 @@ from blackbox import signing
 from blackbox.artifact import unpack
 from blackbox.cli import main as blackbox_cli
 from blackbox.errors import ArtifactError
-from conftest import resign
-from test_store import artifact  # noqa: F401 (the module-scoped signed artifact fixture)
+from _helpers import resign
 
 
 def kid_of(keys) -> str:
@@ -42,7 +41,7 @@ def explicit_keys(keys) -> dict[str, object]:
     }
 
 
-def test_revoked_keys_env_applies_to_explicit_trusted_keys(artifact, keys, monkeypatch):  # noqa: F811
+def test_revoked_keys_env_applies_to_explicit_trusted_keys(artifact, keys, monkeypatch):
     assert blackbox.load(artifact, trusted_keys=[str(keys["public"])]).version == "1.0.0"
     monkeypatch.setenv(signing.REVOKED_KEYS_ENV, f"0123456789abcdef, {kid_of(keys)}")
     for how, trusted in explicit_keys(keys).items():
@@ -54,7 +53,7 @@ def test_revoked_keys_env_applies_to_explicit_trusted_keys(artifact, keys, monke
     assert not blackbox.inspect(artifact, trusted_keys=[keys["public"]])["signature"]["valid"]
 
 
-def test_revoked_keys_env_applies_to_a_store_pointer(artifact, keys, tmp_path, monkeypatch):  # noqa: F811
+def test_revoked_keys_env_applies_to_a_store_pointer(artifact, keys, tmp_path, monkeypatch):
     store = blackbox.Store.open(tmp_path / "store")
     store.push(artifact)
     store.promote("titanic", "1.0.0", "production")
@@ -66,7 +65,7 @@ def test_revoked_keys_env_applies_to_a_store_pointer(artifact, keys, tmp_path, m
         assert "production.json" in caught.value.message, how
 
 
-def test_the_cli_refuses_a_revoked_key_given_with_trusted_keys(artifact, keys, monkeypatch, capsys):  # noqa: F811
+def test_the_cli_refuses_a_revoked_key_given_with_trusted_keys(artifact, keys, monkeypatch, capsys):
     monkeypatch.setenv(signing.REVOKED_KEYS_ENV, kid_of(keys))
     code = blackbox_cli(["inspect", str(artifact), "--trusted-keys", str(keys["public"]), "--require-valid"])
     assert code == blackbox.AuthenticityError.exit_code
@@ -90,7 +89,7 @@ def wrong_shapes(manifest: dict) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def malformed(artifact, tmp_path_factory) -> dict[str, Path]:  # noqa: F811
+def malformed(artifact, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("malformed")
     data = artifact.read_bytes()
     out = {}
@@ -115,7 +114,7 @@ def test_a_manifest_of_the_wrong_shape_is_a_malformed_artifact(malformed, capsys
             assert "Traceback" not in captured.err and "manifest" in captured.err, (how, command, captured.err)
 
 
-def test_inspect_prints_a_well_shaped_manifest_with_odd_optional_values(artifact, tmp_path, capsys):  # noqa: F811
+def test_inspect_prints_a_well_shaped_manifest_with_odd_optional_values(artifact, tmp_path, capsys):
     data = artifact.read_bytes()
     manifest = unpack(data).manifest()
     odd = {**manifest, "metrics": {"search": {"best_score": None, "scoring": "accuracy"}}, "by_value": [1],
@@ -132,7 +131,7 @@ def test_inspect_prints_a_well_shaped_manifest_with_odd_optional_values(artifact
 
 
 @pytest.mark.parametrize("payload", [None, {"predict": "not callable"}, [1, 2, 3]], ids=["None", "dict", "list"])
-def test_a_payload_that_is_not_an_estimator_is_refused(artifact, payload, tmp_path):  # noqa: F811
+def test_a_payload_that_is_not_an_estimator_is_refused(artifact, payload, tmp_path):
     data = artifact.read_bytes()
     pickled = pickle.dumps(payload, protocol=5)
     manifest = {**unpack(data).manifest(), "payload": {"sha256": hashlib.sha256(pickled).hexdigest(), "size": len(pickled)}}

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from blackbox.cli import main
 from serving import create_app
-from test_serving import base_config, served_artifact, served_model, serving_keys  # noqa: F401
 from training.__main__ import format_summary
 
 PASSENGER = {"pclass": 3, "sex": "male", "age": 22, "sibsp": 1, "parch": 0, "fare": 7.25, "embarked": "S",
@@ -25,7 +24,7 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def test_inspect_push_and_list_name_each_hash(served_artifact, served_model, serving_keys, tmp_path, capsys):  # noqa: F811
+def test_inspect_push_and_list_name_each_hash(served_artifact, served_model, serving_keys, tmp_path, capsys):
     keys = ["--trusted-keys", str(serving_keys[1])]
     assert main(["inspect", str(served_artifact), *keys]) == 0
     text = capsys.readouterr().out
@@ -51,7 +50,7 @@ def test_training_summary_names_each_hash():
     assert not BARE.search(text.replace("sha256sum", "")), text
 
 
-def test_every_http_model_object_says_payload_sha256(base_config, served_model):  # noqa: F811
+def test_every_http_model_object_says_payload_sha256(base_config, served_model):
     client = create_app(base_config).test_client()
     named = {"name": "titanic", "version": "1.0.0", "payload_sha256": served_model.sha256, "sha256": served_model.sha256}
     assert client.post("/predict", json=PASSENGER).get_json()["model"] == named

@@ -11,7 +11,6 @@ import io
 import json
 import re
 import socket
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,25 +22,13 @@ import pytest
 
 import blackbox
 from serving import create_app
-from test_serving import (  # noqa: F401  (shared fixtures)
-    PASSENGER,
-    app,
-    assert_error,
-    base_config,
-    client,
-    passengers,
-    post,
-    served_artifact,
-    served_model,
-    serving_keys,
-)
-from test_serving_gunicorn import Server, call
+from _helpers import PASSENGER, Server, assert_error, call, post, user_module
 
 LIMIT = 2_000
 
 
 @pytest.fixture(scope="module")
-def small_client(base_config):  # noqa: F811
+def small_client(base_config):
     return create_app({**base_config, "MAX_CONTENT_LENGTH": LIMIT}).test_client()
 
 
@@ -93,7 +80,7 @@ def test_a_repeated_key_next_to_nan_is_still_refused(client):
 
 
 @pytest.mark.parametrize("name", ["Braund: Mr. Owen", "caf\\u00e9 \\u003a x", 'He said \\": x', "a\\u003a"])
-def test_colons_and_escapes_in_values_are_no_duplicates(client, served_model, name):  # noqa: F811
+def test_colons_and_escapes_in_values_are_no_duplicates(client, served_model, name):
     record = {**PASSENGER, "name": json.loads(f'"{name}"')}
     data = json.dumps(PASSENGER)[:-1].replace('"name": "Braund, Mr. Owen Harris"', f'"name": "{name}"') + "}"
     response = client.post("/predict", data=data.encode(), content_type="application/json")
@@ -102,7 +89,7 @@ def test_colons_and_escapes_in_values_are_no_duplicates(client, served_model, na
 
 
 # -- 5. numeric strings: accepted, and documented as accepted ---------------------------------
-def test_numeric_strings_are_documented_in_openapi_and_served_as_numbers(client, served_model):  # noqa: F811
+def test_numeric_strings_are_documented_in_openapi_and_served_as_numbers(client, served_model):
     record = client.get("/openapi.json").get_json()["components"]["schemas"]["Record"]
     for name in ("age", "fare", "pclass"):
         prop = record["properties"][name]
@@ -120,14 +107,14 @@ def test_numeric_strings_are_documented_in_openapi_and_served_as_numbers(client,
     assert_error(post(client, {**PASSENGER, "age": "abc"}), 422, "validation_error")
 
 
-def test_batch_scoring_takes_numeric_strings_like_the_server(served_model, tmp_path):  # noqa: F811
+def test_batch_scoring_takes_numeric_strings_like_the_server(served_model, tmp_path):
     frame = pd.DataFrame([{**PASSENGER, "age": "22", "fare": "7.25"}], dtype=object)
     assert served_model.predict_batch(frame) == served_model.predict_batch([PASSENGER])
 
 
 # -- 1. request timeout ------------------------------------------------------------------------
 @pytest.fixture
-def slow_app(base_config, monkeypatch):  # noqa: F811
+def slow_app(base_config, monkeypatch):
     """An app with a 1 s request timeout whose model takes 3 s for the call after ``app.slow.set()``."""
     def make(**overrides):
         model = blackbox.load(base_config["ARTIFACT"], **base_config["LOAD_OPTIONS"])
@@ -148,7 +135,7 @@ def slow_app(base_config, monkeypatch):  # noqa: F811
 
 
 @pytest.mark.parametrize("batching", [True, False], ids=["batching", "no-batching"])
-def test_a_model_call_over_the_request_timeout_is_504_and_the_worker_recovers(slow_app, batching, served_model):  # noqa: F811
+def test_a_model_call_over_the_request_timeout_is_504_and_the_worker_recovers(slow_app, batching, served_model):
     app = slow_app(BATCHING=batching)
     client = app.test_client()
     app.slow.set()
@@ -180,7 +167,7 @@ def test_requests_queued_behind_a_slow_call_time_out_at_their_own_deadline(slow_
     slow.join()
 
 
-def test_the_request_timeout_is_a_checked_setting(base_config):  # noqa: F811
+def test_the_request_timeout_is_a_checked_setting(base_config):
     from blackbox import UsageError
     with pytest.raises(UsageError, match="REQUEST_TIMEOUT"):
         create_app({**base_config, "REQUEST_TIMEOUT": 0})
@@ -212,26 +199,17 @@ RECORD = {"a": 0.5, "b": -0.1}
 
 
 @pytest.fixture(scope="module")
-def sleepy_artifact(serving_keys, tmp_path_factory):  # noqa: F811
-    from importlib import import_module
-
+def sleepy_artifact(serving_keys, tmp_path_factory):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
 
-    where = tmp_path_factory.mktemp("sleepysrc")
-    (where / "bbx_sleepy_feats.py").write_text(SLEEPY_SOURCE)
-    sys.path.insert(0, str(where))
-    try:
-        module = import_module("bbx_sleepy_feats")
+    with user_module(tmp_path_factory.mktemp("sleepysrc"), "bbx_sleepy_feats", SLEEPY_SOURCE) as module:
         rng = np.random.default_rng(0)
         X = pd.DataFrame({"a": rng.normal(size=60), "b": rng.normal(size=60)})
         y = (X.a + X.b > 0).astype(int)
         pipeline = Pipeline([("sleepy", module.Sleepy(10.0)), ("clf", LogisticRegression())]).fit(X, y)
         path = tmp_path_factory.mktemp("sleepy") / "sleepy.bbx"
         return blackbox.save(pipeline, path, train_data=X, name="sleepy", version="1", signing_key=serving_keys[0])
-    finally:
-        sys.path.remove(str(where))
-        sys.modules.pop("bbx_sleepy_feats", None)
 
 
 def started(artifact: Path, keys, tmp_path: Path, *args: str, workers: int = 1) -> Server:
@@ -242,7 +220,7 @@ def started(artifact: Path, keys, tmp_path: Path, *args: str, workers: int = 1) 
 
 
 @pytest.mark.slow
-def test_the_sync_worker_answers_a_slow_call_with_a_json_504_and_keeps_serving(sleepy_artifact, serving_keys, tmp_path):  # noqa: F811
+def test_the_sync_worker_answers_a_slow_call_with_a_json_504_and_keeps_serving(sleepy_artifact, serving_keys, tmp_path):
     server = started(sleepy_artifact, serving_keys, tmp_path, "--threads", "1", "--timeout", "6", "--request-timeout", "2")
     try:
         begun = time.monotonic()
@@ -260,7 +238,7 @@ def test_the_sync_worker_answers_a_slow_call_with_a_json_504_and_keeps_serving(s
 
 
 @pytest.mark.slow
-def test_request_timeout_must_be_below_the_worker_timeout(served_artifact, serving_keys, tmp_path):  # noqa: F811
+def test_request_timeout_must_be_below_the_worker_timeout(served_artifact, serving_keys, tmp_path):
     server = Server([str(served_artifact), "--host", "127.0.0.1", "--timeout", "5", "--request-timeout", "5",
                      "--trusted-keys", str(serving_keys[1])], tmp_path / "server.log")
     assert server.process.wait(timeout=60) == 2
@@ -284,7 +262,7 @@ def trickle(socks: list[socket.socket], stop: threading.Event) -> None:
 
 
 @pytest.mark.slow
-def test_slow_clients_do_not_take_the_capacity_of_others(served_artifact, serving_keys, tmp_path):  # noqa: F811
+def test_slow_clients_do_not_take_the_capacity_of_others(served_artifact, serving_keys, tmp_path):
     server = started(served_artifact, serving_keys, tmp_path, "--read-timeout", "4", workers=2)
     stop = threading.Event()
     socks: list[socket.socket] = []

@@ -14,7 +14,7 @@ import pytest
 
 from blackbox.containment.imports import Global, pickle_globals, scan
 from blackbox.errors import ArtifactError
-from conftest import marker_payload
+from _helpers import marker_payload
 
 
 class _Reduce:

@@ -12,7 +12,7 @@ import pytest
 import blackbox
 from blackbox.artifact import unpack
 from blackbox.cli import main as blackbox_cli
-from conftest import child_env, resign
+from _helpers import child_env, resign
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import pandas as pd
 import pytest
@@ -19,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import blackbox
 from blackbox.monitoring import drift
 from serving import create_app
-from test_serving import served_artifact, served_model, serving_keys  # noqa: F401  (shared fixtures)
+from _helpers import wait_for
 
 KEY = "m" * 20 + "-drift-key"
 
@@ -30,7 +29,7 @@ def as_json(frame: pd.DataFrame) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def valid_holdout(titanic, served_model) -> pd.DataFrame:  # noqa: F811
+def valid_holdout(titanic, served_model) -> pd.DataFrame:
     """The holdout split without the few rows missing a value training always had (the server refuses those)."""
     required = [field.name for field in served_model.schema.fields if not field.nullable]
     return titanic[1].dropna(subset=required)
@@ -51,7 +50,7 @@ def shifted(valid_holdout) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def config(served_artifact, serving_keys) -> dict:  # noqa: F811
+def config(served_artifact, serving_keys) -> dict:
     return {"ARTIFACT": str(served_artifact), "LOAD_OPTIONS": {"trusted_keys": [str(serving_keys[1])]}, "DRIFT_INTERVAL": 0}
 
 
@@ -74,7 +73,7 @@ def test_status_follows_the_documented_psi_thresholds():
     assert drift.bin_labels([1.0, 2.5]) == ["< 1", "1 to 2.5", ">= 2.5"]
 
 
-def test_holdout_traffic_shows_no_drift_and_matches_compare(config, holdout, served_model):  # noqa: F811
+def test_holdout_traffic_shows_no_drift_and_matches_compare(config, holdout, served_model):
     client = create_app(config).test_client()
     predict(client, holdout)
     body = client.get("/drift").get_json()
@@ -183,17 +182,9 @@ def test_bad_drift_settings_fail_the_start(config):
             create_app({**config, key: value})
 
 
-def wait_for(condition, seconds: float = 20) -> None:
-    """Until ``condition()`` is true (the background thread runs on its own clock)."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-
-
 @pytest.mark.slow
-def test_each_gunicorn_worker_reports_its_own_window_and_gauges(served_artifact, serving_keys, holdout, tmp_path, monkeypatch):  # noqa: F811
-    from test_serving_gunicorn import Server, call, predict_pids
+def test_each_gunicorn_worker_reports_its_own_window_and_gauges(served_artifact, serving_keys, holdout, tmp_path, monkeypatch):
+    from _helpers import Server, call, predict_pids
 
     monkeypatch.setenv("BLACKBOX_DRIFT_INTERVAL", "0.2")
     server = Server([str(served_artifact), "--host", "127.0.0.1", "--workers", "2", "--trusted-keys", str(serving_keys[1])],

@@ -8,7 +8,6 @@ answer exactly what its own pipeline answered in-process at fit time.
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 import textwrap
@@ -21,6 +20,7 @@ import pytest
 import blackbox
 from blackbox import UsageError
 from serving import create_app
+from _helpers import user_module
 
 TEAM_CODE = {
     # Team A: the sign of x decides, squashed by a clip at 5.
@@ -74,11 +74,7 @@ def teams(tmp_path_factory) -> dict[str, dict]:
     out = {}
     for name, code in TEAM_CODE.items():
         source = tmp_path_factory.mktemp(name)
-        (source / "features.py").write_text(textwrap.dedent(code))
-        sys.path.insert(0, str(source))
-        sys.modules.pop("features", None)
-        try:
-            features = importlib.import_module("features")
+        with user_module(source, "features", textwrap.dedent(code)) as features:
             assert Path(features.__file__).parent == source
             pipeline = make_pipeline(features.Pick(), FunctionTransformer(features.squash), LogisticRegression())
             pipeline.fit(train, label if name == "team-a" else (train["y"] > 0).astype(int))
@@ -88,9 +84,6 @@ def teams(tmp_path_factory) -> dict[str, dict]:
                 "predictions": pipeline.predict(probe).tolist(),
                 "probabilities": pipeline.predict_proba(probe).tolist(),
             }
-        finally:
-            sys.path.remove(str(source))
-            sys.modules.pop("features", None)
     assert out["team-a"]["predictions"] != out["team-b"]["predictions"]
     return out
 
@@ -261,7 +254,7 @@ def test_serve_several_artifacts_under_gunicorn_one_broken(teams, tmp_path, prob
     """``blackbox serve A B`` with B broken: A serves, B and /ready say not ready; B fixed + SIGHUP: all ready."""
     import signal
 
-    from test_serving_gunicorn import Server, call
+    from _helpers import Server, call, wait_for_url
 
     broken = tmp_path / "team-b.bbx"
     good_b = teams["team-b"]["path"].read_bytes()
@@ -270,7 +263,7 @@ def test_serve_several_artifacts_under_gunicorn_one_broken(teams, tmp_path, prob
     broken.write_bytes(bytes(data))
     server = Server([str(teams["team-a"]["path"]), str(broken), "--workers", "1", "--threads", "4"], tmp_path / "server.log")
     try:
-        wait_for(server, "/models/team-a/ready")
+        wait_for_url(server.url + "/models/team-a/ready", server.process, seconds=60, log=server.log)
         status, body = call(server.url + "/models/team-a/predict", probe_records)
         assert status == 200 and json.loads(body)["predictions"] == teams["team-a"]["predictions"]
         assert call(server.url + "/ready")[0] == 503
@@ -278,7 +271,7 @@ def test_serve_several_artifacts_under_gunicorn_one_broken(teams, tmp_path, prob
         assert listed["team-b"]["ready"] is False and listed["team-a"]["ready"] is True
         broken.write_bytes(good_b)
         server.process.send_signal(signal.SIGHUP)
-        wait_for(server, "/ready")
+        wait_for_url(server.url + "/ready", server.process, seconds=60, log=server.log)
         status, body = call(server.url + "/models/team-b/predict", probe_records)
         assert status == 200 and json.loads(body)["predictions"] == teams["team-b"]["predictions"]
         assert server.stop() == 0
@@ -286,21 +279,3 @@ def test_serve_several_artifacts_under_gunicorn_one_broken(teams, tmp_path, prob
         if server.process.poll() is None:
             server.process.kill()
             server.process.wait()
-
-
-def wait_for(server, path: str, seconds: float = 60) -> None:
-    """Until ``path`` answers 200 (generous bound: it only guards against a hang)."""
-    import time
-
-    from test_serving_gunicorn import call
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert server.process.poll() is None, server.log.read_text()
-        try:
-            if call(server.url + path, timeout=1)[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"{path} not 200 after {seconds} s:\n{server.log.read_text()}")

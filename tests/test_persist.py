@@ -20,7 +20,7 @@ from sklearn.pipeline import Pipeline
 import blackbox
 from blackbox import artifact
 from blackbox.artifact import dump_manifest, pack, unpack
-from conftest import PYTHON, child_env, marker_payload, resign
+from _helpers import PYTHON, child_env, marker_payload, resign
 
 
 def records_of(frame: pd.DataFrame) -> list[dict]:

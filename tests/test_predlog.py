@@ -1,6 +1,6 @@
 """The prediction log on SQLite: log + feedback round trip, export-log, outages, shutdown, several gunicorn workers.
 
-The helpers taking a database URL are shared with ``test_predlog_postgres.py``,
+The helpers taking a database URL (in _helpers.py) are shared with ``test_predlog_postgres.py``,
 which runs the same round trip and an outage against a real PostgreSQL server.
 """
 
@@ -10,7 +10,6 @@ import dataclasses
 import json
 import sqlite3
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,94 +22,13 @@ from blackbox.monitoring.predlog import MAX_TEXT, PredictionLog, read_log
 from serving import create_app
 from serving.predlog import Recorder
 from serving.state import EXTENSION
-from test_serving import PASSENGER, base_config, passengers, served_artifact, served_model, serving_keys  # noqa: F401
+from _helpers import LOG_AUTH, LOG_KEY, LOG_KEY_ID, PASSENGER, Server, call, child_env, feedback, free_port, log_round_trip, make_app, outage, outcome, predict, predict_pids, wait_for, wait_for_url
 
-KEY_ID, KEY = "alice", "a" * 32
-AUTH = {"Authorization": f"Bearer {KEY}"}
-
-
-def wait_for(condition: Callable[[], bool], seconds: float = 20) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
-def outcome(app, name: str) -> float:
-    value = app.extensions[EXTENSION].metrics.registry.get_sample_value("blackbox_prediction_log_rows_total", {"outcome": name})
-    return value or 0.0
+pytestmark = pytest.mark.usefixtures("close_recorders")
 
 
 def accounted(app) -> float:
     return sum(outcome(app, name) for name in ("written", "dropped", "failed"))
-
-
-@pytest.fixture(autouse=True)
-def _close_recorders(monkeypatch):
-    """Stop every app's writer thread when its test ends (not at interpreter exit, after pytest closed stderr)."""
-    recorders: list[Recorder] = []
-    start = Recorder.__init__
-
-    def tracked(self, *args, **kwargs):
-        start(self, *args, **kwargs)
-        recorders.append(self)
-
-    monkeypatch.setattr(Recorder, "__init__", tracked)
-    yield
-    for recorder in recorders:
-        recorder.close(timeout=0)
-
-
-def make_app(config: dict, url: str, **overrides):
-    return create_app({**config, "PREDICTION_LOG": url, "API_KEYS": {KEY_ID: KEY}, **overrides})
-
-
-def predict(client, body, request_id: str | None = None):
-    headers = {**AUTH, **({"X-Request-ID": request_id} if request_id else {})}
-    response = client.post("/predict", json=body, headers=headers)
-    assert response.status_code == 200, response.data
-    return response.get_json()
-
-
-def feedback(client, body):
-    return client.post("/feedback", json=body, headers=AUTH)
-
-
-def round_trip(config: dict, url: str, served_model, passengers) -> None:  # noqa: F811
-    """Predictions are logged as answered (LD-09); labels come back with them, the latest one winning."""
-    app = make_app(config, url)
-    client = app.test_client()
-    batch = passengers[:5]
-    answer = predict(client, batch, request_id="req-batch-1")
-    single = predict(client, PASSENGER)
-    wait_for(lambda: outcome(app, "written") == 6)
-
-    stored = feedback(client, [{"request_id": "req-batch-1", "row": 3, "label": 1},
-                               {"request_id": single["request_id"], "label": 0},
-                               {"request_id": "never-predicted", "row": 2, "label": 1}])
-    assert stored.status_code == 200, stored.data
-    assert [entry["known"] for entry in stored.get_json()["feedback"]] == [True, True, False]
-    assert feedback(client, {"request_id": "req-batch-1", "row": 3, "label": 0}).status_code == 200  # a correction
-
-    log = read_log(url, with_feedback=True)
-    assert list(log.columns[:10]) == ["request_id", "row", "ts", "model_name", "model_version", "model_sha256",
-                                      "client_id", "latency_ms", "prediction", "probabilities"]
-    assert list(log.columns[10:-2]) == list(served_model.schema.columns) and list(log.columns[-2:]) == ["label", "label_ts"]
-    assert str(log["ts"].dtype) == "datetime64[ns, UTC]" and str(log["label_ts"].dtype) == "datetime64[ns, UTC]"
-    assert list(log["request_id"]) == ["req-batch-1"] * 5 + [single["request_id"]]
-    assert list(log["row"]) == [0, 1, 2, 3, 4, 0]
-    assert set(log["model_name"]) == {"titanic"} and set(log["model_version"]) == {"1.0.0"}
-    assert set(log["model_sha256"]) == {served_model.sha256} and set(log["client_id"]) == {KEY_ID}
-    assert (log["latency_ms"] > 0).all()
-    assert list(log["prediction"]) == answer["predictions"] + single["predictions"]
-    assert list(log["probabilities"]) == answer["probabilities"] + single["probabilities"]
-    assert log.loc[0, "age"] == batch[0]["age"] and log.loc[5, "sex"] == PASSENGER["sex"]
-    assert list(log["label"]) == [None, None, None, 0, None, 0]  # the correction replaced the 1
-    assert log["label_ts"].notna().tolist() == [False, False, False, True, False, True]
-
-    since = log["ts"].max() + pd.Timedelta(microseconds=1)
-    assert read_log(url, since=since).empty and len(read_log(url, until=since)) == 6
-    assert len(read_log(url, model_name="titanic")) == 6 and read_log(url, model_name="other").empty
 
 
 @contextmanager
@@ -125,23 +43,6 @@ def sqlite_locked(path: Path):
         holder.close()
 
 
-def outage(app, down: Callable[[], object], up: Callable[[], object], passengers) -> None:  # noqa: F811
-    """While the database is down every request is answered; after it is back, every queued row is written."""
-    client = app.test_client()
-    predict(client, PASSENGER)
-    wait_for(lambda: outcome(app, "written") == 1)
-    down()
-    try:
-        answered = 1 + sum(len(predict(client, passengers[: 1 + i % 3])["predictions"]) for i in range(30))
-        queue = app.extensions[EXTENSION].metrics.registry.get_sample_value("blackbox_prediction_log_queue_rows")
-        assert queue == answered - 1 and outcome(app, "written") == 1  # held in memory, nothing lost yet
-    finally:
-        up()
-    wait_for(lambda: outcome(app, "written") == answered, seconds=40)
-    assert outcome(app, "dropped") == outcome(app, "failed") == 0
-    assert len(read_log(str(app.extensions[EXTENSION].predlog.log.url))) == answered
-
-
 # ---------------------------------------------------------------- SQLite, in process
 
 @pytest.fixture
@@ -149,13 +50,13 @@ def db(tmp_path) -> Path:
     return tmp_path / "predictions.db"
 
 
-def test_sqlite_round_trip_in_wal_mode(base_config, db, served_model, passengers):  # noqa: F811
-    round_trip(base_config, str(db), served_model, passengers)
+def test_sqlite_round_trip_in_wal_mode(base_config, db, served_model, passengers):
+    log_round_trip(base_config, str(db), served_model, passengers)
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_huge_string_values_are_logged_shortened_with_their_hash(base_config, db):  # noqa: F811  (CE-06)
+def test_huge_string_values_are_logged_shortened_with_their_hash(base_config, db):  # CE-06
     app = make_app(base_config, str(db))
     name = "Braund, Mr. " + "x" * 1000  # under the schema's maxLength, over the log's MAX_TEXT
     predict(app.test_client(), {**PASSENGER, "name": name, "unknown": "y" * 1000})
@@ -166,8 +67,8 @@ def test_huge_string_values_are_logged_shortened_with_their_hash(base_config, db
     assert "unknown" not in logged.index  # only the schema's fields: what the model saw
 
 
-def test_feedback_errors(base_config, db):  # noqa: F811
-    off = create_app({**base_config, "API_KEYS": {KEY_ID: KEY}}).test_client()
+def test_feedback_errors(base_config, db):
+    off = create_app({**base_config, "API_KEYS": {LOG_KEY_ID: LOG_KEY}}).test_client()
     response = feedback(off, {"request_id": "r", "label": 1})
     assert response.status_code == 409 and response.get_json()["error"]["code"] == "prediction_log_off"
     assert "--prediction-log" in response.get_json()["error"]["message"]
@@ -183,19 +84,19 @@ def test_feedback_errors(base_config, db):  # noqa: F811
         (2, None, "not_an_object"),
     ]
     assert not db.exists()  # a bad body never reaches the database
-    response = client.post("/feedback", data=b"{", headers={**AUTH, "Content-Type": "application/json"})
+    response = client.post("/feedback", data=b"{", headers={**LOG_AUTH, "Content-Type": "application/json"})
     assert response.status_code == 400
-    documented = client.get("/openapi.json", headers=AUTH).get_json()
+    documented = client.get("/openapi.json", headers=LOG_AUTH).get_json()
     assert {"200", "409", "422"} <= set(documented["paths"]["/feedback"]["post"]["responses"])
 
 
-def test_an_outage_loses_no_answered_request(base_config, db, passengers):  # noqa: F811  (LD-01)
+def test_an_outage_loses_no_answered_request(base_config, db, passengers):  # LD-01
     app = make_app(base_config, str(db))
     locked = sqlite_locked(db)
     outage(app, locked.__enter__, lambda: locked.__exit__(None, None, None), passengers)
 
 
-def test_a_full_queue_drops_and_counts_and_shutdown_counts_the_rest(base_config, db, passengers):  # noqa: F811
+def test_a_full_queue_drops_and_counts_and_shutdown_counts_the_rest(base_config, db, passengers):
     app = make_app(base_config, str(db))
     state = app.extensions[EXTENSION]
     recorder = Recorder(state.predlog.log, state.metrics, state.log, capacity=10)
@@ -212,7 +113,7 @@ def test_a_full_queue_drops_and_counts_and_shutdown_counts_the_rest(base_config,
     assert len(read_log(str(db))) == 1
 
 
-def test_export_log_writes_a_training_set(base_config, db, passengers, tmp_path):  # noqa: F811
+def test_export_log_writes_a_training_set(base_config, db, passengers, tmp_path):
     app = make_app(base_config, str(db))
     client = app.test_client()
     answer = predict(client, passengers[:4], request_id="export-1")
@@ -243,7 +144,7 @@ def test_export_log_writes_a_training_set(base_config, db, passengers, tmp_path)
     assert not (tmp_path / "x.csv").exists()
 
 
-def test_bad_prediction_log_setting_fails_at_start(base_config, tmp_path):  # noqa: F811
+def test_bad_prediction_log_setting_fails_at_start(base_config, tmp_path):
     from blackbox import UsageError
 
     with pytest.raises(UsageError, match="directory"):
@@ -262,11 +163,9 @@ def test_concurrent_first_use_creates_the_tables_once(db):
 # ---------------------------------------------------------------- gunicorn, several workers on one file
 
 @pytest.mark.slow
-def test_gunicorn_workers_share_one_sqlite_file_and_flush_on_sigterm(served_artifact, serving_keys, db, passengers, tmp_path):  # noqa: F811
+def test_gunicorn_workers_share_one_sqlite_file_and_flush_on_sigterm(served_artifact, serving_keys, db, passengers, tmp_path):
     """LD-02: concurrent requests over several workers, all logged; rows answered while the file is locked
     and SIGTERM arrives are written during the graceful stop, once the lock goes."""
-    from test_serving_gunicorn import Server, call, predict_pids
-
     server = Server([str(served_artifact), "--workers", "2", "--trusted-keys", str(serving_keys[1]),
                      "--prediction-log", str(db)], tmp_path / "server.log")
     try:
@@ -308,7 +207,7 @@ def test_gunicorn_workers_share_one_sqlite_file_and_flush_on_sigterm(served_arti
 
 # ---------------------------------------------------------------- every process model
 
-def test_rows_no_writer_ever_took_are_counted_failed_at_close(base_config, db, passengers, monkeypatch):  # noqa: F811
+def test_rows_no_writer_ever_took_are_counted_failed_at_close(base_config, db, passengers, monkeypatch):
     """A queue that is never drained (no writer runs in this process) is counted, not silently lost."""
     monkeypatch.setattr(Recorder, "_run", lambda self: None)  # a writer that ends at once, as after a fork
     app = make_app(base_config, str(db))
@@ -319,7 +218,7 @@ def test_rows_no_writer_ever_took_are_counted_failed_at_close(base_config, db, p
     assert app.extensions[EXTENSION].metrics.registry.get_sample_value("blackbox_prediction_log_queue_rows") == 0
 
 
-def _gunicorn_log_rows(args: list[str], env: dict, db: Path, log: Path, passengers) -> tuple[int, int, set[int], list[dict]]:  # noqa: F811
+def _gunicorn_log_rows(args: list[str], env: dict, db: Path, log: Path, passengers) -> tuple[int, int, set[int], list[dict]]:
     """Serve with plain gunicorn and two workers, predict until both answered, SIGTERM.
 
     Returns the records answered, the rows logged, the workers' pids and the ``prediction_log_closed`` events.
@@ -328,15 +227,13 @@ def _gunicorn_log_rows(args: list[str], env: dict, db: Path, log: Path, passenge
     import subprocess
     import sys
 
-    from test_serving_gunicorn import call, free_port
-
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with log.open("wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "gunicorn", *args, "--workers", "2", "--bind", f"127.0.0.1:{port}",
                                     "--graceful-timeout", "10", "serving:create_app()"], env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        wait_for(lambda: process.poll() is None and _answers(call, url + "/ready", None) == 200, seconds=60)
+        wait_for_url(url + "/ready", process, seconds=60, log=log)
         answered, pids = 0, set()
         for start in range(0, 40 * 8, 8):  # rounds of 8 concurrent requests until both workers have answered
             bodies = [passengers[i % 40: i % 40 + 1 + i % 3] for i in range(start, start + 8)]
@@ -362,13 +259,6 @@ def _gunicorn_log_rows(args: list[str], env: dict, db: Path, log: Path, passenge
     return answered, _logged(db), pids, closed
 
 
-def _answers(call, url: str, body) -> int:
-    try:
-        return call(url, body, timeout=2)[0]
-    except OSError:
-        return 0
-
-
 def _logged(db: Path) -> int:
     try:
         with sqlite3.connect(db) as conn:
@@ -379,10 +269,8 @@ def _logged(db: Path) -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("preload", [True, False], ids=["preload", "no-preload"])
-def test_plain_gunicorn_with_the_app_factory_logs_every_answer(preload, served_artifact, serving_keys, db, passengers, tmp_path):  # noqa: F811
+def test_plain_gunicorn_with_the_app_factory_logs_every_answer(preload, served_artifact, serving_keys, db, passengers, tmp_path):
     """``gunicorn [--preload] 'serving:create_app()'``: each worker writes its own answers (its writer starts in it)."""
-    from conftest import child_env
-
     env = {**child_env(), "BLACKBOX_ARTIFACT": str(served_artifact), "BLACKBOX_PREDICTION_LOG": str(db),
            "BLACKBOX_TRUSTED_KEYS": str(serving_keys[1])}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from blackbox.monitoring.predlog import PredictionLog, read_log
-from test_predlog import _close_recorders, make_app, outage, round_trip  # noqa: F401  (shared helpers and fixture)
-from test_serving import base_config, passengers, served_artifact, served_model, serving_keys  # noqa: F401
-from test_serving_gunicorn import free_port
+from _helpers import free_port, log_round_trip, make_app, outage
+
+pytestmark = pytest.mark.usefixtures("close_recorders")
 
 BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 
@@ -89,8 +89,8 @@ def cluster() -> Iterator[Cluster]:
             shutil.rmtree(directory, ignore_errors=True)
 
 
-def test_postgres_round_trip(cluster, base_config, served_model, passengers):  # noqa: F811
-    round_trip(base_config, cluster.createdb("round_trip"), served_model, passengers)
+def test_postgres_round_trip(cluster, base_config, served_model, passengers):
+    log_round_trip(base_config, cluster.createdb("round_trip"), served_model, passengers)
 
 
 def test_postgres_tables_created_once_by_workers_starting_together(cluster):
@@ -101,7 +101,7 @@ def test_postgres_tables_created_once_by_workers_starting_together(cluster):
     assert read_log(url).empty
 
 
-def test_postgres_stopped_mid_traffic_loses_no_answered_request(cluster, base_config, passengers):  # noqa: F811  (LD-01)
+def test_postgres_stopped_mid_traffic_loses_no_answered_request(cluster, base_config, passengers):  # LD-01
     app = make_app(base_config, cluster.createdb("outage"))
     try:
         outage(app, cluster.stop, cluster.start, passengers)

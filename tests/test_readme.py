@@ -12,7 +12,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import warnings
 from pathlib import Path
@@ -24,6 +23,7 @@ import blackbox
 from blackbox import signing
 from blackbox.cli import cli as blackbox_group
 from blackbox.cli import main as blackbox_cli
+from _helpers import free_port, taken_port
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -198,10 +198,7 @@ def _main_job(project: Path, **env: str) -> subprocess.CompletedProcess[str]:
 
 def test_main_job_says_the_port_is_taken_before_it_trains(tmp_path):
     project, log = _stub_project(tmp_path)
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with taken_port() as port:
         done = _main_job(project, BLACKBOX_PORT=str(port))
     assert done.returncode == 2, done
     assert f"port {port} on 127.0.0.1 is already in use" in done.stderr and "BLACKBOX_PORT" in done.stderr
@@ -210,9 +207,7 @@ def test_main_job_says_the_port_is_taken_before_it_trains(tmp_path):
 
 def test_main_job_serves_on_the_host_and_port_from_the_environment(tmp_path):
     project, log = _stub_project(tmp_path)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     done = _main_job(project, BLACKBOX_HOST="127.0.0.1", BLACKBOX_PORT=str(port))
     assert done.returncode == 0, done
     serve = [line for line in log.read_text().splitlines() if line.startswith("blackbox serve")]

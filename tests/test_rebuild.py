@@ -12,7 +12,7 @@ import blackbox
 from blackbox.artifact import unpack
 from blackbox.cli import main as blackbox_cli
 from blackbox.rebuild import RebuildError, rebuild
-from conftest import resign
+from _helpers import resign
 
 
 pytestmark = pytest.mark.slow

@@ -12,9 +12,8 @@ import pytest
 
 import blackbox
 from blackbox.artifact import unpack
-from conftest import resign
 from serving import create_app
-from test_serving_gunicorn import Server, call
+from _helpers import Server, call, resign, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -118,11 +117,11 @@ def test_promotions_under_load_fail_no_request(store, records, tmp_path):
         time.sleep(1.5)
         promoted = time.monotonic()
         store.promote("titanic", "2.0.0", "production")
-        _wait_until(lambda: _all_workers_on(server, "2.0.0"), seconds=20)
+        wait_for(lambda: _all_workers_on(server, "2.0.0"), seconds=20)
         swap_seconds = time.monotonic() - promoted
         store.promote("titanic", "3.0.0", "production")
         # every worker vets 3.0.0 (in a child: a few seconds), refuses it, and keeps polling
-        _wait_until(lambda: server.log.read_text().count('"event":"reload_failed"') >= 2, seconds=60)
+        wait_for(lambda: server.log.read_text().count('"event":"reload_failed"') >= 2, seconds=60)
         time.sleep(1.0)  # more polls: the refused release is not tried again
         store.rollback("titanic", "production")
         time.sleep(1.0)
@@ -145,12 +144,3 @@ def _all_workers_on(server: Server, version: str) -> bool:
     swapped = [json.loads(line)["pid"] for line in server.log.read_text().splitlines()
                if line.startswith("{") and '"event":"model_swapped"' in line and f'"version":"{version}"' in line]
     return len(set(swapped)) >= 2
-
-
-def _wait_until(condition, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    pytest.fail("condition not reached in time")

@@ -24,14 +24,13 @@ import blackbox
 from blackbox.cli import main
 from blackbox.monitoring import predlog
 from blackbox.monitoring.report import drift_report, performance_over_time
-from test_serving import served_artifact, served_model, serving_keys  # noqa: F401  (shared fixtures)
 
 HOSTILE = "<script>alert('x')</script>&\"'"
 PLOT = re.compile(r"<img class=plot alt='[^']*' src='data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)'>")
 
 
 @pytest.fixture(scope="module")
-def model(served_model) -> blackbox.Model:  # noqa: F811
+def model(served_model) -> blackbox.Model:
     return served_model
 
 
@@ -141,7 +140,7 @@ def write_log(db, model, frame: pd.DataFrame, **identity: str) -> None:
     log.dispose()
 
 
-def test_blackbox_drift_counts_only_this_artifacts_traffic(served_artifact, serving_keys, model, log_frame, tmp_path, capsys):  # noqa: F811
+def test_blackbox_drift_counts_only_this_artifacts_traffic(served_artifact, serving_keys, model, log_frame, tmp_path, capsys):
     db = tmp_path / "log.db"
     write_log(db, model, log_frame)
     other = log_frame.assign(request_id="old-" + log_frame["request_id"], age=log_frame["age"] + 40)
@@ -190,7 +189,7 @@ def test_a_model_without_profile_or_an_empty_period_is_refused(model, log_frame,
         drift_report(model, log_frame.iloc[:0], tmp_path / "x.html")
 
 
-def test_blackbox_drift_reads_the_prediction_log(served_artifact, serving_keys, model, log_frame, tmp_path, capsys):  # noqa: F811
+def test_blackbox_drift_reads_the_prediction_log(served_artifact, serving_keys, model, log_frame, tmp_path, capsys):
     db = tmp_path / "log.db"
     log = predlog.PredictionLog(str(db))
     fields = model.schema.columns

@@ -10,8 +10,6 @@ that is imputed is predicted with a warning naming its field and row.
 
 from __future__ import annotations
 
-import importlib
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +29,7 @@ from blackbox.cli import main
 from blackbox.errors import SchemaError, UsageError
 from blackbox.schema import Schema
 
-from conftest import resign
+from _helpers import resign, user_module
 
 
 @pytest.fixture(scope="module")
@@ -153,15 +151,9 @@ class WholeFrame(TransformerMixin, BaseEstimator):
 
 def test_a_user_step_that_reads_the_whole_frame_falls_back_to_train_data(wine, tmp_path):
     X, y = wine
-    (tmp_path / "bbx_whole_frame.py").write_text(WHOLE_FRAME_SOURCE)
-    sys.path.insert(0, str(tmp_path))
-    try:
-        module = importlib.import_module("bbx_whole_frame")
+    with user_module(tmp_path, "bbx_whole_frame", WHOLE_FRAME_SOURCE) as module:
         pipeline = make_pipeline(module.WholeFrame(), LogisticRegression(max_iter=5000)).fit(X, y)
         model = save_and_load(pipeline, X, tmp_path / "whole.bbx")
-    finally:
-        sys.path.remove(str(tmp_path))
-        sys.modules.pop("bbx_whole_frame", None)
     assert model.schema.columns == list(X.columns)
     assert model.manifest["schema"]["inputs"] == {
         "from": "train_data", "detail": "WholeFrame does not say which columns it reads (no feature_names_in_)",

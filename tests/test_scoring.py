@@ -30,46 +30,9 @@ from blackbox.scoring._chunks import Scored
 from blackbox.scoring._reader import _column, _text_values
 from blackbox.scoring._writer import BackgroundWriter, Writer
 
-from conftest import child_env
+from _helpers import bad_rows, child_env, doctored, poisoned, write_input
 
 FORMATS = ["csv", "parquet", "jsonl"]
-
-
-@pytest.fixture(scope="module")
-def artifact(search, titanic, tmp_path_factory) -> Path:
-    X_train = titanic[0]
-    path = tmp_path_factory.mktemp("scoring") / "titanic.bbx"
-    return blackbox.save(search, path, train_data=X_train, name="titanic", version="2.0.0")
-
-
-@pytest.fixture(scope="module")
-def model(artifact):
-    return blackbox.load(artifact)
-
-
-@pytest.fixture(scope="module")
-def rows(titanic, model) -> pd.DataFrame:
-    """Held-out rows the schema accepts, with a passenger id."""
-    X_test = titanic[1]
-    required = [field.name for field in model.schema.fields if not field.nullable]
-    frame = X_test.dropna(subset=required).reset_index(drop=True)
-    return frame.assign(passenger=[f"P{i:05d}" for i in range(len(frame))])
-
-
-def write_input(frame: pd.DataFrame, path: Path) -> Path:
-    if path.suffix == ".csv":
-        frame.to_csv(path, index=False)
-    elif path.suffix == ".parquet":
-        frame.to_parquet(path, index=False)
-    else:
-        records = [{k: _plain(v) for k, v in record.items()} for record in frame.to_dict("records")]
-        path.write_text("".join(json.dumps(record) + "\n" for record in records))
-    return path
-
-
-def _plain(value: object) -> object:
-    value = value.item() if isinstance(value, np.generic) else value
-    return None if isinstance(value, float) and np.isnan(value) else value
 
 
 def read_output(path: Path) -> pd.DataFrame:
@@ -85,37 +48,37 @@ def run(*args: object) -> int:
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_round_trip_equals_predict_batch(fmt, artifact, model, rows, tmp_path):
-    source = write_input(rows, tmp_path / f"in.{fmt}")
+def test_round_trip_equals_predict_batch(fmt, scoring_artifact, scoring_model, scoring_rows, tmp_path):
+    source = write_input(scoring_rows, tmp_path / f"in.{fmt}")
     out = tmp_path / f"out.{fmt}"
-    assert run(artifact, source, "-o", out, "--id-column", "passenger", "--chunk-size", 50) == 0
+    assert run(scoring_artifact, source, "-o", out, "--id-column", "passenger", "--chunk-size", 50) == 0
 
     got = read_output(out)
-    features = rows.drop(columns="passenger")
+    features = scoring_rows.drop(columns="passenger")
     assert list(got.columns) == ["row", "passenger", "prediction", "proba_0", "proba_1", "model_name", "model_version", "model_sha256"]
-    assert got["row"].tolist() == list(range(1, len(rows) + 1))
-    assert got["passenger"].tolist() == rows["passenger"].tolist()
-    assert got["prediction"].tolist() == model.predict_batch(features)
-    assert np.array_equal(got[["proba_0", "proba_1"]].to_numpy(), np.asarray(model.predict_proba(features)))
+    assert got["row"].tolist() == list(range(1, len(scoring_rows) + 1))
+    assert got["passenger"].tolist() == scoring_rows["passenger"].tolist()
+    assert got["prediction"].tolist() == scoring_model.predict_batch(features)
+    assert np.array_equal(got[["proba_0", "proba_1"]].to_numpy(), np.asarray(scoring_model.predict_proba(features)))
     assert set(got["model_name"]) == {"titanic"} and set(got["model_version"]) == {"2.0.0"}
-    assert set(got["model_sha256"]) == {model.sha256}
+    assert set(got["model_sha256"]) == {scoring_model.sha256}
     assert (tmp_path / "out.rejects.csv").read_text() == "row,passenger,field,issue,expected,received\n"
 
 
-def test_output_format_follows_its_extension(artifact, model, rows, tmp_path):
-    source = write_input(rows.head(20), tmp_path / "in.csv")
-    assert run(artifact, source, "-o", tmp_path / "out.parquet") == 0
-    assert pd.read_parquet(tmp_path / "out.parquet")["prediction"].tolist() == model.predict_batch(rows.head(20).drop(columns="passenger"))
-    assert run(artifact, source, "-o", tmp_path / "scores.txt") == 0  # unknown extension: the input's format
+def test_output_format_follows_its_extension(scoring_artifact, scoring_model, scoring_rows, tmp_path):
+    source = write_input(scoring_rows.head(20), tmp_path / "in.csv")
+    assert run(scoring_artifact, source, "-o", tmp_path / "out.parquet") == 0
+    assert pd.read_parquet(tmp_path / "out.parquet")["prediction"].tolist() == scoring_model.predict_batch(scoring_rows.head(20).drop(columns="passenger"))
+    assert run(scoring_artifact, source, "-o", tmp_path / "scores.txt") == 0  # unknown extension: the input's format
     assert (tmp_path / "scores.txt").read_text().startswith('"row","prediction"')
 
 
-def test_probabilities_can_be_left_out(artifact, model, rows, tmp_path):
-    source = write_input(rows.head(20), tmp_path / "in.csv")
-    assert run(artifact, source, "-o", tmp_path / "out.csv", "--no-probabilities") == 0
+def test_probabilities_can_be_left_out(scoring_artifact, scoring_model, scoring_rows, tmp_path):
+    source = write_input(scoring_rows.head(20), tmp_path / "in.csv")
+    assert run(scoring_artifact, source, "-o", tmp_path / "out.csv", "--no-probabilities") == 0
     got = read_output(tmp_path / "out.csv")
     assert list(got.columns) == ["row", "prediction", "model_name", "model_version", "model_sha256"]
-    assert got.prediction.tolist() == model.predict_batch(rows.head(20).drop(columns="passenger"))
+    assert got.prediction.tolist() == scoring_model.predict_batch(scoring_rows.head(20).drop(columns="passenger"))
 
 
 @pytest.fixture(scope="module")
@@ -135,27 +98,18 @@ def test_a_code_with_a_leading_zero_stays_a_string(ticket_artifact, tmp_path):
     assert read_output(tmp_path / "out.csv")["prediction"].tolist() == [1, 0]
 
 
-def bad_rows(rows: pd.DataFrame, n: int = 10_000, *, second: bool = True) -> pd.DataFrame:
-    """``n`` valid rows, except data row n/2+1 (age "abc") and row 7 (pclass "first")."""
-    frame = rows.sample(n=n, replace=True, random_state=0).reset_index(drop=True).astype({"age": object, "pclass": object})
-    frame.loc[n // 2, "age"] = "abc"
-    if second:
-        frame.loc[6, "pclass"] = "first"
-    return frame
-
-
-def test_invalid_rows_fail_the_run_by_default(artifact, rows, tmp_path, capsys):
-    source = write_input(bad_rows(rows, second=False), tmp_path / "in.csv")
-    assert run(artifact, source, "-o", tmp_path / "out.csv") == 9
+def test_invalid_rows_fail_the_run_by_default(scoring_artifact, scoring_rows, tmp_path, capsys):
+    source = write_input(bad_rows(scoring_rows, second=False), tmp_path / "in.csv")
+    assert run(scoring_artifact, source, "-o", tmp_path / "out.csv") == 9
     err = capsys.readouterr().err
     assert "row 5001 (1-based): field 'age': expected a number, got str 'abc'" in err and "--on-error skip" in err
     assert sorted(os.listdir(tmp_path)) == ["in.csv"]  # nothing published, no temporary file left
 
 
-def test_skip_rejects_invalid_rows_with_row_number_and_reason(artifact, model, rows, tmp_path, capsys):
-    frame = bad_rows(rows)
+def test_skip_rejects_invalid_rows_with_row_number_and_reason(scoring_artifact, scoring_model, scoring_rows, tmp_path, capsys):
+    frame = bad_rows(scoring_rows)
     source = write_input(frame, tmp_path / "in.csv")
-    code = run(artifact, source, "-o", tmp_path / "out.csv", "--on-error", "skip", "--id-column", "passenger", "--chunk-size", 3000)
+    code = run(scoring_artifact, source, "-o", tmp_path / "out.csv", "--on-error", "skip", "--id-column", "passenger", "--chunk-size", 3000)
     assert code == scoring.PARTIAL_SUCCESS == 10
     assert "scored 9,998 of 10,000 rows (2 rejected)" in capsys.readouterr().out
 
@@ -168,50 +122,50 @@ def test_skip_rejects_invalid_rows_with_row_number_and_reason(artifact, model, r
     out = read_output(tmp_path / "out.csv")
     assert len(out) == 9998 and 7 not in set(out.row) and 5001 not in set(out.row)
     valid = frame.drop(index=[6, 5000]).drop(columns="passenger")
-    assert out.prediction.tolist() == model.predict_batch(valid.astype({"age": float, "pclass": int}))
+    assert out.prediction.tolist() == scoring_model.predict_batch(valid.astype({"age": float, "pclass": int}))
 
 
-def test_every_row_of_a_chunk_with_many_invalid_rows_is_listed(artifact, rows, tmp_path):
+def test_every_row_of_a_chunk_with_many_invalid_rows_is_listed(scoring_artifact, scoring_rows, tmp_path):
     """More invalid rows than the schema itemises per batch (100): each is still found and listed."""
-    frame = rows.sample(n=400, replace=True, random_state=1).reset_index(drop=True).astype({"age": object, "pclass": object})
+    frame = scoring_rows.sample(n=400, replace=True, random_state=1).reset_index(drop=True).astype({"age": object, "pclass": object})
     frame.loc[::2, "age"] = "abc"  # 200 rows
     frame.loc[::3, "pclass"] = "first"  # 134 rows, 67 of them also with a bad age
     source = write_input(frame, tmp_path / "in.csv")
-    assert run(artifact, source, "-o", tmp_path / "out.csv", "--on-error", "skip") == 10
+    assert run(scoring_artifact, source, "-o", tmp_path / "out.csv", "--on-error", "skip") == 10
     rejects = pd.read_csv(tmp_path / "out.rejects.csv")
     assert sorted(set(rejects.row)) == sorted({i + 1 for i in range(400) if i % 2 == 0 or i % 3 == 0})
     assert len(rejects) == 200 + 134
     assert len(read_output(tmp_path / "out.csv")) == 400 - rejects.row.nunique()
 
 
-def test_jsonl_rejects_lines_that_are_not_json(artifact, rows, tmp_path):
-    source = write_input(rows.head(3), tmp_path / "in.jsonl")
+def test_jsonl_rejects_lines_that_are_not_json(scoring_artifact, scoring_rows, tmp_path):
+    source = write_input(scoring_rows.head(3), tmp_path / "in.jsonl")
     lines = source.read_text().splitlines()
     source.write_text("\n".join([lines[0], "{not json", "", lines[1], '["a list"]', lines[2]]) + "\n")
-    assert run(artifact, source, "-o", tmp_path / "out.jsonl", "--on-error", "skip") == 10
+    assert run(scoring_artifact, source, "-o", tmp_path / "out.jsonl", "--on-error", "skip") == 10
     rejects = pd.read_csv(tmp_path / "out.rejects.csv")
     assert rejects[["row", "issue"]].values.tolist() == [[2, "invalid_json"], [5, "not_an_object"]]
     assert read_output(tmp_path / "out.jsonl").row.tolist() == [1, 4, 6]  # JSON Lines rows are line numbers
 
 
-def test_missing_column_is_an_input_error(artifact, rows, tmp_path, capsys):
-    source = write_input(rows.drop(columns=["age", "fare"]), tmp_path / "in.csv")
-    assert run(artifact, source, "-o", tmp_path / "out.csv", "--on-error", "skip") == 9
+def test_missing_column_is_an_input_error(scoring_artifact, scoring_rows, tmp_path, capsys):
+    source = write_input(scoring_rows.drop(columns=["age", "fare"]), tmp_path / "in.csv")
+    assert run(scoring_artifact, source, "-o", tmp_path / "out.csv", "--on-error", "skip") == 9
     assert "lacks column(s) 'age', 'fare'" in capsys.readouterr().err
     assert not (tmp_path / "out.csv").exists()
 
 
-def test_column_of_the_wrong_type_fails_naming_it(artifact, rows, tmp_path, capsys):
-    source = write_input(rows.assign(sex=1), tmp_path / "in.parquet")
-    assert run(artifact, source, "-o", tmp_path / "out.parquet", "--on-error", "skip") == 9
+def test_column_of_the_wrong_type_fails_naming_it(scoring_artifact, scoring_rows, tmp_path, capsys):
+    source = write_input(scoring_rows.assign(sex=1), tmp_path / "in.parquet")
+    assert run(scoring_artifact, source, "-o", tmp_path / "out.parquet", "--on-error", "skip") == 9
     assert "Column 'sex' of the input cannot be scored" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path)) == ["in.parquet"]
 
 
-def test_unreadable_input_is_an_input_error(artifact, tmp_path, capsys):
+def test_unreadable_input_is_an_input_error(scoring_artifact, tmp_path, capsys):
     source = tmp_path / "in.parquet"
     source.write_bytes(b"not parquet at all")
-    assert run(artifact, source, "-o", tmp_path / "out.parquet") == 9
+    assert run(scoring_artifact, source, "-o", tmp_path / "out.parquet") == 9
     assert "Cannot read" in capsys.readouterr().err
 
 
@@ -224,53 +178,53 @@ def test_unreadable_input_is_an_input_error(artifact, tmp_path, capsys):
         ("blank.jsonl", "\n\n", ""),
     ],
 )
-def test_empty_input_scores_zero_rows(name, content, expected, artifact, tmp_path, capsys):
+def test_empty_input_scores_zero_rows(name, content, expected, scoring_artifact, tmp_path, capsys):
     source = tmp_path / name
     source.write_text(content)
     out = tmp_path / f"out{source.suffix}"
-    assert run(artifact, source, "-o", out) == 0
+    assert run(scoring_artifact, source, "-o", out) == 0
     assert out.read_text() == expected
     assert "scored 0 of 0 rows" in capsys.readouterr().out
 
 
-def test_empty_parquet_scores_zero_rows(artifact, rows, tmp_path):
-    source = write_input(rows.head(0), tmp_path / "in.parquet")
-    assert run(artifact, source, "-o", tmp_path / "out.parquet") == 0
+def test_empty_parquet_scores_zero_rows(scoring_artifact, scoring_rows, tmp_path):
+    source = write_input(scoring_rows.head(0), tmp_path / "in.parquet")
+    assert run(scoring_artifact, source, "-o", tmp_path / "out.parquet") == 0
     assert len(pd.read_parquet(tmp_path / "out.parquet")) == 0
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
-def test_output_does_not_depend_on_chunk_size_and_is_deterministic(fmt, artifact, rows, tmp_path):
-    source = write_input(rows, tmp_path / f"in.{fmt}")
+def test_output_does_not_depend_on_chunk_size_and_is_deterministic(fmt, scoring_artifact, scoring_rows, tmp_path):
+    source = write_input(scoring_rows, tmp_path / f"in.{fmt}")
     outputs = []
     for i, chunk in enumerate([7, 1000, 1000]):
         out = tmp_path / f"out{i}.{fmt}"
-        assert run(artifact, source, "-o", out, "--chunk-size", chunk, "--id-column", "passenger") == 0
+        assert run(scoring_artifact, source, "-o", out, "--chunk-size", chunk, "--id-column", "passenger") == 0
         outputs.append(out.read_bytes())
     assert outputs[0] == outputs[1] == outputs[2]
 
 
-def test_parquet_output_is_deterministic(artifact, rows, tmp_path):
-    source = write_input(rows, tmp_path / "in.parquet")
+def test_parquet_output_is_deterministic(scoring_artifact, scoring_rows, tmp_path):
+    source = write_input(scoring_rows, tmp_path / "in.parquet")
     for out in ("a.parquet", "b.parquet"):
-        assert run(artifact, source, "-o", tmp_path / out, "--chunk-size", 100) == 0
+        assert run(scoring_artifact, source, "-o", tmp_path / out, "--chunk-size", 100) == 0
     assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
 
 
-def test_existing_output_is_refused_unless_overwrite(artifact, rows, tmp_path, capsys):
-    source = write_input(rows.head(5), tmp_path / "in.csv")
+def test_existing_output_is_refused_unless_overwrite(scoring_artifact, scoring_rows, tmp_path, capsys):
+    source = write_input(scoring_rows.head(5), tmp_path / "in.csv")
     out = tmp_path / "out.csv"
     out.write_text("precious")
-    assert run(artifact, source, "-o", out) == 2
+    assert run(scoring_artifact, source, "-o", out) == 2
     err = capsys.readouterr().err
     assert "already exists; pass overwrite=True" in err and "On the command line: --overwrite." in err
     assert out.read_text() == "precious"
-    assert run(artifact, source, "-o", out, "--overwrite") == 0
+    assert run(scoring_artifact, source, "-o", out, "--overwrite") == 0
     assert len(read_output(out)) == 5
 
 
-def test_an_interrupted_run_publishes_nothing(artifact, rows, tmp_path, monkeypatch):
-    source = write_input(rows, tmp_path / "in.csv")
+def test_an_interrupted_run_publishes_nothing(scoring_artifact, scoring_rows, tmp_path, monkeypatch):
+    source = write_input(scoring_rows, tmp_path / "in.csv")
     out = tmp_path / "out.csv"
     out.write_text("previous run")
     written = []
@@ -284,7 +238,7 @@ def test_an_interrupted_run_publishes_nothing(artifact, rows, tmp_path, monkeypa
     real_write = scoring._writer.TableWriter.write
     monkeypatch.setattr(scoring._writer.TableWriter, "write", write_then_fail)
     with pytest.raises(KeyboardInterrupt):
-        scoring.score(artifact, source, out, chunk_size=20, overwrite=True)
+        scoring.score(scoring_artifact, source, out, chunk_size=20, overwrite=True)
     assert out.read_text() == "previous run"
     assert sorted(os.listdir(tmp_path)) == ["in.csv", "out.csv"]
 
@@ -326,10 +280,10 @@ def test_the_background_writers_error_reaches_the_caller_and_stops_the_writing()
     assert inner.written == [1, 2, 3] and inner.closed
 
 
-def test_a_killed_run_leaves_no_output_and_a_rerun_is_complete(artifact, rows, tmp_path):
-    source = write_input(pd.concat([rows] * 40, ignore_index=True), tmp_path / "in.csv")
+def test_a_killed_run_leaves_no_output_and_a_rerun_is_complete(scoring_artifact, scoring_rows, tmp_path):
+    source = write_input(pd.concat([scoring_rows] * 40, ignore_index=True), tmp_path / "in.csv")
     out = tmp_path / "out.csv"
-    command = [sys.executable, "-m", "blackbox", "score", str(artifact), str(source), "-o", str(out), "--chunk-size", "50"]
+    command = [sys.executable, "-m", "blackbox", "score", str(scoring_artifact), str(source), "-o", str(out), "--chunk-size", "50"]
     child = subprocess.Popen(command, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while not any(p.name.startswith(".out.csv.") and p.stat().st_size > 1000 for p in tmp_path.iterdir()):
@@ -340,15 +294,15 @@ def test_a_killed_run_leaves_no_output_and_a_rerun_is_complete(artifact, rows, t
     assert not out.exists()
 
     assert list(tmp_path.glob(".out.*.tmp"))  # what SIGKILL leaves: hidden temporary files, never the output
-    assert run(artifact, source, "-o", out, "--chunk-size", 50) == 0
+    assert run(scoring_artifact, source, "-o", out, "--chunk-size", 50) == 0
     assert not list(tmp_path.glob(".out.*.tmp"))  # the rerun removed them: their writer is gone
-    assert run(artifact, source, "-o", tmp_path / "again.csv") == 0
+    assert run(scoring_artifact, source, "-o", tmp_path / "again.csv") == 0
     assert out.read_bytes() == (tmp_path / "again.csv").read_bytes()
 
 
 @pytest.mark.parametrize("damage, code", [("unsigned", 4), ("tampered", 5)])
-def test_refused_artifact_gives_the_loader_exit_code_and_no_output(damage, code, artifact, rows, tmp_path):
-    parts = unpack(artifact.read_bytes())
+def test_refused_artifact_gives_the_loader_exit_code_and_no_output(damage, code, scoring_artifact, scoring_rows, tmp_path):
+    parts = unpack(scoring_artifact.read_bytes())
     if damage == "unsigned":
         data = pack(parts.manifest_bytes, parts.payload)
     else:
@@ -357,25 +311,25 @@ def test_refused_artifact_gives_the_loader_exit_code_and_no_output(damage, code,
         data = pack(parts.manifest_bytes, bytes(payload), parts.signature)
     bad = tmp_path / "bad.bbx"
     bad.write_bytes(data)
-    source = write_input(rows.head(5), tmp_path / "in.csv")
+    source = write_input(scoring_rows.head(5), tmp_path / "in.csv")
     assert run(bad, source, "-o", tmp_path / "out.csv") == code
     assert sorted(os.listdir(tmp_path)) == ["bad.bbx", "in.csv"]
 
 
-def test_usage_errors(artifact, rows, tmp_path, capsys):
-    source = write_input(rows.head(5), tmp_path / "in.csv")
-    assert run(artifact, source, "-o", source, "--overwrite") == 2
+def test_usage_errors(scoring_artifact, scoring_rows, tmp_path, capsys):
+    source = write_input(scoring_rows.head(5), tmp_path / "in.csv")
+    assert run(scoring_artifact, source, "-o", source, "--overwrite") == 2
     assert "must be three different files" in capsys.readouterr().err
-    assert run(artifact, source, "-o", tmp_path / "out.csv", "--scheduler", "tcp://127.0.0.1:1") == 2
+    assert run(scoring_artifact, source, "-o", tmp_path / "out.csv", "--scheduler", "tcp://127.0.0.1:1") == 2
     assert "--engine dask" in capsys.readouterr().err
-    assert run(artifact, source, "-o", tmp_path / "out.csv", "--id-column", "prediction") == 9  # no such input column
-    assert run(artifact, source, "-o", tmp_path / "out.csv", "--id-column", "passenger", "--chunk-size", 0) == 2
+    assert run(scoring_artifact, source, "-o", tmp_path / "out.csv", "--id-column", "prediction") == 9  # no such input column
+    assert run(scoring_artifact, source, "-o", tmp_path / "out.csv", "--id-column", "passenger", "--chunk-size", 0) == 2
     assert sorted(os.listdir(tmp_path)) == ["in.csv"]
 
 
-def test_api_summary(artifact, rows, tmp_path):
-    source = write_input(bad_rows(rows, 100), tmp_path / "in.csv")
-    summary = scoring.score(artifact, source, tmp_path / "out.csv", on_error="skip", rejects=tmp_path / "bad.csv")
+def test_api_summary(scoring_artifact, scoring_rows, tmp_path):
+    source = write_input(bad_rows(scoring_rows, 100), tmp_path / "in.csv")
+    summary = scoring.score(scoring_artifact, source, tmp_path / "out.csv", on_error="skip", rejects=tmp_path / "bad.csv")
     assert (summary.rows_read, summary.rows_scored, summary.rows_rejected, summary.exit_code) == (100, 98, 2, 10)
     assert summary.rejects == tmp_path / "bad.csv" and summary.rejects.exists()
     assert summary.rows_per_second > 0 and summary.worker_loads == {}
@@ -418,84 +372,6 @@ def test_one_bad_boolean_in_a_csv_column_rejects_only_its_row():
 
 
 # ---------------------------------------------------------------- rows the model (not the schema) cannot score
-
-POISON_SOURCE = '''
-import numpy as np
-from sklearn.base import BaseEstimator, RegressorMixin, TransformerMixin
-
-
-class Poison(BaseEstimator, TransformerMixin):
-    """Passes its input through, except that it raises on the value ``poison`` or from ``broken`` up in column a."""
-
-    def __init__(self, poison=13.0, broken=100.0):
-        self.poison = poison
-        self.broken = broken
-
-    def fit(self, X, y=None):
-        self.n_features_in_ = X.shape[1]
-        return self
-
-    def transform(self, X):
-        a = np.asarray(X["a"], dtype=float)
-        if (a == self.poison).any():
-            raise ValueError(f"poisoned value {self.poison} in column a")
-        if (a >= self.broken).any():
-            raise ValueError(f"column a at or above {self.broken}")
-        return X.assign(a=np.where(a == 7.0, np.inf, a))  # a=7 becomes infinite: the classifier refuses it
-
-
-class Echo(RegressorMixin, BaseEstimator):
-    """A regressor answering column a, except NaN for a=8."""
-
-    def fit(self, X, y=None):
-        self.n_features_in_ = X.shape[1]
-        return self
-
-    def predict(self, X):
-        a = np.asarray(X["a"], dtype=float)
-        return np.where(a == 8.0, np.nan, a)
-'''
-
-
-@pytest.fixture(scope="module")
-def poison_artifacts(tmp_path_factory) -> dict[str, Path]:
-    """Signed models with their own (by-value) code: ``classifier`` raises on a=13 (one row) or a>=100 (a broken
-    model's every row) and makes a=7 infinite; ``regressor`` (same transformer) answers NaN for a=8."""
-    import importlib
-
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import Pipeline
-
-    where = tmp_path_factory.mktemp("poisonsrc")
-    (where / "bbx_poison_feats.py").write_text(POISON_SOURCE)
-    sys.path.insert(0, str(where))
-    saved = {}
-    try:
-        module = importlib.import_module("bbx_poison_feats")
-        rng = np.random.default_rng(0)
-        X = pd.DataFrame({"a": rng.normal(size=80), "b": rng.normal(size=80)})
-        for kind, final, y in (("classifier", LogisticRegression(), (X.a + X.b > 0).astype(int)), ("regressor", module.Echo(), X.a)):
-            pipeline = Pipeline([("poison", module.Poison()), ("final", final)]).fit(X, y)
-            saved[kind] = blackbox.save(pipeline, tmp_path_factory.mktemp("poison") / f"{kind}.bbx", train_data=X, name=kind, version="1")
-            assert blackbox.inspect(saved[kind])["by_value"] == ["bbx_poison_feats"]
-    finally:
-        sys.path.remove(str(where))
-        sys.modules.pop("bbx_poison_feats", None)
-    return saved
-
-
-@pytest.fixture(scope="module")
-def poison_artifact(poison_artifacts) -> Path:
-    return poison_artifacts["classifier"]
-
-
-def poisoned(n: int, rows: tuple[int, ...], value: float = 13.0) -> pd.DataFrame:
-    """``n`` valid rows (a, b) with ``value`` in column a of the 1-based data rows ``rows``."""
-    rng = np.random.default_rng(1)
-    frame = pd.DataFrame({"a": rng.normal(size=n).round(6), "b": rng.normal(size=n).round(6)})
-    frame.loc[[row - 1 for row in rows], "a"] = value
-    return frame
-
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_a_row_the_model_cannot_score_is_a_reject_with_its_row_and_reason(fmt, poison_artifact, tmp_path, capsys):
@@ -553,33 +429,21 @@ def test_a_model_that_fails_on_every_row_of_a_chunk_fails_the_run(rows, broken_f
 
 # ---------------------------------------------------------------- the artifact's self-test
 
-def doctored(artifact: Path, where: Path) -> Path:
-    """The artifact with its golden sample's first prediction flipped, signed again: it loads, but fails its self-test."""
-    from conftest import resign
-
-    data = artifact.read_bytes()
-    manifest = unpack(data).manifest()
-    golden = manifest["golden"]
-    golden["predictions"][0] = 1 - golden["predictions"][0]
-    where.write_bytes(resign(data, manifest))
-    return where
-
-
-def test_an_artifact_failing_its_self_test_scores_nothing(artifact, rows, tmp_path, capsys):
-    bad = doctored(artifact, tmp_path / "doctored.bbx")
-    source = write_input(rows.head(20), tmp_path / "in.csv")
+def test_an_artifact_failing_its_self_test_scores_nothing(scoring_artifact, scoring_rows, tmp_path, capsys):
+    bad = doctored(scoring_artifact, tmp_path / "doctored.bbx")
+    source = write_input(scoring_rows.head(20), tmp_path / "in.csv")
     assert run(bad, source, "-o", tmp_path / "out.csv") == 7
     assert "golden-sample predictions" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path)) == ["doctored.bbx", "in.csv"]
 
 
-def test_a_dask_worker_self_tests_the_artifact_it_loads(artifact, model, tmp_path):
+def test_a_dask_worker_self_tests_the_artifact_it_loads(scoring_artifact, scoring_model, tmp_path):
     """A worker's copy is checked too: its packages may differ from the driver's."""
     from blackbox.scoring._dask import WorkerArtifact
     from blackbox.signing import Keyring
 
-    bad = doctored(artifact, tmp_path / "doctored.bbx")
-    remote = WorkerArtifact(str(bad), model.sha256, Keyring.from_environment(), False)
+    bad = doctored(scoring_artifact, tmp_path / "doctored.bbx")
+    remote = WorkerArtifact(str(bad), scoring_model.sha256, Keyring.from_environment(), False)
     with pytest.raises(blackbox.SelfTestError, match="golden-sample"):
         remote.load()
 

@@ -13,7 +13,6 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -23,81 +22,18 @@ import blackbox
 from blackbox import signing
 from serving import create_app
 
+from _helpers import CI_KEY, PASSENGER, assert_error, details, metric, post
+
 FIELDS = ["pclass", "sex", "age", "sibsp", "parch", "fare", "embarked", "name"]
-PASSENGER = {"pclass": 3, "sex": "male", "age": 22, "sibsp": 1, "parch": 0, "fare": 7.25, "embarked": "S",
-             "name": "Braund, Mr. Owen Harris"}
-KEY = "k" * 20 + "-ci-secret"
 
 
-# -- fixtures (test_serving_gunicorn.py imports these) -----------------------
-@pytest.fixture(scope="session")
-def serving_keys(tmp_path_factory) -> tuple[Path, Path]:
-    """A signing key pair for the served artifact: (private, public)."""
-    return signing.keygen(tmp_path_factory.mktemp("serving-keys"), "test")
-
-
-@pytest.fixture(scope="session")
-def served_artifact(search, titanic, serving_keys, tmp_path_factory) -> Path:
-    """One signed artifact of the fitted search, for every serving test."""
-    X_train = titanic[0]
-    path = tmp_path_factory.mktemp("serving") / "titanic.bbx"
-    return blackbox.save(search, path, train_data=X_train, name="titanic", version="1.0.0", signing_key=serving_keys[0])
-
-
-@pytest.fixture(scope="session")
-def served_model(served_artifact, serving_keys) -> blackbox.Model:
-    """The served artifact loaded in-process: the reference for every prediction."""
-    return blackbox.load(served_artifact, trusted_keys=[serving_keys[1]])
-
-
-@pytest.fixture(scope="session")
-def passengers(titanic) -> list[dict]:
-    """Held-out Titanic records as JSON gives them (missing values as null)."""
-    X_test = titanic[1]
-    return json.loads(X_test.head(40).to_json(orient="records"))
-
-
-@pytest.fixture(scope="session")
-def base_config(served_artifact, serving_keys) -> dict:
-    return {"ARTIFACT": str(served_artifact), "LOAD_OPTIONS": {"trusted_keys": [str(serving_keys[1])]}}
-
-
-@pytest.fixture(scope="session")
-def app(base_config):
-    return create_app(base_config)
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
+# -- fixtures (conftest.py has the shared ones: served_artifact, served_model, base_config, app, client) --
 @pytest.fixture
 def make_client(base_config):
     """A client for an app with extra settings."""
     def make(**overrides):
         return create_app({**base_config, **overrides}).test_client()
     return make
-
-
-def post(client, body, path="/predict", **kwargs):
-    return client.post(path, data=json.dumps(body), content_type="application/json", **kwargs)
-
-
-def details(response) -> list[tuple]:
-    return [(d["row"], d["field"], d["issue"]) for d in response.get_json()["error"]["details"]]
-
-
-def assert_error(response, status: int, code: str) -> dict:
-    """Every error: the status, JSON, the one shape, the request id in body and header."""
-    assert response.status_code == status, response.data
-    assert response.mimetype == "application/json"
-    body = response.get_json()
-    assert set(body) == {"error", "request_id"} and set(body["error"]) == {"code", "message", "details"}
-    assert body["error"]["code"] == code
-    assert body["request_id"] == response.headers["X-Request-ID"]
-    assert b"<html" not in response.data.lower() and b"Traceback" not in response.data
-    return body
 
 
 # -- predictions -------------------------------------------------------------
@@ -236,19 +172,6 @@ def test_openapi_document_is_generated_from_the_schema(client, served_model):
     prediction = doc["components"]["schemas"]["Prediction"]["properties"]["predictions"]["items"]
     assert prediction == {"type": "integer", "enum": [0, 1]}
     assert "security" not in doc
-
-
-def metric(client, name: str, /, **labels) -> float:
-    """One sample's value from /metrics (0 when absent)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = client.get("/metrics", headers={"Authorization": f"Bearer {KEY}"}).get_data(as_text=True)
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
-    )
 
 
 def test_metrics_count_requests_records_failures_and_warnings(make_client, passengers):
@@ -423,26 +346,26 @@ def test_failure_inside_the_model_is_500_logged_with_traceback_and_the_worker_ke
 @pytest.fixture(scope="module")
 def auth_client(base_config, tmp_path_factory):
     keys = tmp_path_factory.mktemp("auth") / "keys"
-    keys.write_text(f"# ci and admin\nci:{KEY}\n\nadmin: {'a' * 32}\n")
+    keys.write_text(f"# ci and admin\nci:{CI_KEY}\n\nadmin: {'a' * 32}\n")
     return create_app({**base_config, "API_KEYS_FILE": str(keys)}).test_client()
 
 
-@pytest.mark.parametrize("header", [None, "Bearer ", f"Bearer {KEY[:-1]}x", f"Basic {KEY}", f"Bearer {KEY} extra", KEY])
+@pytest.mark.parametrize("header", [None, "Bearer ", f"Bearer {CI_KEY[:-1]}x", f"Basic {CI_KEY}", f"Bearer {CI_KEY} extra", CI_KEY])
 def test_auth_refuses_missing_or_wrong_keys(auth_client, header):
     headers = {"Authorization": header} if header is not None else {}
     response = post(auth_client, PASSENGER, headers=headers)
     assert_error(response, 401, "unauthenticated")
     assert response.headers["WWW-Authenticate"].lower().startswith("bearer")
-    assert KEY not in response.get_data(as_text=True)
+    assert CI_KEY not in response.get_data(as_text=True)
 
 
 def test_auth_accepts_a_valid_key_and_logs_its_id_never_the_key(auth_client, caplog):
     caplog.set_level(logging.INFO, logger="serving")
-    response = post(auth_client, PASSENGER, headers={"Authorization": f"bearer {KEY}"})
+    response = post(auth_client, PASSENGER, headers={"Authorization": f"bearer {CI_KEY}"})
     assert response.status_code == 200
     line = next(json.loads(r.message) for r in caplog.records if response.get_json()["request_id"] in r.message)
     assert line["key_id"] == "ci"
-    assert KEY not in caplog.text
+    assert CI_KEY not in caplog.text
     assert auth_client.post("/predict", json=PASSENGER, headers={"Authorization": f"Bearer {'a' * 32}"}).status_code == 200
 
 
@@ -451,20 +374,20 @@ def test_auth_leaves_health_and_ready_open_and_guards_the_rest(auth_client):
     assert auth_client.get("/ready").get_json() == {"status": "ready", "model_version": "1.0.0"}
     for path in ("/metrics", "/model", "/schema", "/openapi.json", "/nope"):
         assert_error(auth_client.get(path), 401, "unauthenticated")
-    doc = auth_client.get("/openapi.json", headers={"Authorization": f"Bearer {KEY}"}).get_json()
+    doc = auth_client.get("/openapi.json", headers={"Authorization": f"Bearer {CI_KEY}"}).get_json()
     assert doc["security"] == [{"bearer": []}] and doc["paths"]["/health"]["get"]["security"] == []
 
 
 def test_api_keys_from_the_environment(base_config, monkeypatch):
-    monkeypatch.setenv("BLACKBOX_API_KEYS", json.dumps({"env": KEY}))
+    monkeypatch.setenv("BLACKBOX_API_KEYS", json.dumps({"env": CI_KEY}))
     client = create_app(base_config).test_client()
     assert post(client, PASSENGER).status_code == 401
-    assert post(client, PASSENGER, headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+    assert post(client, PASSENGER, headers={"Authorization": f"Bearer {CI_KEY}"}).status_code == 200
 
 
 @pytest.mark.parametrize("keys, message", [
-    ("ci:short", "at least 16"), ("ci", "not `id:key`"), (f"a:{KEY},b:{KEY}", "only once"),
-    (f"bad id:{KEY}", "ids are"), ({"ci": 3}, "must be a mapping"),
+    ("ci:short", "at least 16"), ("ci", "not `id:key`"), (f"a:{CI_KEY},b:{CI_KEY}", "only once"),
+    (f"bad id:{CI_KEY}", "ids are"), ({"ci": 3}, "must be a mapping"),
 ])
 def test_bad_api_keys_stop_the_start(base_config, keys, message):
     with pytest.raises(blackbox.UsageError, match=message):

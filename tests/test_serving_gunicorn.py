@@ -8,106 +8,20 @@ in-flight batch completes, the master exits 0).
 
 from __future__ import annotations
 
-import functools
 import json
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from test_serving import passengers, served_artifact, served_model, serving_keys  # noqa: F401  (shared fixtures)
+from _helpers import GRACEFUL_TIMEOUT, Server, call, predict_pids
 
 pytestmark = pytest.mark.slow
 
-GRACEFUL_TIMEOUT = 10
-
-
-@functools.cache
-def serve_command() -> tuple[str, ...]:
-    """``python -m blackbox serve`` once blackbox's CLI registers the command, ``python -m serving`` until then."""
-    official = (sys.executable, "-m", "blackbox", "serve")
-    registered = subprocess.run([*official, "--help"], capture_output=True).returncode == 0
-    return official if registered else (sys.executable, "-m", "serving")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def call(url: str, body: object | None = None, timeout: float = 10) -> tuple[int, bytes]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-class Server:
-    """``blackbox serve`` in a subprocess, its output in a file."""
-
-    def __init__(self, args: list[str], log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        with log.open("wb") as out:
-            self.process = subprocess.Popen([*serve_command(), *args, "--port", str(self.port)], stdout=out, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, workers: int = 1, seconds: float = 30) -> None:
-        """Until /ready answers and ``workers`` processes have loaded the model (/ready speaks for one)."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"server exited with {self.process.returncode}:\n{self.log.read_text()}")
-            try:
-                loaded = self.log.read_text().count('"event":"model_loaded"')
-                if loaded >= workers and call(self.url + "/ready", timeout=1)[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        pytest.fail(f"server not ready after {seconds} s:\n{self.log.read_text()}")
-
-    def stop(self) -> int:
-        """SIGTERM (gunicorn's graceful stop); the exit code."""
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=GRACEFUL_TIMEOUT + 5)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-                self.process.wait()
-
-    def metric(self, name: str, /, **labels: str) -> float:
-        text = call(self.url + "/metrics")[1].decode()
-        return sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
-        )
-
-
-def predict_pids(server: Server) -> set[int]:
-    """The worker processes that have answered /predict, from their request log lines."""
-    return {json.loads(line)["pid"] for line in server.log.read_text().splitlines()
-            if line.startswith("{") and '"path":"/predict"' in line}
-
 
 @pytest.fixture
-def server(served_artifact, serving_keys, tmp_path):  # noqa: F811
+def server(served_artifact, serving_keys, tmp_path):
     server = Server([str(served_artifact), "--host", "127.0.0.1", "--workers", "2", "--trusted-keys", str(serving_keys[1])],
                     tmp_path / "server.log")
     try:
@@ -119,7 +33,7 @@ def server(served_artifact, serving_keys, tmp_path):  # noqa: F811
             server.process.wait()
 
 
-def test_gunicorn_serves_what_the_model_predicts_in_process_then_stops_gracefully(server, served_model, passengers):  # noqa: F811
+def test_gunicorn_serves_what_the_model_predicts_in_process_then_stops_gracefully(server, served_model, passengers):
     singles, answers = [], []
     for start in range(0, 8 * 20, 8):  # rounds of 8 concurrent connections, until both workers have answered
         batch = [passengers[i % len(passengers)] for i in range(start, start + 8)]
@@ -157,7 +71,7 @@ def test_gunicorn_serves_what_the_model_predicts_in_process_then_stops_gracefull
     assert late and late[0][0] == 200 and len(json.loads(late[0][1])["predictions"]) == 10_000
 
 
-def test_debug_runs_the_flask_development_server(served_artifact, serving_keys, tmp_path):  # noqa: F811
+def test_debug_runs_the_flask_development_server(served_artifact, serving_keys, tmp_path):
     server = Server([str(served_artifact), "--debug", "--trusted-keys", str(serving_keys[1])], tmp_path / "debug.log")
     try:
         server.wait_ready()

@@ -1,166 +1,28 @@
 """The model store on a local directory (and fsspec's in-memory filesystem): releases, aliases, races, faults.
 
-The scenarios (round trip, racing pushes, racing promotes) are plain functions
-taking a store URI, so tests/test_store_s3.py runs the same ones against S3.
+The scenarios (round trip, racing pushes, racing promotes) are plain functions in
+_helpers.py taking a store URI, so tests/test_store_s3.py runs the same ones against S3.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import re
 import signal
 import subprocess
-import threading
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import blackbox
 from blackbox.artifact import pack, unpack
-from blackbox.cli import main as blackbox_cli
 from blackbox.store import Store, StoreError
-from conftest import PYTHON, child_env, resign
+from _helpers import PYTHON, child_env, file_sha256, racing_promotes, racing_pushes, resign, run_cli, store_round_trip, variant
 
 EXIT_STORE = StoreError.exit_code
-
-
-@pytest.fixture(scope="module")
-def artifact(search, titanic, tmp_path_factory) -> Path:
-    """One signed artifact, titanic 1.0.0; other versions are re-signed copies with an edited manifest."""
-    X_train, *_ = titanic
-    path = tmp_path_factory.mktemp("store-artifacts") / "titanic-1.0.0.bbx"
-    return blackbox.save(search, path, train_data=X_train, name="titanic", version="1.0.0",
-                         metrics={"holdout": {"accuracy": 0.8}})
-
-
-def variant(artifact: Path, directory: Path, version: str, **changes) -> Path:
-    """A signed artifact like ``artifact`` but with another version (and any other manifest changes)."""
-    data = artifact.read_bytes()
-    manifest = {**unpack(data).manifest(), "version": version, **changes}
-    path = directory / f"{manifest['name']}-{version}-{uuid.uuid4().hex[:8]}.bbx"
-    path.write_bytes(resign(data, manifest))
-    return path
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = blackbox_cli([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def race(calls: list[Callable[[], object]]) -> list[object]:
-    """Run the calls in threads released at the same instant; return each one's result or exception."""
-    barrier = threading.Barrier(len(calls))
-    results: list[object] = [None] * len(calls)
-
-    def run(i: int) -> None:
-        barrier.wait()
-        try:
-            results[i] = calls[i]()
-        except Exception as exc:  # the outcome under test
-            results[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results
-
-
-# -- scenarios shared with the S3 tests --------------------------------------------------
-
-
-def round_trip(uri: str, artifact: Path, tmp_path: Path, capsys) -> None:
-    """push / list / promote / rollback / pull through the command line, as a release manager would."""
-    v2 = variant(artifact, tmp_path, "2.0.0", created_at="2099-01-01T00:00:00Z")
-    old = variant(artifact, tmp_path, "0.9.0", created_at="2000-01-01T00:00:00Z")
-
-    code, out, err = run_cli(capsys, "push", artifact, uri)
-    assert code == 0, err
-    assert "titanic@1.0.0 is in" in out
-    for path in (v2, old):
-        assert run_cli(capsys, "push", path, uri)[0] == 0
-
-    code, out, _ = run_cli(capsys, "list", uri, "titanic", "--json")
-    listed = {r["version"]: r for r in json.loads(out)}
-    assert list(listed) == ["0.9.0", "1.0.0", "2.0.0"]  # oldest first
-    assert listed["1.0.0"]["sha256"] == file_sha256(artifact)
-    assert listed["1.0.0"]["key_id"] == blackbox.inspect(artifact)["signature"]["key_id"]
-    assert listed["1.0.0"]["metrics"]["holdout"] == {"accuracy": 0.8}
-    assert "candidates" not in listed["1.0.0"]["metrics"]["search"]  # kept in the manifest, not the record
-    assert listed["2.0.0"]["aliases"] == ["latest"]  # pushing an older version later does not move latest
-
-    store = Store.open(uri)
-    assert run_cli(capsys, "promote", uri, "titanic", "1.0.0", "--alias", "production")[0] == 0
-    code, out, _ = run_cli(capsys, "promote", uri, "titanic", "2.0.0", "--alias", "production")
-    assert code == 0 and "titanic@production -> 2.0.0" in out
-    assert store.resolve("titanic@production").version == "2.0.0"
-    assert store.resolve("titanic").version == "2.0.0"  # NAME alone is NAME@latest
-    assert store.resolve("titanic@0.9.0").sha256 == file_sha256(old)
-
-    code, out, _ = run_cli(capsys, "list", uri)
-    row = next(line for line in out.splitlines() if line.startswith("titanic") and " 2.0.0 " in line)
-    assert "latest,production" in row and "holdout.accuracy 0.8000" in row
-
-    code, out, _ = run_cli(capsys, "rollback", uri, "titanic", "--alias", "production")
-    assert code == 0 and "rolled back to 1.0.0" in out
-    assert store.resolve("titanic@production").version == "1.0.0"
-
-    dest = tmp_path / "pulled" / "model.bbx"
-    code, out, err = run_cli(capsys, "pull", uri, "titanic@production", "-o", dest)
-    assert code == 0, err
-    assert dest.read_bytes() == artifact.read_bytes()
-    assert blackbox.load(dest).version == "1.0.0"
-
-    code, _, err = run_cli(capsys, "rollback", uri, "titanic", "--alias", "production")
-    assert code == EXIT_STORE and "no previous target left" in err
-
-
-def racing_pushes(uri: str, artifact: Path, tmp_path: Path, rounds: int = 3) -> None:
-    """Two pushes of one version with different bytes, at the same instant: exactly one wins, whole."""
-    for n in range(rounds):
-        version = f"8.0.{n}"
-        paths = [variant(artifact, tmp_path, version, metadata={"writer": w}) for w in "ab"]
-        results = race([lambda p=p: Store.open(uri).push(p) for p in paths])
-        won = [i for i, r in enumerate(results) if not isinstance(r, Exception)]
-        assert len(won) == 1, results
-        lost = results[1 - won[0]]
-        assert isinstance(lost, StoreError) and "already exists" in lost.message and "immutable" in lost.message
-        release, data = Store.open(uri).fetch(f"titanic@{version}")  # verifies digest and signature
-        assert data == paths[won[0]].read_bytes()
-        assert release.sha256 == file_sha256(paths[won[0]])
-
-
-def racing_promotes(uri: str, artifact: Path, tmp_path: Path) -> None:
-    """Promotes from several writers at once: each either lands or is told it lost; the pointer stays whole."""
-    versions = [f"5.{i}.0" for i in range(6)]
-    for version in versions:
-        Store.open(uri).push(variant(artifact, tmp_path, version))
-    landed: list[str] = []
-    for pair in (versions[0:2], versions[2:4], versions[4:6]):
-        results = race([lambda v=v: Store.open(uri).promote("titanic", v, "production") for v in pair])
-        for version, result in zip(pair, results, strict=True):
-            if isinstance(result, Exception):
-                assert isinstance(result, StoreError) and "changed by someone else" in result.message
-            else:
-                landed.append(version)
-    store = Store.open(uri)
-    current, history, _ = store._pointer("titanic", "production")
-    targets = [entry["version"] for entry in history] + [current.version]
-    assert sorted(targets) == sorted(landed)  # every landed promote is recorded once, nothing else
-    assert len(landed) >= 3  # each race has a winner
-    assert store.resolve("titanic@production").version == current.version
 
 
 # -- local directory ------------------------------------------------------------------------
@@ -172,7 +34,7 @@ def uri(request, tmp_path) -> str:
 
 
 def test_round_trip(uri, artifact, tmp_path, capsys):
-    round_trip(uri, artifact, tmp_path, capsys)
+    store_round_trip(uri, artifact, tmp_path, capsys)
 
 
 def test_layout_is_name_version_artifact_with_records_and_alias_pointers(artifact, tmp_path):

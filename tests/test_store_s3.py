@@ -6,30 +6,20 @@ in a subprocess (not an in-process mock), reached through s3fs like real S3.
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import time
-import urllib.request
 import uuid
 
 import pytest
 
 from blackbox.store import Store, StoreError
 from blackbox.store.backends import Conflict
-from conftest import PYTHON, child_env
-from test_store import artifact, file_sha256, racing_promotes, racing_pushes, round_trip  # noqa: F401
+from _helpers import PYTHON, child_env, file_sha256, free_port, racing_promotes, racing_pushes, store_round_trip, wait_for_url
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("s3fs")
 pytest.importorskip("moto.server")
 
 SECRET = "secret-that-must-never-be-printed"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -43,15 +33,7 @@ def endpoint() -> str:
     )
     patch = pytest.MonkeyPatch()
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/moto-api/", timeout=1)  # noqa: S310 (a local test server)
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"moto server did not start on {url}")
-                time.sleep(0.2)
+        wait_for_url(f"{url}/moto-api/", server, seconds=30)
         for name, value in {
             "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_SESSION_TOKEN": "testing",
             "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": url,
@@ -75,7 +57,7 @@ def uri(endpoint) -> str:
 
 
 def test_round_trip(uri, artifact, tmp_path, capsys):
-    round_trip(uri, artifact, tmp_path, capsys)
+    store_round_trip(uri, artifact, tmp_path, capsys)
 
 
 def test_concurrent_pushes_of_one_version(uri, artifact, tmp_path):

@@ -15,11 +15,11 @@ import pytest
 
 import blackbox
 from serving import create_app
-from test_store import artifact, variant  # noqa: F401 (the module-scoped signed artifact fixture)
+from _helpers import variant
 
 
 @pytest.fixture
-def store(artifact, tmp_path) -> tuple[Path, blackbox.Store]:  # noqa: F811
+def store(artifact, tmp_path) -> tuple[Path, blackbox.Store]:
     """titanic 1.0.0 and 2.0.0, other 1.0.0; titanic@production promoted 1.0.0 then 2.0.0 (old pointer kept)."""
     root = tmp_path / "store"
     store = blackbox.Store.open(root)

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from serving import create_app
-from test_serving import KEY, base_config, passengers, served_artifact, served_model, serving_keys  # noqa: F401
+from _helpers import CI_KEY
 
 DATATYPES = {"integer": "INT64", "number": "FP64", "boolean": "BOOL", "string": "BYTES", "category": "BYTES"}
 
 
 @pytest.fixture(scope="module")
-def client(base_config):  # noqa: F811
+def client(base_config):
     return create_app(base_config).test_client()
 
 
@@ -53,7 +53,7 @@ def test_server_metadata_live_and_ready(client):
     assert client.get("/v2/models/titanic/versions/1.0.0/ready").status_code == 200
 
 
-def test_model_metadata_is_generated_from_the_schema(client, served_model):  # noqa: F811
+def test_model_metadata_is_generated_from_the_schema(client, served_model):
     for path in ("/v2/models/titanic", "/v2/models/titanic/versions/1.0.0"):
         meta = client.get(path).get_json()
         assert meta["name"] == "titanic" and meta["versions"] == ["1.0.0"] and meta["platform"] == "blackbox"
@@ -65,7 +65,7 @@ def test_model_metadata_is_generated_from_the_schema(client, served_model):  # n
 
 
 @pytest.mark.parametrize("nested", [False, True], ids=["[N]", "[N,1]"])
-def test_infer_a_batch_matches_the_model_in_process(client, served_model, passengers, nested):  # noqa: F811
+def test_infer_a_batch_matches_the_model_in_process(client, served_model, passengers, nested):
     body = {"id": "req-42", "parameters": {"content_type": "pd"}, "inputs": tensors(served_model, passengers, nested=nested)}
     response = infer(client, body)
     assert response.status_code == 200, response.data
@@ -81,7 +81,7 @@ def test_infer_a_batch_matches_the_model_in_process(client, served_model, passen
     assert np.array(outputs["predict_proba"]["data"]).reshape(n, 2).tolist() == expected
 
 
-def test_requested_outputs_and_versioned_infer(client, served_model, passengers):  # noqa: F811
+def test_requested_outputs_and_versioned_infer(client, served_model, passengers):
     body = {"inputs": tensors(served_model, passengers[:3]), "outputs": [{"name": "predict"}]}
     answer = infer(client, body, "/v2/models/titanic/versions/1.0.0/infer").get_json()
     assert [o["name"] for o in answer["outputs"]] == ["predict"]
@@ -89,7 +89,7 @@ def test_requested_outputs_and_versioned_infer(client, served_model, passengers)
     assert "outputs" in v2_error(infer(client, {**body, "outputs": [{"name": "transform"}]}), 400)["error"]
 
 
-def test_nan_in_a_float_tensor_is_a_missing_value(client, served_model, passengers):  # noqa: F811
+def test_nan_in_a_float_tensor_is_a_missing_value(client, served_model, passengers):
     records = [dict(p, age=None) for p in passengers[:4]]
     inputs = tensors(served_model, records)
     for tensor in inputs:
@@ -102,7 +102,7 @@ def test_nan_in_a_float_tensor_is_a_missing_value(client, served_model, passenge
     assert response.get_json()["outputs"][0]["data"] == served_model.predict_batch(records)
 
 
-def test_unknown_model_and_wrong_version_are_404(client, served_model, passengers):  # noqa: F811
+def test_unknown_model_and_wrong_version_are_404(client, served_model, passengers):
     body = {"inputs": tensors(served_model, passengers[:2])}
     assert "nope" in v2_error(infer(client, body, "/v2/models/nope/infer"), 404)["error"]
     assert "9.9.9" in v2_error(infer(client, body, "/v2/models/titanic/versions/9.9.9/infer"), 404)["error"]
@@ -110,7 +110,7 @@ def test_unknown_model_and_wrong_version_are_404(client, served_model, passenger
     v2_error(client.get("/v2/models/nope"), 404)
 
 
-def test_schema_problems_are_400_with_the_same_field_level_errors(client, served_model, passengers):  # noqa: F811
+def test_schema_problems_are_400_with_the_same_field_level_errors(client, served_model, passengers):
     records = [dict(p) for p in passengers[:3]]
     inputs = tensors(served_model, records)
     for tensor in inputs:
@@ -134,7 +134,7 @@ def test_schema_problems_are_400_with_the_same_field_level_errors(client, served
     (lambda inputs: inputs.append(dict(inputs[0])), "duplicate"),
     (lambda inputs: inputs[0].update(data="1,2,3,4"), "list"),
 ], ids=["length", "rows", "2-D", "datatype", "element-type", "duplicate", "data"])
-def test_tensor_problems_are_400_naming_the_tensor(client, served_model, passengers, change, words):  # noqa: F811
+def test_tensor_problems_are_400_naming_the_tensor(client, served_model, passengers, change, words):
     inputs = tensors(served_model, passengers[:4])
     change(inputs)
     body = v2_error(infer(client, {"inputs": inputs}), 400)
@@ -164,23 +164,23 @@ def test_not_ready_is_503(client, monkeypatch):
     v2_error(infer(client, {"inputs": []}), 503)
 
 
-def test_v2_needs_the_same_keys_as_predict(base_config, served_model, passengers):  # noqa: F811
-    client = create_app({**base_config, "API_KEYS": f"reader:{'r' * 20} read\nscorer:{KEY}"}).test_client()
+def test_v2_needs_the_same_keys_as_predict(base_config, served_model, passengers):
+    client = create_app({**base_config, "API_KEYS": f"reader:{'r' * 20} read\nscorer:{CI_KEY}"}).test_client()
     body = {"inputs": tensors(served_model, passengers[:2])}
     assert client.get("/v2/health/live").status_code == 200 and client.get("/v2/health/ready").status_code == 200
     v2_error(infer(client, body), 401)
     assert "predict" in v2_error(infer(client, body, headers={"Authorization": "Bearer " + "r" * 20}), 403)["error"]
-    assert infer(client, body, headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+    assert infer(client, body, headers={"Authorization": f"Bearer {CI_KEY}"}).status_code == 200
     assert client.get("/v2/models/titanic", headers={"Authorization": "Bearer " + "r" * 20}).status_code == 200
 
 
 @pytest.mark.slow
-def test_tritonclient_against_blackbox_serve(served_artifact, serving_keys, served_model, passengers, tmp_path):  # noqa: F811
+def test_tritonclient_against_blackbox_serve(served_artifact, serving_keys, served_model, passengers, tmp_path):
     """A real KServe/Triton client: health, metadata, and a batch of column tensors over HTTP to gunicorn."""
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
-    from test_serving_gunicorn import Server
+    from _helpers import Server
 
     server = Server([str(served_artifact), "--workers", "1", "--threads", "4", "--trusted-keys", str(serving_keys[1])],
                     tmp_path / "server.log")
