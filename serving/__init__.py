@@ -5,14 +5,27 @@ its own modules (never ``training``), so it runs wherever an artifact can be
 loaded. ``blackbox serve PATH`` runs it under gunicorn (:mod:`serving.cli`);
 ``gunicorn 'serving:create_app()'`` with ``BLACKBOX_ARTIFACT`` set works too.
 
-Module map: ``config`` (settings), ``holder`` (the model and loading),
-``payloads`` / ``jsonio`` (bodies -> records), ``inference`` (records ->
-predictions, concurrent requests micro-batched), ``api`` and ``ops`` (routes),
-``predlog`` (the prediction log's queue and writer, ``POST /feedback``),
-``monitor`` (the live drift window, ``GET /drift``), ``follow`` (hot reload from
-a store), ``errors`` (the one error table), ``auth``, ``lifecycle`` (request id,
-log line, metrics per request), ``logs``, ``metrics``, ``openapi``, ``cli`` and
-``gunicorn_app`` (running it).
+The rule of its layers: the worker core (``config``, ``holder``, ``follow``,
+``inference``, ``monitor``, ``recorder``, ``metrics``, ``logs`` and ``state``)
+never imports flask or werkzeug, not even through another serving module
+(tests/test_serving_layers.py imports each one with both blocked). It takes the
+facts of a request (request id, client id, latency, time) as arguments and
+raises plain exceptions; only the HTTP side reads requests, and
+:mod:`serving.errors` maps both sides' exceptions to statuses.
+
+Module map. The core: ``config`` (settings), ``holder`` (the model, loading
+and vetting, readiness), ``follow`` (hot reload from a store), ``inference``
+(records -> predictions, concurrent requests micro-batched), ``monitor`` (the
+live drift window and its report), ``recorder`` (the prediction log's queue and
+writer thread; the log itself is :mod:`blackbox.monitoring.predlog`),
+``metrics``, ``logs``, and ``state`` (what one app shares: the served models
+and their parts). The HTTP side: ``app`` (the factory), ``routes`` (every
+route, one blueprint per module: ``api``, ``feedback``, ``ops``, ``v2``, and the
+accessor of the current app's state), ``payloads`` / ``jsonio`` (bodies ->
+records, JSON answers), ``lifecycle`` (request id, log line, metrics per
+request), ``auth`` (API keys and scopes), ``errors`` (the one error table),
+``http_errors`` (the one module defining HTTP exceptions), ``openapi``; and
+running it: ``cli``, ``gunicorn_app``, ``worker``.
 """
 
 from __future__ import annotations

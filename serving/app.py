@@ -7,6 +7,9 @@ Scope: assembling one app. Everything it shares lives in
 ``/ready`` says 503 until its models are loaded (a thread per model, after the fork).
 Each model is built with its own holder, scorer, drift window and follower
 (:class:`.state.Served`); a model that fails its checks never stops the others.
+The core parts are built here and handed to the app; the routes
+(:mod:`.routes`), the request hooks (:mod:`.lifecycle`, :mod:`.auth`) and the
+error table (:mod:`.errors`) are registered around them.
 """
 
 from __future__ import annotations
@@ -25,14 +28,16 @@ from blackbox import BlackboxError, Model, UsageError
 from blackbox.monitoring.predlog import PredictionLog
 from flask import Flask
 
-from . import api, auth, errors, lifecycle, monitor, ops, v2
+from . import auth, errors, lifecycle
 from .config import Settings, layer
 from .follow import Follower
 from .holder import READY_WAIT, ModelHolder, Vetted, load_model
 from .inference import Scorer
 from .logs import RequestLog
 from .metrics import Metrics
-from .predlog import Recorder
+from .monitor import Monitor
+from .recorder import Recorder
+from .routes import api, feedback, ops, v2
 from .state import EXTENSION, Served, State
 
 
@@ -95,8 +100,7 @@ def create_app(
             max_records=settings.batch_max_records, observe=functools.partial(metrics.batched, name),
             timeout=settings.request_timeout,
         )
-        window = monitor.Monitor(holder, metrics, log, capacity=settings.drift_window, interval=settings.drift_interval,
-                                 name=name)
+        window = Monitor(holder, metrics, log, capacity=settings.drift_window, interval=settings.drift_interval, name=name)
         models[name] = Served(name, holder, scorer, window, follower)
     _load(models, loads, log, background=background and model is None)
     recorder = Recorder(PredictionLog(settings.prediction_log), metrics, log) if settings.prediction_log else None
@@ -104,10 +108,8 @@ def create_app(
     lifecycle.init_app(app)
     auth.init_app(app)
     errors.init_app(app)
-    app.register_blueprint(api.bp)
-    app.register_blueprint(ops.bp)
-    app.register_blueprint(monitor.bp)
-    app.register_blueprint(v2.bp)
+    for routes in (api, feedback, ops, v2):
+        app.register_blueprint(routes.bp)
     for served in models.values():
         if served.follower is not None:
             served.follower.start()

@@ -35,17 +35,18 @@ from dataclasses import dataclass
 from blackbox import UsageError
 from flask import Flask, g, request
 from werkzeug.datastructures import WWWAuthenticate
-from werkzeug.exceptions import Forbidden, Unauthorized
+from werkzeug.exceptions import Unauthorized
 
-from . import state
 from .config import Settings
+from .http_errors import MissingScope
+from .routes import current
 
 OPEN_ENDPOINTS = frozenset({"ops.health", "ops.ready", "v2.server_live", "v2.server_ready"})
 SCOPES = ("predict", "read", "admin")
 DEFAULT_SCOPES = frozenset({"predict", "read"})
 ENDPOINT_SCOPES = {
-    "api.predict": "predict", "api.invocations": "predict", "api.feedback": "predict",
-    "ops.model": "read", "ops.schema": "read", "ops.openapi_json": "read", "ops.metrics": "read", "monitor.drift_view": "read",
+    "api.predict": "predict", "api.invocations": "predict", "feedback.feedback": "predict",
+    "ops.model": "read", "ops.schema": "read", "ops.openapi_json": "read", "ops.metrics": "read", "ops.drift_view": "read",
     "ops.reload": "admin",
     "ops.models": "read", "ops.model_ready": "read",
     "v2.infer": "predict", "v2.server_metadata": "read", "v2.model_metadata": "read", "v2.model_ready": "read",
@@ -62,21 +63,6 @@ class ApiKey:
 
     secret: bytes
     scopes: frozenset[str]
-
-
-class MissingScope(Forbidden):
-    """A known key without the scope the route needs (RFC 6750's ``insufficient_scope``)."""
-
-    def __init__(self, key_id: str, scope: str) -> None:
-        super().__init__(
-            f"API key {key_id!r} lacks the {scope!r} scope that {request.method} {request.path} needs; "
-            f"grant it in the keys file (`{key_id}:KEY {scope} ...`) or use a key that has it."
-        )
-        self.scope = scope
-
-    def get_headers(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        challenge = f'Bearer realm="blackbox", error="insufficient_scope", scope="{self.scope}"'
-        return [*super().get_headers(*args, **kwargs), ("WWW-Authenticate", challenge)]
 
 
 def init_app(app: Flask) -> None:
@@ -118,7 +104,7 @@ def load_keys(settings: Settings) -> dict[str, ApiKey]:
 
 def authenticate() -> None:
     """Before each request: 401 unless the route is open or the bearer token is a known key; 403 without its scope."""
-    keys = state.current().keys
+    keys = current().keys
     if not keys or request.endpoint in OPEN_ENDPOINTS:
         return
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
@@ -132,7 +118,7 @@ def authenticate() -> None:
     if request.endpoint is not None:  # None: no such route, answered 404/405 as for any caller
         scope = ENDPOINT_SCOPES.get(request.endpoint, "admin")
         if scope not in keys[key_id].scopes:
-            raise MissingScope(key_id, scope)
+            raise MissingScope(key_id, scope, f"{request.method} {request.path}")
 
 
 def match(keys: Mapping[str, ApiKey], token: bytes) -> str | None:

@@ -18,14 +18,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import blackbox
 from blackbox import UsageError
 from blackbox.monitoring.predlog import database_url
-from flask import Config
 from sqlalchemy.engine import URL
+
+if TYPE_CHECKING:
+    from flask import Config  # layer() fills the app's; Settings is read by the worker core, which never imports flask
 
 DEFAULTS: Mapping[str, Any] = MappingProxyType(
     {

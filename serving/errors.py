@@ -1,7 +1,11 @@
 """Every failure as one JSON shape, from one table of exception class -> (HTTP status, code).
 
-Scope: mapping exceptions to responses. Domain code raises blackbox errors and
-werkzeug's HTTP exceptions; nothing else in serving picks a status code. A
+Scope: mapping exceptions to responses. The worker core raises blackbox errors
+and its own plain exceptions (:class:`~serving.holder.NotReady`,
+:class:`~serving.state.UnknownModel`, :class:`~serving.inference.ModelTimeout`);
+the HTTP side raises werkzeug's exceptions and those of
+:mod:`serving.http_errors`, the one module that defines any. Nothing else in
+serving picks a status code. A
 blackbox error's code in the table is its class's ``code`` (so the library and
 the wire cannot disagree); a validation error's message gets the route that
 describes the fields (the library's messages name no routes). The
@@ -46,10 +50,11 @@ from werkzeug.exceptions import (
 )
 
 from . import jsonio
+from .holder import NotReady
+from .http_errors import BodyTimeout, InvalidFeedback, PredictionLogOff, PredictionLogUnavailable, TooManyRecords
 from .inference import ModelTimeout
 from .lifecycle import request_id
-from .payloads import BodyTimeout, TooManyRecords
-from .predlog import InvalidFeedback, PredictionLogOff, PredictionLogUnavailable
+from .state import UnknownModel
 
 TABLE: Mapping[type[BaseException], tuple[int, str]] = {
     TooManyRecords: (413, TooManyRecords.code),  # a blackbox error's code is its class's own
@@ -60,6 +65,8 @@ TABLE: Mapping[type[BaseException], tuple[int, str]] = {
     PredictionLogOff: (409, "prediction_log_off"),
     PredictionLogUnavailable: (503, "prediction_log_unavailable"),
     ModelTimeout: (504, "timeout"),
+    NotReady: (503, "not_ready"),
+    UnknownModel: (404, "not_found"),
     BodyTimeout: (408, "request_timeout"),
     BadRequest: (400, "malformed_body"),
     Unauthorized: (401, "unauthenticated"),
@@ -75,6 +82,8 @@ TABLE: Mapping[type[BaseException], tuple[int, str]] = {
 """Looked up along the exception's MRO, so the most specific class wins."""
 
 INTERNAL_MESSAGE = "The server failed while handling this request; the request id finds the details in its log."
+RETRY_AFTER = 5
+"""Seconds a client is told to wait (``Retry-After``) before asking a model that is not ready again."""
 SCHEMA_HINT = "GET /schema describes the fields."
 """Appended to the message of a validation error (code ``validation_error``) and of a refused input."""
 
@@ -98,7 +107,7 @@ def handle(exc: Exception) -> Response:
     g.error = (exc.original_exception or exc) if isinstance(exc, InternalServerError) else exc
     g.error_code = code
     details: list[Any] = list(exc.problems) if isinstance(exc, (SchemaError, InvalidFeedback, ModelOutputError)) else []
-    if status >= 500 and not isinstance(exc, (ServiceUnavailable, ModelOutputError, ModelTimeout)):
+    if status >= 500 and not isinstance(exc, (ServiceUnavailable, NotReady, ModelOutputError, ModelTimeout)):
         message = INTERNAL_MESSAGE
     elif isinstance(exc, HTTPException):
         message = exc.description or code
@@ -106,6 +115,8 @@ def handle(exc: Exception) -> Response:
         message = str(exc)
         if code in (SchemaError.code, ModelInputError.code):
             message += f"\n{SCHEMA_HINT}"
-    headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"} if isinstance(exc, HTTPException) else None
+    headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"} if isinstance(exc, HTTPException) else {}
+    if isinstance(exc, NotReady):
+        headers["Retry-After"] = str(RETRY_AFTER)
     body = {"error": {"code": code, "message": message, "details": details}, "request_id": request_id()}
     return jsonio.response(body, status, headers)

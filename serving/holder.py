@@ -32,17 +32,26 @@ from typing import Any
 import blackbox
 from blackbox import Model
 from blackbox.artifact import read_bytes
-from werkzeug.exceptions import ServiceUnavailable
 
 READY_WAIT = 10.0
 """Seconds a request waits for a model that is being loaded (a fresh worker taking over) before its 503."""
 
 
-class NotReady(ServiceUnavailable):
-    """No verified model is held yet (or the worker is stopping); clients should retry."""
+class NotReady(Exception):
+    """No verified model is held yet (or the worker is stopping); clients should retry (HTTP 503 with Retry-After)."""
 
     def __init__(self, message: str = "No verified model is loaded yet; retry shortly.") -> None:
-        super().__init__(message, retry_after=5)
+        super().__init__(message)
+
+
+def identity(model: Model) -> dict[str, str]:
+    """How every answer names the model that made it: name, version and the payload's sha256.
+
+    ``payload_sha256`` names the hash (the payload the manifest binds, what ``blackbox
+    inspect`` and the prediction log show; not the file's, which ``push`` and ``list``
+    show); ``sha256`` repeats it for clients written before the rename.
+    """
+    return {"name": model.name, "version": model.version, "payload_sha256": model.sha256, "sha256": model.sha256}
 
 
 def load_model(path: str | os.PathLike[str], options: Mapping[str, Any]) -> Model:

@@ -17,7 +17,7 @@ import uuid
 from blackbox import SchemaError
 from flask import Flask, Response, g, request
 
-from . import state
+from . import routes
 
 HEADER = "X-Request-ID"
 _CLIENT_ID = re.compile(r"[\x21-\x7e]{1,128}")
@@ -46,7 +46,7 @@ def finish(response: Response) -> Response:
     """Stamp the request id, then log and count the request."""
     response.headers[HEADER] = request_id()
     seconds = time.perf_counter() - g.get("started", time.perf_counter())
-    current = state.current()
+    current = routes.current()
     route = request.url_rule.rule if request.url_rule else "<unmatched>"
     current.metrics.observe(route=route, method=request.method, status=response.status_code, seconds=seconds)
     error = g.get("error")

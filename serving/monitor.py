@@ -1,11 +1,12 @@
-"""Drift of this worker's live inputs from the training profile: the window, ``GET /drift``, the gauges.
+"""Drift of this worker's live inputs from the training profile: the window, the report, the gauges.
 
 Scope: one worker's view. The request path only appends the records it just
 scored to a bounded :class:`collections.deque` (under a lock held for the
 append); everything costly (typing the window with the model's schema,
-:func:`blackbox.monitoring.drift.compare`) runs when ``/drift`` is asked and in a daemon
-thread that refreshes the Prometheus gauges every ``DRIFT_INTERVAL`` seconds
-when records arrived since the last refresh.
+:func:`blackbox.monitoring.drift.compare`) runs when :meth:`Monitor.report` is asked
+(the body of ``GET /drift``, :mod:`serving.routes.ops`) and in a daemon thread
+that refreshes the Prometheus gauges every ``DRIFT_INTERVAL`` seconds when
+records arrived since the last refresh.
 
 Each served model has its own window (``/models/{name}/drift``; gauges with
 its ``model`` label). The window belongs to one model: it is emptied when the holder swaps in a model
@@ -30,14 +31,10 @@ from typing import Any
 
 from blackbox import BlackboxError, Model
 from blackbox.monitoring import drift
-from flask import Blueprint, Response
 
-from . import api, jsonio, state
-from .holder import ModelHolder
+from .holder import ModelHolder, identity
 from .logs import RequestLog
 from .metrics import Metrics
-
-bp = Blueprint("monitor", __name__)
 
 
 class Monitor:
@@ -75,7 +72,7 @@ class Monitor:
         model = self._holder.require()
         records, seen = self._snapshot(model)
         body: dict[str, Any] = {
-            "model": api.identity(model),
+            "model": identity(model),
             "scope": "worker",
             "worker": {"pid": os.getpid()},
             "window": {"records": len(records), "capacity": self.capacity, "observed": seen},
@@ -126,9 +123,3 @@ class Monitor:
                 except BlackboxError as exc:  # keep refreshing; the log says why this round failed
                     self._log.event("drift_failed", logging.ERROR, model=self.name, code=exc.code, reason=exc.message)
 
-
-@bp.get("/drift")
-@bp.get("/models/<name>/drift")
-def drift_view(name: str | None = None) -> Response:
-    """Per-feature drift of this worker's recent inputs to one model from its training data."""
-    return jsonio.response(state.current().served(name).monitor.report())

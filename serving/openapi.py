@@ -22,7 +22,7 @@ from blackbox import Model
 from flask import current_app
 from werkzeug.routing import Rule
 
-from .predlog import MAX_LABEL_CHARS
+from .routes.feedback import MAX_LABEL_CHARS
 
 _REF = "#/components/schemas/"
 _KINDS = {bool: "boolean", int: "integer", float: "number", str: "string"}
@@ -136,7 +136,7 @@ def _operations(scoring: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {
         "api.predict": _operation("Predict records", scoring, body="PredictRequest"),
         "api.invocations": _operation("Predict records (MLflow-compatible)", scoring, body="MLflowRequest"),
-        "api.feedback": _operation("Labels observed later, for logged predictions (needs --prediction-log)", {
+        "feedback.feedback": _operation("Labels observed later, for logged predictions (needs --prediction-log)", {
             "200": {"description": "Stored; per entry, whether its prediction is in the log yet (it is written "
                     "asynchronously: a label for one not logged yet is kept all the same)",
                     "content": {"application/json": {"schema": _ref("FeedbackAnswer")}}},
@@ -161,7 +161,7 @@ def _operations(scoring: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "ops.schema": _operation("The input schema captured at training", {"200": {"description": "Schema"}}),
         "ops.openapi_json": _operation("This document", {"200": {"description": "OpenAPI 3 document"}}),
         "ops.metrics": _operation("Prometheus metrics", {"200": {"description": "Text exposition format"}}),
-        "monitor.drift_view": _operation("Drift of this worker's recent inputs from the training profile", {"200": {
+        "ops.drift_view": _operation("Drift of this worker's recent inputs from the training profile", {"200": {
             "description": "Per feature: PSI, unseen-category share, missing rate (live and training) and status "
             "(stable, moderate, major); or status off, no_profile or no_data with a message. Each worker "
             "answers for its own window (worker.pid, window.records).",

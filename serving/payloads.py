@@ -21,22 +21,13 @@ from flask import Request
 from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 
 from . import jsonio
+from .http_errors import BodyTimeout, TooManyRecords
 
 Shape = Callable[[Any], list[Any]]
 
 NATIVE = 'one record (a JSON object), a list of records, or {"records": [...]}'
 MLFLOW_PARAMS = "params"
 SHOWN_ROWS = 100  # per-row shape problems listed before "N more rows", as the schema does for frames
-
-
-class TooManyRecords(SchemaError):
-    """The batch is over the configured record limit (checked before any validation)."""
-
-    code = "too_many_records"
-
-
-class BodyTimeout(Exception):
-    """The client did not send its body within the read timeout (HTTP 408)."""
 
 
 def read_records(request: Request, shape: Shape, *, max_records: int) -> list[Any]:

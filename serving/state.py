@@ -1,15 +1,17 @@
 """What one app shares across its requests, kept in ``app.extensions["blackbox"]``.
 
-Scope: the container and its accessors. Nothing lives in module globals, so
-several apps (tests, or one per worker) never see each other's model, keys or
-metrics.
+Scope: the container (part of the worker core: no Flask here; the HTTP side
+reaches it through :func:`serving.routes.current`). Nothing lives in module
+globals, so several apps (tests, or one per worker) never see each other's
+model, keys or metrics.
 
 A server serves one or several models, each a :class:`Served` under its name
 (``/models/{name}/...``) with everything of its own: holder (and so readiness
 and reload state), micro-batching scorer, drift window and store follower.
 Settings, keys, metrics (labelled by model) and the prediction log (whose rows
 name their model) are shared. The single-model routes (``/predict``...) address
-the only model; with several, :meth:`State.served` answers 404 naming them.
+the only model; with several, :meth:`State.served` raises :class:`UnknownModel`
+naming them (a 404).
 """
 
 from __future__ import annotations
@@ -19,8 +21,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from blackbox import Model
-from flask import current_app
-from werkzeug.exceptions import NotFound
 
 from .config import Settings
 from .follow import Follower
@@ -28,17 +28,17 @@ from .holder import ModelHolder
 from .inference import Scorer
 from .logs import RequestLog
 from .metrics import Metrics
+from .monitor import Monitor
+from .recorder import Recorder
 
 if TYPE_CHECKING:
-    from .auth import ApiKey  # auth reads this module
-    from .monitor import Monitor  # monitor's route reads this module
-    from .predlog import Recorder  # likewise /feedback
+    from .auth import ApiKey  # the HTTP side's: only its type here
 
 EXTENSION = "blackbox"
 
 
-class UnknownModel(NotFound):
-    """The request names no model this server serves, or names none while it serves several."""
+class UnknownModel(LookupError):
+    """The request names no model this server serves, or names none while it serves several (HTTP 404)."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ class State:
     predlog: Recorder | None = None
 
     def served(self, name: str | None = None) -> Served:
-        """The model named ``name``; without a name, the only one (404 naming them when there are several)."""
+        """The model named ``name``; without a name, the only one (UnknownModel naming them when there are several)."""
         if name is None and len(self.models) == 1:
             return next(iter(self.models.values()))
         if name is not None and name in self.models:
@@ -110,9 +110,3 @@ class State:
     @property
     def follower(self) -> Follower | None:
         return self.served().follower
-
-
-def current() -> State:
-    """The state of the app handling the current request."""
-    state: State = current_app.extensions[EXTENSION]
-    return state

@@ -134,7 +134,7 @@ def client(app):
 def close_recorders(monkeypatch):
     """Stop every app's prediction-log writer thread when its test ends (not at interpreter exit, after pytest
     closed stderr). Modules that log predictions use it with ``pytestmark = pytest.mark.usefixtures(...)``."""
-    from serving.predlog import Recorder
+    from serving.recorder import Recorder
 
     recorders: list[Recorder] = []
     start = Recorder.__init__

@@ -57,7 +57,7 @@ def test_the_problem_constructor_has_the_documented_shape():
 def test_every_row_of_the_http_table_gives_its_class_code():
     """A blackbox error's wire code is its own ``code`` (before: TooManyRecords said validation_error on the class)."""
     from serving import errors
-    from serving.payloads import TooManyRecords
+    from serving.http_errors import TooManyRecords
 
     checked = 0
     for cls, (status, code) in errors.TABLE.items():

@@ -271,7 +271,7 @@ def recording_app(base_config, tmp_path, monkeypatch):
     app = create_app({**base_config, "PREDICTION_LOG": str(tmp_path / "log.db")})
     recorder = app.extensions["blackbox"].predlog
     logged: list[Any] = []
-    monkeypatch.setattr(recorder, "record", lambda *args: logged.append(args))
+    monkeypatch.setattr(recorder, "record", lambda *args, **facts: logged.append(args))
     yield app, logged
     recorder.close(timeout=0.2)
 

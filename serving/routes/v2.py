@@ -24,10 +24,10 @@ older clients), the request id and any input warnings (a JSON string) in ``param
 Errors have the spec's form ``{"error": "message"}`` (plus our ``details``
 entries and ``request_id``); a malformed request or records the schema refuses
 are 400, as the spec asks, and the other statuses are those of
-:mod:`.errors`. Not supported, and refused with a 400 that says so: the binary
+:mod:`serving.errors`. Not supported, and refused with a 400 that says so: the binary
 tensor data extension (send JSON data: tritonclient's ``binary_data=False``),
 one 2-D tensor for the whole table, shared memory. Auth is that of the
-matching native routes (:mod:`.auth`).
+matching native routes (:mod:`serving.auth`).
 """
 
 from __future__ import annotations
@@ -43,9 +43,10 @@ from blackbox.errors import problem as _problem
 from flask import Blueprint, Response, request
 from werkzeug.exceptions import BadRequest, NotFound, UnsupportedMediaType
 
-from . import api, errors, jsonio, state
-from .lifecycle import request_id
-from .payloads import TooManyRecords
+from .. import errors, jsonio
+from ..http_errors import TooManyRecords
+from ..lifecycle import request_id
+from . import api, current
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
 
@@ -81,14 +82,14 @@ def server_live() -> Response:
 
 @bp.get("/health/ready")
 def server_ready() -> Response:
-    ready = all(served.not_ready() is None for served in state.current().models.values())
+    ready = all(served.not_ready() is None for served in current().models.values())
     return jsonio.response({"ready": ready}, 200 if ready else 503)
 
 
 @bp.get("/models/<name>")
 @bp.get("/models/<name>/versions/<version>")
 def model_metadata(name: str, version: str | None = None) -> Response:
-    served = state.current().served(name)
+    served = current().served(name)
     model = _version(api.held(served), version)
     inputs = [{"name": f.name, "datatype": KIND_DATATYPES.get(f.kind, "BYTES"), "shape": [-1]} for f in model.schema.fields]
     body: dict[str, Any] = {
@@ -105,7 +106,7 @@ def model_metadata(name: str, version: str | None = None) -> Response:
 @bp.get("/models/<name>/ready")
 @bp.get("/models/<name>/versions/<version>/ready")
 def model_ready(name: str, version: str | None = None) -> Response:
-    served = state.current().served(name)
+    served = current().served(name)
     model = served.holder.model
     if model is not None and version is not None:
         _version(model, version)
@@ -116,11 +117,11 @@ def model_ready(name: str, version: str | None = None) -> Response:
 @bp.post("/models/<name>/infer")
 @bp.post("/models/<name>/versions/<version>/infer")
 def infer(name: str, version: str | None = None) -> Response:
-    current = state.current()
-    served = current.served(name)
+    state = current()
+    served = state.served(name)
     model = _version(api.held(served), version)
     body = _body()
-    records = _records(body, current.settings.max_records)
+    records = _records(body, state.settings.max_records)
     wanted = _wanted_outputs(body, model)
     scored = api.score(served, model, records)
     outputs = []

@@ -1,10 +1,13 @@
-"""The server's side of the prediction log: a bounded queue, one writer thread per worker, and ``/feedback``.
+"""The server's side of the prediction log: a bounded queue and one writer thread per worker.
 
 Scope: getting answered predictions into :class:`blackbox.monitoring.predlog.PredictionLog`
 without ever making a request wait on the database. The request path only
 appends one entry (the request's records and answer, by reference) to a queue
 bounded in rows and returns. The writer thread builds the rows and inserts up to
-:data:`BATCH_ROWS` per transaction.
+:data:`BATCH_ROWS` per transaction. Part of the worker core (no Flask): the
+caller passes the request's facts (id, client, latency, time) to
+:meth:`Recorder.record`. Labels for logged predictions come in through
+:mod:`serving.routes.feedback`, straight into :attr:`Recorder.log`.
 
 Every process model works: the writer thread belongs to the process that
 records, started by its first :meth:`Recorder.record`, never at app creation.
@@ -31,11 +34,8 @@ from __future__ import annotations
 
 import atexit
 import datetime as dt
-import json
 import logging
-import math
 import os
-import re
 import threading
 import time
 import weakref
@@ -45,15 +45,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from blackbox import Model
-from blackbox.errors import problem as _problem
 from blackbox.monitoring.predlog import SQLITE_BUSY_MS, TRANSIENT, PredictionLog, prediction_rows
-from blackbox.schema import NUMERIC_PATTERN
-from flask import Request, g
-from werkzeug.exceptions import Conflict, ServiceUnavailable, UnprocessableEntity
 
-from . import payloads
 from .inference import Scored
-from .lifecycle import request_id
 from .logs import RequestLog
 from .metrics import Metrics
 
@@ -66,26 +60,6 @@ BACKOFF_SECONDS = (0.1, 5.0)
 DRAIN_SECONDS = 5.0
 """Writing time after SIGTERM: within gunicorn's graceful timeout (10 s) with room for requests in flight."""
 WARN_SECONDS = 10.0
-MAX_LABEL_CHARS = 1_000
-
-
-class PredictionLogOff(Conflict):
-    description = "The prediction log is off, so labels have nowhere to go: start the server with --prediction-log URL."
-
-
-class PredictionLogUnavailable(ServiceUnavailable):
-    description = "The prediction log database is unreachable; the labels were not stored. Retry later."
-
-
-class InvalidFeedback(UnprocessableEntity):
-    """Feedback entries that cannot be stored; ``problems`` name each entry and field."""
-
-    def __init__(self, problems: list[dict[str, Any]]) -> None:
-        super().__init__(
-            f"{len(problems)} problem(s) in the feedback: send {{\"request_id\": ..., \"row\": 0, \"label\": ...}} "
-            "or a list of them (row defaults to 0)."
-        )
-        self.problems = problems
 
 
 @dataclass(frozen=True)
@@ -160,10 +134,16 @@ class Recorder:
 
     # ---------------------------------------------------------------- request path
 
-    def record(self, model: Model, records: Sequence[Mapping[str, Any]], scored: Scored) -> None:
-        """Queue an answered request's rows, or count them dropped; never waits on the database."""
-        entry = _Entry(request_id(), dt.datetime.now(dt.timezone.utc), g.get("key_id"),
-                       (time.perf_counter() - g.get("started", time.perf_counter())) * 1000, model, records, scored)
+    def record(
+        self, model: Model, records: Sequence[Mapping[str, Any]], scored: Scored, *,
+        request_id: str, client_id: str | None, latency_ms: float, ts: dt.datetime,
+    ) -> None:
+        """Queue an answered request's rows, or count them dropped; never waits on the database.
+
+        ``client_id``: the API key's id (None without keys); ``latency_ms``: from
+        the request's start to its answer; ``ts``: when it was answered (UTC).
+        """
+        entry = _Entry(request_id, ts, client_id, latency_ms, model, records, scored)
         count = len(records)
         with self._cond:
             open_, room = self._deadline is None, self._rows + count <= self.capacity
@@ -286,166 +266,3 @@ class Recorder:
         self._events.event("prediction_log_closed", logging.INFO if not any(self._unwritten.values()) else logging.WARNING,
                            database=self.log.name, **self._unwritten)
         self.log.dispose()
-
-
-# ---------------------------------------------------------------- POST /feedback
-
-def store_feedback(
-    recorder: Recorder, request: Request, *, max_entries: int, models: Mapping[str, Model | None],
-    addressed: Model | None,
-) -> dict[str, Any]:
-    """Store the labels of a ``/feedback`` body; the answer says, per entry, whether its prediction is logged yet.
-
-    The body is ``{"request_id": ..., "row": 0, "label": ...}`` or a list of them
-    (``row`` defaults to 0, the only record of a single-record request). A label
-    for a prediction not logged yet (the log is written asynchronously) is kept all
-    the same (``known: false``); a later label for the same record replaces it.
-
-    Each label must be an outcome of the model it is about (:func:`as_label`):
-    the model of that name in ``models`` (the served ones) when the log names the
-    prediction's model, else ``addressed`` (the route's model, or the only one
-    served); with neither, the entry is refused (``unknown_model``). Labels are
-    stored as the class itself (``1.0`` and ``"1"`` for the class ``1`` store
-    ``1``), so a label column keeps the classes' type. Nothing is stored unless
-    every entry passes.
-    """
-    entries = payloads.read_records(request, lambda body: body if isinstance(body, list) else [body], max_records=max_entries)
-    labels = [_label(index, entry) for index, entry in enumerate(entries)]
-    problems = [problem for item in labels if isinstance(item, list) for problem in item]
-    if problems:
-        raise InvalidFeedback(problems)
-    entries_ok: list[tuple[str, int, Any]] = labels  # type: ignore[assignment]  # no problems: every item is a tuple
-    try:
-        logged = recorder.log.predicted_by((rid, row) for rid, row, _ in entries_ok)
-        stored = []
-        for index, (rid, row, label) in enumerate(entries_ok):
-            name = logged.get((rid, row), (None, None))[0]
-            model = models.get(name) if name is not None else None
-            checked = _checked(index, label, model or addressed)
-            if isinstance(checked, dict):
-                problems.append(checked)
-            else:
-                stored.append((rid, row, checked[0]))
-        if problems:
-            raise InvalidFeedback(problems)
-        known = recorder.log.add_labels(stored)
-    except TRANSIENT:
-        raise PredictionLogUnavailable() from None
-    return {
-        "stored": len(stored),
-        "feedback": [{"request_id": rid, "row": row, "known": seen} for (rid, row, _), seen in zip(stored, known, strict=True)],
-        "request_id": request_id(),
-    }
-
-
-def _checked(index: int, label: Any, model: Model | None) -> tuple[Any] | dict[str, Any]:
-    """``(label as stored,)``, or the entry's problem with ``label`` for ``model``."""
-    if model is None:
-        return _problem(index, "label", "unknown_model",
-                        "a label for a prediction this server made: this one is not in the log (yet), so which "
-                        "model's classes it must match is unknown; send it to /models/NAME/feedback", _shown(label))
-    value = as_label(model, label)
-    if value is not _REFUSED:
-        return (value,)
-    classes = model.classes
-    if classes is None:
-        return _problem(index, "label", "invalid",
-                        f"a finite number (model {model.name!r} is a regressor), as a JSON number or numeric text", _shown(label))
-    shown = json.dumps(classes[:20]) + (f" and {len(classes) - 20} more" if len(classes) > 20 else "")
-    return _problem(index, "label", "unknown_class", f"one of model {model.name!r}'s classes: {shown}", _shown(label))
-
-
-_REFUSED = object()
-_NUMERIC = re.compile(NUMERIC_PATTERN)
-
-
-def as_label(model: Model, label: Any) -> Any:
-    """``label`` as the outcome of ``model`` it names (the class itself), or :data:`_REFUSED`.
-
-    The JSON value must equal a class once read as the classes' own type:
-    a number class (integer or float) takes a number or numeric text of the same
-    value (``1``, ``1.0``, ``"1"``, ``" 1 "`` for the class ``1``); a string class that
-    string exactly, or a number whose text it is; a boolean class a boolean or
-    ``"true"``/``"false"``. A boolean is never a number (``true`` is not the class
-    ``1``). A regressor takes a finite number or numeric text, stored as a float.
-    """
-    classes = model.classes
-    if classes is None:
-        if (model.manifest.get("output") or {}).get("kind") != "regression":
-            return label  # an adapter that names no classes: nothing to check against
-        number = _number(label)
-        return _REFUSED if number is None else number
-    for value in classes:
-        if _names(value, label):
-            return value
-    return _REFUSED
-
-
-def _names(value: Any, label: Any) -> bool:
-    """Whether the JSON ``label`` names the class ``value``."""
-    if isinstance(value, bool):
-        if isinstance(label, str):
-            return label.strip().lower() == ("true" if value else "false")
-        return isinstance(label, bool) and label is value
-    if isinstance(value, str):
-        if isinstance(label, str):
-            return label == value
-        number = _number(label)
-        return number is not None and (str(int(number)) if number.is_integer() else repr(number)) == value
-    if isinstance(value, (int, float)):
-        if isinstance(label, int) and not isinstance(label, bool):
-            return label == value  # exactly, however large
-        number = _number(label)
-        return number is not None and number == value
-    return label == value
-
-
-def _number(label: Any) -> float | None:
-    """A JSON number or numeric text as a finite float; None for anything else (booleans included)."""
-    if isinstance(label, bool):
-        return None
-    if isinstance(label, str):
-        if len(label) > 100 or not _NUMERIC.match(label):
-            return None
-        label = float(label)
-    if isinstance(label, (int, float)):
-        try:
-            number = float(label)
-        except OverflowError:
-            return None
-        return number if math.isfinite(number) else None
-    return None
-
-
-def _shown(label: Any) -> str:
-    """The label as the client sent it, in JSON, cut for the answer."""
-    try:
-        text = json.dumps(label, ensure_ascii=True, allow_nan=True)
-    except (TypeError, ValueError):
-        text = repr(label)
-    return text if len(text) <= 100 else text[:99] + "…"
-
-
-def _label(index: int, entry: Any) -> tuple[str, int, Any] | list[dict[str, Any]]:
-    """One entry as (request_id, row, label), or the problems that keep it out."""
-
-    def problem(field: str | None, issue: str, expected: str) -> dict[str, Any]:
-        if field and isinstance(entry, dict):
-            received = type(entry[field]).__name__ if field in entry else "nothing"
-        else:
-            received = type(entry).__name__
-        return _problem(index, field, issue, expected, received)
-
-    if not isinstance(entry, dict):
-        return [problem(None, "not_an_object", 'an object {"request_id", "row", "label"}')]
-    found = []
-    rid, row, label = entry.get("request_id"), entry.get("row", 0), entry.get("label")
-    if not isinstance(rid, str) or not 1 <= len(rid) <= 128:
-        found.append(problem("request_id", "invalid", "the request_id a prediction answered with (1-128 characters)"))
-    if type(row) is not int or row < 0:
-        found.append(problem("row", "invalid", "the record's 0-based index in its request (default 0)"))
-    if isinstance(label, (dict, list)) or label is None or (isinstance(label, str) and len(label) > MAX_LABEL_CHARS):
-        found.append(problem("label", "invalid", f"the observed outcome: a number, boolean or string (at most {MAX_LABEL_CHARS} characters)"))
-    found += [problem(str(key)[:40], "unknown_field", "only request_id, row and label") for key in entry
-              if key not in ("request_id", "row", "label")]
-    return found or (rid, row, label)

@@ -1,6 +1,6 @@
-"""Operations routes: liveness, readiness, what is served, its schema and API, and metrics.
+"""Operations routes: liveness, readiness, what is served, its schema and API, its drift, metrics, and reload.
 
-Scope: read-only views of the app's state. ``GET /models`` lists every served
+Scope: views of the app's state (``POST /reload`` alone acts: a store check now). ``GET /models`` lists every served
 model (name, version, payload sha256, readiness and why not); each per-model
 route also answers as ``/models/{name}/...`` (``/models/{name}`` is its
 manifest). ``/ready`` is 200 only when every served model is ready (strict, as
@@ -11,7 +11,8 @@ when API keys are on and answer with minimal bodies (no paths, no environment).
 is a 503 ``not_ready`` whose message says which: the model is loading, none
 could be loaded yet (and why), or the worker is draining after SIGTERM.
 ``/model`` shows the manifest without the golden records (training rows) and
-the embedded source code.
+the embedded source code. ``/drift`` is the worker's drift report
+(:meth:`serving.monitor.Monitor.report`).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from typing import Any
 from flask import Blueprint, Response
 from werkzeug.exceptions import Conflict
 
-from . import jsonio, openapi, state
-from .holder import NotReady
-from .metrics import CONTENT_TYPE
-from .state import Served
+from .. import jsonio, openapi
+from ..holder import NotReady
+from ..metrics import CONTENT_TYPE
+from ..state import Served
+from . import current
 
 bp = Blueprint("ops", __name__)
 
@@ -43,7 +45,7 @@ def ready() -> Response:
 
     With a store, how each model's last check went.
     """
-    models = state.current().models
+    models = current().models
     waiting = {name: reason for name, served in models.items() if (reason := served.not_ready()) is not None}
     if waiting:
         if len(models) == 1:
@@ -64,13 +66,13 @@ def ready() -> Response:
 @bp.get("/models")
 def models() -> Response:
     """Every served model: name, version, payload sha256, readiness (and why not), reload status."""
-    return jsonio.response({"models": [entry(served) for served in state.current().models.values()]})
+    return jsonio.response({"models": [entry(served) for served in current().models.values()]})
 
 
 @bp.get("/models/<name>/ready")
 def model_ready(name: str) -> Response:
     """One model's readiness: 200 with its entry, or 503 saying why not."""
-    served = state.current().served(name)
+    served = current().served(name)
     reason = served.not_ready()
     if reason is not None:
         raise NotReady(f"Model {name!r} is not ready. {reason}")
@@ -97,7 +99,7 @@ def entry(served: Served) -> dict[str, Any]:
 @bp.get("/model")
 @bp.get("/models/<name>")
 def model(name: str | None = None) -> Response:
-    served = state.current().served(name)
+    served = current().served(name)
     held = served.holder.require()
     manifest = {key: value for key, value in held.manifest.items() if key not in HIDDEN_MANIFEST_KEYS}
     if served.follower is not None:
@@ -109,7 +111,7 @@ def model(name: str | None = None) -> Response:
 @bp.post("/models/<name>/reload")
 def reload(name: str | None = None) -> Response:
     """Check the followed store reference now; 200 when unchanged or swapped, 409 when the new target failed, 503 when nothing serves yet."""
-    follower = state.current().served(name).follower
+    follower = current().served(name).follower
     if follower is None:
         raise Conflict("This server serves a file, not a store reference; start it with --store and --model to reload.")
     outcome = follower.check()
@@ -119,18 +121,25 @@ def reload(name: str | None = None) -> Response:
 @bp.get("/schema")
 @bp.get("/models/<name>/schema")
 def schema(name: str | None = None) -> Response:
-    return jsonio.response(state.current().served(name).holder.require().schema.to_dict())
+    return jsonio.response(current().served(name).holder.require().schema.to_dict())
 
 
 @bp.get("/openapi.json")
 @bp.get("/models/<name>/openapi.json")
 def openapi_json(name: str | None = None) -> Response:
-    current = state.current()
-    held = current.served(name).holder.require()
-    doc = openapi.document(held, max_records=current.settings.max_records, auth=bool(current.keys))
+    state = current()
+    held = state.served(name).holder.require()
+    doc = openapi.document(held, max_records=state.settings.max_records, auth=bool(state.keys))
     return jsonio.response(doc)
+
+
+@bp.get("/drift")
+@bp.get("/models/<name>/drift")
+def drift_view(name: str | None = None) -> Response:
+    """Per-feature drift of this worker's recent inputs to one model from its training data."""
+    return jsonio.response(current().served(name).monitor.report())
 
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    return Response(state.current().metrics.exposition(), content_type=CONTENT_TYPE)
+    return Response(current().metrics.exposition(), content_type=CONTENT_TYPE)
