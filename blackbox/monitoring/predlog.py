@@ -3,7 +3,7 @@
 Scope: the tables and every read and write of them, so the server, ``blackbox
 export-log`` and the drift report share one definition. Nothing here knows
 about HTTP or threads; the server's queue and writer thread live in
-``serving/predlog.py``.
+``serving/recorder.py``.
 
 Any SQLAlchemy URL works (PostgreSQL in production, ``postgresql+psycopg://``
 with ``pip install 'blackbox[postgres]'``); a plain path is a SQLite file,
