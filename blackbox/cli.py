@@ -30,7 +30,6 @@ from .artifact import Artifact, parse_manifest, read_bytes, read_header, unpack
 from .errors import AuthenticityError, BlackboxError, ExitCode, SchemaError
 from .containment import environment, isolation
 from .containment.imports import pickle_globals
-from .containment.isolation import DEFAULT_BLOCK
 from .signing import TRUSTED_KEYS_ENV
 from .store import Release, Store
 
@@ -194,8 +193,9 @@ def sign(path: str, key: str | None, expires_in: int | None, oms: bool, sigstore
 
 @cli.command()
 @click.argument("path", type=click.Path(dir_okay=True))
-@click.option("--block", multiple=True, default=DEFAULT_BLOCK, show_default=True, metavar="MODULE",
-              help="Top-level module to make unimportable (repeatable); by-value modules are always blocked.")
+@click.option("--block", multiple=True, metavar="MODULE",
+              help="Top-level module to make unimportable, such as your training package (repeatable); "
+                   "by-value modules are always blocked.")
 @click.option("--python", "python", default=None, help="Interpreter to load it with (default: this one).")
 @click.option("--strict", is_flag=True, help="Refuse any package version that differs from the manifest's.")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")

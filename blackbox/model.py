@@ -1,6 +1,7 @@
 """``Model``: the one interface the rest of the project uses to get predictions.
 
-A Model pairs an estimator with its manifest. It takes raw records (dicts, as
+A Model pairs an estimator with its manifest; it never reads or verifies files
+(:mod:`blackbox.persist` does, then builds it). It takes raw records (dicts, as
 JSON gives them) or a DataFrame, validates and types them with the schema
 captured at training time, and returns plain Python values. Libraries plug in
 by subclassing with an ``adapter`` name; :class:`SklearnModel` is the adapter
@@ -37,8 +38,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 import pandas as pd
 
-from . import trust
-from .artifact import Artifact, unpack
+from .artifact import Artifact
 from .errors import ModelInputError, ModelOutputError, SelfTestError, UsageError
 from .fastpath import ATTRIBUTE as _PLAN_ATTRIBUTE
 from .fastpath import Defer
@@ -301,20 +301,10 @@ class Model:
             )
 
     def serialize(self) -> bytes:
-        """The artifact's bytes, exactly as saved (signature included)."""
+        """The artifact's bytes, exactly as saved (signature included); :func:`blackbox.persist.loads` reads them."""
         if self._artifact is None:
             raise UsageError("This model was not built from an artifact; save it with blackbox.save first.")
         return self._artifact.to_bytes()
-
-    @classmethod
-    def deserialize(cls, data: bytes, *, source: str = "artifact", fast_path: bool = True, **policy: Any) -> Model:
-        """Verify and load artifact bytes; ``fast_path`` and ``policy`` as for :func:`blackbox.load`."""
-        artifact = unpack(data, source)
-        estimator, manifest = trust.unpickle(artifact, **policy)
-        model = cls.named(manifest["adapter"])(estimator, manifest, artifact)
-        if not fast_path:
-            model.plan = None
-        return model
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} {self.version} sha256={self.sha256[:12]}>"

@@ -1,4 +1,4 @@
-"""The public persistence API: ``save``, ``load``, ``inspect`` and ``sign``.
+"""The public persistence API: ``save``, ``load``, ``inspect`` and ``sign``; the one place artifacts are loaded.
 
 ``save`` turns a fitted estimator (or a fitted search, whose best estimator is
 stored) into one artifact file: the payload with user code embedded by value,
@@ -9,6 +9,9 @@ The input schema holds the columns of ``train_data`` the fitted pipeline reads
 (every column only where the pipeline cannot say; the schema's ``inputs``
 records which), and a field is nullable when the fitted model, probed with it
 missing on a few rows of ``train_data``, still predicts finite values.
+
+``load`` (a file) and :func:`loads` (bytes) verify through :mod:`blackbox.trust`
+and build the :class:`Model`; Model itself never reads or verifies an artifact.
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ from .artifact import FORMAT_VERSION, Artifact, dump_manifest, pack, parse_manif
 from .atomic import atomic_write
 from .containment import isolation, serializers
 from .containment.embedding import embed
-from .containment.isolation import DEFAULT_BLOCK
 from .fastpath import ATTRIBUTE as FAST_PATH_ATTRIBUTE
 from .errors import AuthenticityError, SchemaError, SelfTestError, UsageError
 from .manifest import data_summary, git_info, jsonable, python_info, search_metrics, source_snapshot, utc_now
@@ -63,7 +65,7 @@ def save(
     by_value: Collection[str] = (),
     by_reference: Collection[str] = (),
     verify: bool = False,
-    block: Collection[str] = DEFAULT_BLOCK,
+    block: Collection[str] = (),
     signing_key: str | os.PathLike[str] | None = None,
     recipe: Mapping[str, Any] | None = None,
     fast_path: bool = True,
@@ -87,7 +89,7 @@ def save(
         arithmetic on plain arrays, proved equal to it on ``train_data`` and edge rows,
         stored beside the estimator and recorded in ``manifest["fast_path"]``.
     :param verify: before publishing at ``path``, load the artifact in an isolated
-        interpreter with ``block`` and the by-value modules unimportable
+        interpreter with ``block`` (e.g. your training package) and the by-value modules unimportable
         (:func:`blackbox.verify`); raise if it fails.
     :param metadata: anything else to record, as JSON, in ``manifest["metadata"]``
         (e.g. ``{"seed": 42}``). Any other keyword is refused (UsageError): a typo
@@ -177,10 +179,20 @@ def load(
     :param fast_path: predict through the artifact's fast path when it has one; False: through
         the estimator itself (``model.plan`` is None). The load-time self-test checks both either way.
     """
-    return Model.deserialize(
+    return loads(
         read_bytes(path), source=str(path), trusted_keys=trusted_keys, allow_unsigned=allow_unsigned, strict=strict,
         oms_bundle=oms_bundle, fast_path=fast_path,
     )
+
+
+def loads(data: bytes, *, source: str = "artifact", fast_path: bool = True, **policy: Any) -> Model:
+    """Verify and load artifact bytes (``Model.serialize()``'s); ``source`` names them in errors, the rest as for :func:`load`."""
+    artifact = unpack(data, source)
+    estimator, manifest = trust.unpickle(artifact, **policy)
+    model = Model.named(manifest["adapter"])(estimator, manifest, artifact)
+    if not fast_path:
+        model.plan = None
+    return model
 
 
 def inspect(path: str | os.PathLike[str], *, trusted_keys: TrustedKeys = None) -> dict[str, Any]:

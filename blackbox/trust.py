@@ -39,6 +39,7 @@ from .containment import environment, serializers
 from .containment.environment import ServingEnvironment, top_level
 from .containment.imports import Global, scan
 from .errors import ArtifactError, AuthenticityError, SelfContainmentError
+from .model import Model
 from .signing import Keyring, PublicKey, check_expiry, read_block
 
 log = logging.getLogger("blackbox")
@@ -158,16 +159,12 @@ def _unpickle(artifact: Artifact, *, strict: bool, scan_payload: bool) -> tuple[
     return estimator, manifest
 
 
-def _model(estimator: Any, manifest: dict[str, Any], artifact: Artifact) -> Any:
-    from .model import Model  # imported here: blackbox.model imports this module
-
+def _model(estimator: Any, manifest: dict[str, Any], artifact: Artifact) -> Model:
     return Model.named(manifest["adapter"])(estimator, manifest, artifact)
 
 
 def _check_estimator(estimator: Any, manifest: dict[str, Any]) -> None:
     """Refuse a payload the manifest's adapter cannot serve (None, a dict...): a broken artifact, not a model."""
-    from .model import Model
-
     adapter = Model.named(manifest["adapter"])
     if not adapter.accepts(estimator):
         found = f"{type(estimator).__module__}.{type(estimator).__qualname__}"

@@ -44,11 +44,11 @@ def test_the_normal_artifact_is_self_contained(saved, capsys):
 
 
 def test_a_by_reference_artifact_fails_naming_the_module(by_reference, capsys):
-    outcome = blackbox.verify(by_reference)
+    outcome = blackbox.verify(by_reference, block=["training"])  # the caller names its training package
     assert not outcome.ok and outcome.status == "not_self_contained"
     assert "'training'" in outcome.message
     assert any(ref.startswith("training.") for ref in outcome.details)
-    assert blackbox_cli(["verify", str(by_reference), "--json"]) == blackbox.SelfContainmentError.exit_code == 11
+    assert blackbox_cli(["verify", str(by_reference), "--block", "training", "--json"]) == blackbox.SelfContainmentError.exit_code == 11
     report = json.loads(capsys.readouterr().out)
     assert report["status"] == "not_self_contained"
     with pytest.raises(blackbox.SelfContainmentError, match="training"):
@@ -75,7 +75,8 @@ def test_save_with_verify_publishes_only_what_passes(search, titanic, tmp_path):
     good = blackbox.save(search, tmp_path / "good.bbx", train_data=X_train, verify=True)
     assert blackbox.inspect(good)["by_value"] == ["training"]
     with pytest.raises(blackbox.SelfContainmentError, match="training"):
-        blackbox.save(search, tmp_path / "bad.bbx", train_data=X_train, by_reference=["training"], verify=True)
+        blackbox.save(search, tmp_path / "bad.bbx", train_data=X_train, by_reference=["training"], verify=True,
+                      block=["training"])
     assert not (tmp_path / "bad.bbx").exists()
 
 

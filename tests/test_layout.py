@@ -8,6 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+import blackbox
+from blackbox import persist
+from blackbox.cli import main
+
 ROOT = Path(__file__).resolve().parents[1]
 PICKLERS = {"pickle", "dill", "cloudpickle"}
 
@@ -33,11 +39,11 @@ def test_only_the_serializer_seam_imports_pickle_dill_or_cloudpickle():
     assert offenders == {"blackbox/containment/serializers.py": ["cloudpickle", "dill", "pickle"]}
 
 
-def test_the_load_path_imports_no_monitoring(served_artifact, serving_keys):
-    """import blackbox + load + predict: neither blackbox.monitoring nor SQLAlchemy nor matplotlib."""
+def test_the_load_path_imports_no_monitoring(saved):
+    """import blackbox + load + self-test (trusting the test key from the environment): no monitoring, SQLAlchemy, matplotlib."""
     code = (
         "import json, sys, blackbox\n"
-        f"m = blackbox.load({str(served_artifact)!r}, trusted_keys={str(serving_keys[1])!r})\n"
+        f"m = blackbox.load({str(saved)!r})\n"
         "m.self_test()\n"
         "print(json.dumps(sorted(n for n in sys.modules if n.startswith('blackbox.monitoring')"
         " or n.partition('.')[0] in ('sqlalchemy', 'matplotlib', 'flask', 'serving'))))\n"
@@ -57,3 +63,38 @@ def test_the_monitoring_package_imports_sqlalchemy_only_when_read_log_is_asked_f
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "True"]
+
+
+def relative_imports(path: Path) -> set[str]:
+    """The blackbox modules a file imports relatively (``from .x import``, ``from . import x``)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            found |= {node.module} if node.module else {alias.name for alias in node.names}
+    return found
+
+
+def test_model_never_loads_itself_persist_does(saved):
+    assert not hasattr(blackbox.Model, "deserialize")
+    assert "trust" not in relative_imports(ROOT / "blackbox" / "model.py")
+    model = blackbox.load(saved)
+    again = persist.loads(model.serialize(), source="copy")
+    assert type(again) is type(model) and again.sha256 == model.sha256 and again.plan is not None
+    assert persist.loads(model.serialize(), fast_path=False).plan is None
+
+
+@pytest.fixture(scope="module")
+def training_by_reference(search, titanic, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("layout") / "byref.bbx"
+    return blackbox.save(search, path, train_data=titanic[0], by_reference=["training"])
+
+
+def test_verify_blocks_what_the_caller_names_not_training_by_default(training_by_reference, capsys):
+    """blackbox knows nothing of the training package: here (where it is installed) it satisfies the artifact."""
+    assert blackbox.verify(training_by_reference).ok
+    assert blackbox.verify(training_by_reference, block=["training"]).status == "not_self_contained"
+    assert main(["verify", str(training_by_reference)]) == 0
+    assert main(["verify", str(training_by_reference), "--block", "training"]) == 11
+    capsys.readouterr()
+    assert main(["verify", "--help"]) == 0
+    assert "default: training" not in capsys.readouterr().out

@@ -108,7 +108,7 @@ def test_serialize_deserialize_round_trip(saved):
     model = blackbox.load(saved)
     data = model.serialize()
     assert data == saved.read_bytes()
-    again = blackbox.Model.deserialize(data)
+    again = blackbox.persist.loads(data)
     assert again.sha256 == model.sha256 and type(again) is blackbox.SklearnModel
 
 

@@ -171,6 +171,7 @@ def train(
             metrics={"holdout": holdout},
             data_source=source,
             verify=verify,
+            block=("training",),  # this package: the isolated check proves the artifact does without it
             signing_key=signing_key,
             metadata={"seed": seed, "training_command": training_command},
             recipe={

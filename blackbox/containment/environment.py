@@ -188,7 +188,7 @@ def prove(differences: Sequence[VersionMismatchWarning], self_test: Callable[[],
             listed,
         ) from exc
     for difference in differences:
-        warnings.warn(difference, stacklevel=6)  # the caller of blackbox.load (via trust and Model.deserialize)
+        warnings.warn(difference, stacklevel=6)  # the caller of blackbox.load (via persist.loads and trust)
 
 
 def requirements_file(manifest: Mapping[str, Any], *, blackbox: str | None = None) -> str:

@@ -2,7 +2,8 @@
 
 :func:`verify` starts ``python -I`` (no current directory, no PYTHONPATH on
 ``sys.path``) in an empty temporary directory, blocks the artifact's by-value
-modules and any others named (``training`` by default) so that nothing from the
+modules and the ones the caller names (the training code kept by reference:
+the training command blocks its own package) so that nothing from the
 training machine can satisfy a stray reference, loads the artifact with every
 pre-unpickling check, and compares its golden-sample predictions exactly and
 its probabilities to ``blackbox.model.PROBA_TOLERANCE``. Never in-process:
@@ -40,7 +41,6 @@ from ..errors import ArtifactError, SelfContainmentError, SelfTestError, error_c
 from ..signing import Keyring, public_pem
 from ..trust import TrustedKeys
 
-DEFAULT_BLOCK = ("training",)
 _MISSING_MODULE = re.compile(r"^ModuleNotFoundError: No module named '([^']+)'", re.MULTILINE)
 
 
@@ -94,7 +94,7 @@ def _write_trusted(trusted_keys: TrustedKeys, directory: Path) -> list[str]:
 def verify(
     path: str | os.PathLike[str],
     *,
-    block: Iterable[str] = DEFAULT_BLOCK,
+    block: Iterable[str] = (),
     python: str | os.PathLike[str] | None = None,
     trusted_keys: TrustedKeys = None,
     allow_unsigned: bool = False,
@@ -105,7 +105,8 @@ def verify(
 ) -> Verification:
     """Load ``path`` in an isolated interpreter where its user code cannot be imported.
 
-    :param block: top-level modules made unimportable, on top of the artifact's by-value modules.
+    :param block: top-level modules made unimportable, on top of the artifact's by-value modules
+        (which always are): the caller's training code, which a server will not have.
     :param python: the interpreter to use (default: this one); it must have blackbox installed.
     :param trusted_keys, allow_unsigned, strict, oms_bundle: the load policy, as for :func:`blackbox.load`.
     :param records: also predict these records there (``Verification.predictions``).
