@@ -1,4 +1,4 @@
-"""The blackbox prediction server: a Flask app that serves one verified artifact.
+"""The blackbox prediction server: a Flask app that serves verified artifacts (one or several).
 
 Scope: :func:`create_app`, the app factory. It imports only ``blackbox`` and
 its own modules (never ``training``), so it runs wherever an artifact can be

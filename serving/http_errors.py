@@ -1,4 +1,4 @@
-"""The exceptions only the HTTP side raises: every werkzeug ``HTTPException`` serving defines, and the body's own.
+"""The exceptions only the HTTP side raises: every werkzeug ``HTTPException`` serving defines, and the request body's.
 
 Scope: the classes, nothing else (no serving imports, so any module of the HTTP
 side can raise them). Their statuses and wire codes are in the one table,
