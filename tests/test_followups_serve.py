@@ -91,6 +91,7 @@ def start(args: list[str], log: Path) -> Server:
     return server
 
 
+@pytest.mark.slow
 def test_a_restarted_server_refuses_a_replayed_pointer_unless_allowed_to_downgrade(
     artifact, records, tmp_path
 ):

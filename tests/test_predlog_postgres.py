@@ -23,7 +23,7 @@ import pytest
 from blackbox.monitoring.predlog import PredictionLog, read_log
 from _helpers import free_port, log_round_trip, make_app, outage
 
-pytestmark = pytest.mark.usefixtures("close_recorders")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("close_recorders")]  # a real PostgreSQL server
 
 BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 
