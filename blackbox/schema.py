@@ -31,7 +31,7 @@ Rules callers rely on:
   ``missing_probe`` (older artifacts) keeps the nullability training's rows showed.
 * Numbers may be JSON numbers or numeric strings (``"22"``, ``"7.25"``), the
   same for JSON records and CSV/DataFrame input (a CSV column with one bad value
-  is text, and its good rows must still score); :meth:`Schema.openapi` documents
+  is text, and its good rows must still score); :func:`serving.openapi.record_schema` documents
   both (``anyOf`` a number and a string matching :data:`NUMERIC_PATTERN`).
   Booleans are not numbers; an integer field takes ``3`` and ``3.0``, not ``3.5``.
 * Strings are normalised to NFC; numbers are not strings; a lone surrogate
@@ -87,7 +87,7 @@ from blackbox.errors import SchemaError, UsageError, problem
 __all__ = ["Field", "Schema", "infer_schema"]
 
 _VERSION = 1
-_EXPECTED = {
+EXPECTED = {  # each kind's values in words: error messages and the OpenAPI record (serving.openapi)
     "integer": "an integer",
     "number": "a number",
     "string": "a string",
@@ -180,33 +180,6 @@ class Schema:
         if duplicates:
             raise UsageError(f"Schema fields must have unique names; repeated: {duplicates}.")
         return cls(fields, _inputs_from_dict(data.get("inputs")))
-
-    def openapi(self) -> dict:
-        """JSON Schema (OpenAPI 3.0) of one record; ranges and seen values are documentation, not limits."""
-        properties = {}
-        for field in self.fields:
-            prop: dict[str, Any] = {"type": "string" if field.kind == "category" else field.kind}
-            notes = [f"Training dtype {field.dtype}."]
-            if field.kind in ("string", "category"):
-                prop["maxLength"] = _limit(field)
-            if field.kind == "category":
-                prop["enum"] = [*field.categories, *([None] if field.nullable else [])]
-            elif field.categories is not None:
-                notes.append(f"Values seen in training: {', '.join(field.categories)}.")
-            if field.minimum is not None:
-                notes.append(f"Range seen in training: {field.minimum:g} to {field.maximum:g}.")
-            if field.limit is not None:
-                prop["minimum"], prop["maximum"] = -field.limit, field.limit
-            if field.nullable:
-                prop["nullable"] = True
-                notes.append("May be null or left out: the model fills it in, and the answer warns (null_imputed, missing_imputed).")
-            if field.kind in ("integer", "number"):
-                text = {"type": "string", "pattern": NUMERIC_PATTERN, "description": f"{_EXPECTED[field.kind]} as text, e.g. \"22\"."}
-                prop = {"anyOf": [prop, text]}
-            prop["description"] = " ".join(notes)
-            properties[field.name] = prop
-        required = [field.name for field in self.fields if not field.nullable]
-        return {"type": "object", "properties": properties, "required": required, "additionalProperties": True}
 
     def to_frame(self, records: Any, *, strict: bool = False) -> tuple[pd.DataFrame, list[dict]]:
         """Check a whole batch, then build the frame the pipeline gets, one column at a time.
@@ -322,13 +295,13 @@ class Schema:
         columns: dict[str, Any] = {}
         for field, dtype, check in zip(self.fields, self._dtypes, self._checks):
             if field.name not in frame.columns:
-                report.add(None, field.name, "missing", f"a column of {_EXPECTED[field.kind]}s", "no such column")
+                report.add(None, field.name, "missing", f"a column of {EXPECTED[field.kind]}s", "no such column")
                 continue
             column = frame[field.name]
             if isinstance(column, pd.DataFrame):
                 report.add(None, field.name, "type", "one column", f"{column.shape[1]} columns with this name")
             elif not _compatible(field.kind, column.dtype):
-                report.add(None, field.name, "type", f"a column of {_EXPECTED[field.kind]}s", f"column of dtype {column.dtype}")
+                report.add(None, field.name, "type", f"a column of {EXPECTED[field.kind]}s", f"column of dtype {column.dtype}")
             elif isinstance(dtype, np.dtype) and dtype.kind in "biuf" and column.dtype == dtype:
                 columns[field.name] = _check_array(field, column.to_numpy(), report)
             elif field.kind in ("string", "category") and pd.api.types.infer_dtype(column, skipna=True) == "string":
@@ -476,7 +449,7 @@ def _is_finite_or_none(value: Any) -> bool:
 
 _FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "name": (lambda v: isinstance(v, str), "a string"),
-    "kind": (lambda v: v in _EXPECTED, f"one of {sorted(_EXPECTED)}"),
+    "kind": (lambda v: v in EXPECTED, f"one of {sorted(EXPECTED)}"),
     "dtype": (lambda v: isinstance(v, str), "a string"),
     "nullable": (lambda v: isinstance(v, bool), "true or false"),
     "categories": (lambda v: v is None or (isinstance(v, (list, tuple)) and all(isinstance(c, str) for c in v)), "a list of strings or null"),
@@ -569,7 +542,7 @@ def _convert(field: Field, dtype: Any, check: _Check, values: list, report: _Rep
                 if field.nullable:
                     report.add(row, field.name, _IMPUTED[null], _imputed_expected(field), _NO_VALUE[null], warning=True)
                 else:
-                    report.add(row, field.name, "null" if null else "missing", _null_expected(field) if null else _EXPECTED[field.kind], _NO_VALUE[null])
+                    report.add(row, field.name, "null" if null else "missing", _null_expected(field) if null else EXPECTED[field.kind], _NO_VALUE[null])
             out.append(fill)
         else:
             out.append(_checked(field, check, row, value, fill, report))
@@ -590,11 +563,11 @@ def _null_expected(field: Field) -> str:
         "refused": "the model cannot predict without it",
         "untestable": f"its training dtype {field.dtype} holds no missing value",
     }[field.missing_probe]
-    return f"{_EXPECTED[field.kind]} ({why})"
+    return f"{EXPECTED[field.kind]} ({why})"
 
 
 def _imputed_expected(field: Field) -> str:
-    return f"{_EXPECTED[field.kind]} (a missing value is filled in by the model: send one if you have it)"
+    return f"{EXPECTED[field.kind]} (a missing value is filled in by the model: send one if you have it)"
 
 
 _IMPUTED = {True: "null_imputed", False: "missing_imputed"}  # by whether the value was null (True) or absent
@@ -611,7 +584,7 @@ def _check_array(field: Field, values: np.ndarray, report: _Report) -> np.ndarra
             flag(np.isnan(values), "null_imputed", _imputed_expected(field), warning=True)
         else:
             flag(np.isnan(values), "null", _null_expected(field))
-        flag(np.isinf(values), "non_finite", f"a finite {_EXPECTED[field.kind][2:]}")
+        flag(np.isinf(values), "non_finite", f"a finite {EXPECTED[field.kind][2:]}")
         if field.limit is not None:
             with np.errstate(invalid="ignore"):
                 flag(np.isfinite(values) & (np.abs(values) > field.limit), "non_finite", _bounds(field, values.dtype)[2])
@@ -632,7 +605,7 @@ def _check_strings(field: Field, dtype: Any, check: _Check, column: pd.Series, r
     missing = column.isna().to_numpy()
     values = column.to_numpy(dtype=object, copy=True)
     present = column[~missing]
-    unusual = ~present.str.isascii() | (present.str.len() > _limit(field))
+    unusual = ~present.str.isascii() | (present.str.len() > max_chars(field))
     if field.categories is not None:
         unusual |= ~present.isin(field.categories)
     fill = np.nan if isinstance(dtype, np.dtype) and dtype.kind in "fO" else None
@@ -651,7 +624,7 @@ def _number_check(field: Field, dtype: Any) -> _Check:
     integer = field.kind == "integer"
     base = np.dtype(getattr(dtype, "numpy_dtype", dtype))
     low, high, bounds = _bounds(field, base)
-    expected = _EXPECTED[field.kind]
+    expected = EXPECTED[field.kind]
     seen = None if field.minimum is None else f"between {field.minimum:g} and {field.maximum:g} (seen in training)"
 
     def check(value: Any) -> tuple[Any, str | None, str | None]:
@@ -685,7 +658,7 @@ def _number_check(field: Field, dtype: Any) -> _Check:
 
 def _bounds(field: Field, base: np.dtype) -> tuple[Any, Any, str]:
     """The values a numeric field can hold at all (its dtype's range, within the model's ``limit``), and how to say so."""
-    expected = _EXPECTED[field.kind]
+    expected = EXPECTED[field.kind]
     if field.kind == "integer":
         info = np.iinfo(base)
         return int(info.min), int(info.max), f"{expected} between {int(info.min)} and {int(info.max)}"
@@ -707,13 +680,13 @@ def _parse_number(text: str) -> Any:
 
 
 def _string_check(field: Field, dtype: Any) -> _Check:
-    limit = _limit(field)
+    limit = max_chars(field)
     seen = None if field.categories is None else frozenset(field.categories)
     choices = None if seen is None else _clip("one of " + ", ".join(map(repr, field.categories)), 80)
 
     def check(value: Any) -> tuple[Any, str | None, str | None]:
         if not isinstance(value, str):
-            return None, "type", _EXPECTED[field.kind]
+            return None, "type", EXPECTED[field.kind]
         if len(value) > limit:
             return None, "too_long", f"a string of at most {limit} characters"
         if not value.isascii():
@@ -731,7 +704,7 @@ def _boolean_check(field: Field, dtype: Any) -> _Check:
     def check(value: Any) -> tuple[Any, str | None, str | None]:
         if isinstance(value, (bool, np.bool_)):
             return bool(value), None, None
-        return None, "type", _EXPECTED["boolean"]
+        return None, "type", EXPECTED["boolean"]
 
     return check
 
@@ -757,7 +730,8 @@ def _encodable(text: str) -> bool:
     return True
 
 
-def _limit(field: Field) -> int:
+def max_chars(field: Field) -> int:
+    """The longest string ``field`` accepts (validation, and the OpenAPI record's maxLength): 4x training's longest, >= 1024."""
     return max(4 * (field.max_length or 0), 1024)
 
 

@@ -1,7 +1,7 @@
 """The OpenAPI 3 document of the running server, generated from the served model's schema and the app's routes.
 
 Scope: documentation only; validation is the schema's job. Records are
-described by :meth:`blackbox.Schema.openapi`, so a client generated from
+described by :func:`record_schema`, from the model's schema, so a client generated from
 ``/openapi.json`` knows every field, its type and its allowed values without
 anyone writing a line per model. The paths are the app's own ``url_map``, every
 rule and method (``/models/{name}/...``, ``/v2/...`` included), so a route
@@ -19,6 +19,7 @@ import re
 from typing import Any
 
 from blackbox import Model
+from blackbox.schema import EXPECTED, NUMERIC_PATTERN, Schema, max_chars
 from flask import current_app
 from werkzeug.routing import Rule
 
@@ -28,11 +29,39 @@ _REF = "#/components/schemas/"
 _KINDS = {bool: "boolean", int: "integer", float: "number", str: "string"}
 
 
+def record_schema(schema: Schema) -> dict[str, Any]:
+    """JSON Schema (OpenAPI 3.0) of one record; ranges and seen values are documentation, not limits."""
+    properties = {}
+    for field in schema.fields:
+        prop: dict[str, Any] = {"type": "string" if field.kind == "category" else field.kind}
+        notes = [f"Training dtype {field.dtype}."]
+        if field.kind in ("string", "category"):
+            prop["maxLength"] = max_chars(field)
+        if field.kind == "category":
+            prop["enum"] = [*field.categories, *([None] if field.nullable else [])]
+        elif field.categories is not None:
+            notes.append(f"Values seen in training: {', '.join(field.categories)}.")
+        if field.minimum is not None:
+            notes.append(f"Range seen in training: {field.minimum:g} to {field.maximum:g}.")
+        if field.limit is not None:
+            prop["minimum"], prop["maximum"] = -field.limit, field.limit
+        if field.nullable:
+            prop["nullable"] = True
+            notes.append("May be null or left out: the model fills it in, and the answer warns (null_imputed, missing_imputed).")
+        if field.kind in ("integer", "number"):
+            text = {"type": "string", "pattern": NUMERIC_PATTERN, "description": f"{EXPECTED[field.kind]} as text, e.g. \"22\"."}
+            prop = {"anyOf": [prop, text]}
+        prop["description"] = " ".join(notes)
+        properties[field.name] = prop
+    required = [field.name for field in schema.fields if not field.nullable]
+    return {"type": "object", "properties": properties, "required": required, "additionalProperties": True}
+
+
 def document(model: Model, *, max_records: int, auth: bool) -> dict[str, Any]:
     """The OpenAPI 3.0 document for ``model`` behind the current app's routes and this server's limits."""
     records = {"type": "array", "items": _ref("Record"), "minItems": 1, "maxItems": max_records}
     schemas: dict[str, Any] = {
-        "Record": model.schema.openapi(),
+        "Record": record_schema(model.schema),
         "PredictRequest": {
             "oneOf": [_ref("Record"), records, _object({"records": records}, ["records"])],
             "description": "One record, a list of records, or {\"records\": [...]}.",

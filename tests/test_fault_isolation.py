@@ -28,6 +28,7 @@ from blackbox.errors import ModelInputError, ModelOutputError
 from blackbox.artifact import unpack
 from blackbox.fastpath.table import as_frame
 from serving import create_app
+from serving.openapi import record_schema
 from _helpers import PASSENGER, assert_error, details, metric, resign
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -169,7 +170,7 @@ def test_a_forest_records_its_float32_limit_in_the_schema(forest_artifact, serve
     assert limits["pclass"] is None and limits["sex"] is None  # integers fit float32 already; strings have none
     assert forest.manifest["schema"]["fields"][2]["limit"] == FLOAT32_MAX
     assert forest.schema.to_dict()["fields"][0].keys() == served_model.manifest["schema"]["fields"][0].keys()
-    record = forest.schema.openapi()["properties"]["age"]["anyOf"][0]  # the number (anyOf[1]: a numeric string)
+    record = record_schema(forest.schema)["properties"]["age"]["anyOf"][0]  # the number (anyOf[1]: a numeric string)
     assert (record["minimum"], record["maximum"]) == (-FLOAT32_MAX, FLOAT32_MAX)
 
 

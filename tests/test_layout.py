@@ -98,3 +98,12 @@ def test_verify_blocks_what_the_caller_names_not_training_by_default(training_by
     capsys.readouterr()
     assert main(["verify", "--help"]) == 0
     assert "default: training" not in capsys.readouterr().out
+
+
+def test_the_openapi_record_is_the_servers_not_the_schemas(saved):
+    """blackbox.Schema knows validation; the OpenAPI description of a record lives with the server."""
+    from serving.openapi import record_schema
+
+    assert not hasattr(blackbox.Schema, "openapi")
+    record = record_schema(blackbox.load(saved).schema)
+    assert record["type"] == "object" and record["properties"]["age"]["anyOf"][1]["type"] == "string"
