@@ -139,7 +139,8 @@ class Scorer:
         finally:
             with self._cond:
                 self._validating -= 1
-                self._cond.notify_all()
+                if self._validating == 0:  # what a waiting leader waits for (a closed batch is notified by _close)
+                    self._cond.notify_all()
         warnings = prepared.warnings
         self._check_overdue()
         batch, start, leader = self._join(model, prepared)

@@ -31,10 +31,12 @@ def init_app(app: Flask) -> None:
 
 def request_id() -> str:
     """This request's id (made on first use, so error handlers always have one)."""
-    if "request_id" not in g:
+    here = g._get_current_object()  # one context lookup, not one per attribute (this runs on every request)
+    found = here.get("request_id")
+    if found is None:
         sent = request.headers.get(HEADER, "")
-        g.request_id = sent if _CLIENT_ID.fullmatch(sent) else uuid.uuid4().hex
-    return str(g.request_id)
+        found = here.request_id = sent if _CLIENT_ID.fullmatch(sent) else uuid.uuid4().hex
+    return str(found)
 
 
 def start() -> None:
@@ -43,32 +45,44 @@ def start() -> None:
 
 
 def finish(response: Response) -> Response:
-    """Stamp the request id, then log and count the request."""
-    response.headers[HEADER] = request_id()
-    seconds = time.perf_counter() - g.get("started", time.perf_counter())
+    """Stamp the request id, then log and count the request.
+
+    The request's ``g`` and ``request`` are looked up once: each access through
+    Flask's context proxies costs about a microsecond, and this hook reads a dozen.
+    """
+    here, asked = g._get_current_object(), request._get_current_object()
+    rid = request_id()
+    response.headers[HEADER] = rid
+    now = time.perf_counter()
+    seconds = now - here.get("started", now)
     current = routes.current()
-    route = request.url_rule.rule if request.url_rule else "<unmatched>"
-    current.metrics.observe(route=route, method=request.method, status=response.status_code, seconds=seconds)
-    error = g.get("error")
+    rule = asked.url_rule
+    status = response.status_code
+    current.metrics.observe(route=rule.rule if rule else "<unmatched>", method=asked.method, status=status, seconds=seconds)
+    error = here.get("error")
     if isinstance(error, SchemaError):
-        current.metrics.rejected(g.get("model_name", ""), error.problems)
-    failed = g.get("error_code") == "internal_error"
-    held = current.sole_model()
+        current.metrics.rejected(here.get("model_name", ""), error.problems)
+    code = here.get("error_code")
+    failed = code == "internal_error"
+    version = here.get("model_version")
+    if not version:
+        held = current.sole_model()
+        version = held.version if held else None
     current.log.event(
         "request",
         logging.ERROR if failed else logging.INFO,
-        request_id=request_id(),
-        method=request.method,
-        path=request.path[:200],
-        status=response.status_code,
-        records=g.get("records", 0),
-        warnings=len(g.get("warnings", ())),
+        request_id=rid,
+        method=asked.method,
+        path=asked.path[:200],
+        status=status,
+        records=here.get("records", 0),
+        warnings=len(here.get("warnings", ())),
         latency_ms=round(seconds * 1000, 3),
-        key_id=g.get("key_id"),
-        client=request.remote_addr,
-        model=g.get("model_name"),
-        model_version=g.get("model_version") or (held.version if held else None),
-        error=g.get("error_code"),
+        key_id=here.get("key_id"),
+        client=asked.remote_addr,
+        model=here.get("model_name"),
+        model_version=version,
+        error=code,
         traceback="".join(traceback.format_exception(error)) if failed else None,
     )
     return response

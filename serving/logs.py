@@ -16,6 +16,8 @@ import os
 import sys
 from typing import Any
 
+import orjson
+
 
 LOGGER = logging.getLogger("serving")
 
@@ -57,4 +59,11 @@ def _text(value: Any) -> str:
 
 
 def _json(value: Any) -> str:
+    """Compact JSON, non-ASCII escaped: orjson when it gives ASCII (~10x cheaper; every request has a line), else json."""
+    try:
+        text = orjson.dumps(value, default=str).decode()
+    except TypeError:  # what orjson refuses (a lone surrogate, an int beyond 64 bits, a non-string key): json decides
+        text = ""
+    if text and text.isascii():
+        return text
     return json.dumps(value, ensure_ascii=True, separators=(",", ":"), default=str)

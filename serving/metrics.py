@@ -35,6 +35,9 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # label values -> the series every request updates (see observe)
+        self._served: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._predicted: dict[tuple[str, str], Any] = {}
         multiproc = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))  # read once, at app creation
         if multiproc:
             multiprocess.MultiProcessCollector(self.registry)
@@ -115,12 +118,21 @@ class Metrics:
         self.reloads.labels(model, result).inc()
 
     def observe(self, *, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, method, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
+        key = (route, method, status)
+        children = self._served.get(key)
+        if children is None:  # labels() builds and locks on every call: each request's series are looked up once
+            children = self._served[key] = (self.requests.labels(route, method, str(status)), self.latency.labels(route))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def predicted(self, model: str, count: int, version: str, warnings: Iterable[Mapping[str, Any]]) -> None:
-        self.records.labels(model, version).inc(count)
-        self._count(self.warnings, model, warnings)
+        key = (model, version)
+        child = self._predicted.get(key)
+        if child is None:
+            child = self._predicted[key] = self.records.labels(model, version)
+        child.inc(count)
+        if warnings:
+            self._count(self.warnings, model, warnings)
 
     def invalid_output(self, model: str, version: str, records: int) -> None:
         """The model answered ``records`` records of a request with NaN or infinity."""
