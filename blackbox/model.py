@@ -216,11 +216,20 @@ class Model:
         """
         if not self.has_proba:
             return self.predict_frame(frame), None
+        predictions, proba = self.predict_and_proba_arrays(frame)
+        return jsonable(predictions), proba.tolist()
+
+    def predict_and_proba_arrays(self, frame: pd.DataFrame | Prepared) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict_and_proba_frame`'s checked answers as the model's arrays, for a model with probabilities.
+
+        For batch scoring: a million rows of probabilities as Python lists cost
+        seconds to build, and the writer wants columns.
+        """
         predictions, proba = self._guarded(self._predict_both, frame)
         proba = np.asarray(proba, dtype=float)
         self._check_output(predictions, "predictions")
         self._check_output(proba, "probabilities")
-        return jsonable(predictions), proba.tolist()
+        return predictions, proba
 
     def _guarded(self, call: Callable[[pd.DataFrame], _T], frame: pd.DataFrame) -> _T:
         """``call(frame)``, with scikit-learn's refusal of a non-finite input raised as a ModelInputError."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from .base import Defer, Node, Unsupported
 
@@ -145,7 +146,12 @@ class OneHot(Node):
         _no_infinity(X)
         out = np.zeros((X.shape[0], self.n_out), dtype=self.out_dtype)
         for j, (lookup, nan_at, kind) in enumerate(self.lookups):
-            for i, value in enumerate(X[:, j].tolist()):
+            column = X[:, j]
+            if len(column) > _COLUMNWISE_ROWS and (
+                _strings_encoded(column, lookup, nan_at, out) if kind == "str" else _numbers_encoded(column, lookup, nan_at, out)
+            ):
+                continue
+            for i, value in enumerate(column.tolist()):
                 if value != value:
                     column = nan_at
                 elif kind is not None and _object_kind([value]) != kind:
@@ -155,6 +161,62 @@ class OneHot(Node):
                 if column is not None:
                     out[i, column] = 1
         return out
+
+
+_COLUMNWISE_ROWS = 64
+"""Rows above which a column of strings is encoded column-wise (batch scoring's chunks), not value by value."""
+
+
+def _strings_encoded(column: np.ndarray, lookup: dict[Any, int], nan_at: int | None, out: np.ndarray) -> bool:
+    """Set ``out``'s ones for a column of strings and float NaNs in one hash lookup; False (nothing set) for anything else.
+
+    The same answer as the value-by-value loop, which handles (or defers) every
+    other column: a string's column is its category's (none when unseen), a NaN's
+    is ``nan_at``.
+    """
+    types = set(map(type, column))
+    if not types <= {str, float}:
+        return False
+    missing = np.zeros(len(column), dtype=bool)
+    if float in types:
+        missing = np.fromiter(map(float.__instancecheck__, column), dtype=bool, count=len(column))
+        if not all(v != v for v in column[missing].tolist()):  # a number among the strings: the loop defers
+            return False
+    rows = np.flatnonzero(~missing)
+    found = pd.Index(list(lookup), dtype=object).get_indexer(column[rows])
+    _set(out, rows, found, lookup)
+    if nan_at is not None:
+        out[missing, nan_at] = 1
+    return True
+
+
+def _numbers_encoded(column: np.ndarray, lookup: dict[Any, int], nan_at: int | None, out: np.ndarray) -> bool:
+    """The same for a numeric column and numeric categories (each exact in float64): equal numbers match, as in a dict."""
+    keys = np.array(list(lookup), dtype=object)
+    if column.dtype.kind not in "iuf" or not all(type(k) in (int, float) or isinstance(k, (np.integer, np.floating)) for k in keys):
+        return False
+    numbers = keys.astype(np.float64)
+    if not (np.isfinite(numbers).all() and (np.abs(numbers) < 2.0**53).all() and (numbers == keys).all()):
+        return False
+    values = column.astype(np.float64)
+    if column.dtype.kind in "iu" and not (np.abs(values) < 2.0**53).all():
+        return False
+    order = np.argsort(numbers, kind="stable")
+    ranked = numbers[order]
+    at = np.minimum(np.searchsorted(ranked, values), len(ranked) - 1)
+    hit = ranked[at] == values  # NaN never equals
+    found = np.where(hit, order[at], -1)
+    _set(out, np.arange(len(column)), found, lookup)
+    if nan_at is not None:
+        out[np.isnan(values), nan_at] = 1
+    return True
+
+
+def _set(out: np.ndarray, rows: np.ndarray, found: np.ndarray, lookup: dict[Any, int]) -> None:
+    """``out[row, lookup's column of the found key] = 1`` for every row whose key was found (``found`` >= 0)."""
+    columns = np.fromiter(lookup.values(), dtype=np.intp, count=len(lookup))
+    known = found >= 0
+    out[rows[known], columns[found[known]]] = 1
 
 
 def _object_kind(values: list[Any]) -> str | None:

@@ -24,6 +24,8 @@ import pandas as pd
 import pyarrow as pa
 
 from ..errors import ModelFailedError, ModelInputError, ModelOutputError, SchemaError, problem
+from ..fastpath.table import Prepared, as_frame
+from ..manifest import jsonable
 from ..model import Model
 from ._chunks import Chunk, Scored
 from ._reader import parse
@@ -47,7 +49,7 @@ def score_chunk(model: Model, chunk: Chunk, id_column: str | None, probabilities
     good: Sequence[int] = range(len(data))
     if invalid:
         good = [position for position in range(len(data)) if position not in invalid]
-        frame = model.prepare(_subset(data, good))[0] if good else None
+        frame = _prepare(model, _subset(data, good))[0] if good else None
         rejects.update((kept[position], found) for position, found in invalid.items())
     predictions: list[Any] = []
     proba = None
@@ -73,10 +75,11 @@ def score_chunk(model: Model, chunk: Chunk, id_column: str | None, probabilities
 
 
 class _Isolation:
-    """Finding the rows of a frame the model fails on: rows its error names, else halves retried down to single rows."""
+    """Finding the rows of a chunk the model fails on: rows its error names, else halves retried down to single rows."""
 
-    def __init__(self, model: Model, frame: pd.DataFrame, probabilities: bool) -> None:
-        self.model, self.frame, self.probabilities = model, frame, probabilities
+    def __init__(self, model: Model, source: pd.DataFrame | Prepared, probabilities: bool) -> None:
+        self.model, self.source, self.probabilities = model, source, probabilities
+        self._frame: pd.DataFrame | None = None  # the source as a frame, built when it must be split
         self.calls = 0
         self.succeeded = False
         self.predictions: list[Any] = []
@@ -89,7 +92,7 @@ class _Isolation:
         if self.calls > MAX_ISOLATION_CALLS:
             raise _AtFault(f"more rows than {MAX_ISOLATION_CALLS:,} model calls could isolate (at least {len(self.failed):,})",
                            self.last)
-        part = self.frame if len(positions) == len(self.frame) else self.frame.iloc[positions].reset_index(drop=True)
+        part = self.source if len(positions) == len(self.source) else self.frame().iloc[positions].reset_index(drop=True)
         self.calls += 1
         try:
             predictions, proba = _call(self.model, part, self.probabilities)
@@ -101,6 +104,11 @@ class _Isolation:
         if proba is not None:
             self.probas.append(proba)
         return None
+
+    def frame(self) -> pd.DataFrame:
+        if self._frame is None:
+            self._frame = as_frame(self.source)
+        return self._frame
 
     def isolate(self, positions: np.ndarray, error: Exception) -> None:
         """The rows at ``positions`` failed together with ``error``: find the ones the model fails on."""
@@ -121,19 +129,19 @@ class _Isolation:
 
     def _fail(self, position: int, problem: dict[str, Any], error: Exception) -> None:
         self.failed[int(position)] = problem
-        if not self.succeeded and BROKEN_AFTER_ROWS <= len(self.failed) < len(self.frame):
+        if not self.succeeded and BROKEN_AFTER_ROWS <= len(self.failed) < len(self.source):
             raise _AtFault(f"every row it was tried on ({len(self.failed)} alone, none succeeded)", error)
 
 
-def _predict(model: Model, frame: pd.DataFrame, probabilities: bool) -> tuple[list[Any], np.ndarray | None, dict[int, dict[str, Any]]]:
+def _predict(model: Model, source: pd.DataFrame | Prepared, probabilities: bool) -> tuple[list[Any], np.ndarray | None, dict[int, dict[str, Any]]]:
     """Predictions (and probabilities) for the rows the model can score, and the problem of each row it cannot, by position.
 
     Raises :class:`_AtFault` when the model, not the rows, is at fault.
     """
-    search = _Isolation(model, frame, probabilities)
-    if (error := search.predict(np.arange(len(frame)))) is not None:
-        search.isolate(np.arange(len(frame)), error)
-        if len(frame) > 1 and len(search.failed) == len(frame):
+    search = _Isolation(model, source, probabilities)
+    if (error := search.predict(np.arange(len(source)))) is not None:
+        search.isolate(np.arange(len(source)), error)
+        if len(source) > 1 and len(search.failed) == len(source):
             raise _AtFault("every row", error)
     if not probabilities:
         return search.predictions, None, search.failed
@@ -156,11 +164,11 @@ class _AtFault(Exception):
         )
 
 
-def _call(model: Model, frame: pd.DataFrame, probabilities: bool) -> tuple[list[Any], np.ndarray | None]:
+def _call(model: Model, source: pd.DataFrame | Prepared, probabilities: bool) -> tuple[list[Any], np.ndarray | None]:
     if probabilities:
-        predictions, rows = model.predict_and_proba_frame(frame)
-        return predictions, np.asarray(rows, dtype=float)
-    return model.predict_frame(frame), None
+        predictions, proba = model.predict_and_proba_arrays(source)  # the probabilities stay an array, for the writer
+        return jsonable(predictions), proba
+    return model.predict_frame(source), None
 
 
 def _model_problem(error: Exception) -> dict[str, Any]:
@@ -171,10 +179,15 @@ def _reason(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"[:300]
 
 
-def _prepare(model: Model, data: pd.DataFrame | list[Any]) -> tuple[pd.DataFrame | None, list[dict[str, Any]]]:
-    """The prepared frame, or None and the schema's problems."""
+def _prepare(model: Model, data: pd.DataFrame | list[Any]) -> tuple[pd.DataFrame | Prepared | None, list[dict[str, Any]]]:
+    """The model's input, or None and the schema's problems: the checked columns for the plan, else the prepared frame.
+
+    The plan reads the columns as they are (a column is built only when a step
+    reads it, and no DataFrame is built unless the call is deferred), as
+    ``Model.predict`` gives it records.
+    """
     try:
-        return model.prepare(data)[0], []
+        return (model.checked(data) if model.plan is not None else model.prepare(data)[0]), []
     except SchemaError as exc:
         return None, exc.problems
 
