@@ -79,7 +79,7 @@ DEFAULT_THREADS = 32
 @click.option("--batching/--no-batching", default=None,
               help="Let concurrent requests of a worker share one model call [default: on].")
 @click.option("--batch-max-wait-ms", type=click.FloatRange(0, 1000), default=None,
-              help="Longest a batch waits for requests still being validated [default: 2].")
+              help="Longest a batch waits for requests still being validated [default: 0.5].")
 @click.option("--batch-max-records", type=click.IntRange(min=1), default=None,
               help="Records per model call; a request this large is its own call [default: 64].")
 @click.option("--prediction-log", default=None, metavar="URL",
@@ -292,10 +292,10 @@ def _run(config: dict[str, Any], settings: Settings, host: str, port: int, worke
 
 
 def _describe(path: str) -> str:
-    from blackbox import inspect
+    from blackbox.persist import read
 
-    manifest = inspect(path)
-    return f"{manifest['name']} {manifest['version']} (sha256 {Path(path).stem[:12]}) verified in an isolated child"
+    manifest, _ = read(path)
+    return f"{manifest.name} {manifest.version} (sha256 {Path(path).stem[:12]}) verified in an isolated child"
 
 
 def _follow_once(settings: Settings, ref: str, vetted: Any) -> str:

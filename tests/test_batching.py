@@ -200,7 +200,7 @@ def test_settings_and_app_wire_the_knobs(served_artifact, serving_keys):
     def settings(**overrides: Any) -> Settings:
         return Settings.from_config(layer(Config("."), {"ARTIFACT": "x.bbx", **overrides}))
 
-    assert (settings().batching, settings().batch_max_records) == (True, 64)
+    assert (settings().batching, settings().batch_max_wait_ms, settings().batch_max_records) == (True, 0.5, 64)
     for key, value in [("BATCHING", "yes"), ("BATCH_MAX_WAIT_MS", -1), ("BATCH_MAX_WAIT_MS", True), ("BATCH_MAX_RECORDS", 0)]:
         with pytest.raises(UsageError, match=f"BLACKBOX_{key}"):
             settings(**{key: value})
