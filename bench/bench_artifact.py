@@ -25,8 +25,8 @@ from sklearn.model_selection import train_test_split
 
 import blackbox
 from blackbox import signing
-from blackbox.containment import serializers
 from blackbox.artifact import unpack
+from blackbox.containment import serializers
 from training.data import load_titanic
 from training.pipeline import search
 

@@ -29,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -204,7 +204,7 @@ def writer_cost() -> dict[int, float]:
             started, total = time.process_time(), 0
             while total < 3000:
                 log.append(prediction_rows(
-                    request_id="bench", ts=datetime.now(timezone.utc), model={"name": "m", "version": "1", "sha256": "0" * 64},
+                    request_id="bench", ts=datetime.now(UTC), model={"name": "m", "version": "1", "sha256": "0" * 64},
                     client_id=None, latency_ms=1.0, fields=fields, records=[RECORD] * size, predictions=[0] * size,
                     probabilities=[[0.5, 0.5]] * size,
                 ))

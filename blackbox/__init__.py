@@ -17,6 +17,7 @@ The rest is internal and may move between releases: :mod:`blackbox.containment`
 
 import importlib.metadata
 
+from .containment.isolation import Verification, verify
 from .errors import (
     ArtifactError,
     AuthenticityError,
@@ -31,7 +32,6 @@ from .errors import (
     UsageError,
     VersionMismatchWarning,
 )
-from .containment.isolation import Verification, verify
 from .model import Model, SklearnModel
 from .persist import inspect, load, save, sign
 from .schema import Schema, infer_schema

@@ -107,7 +107,7 @@ def sign(manifest_bytes: bytes, private_key: PrivateKey, *, expires_at: str | No
     claims = {
         "alg": algorithm(private_key),
         "key_id": key_id(private_key.public_key()),
-        "signed_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "signed_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "expires_at": expires_at,
     }
     message = _message(claims, manifest_bytes)
@@ -251,7 +251,7 @@ class Keyring:
 def check_expiry(claims: dict[str, Any], *, now: dt.datetime | None = None) -> None:
     """Raise AuthenticityError if the claims' ``expires_at`` has passed."""
     expires = claims.get("expires_at")
-    if expires and (now or dt.datetime.now(dt.timezone.utc)) >= _parse_time(expires):
+    if expires and (now or dt.datetime.now(dt.UTC)) >= _parse_time(expires):
         raise AuthenticityError(f"The artifact's signature expired at {expires}; re-sign it or ship a newer one.")
 
 
@@ -286,6 +286,6 @@ def _load_public_key(path: Path) -> PublicKey:
 
 def _parse_time(text: str) -> dt.datetime:
     try:
-        return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+        return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
     except ValueError:
         raise AuthenticityError(f"The signature's expiry {text!r} is not a UTC timestamp; refusing it.") from None

@@ -34,8 +34,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from blackbox import Model
     from flask import Flask
+
+    from blackbox import Model
 
 __all__ = ["create_app"]
 

@@ -32,10 +32,11 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from blackbox import UsageError
 from flask import Flask, g, request
 from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import Unauthorized
+
+from blackbox import UsageError
 
 from .config import Settings
 from .http_errors import MissingScope

@@ -21,10 +21,11 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
+from sqlalchemy.engine import URL
+
 import blackbox
 from blackbox import UsageError
 from blackbox.monitoring.predlog import database_url
-from sqlalchemy.engine import URL
 
 if TYPE_CHECKING:
     from flask import Config  # layer() fills the app's; Settings is read by the worker core, which never imports flask

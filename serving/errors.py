@@ -33,8 +33,6 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from blackbox import SchemaError
-from blackbox.errors import ModelInputError, ModelOutputError
 from flask import Flask, Response, g
 from werkzeug.exceptions import (
     BadRequest,
@@ -48,6 +46,9 @@ from werkzeug.exceptions import (
     Unauthorized,
     UnsupportedMediaType,
 )
+
+from blackbox import SchemaError
+from blackbox.errors import ModelInputError, ModelOutputError
 
 from . import jsonio
 from .holder import NotReady

@@ -310,7 +310,7 @@ class Follower:
         return target if isinstance(target.file, str) and Path(target.file).is_file() else None
 
     def _note(self, result: str, **details: Any) -> dict[str, Any]:
-        checked = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        checked = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         self.status = {
             "ref": self._ref, "store": self._store.uri, "result": result, "checked_at": checked,
             "served_from": self._served_from, **details,

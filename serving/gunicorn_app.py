@@ -31,11 +31,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from blackbox import BlackboxError, ExitCode
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from gunicorn.config import KNOWN_SETTINGS
+
+from blackbox import BlackboxError, ExitCode
 
 from .app import create_app
 from .holder import Vetted

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from blackbox import SchemaError
 from werkzeug.exceptions import Conflict, Forbidden, ServiceUnavailable, UnprocessableEntity
+
+from blackbox import SchemaError
 
 
 class TooManyRecords(SchemaError):

@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import pandas as pd
+
 from blackbox import Model
 from blackbox.fastpath.table import Prepared
 

@@ -14,8 +14,9 @@ import time
 import traceback
 import uuid
 
-from blackbox import SchemaError
 from flask import Flask, Response, g, request
+
+from blackbox import SchemaError
 
 from . import routes
 

@@ -18,7 +18,6 @@ from typing import Any
 
 import orjson
 
-
 LOGGER = logging.getLogger("serving")
 
 
@@ -37,7 +36,7 @@ class RequestLog:
         """Emit one line: timestamp, level, event name, process id, then the fields in the order given (None: left out)."""
         if not LOGGER.isEnabledFor(level):
             return
-        now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         line = {"ts": now, "level": logging.getLevelName(level).lower(), "event": event, "pid": os.getpid()}
         line.update((key, value) for key, value in fields.items() if value is not None)
         LOGGER.log(level, self.render(line))

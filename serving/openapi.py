@@ -18,10 +18,11 @@ import inspect
 import re
 from typing import Any
 
-from blackbox import Model
-from blackbox.schema import EXPECTED, NUMERIC_PATTERN, Schema, max_chars
 from flask import current_app
 from werkzeug.routing import Rule
+
+from blackbox import Model
+from blackbox.schema import EXPECTED, NUMERIC_PATTERN, Schema, max_chars
 
 from .routes.feedback import MAX_LABEL_CHARS
 

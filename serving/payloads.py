@@ -15,10 +15,11 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from blackbox import SchemaError
-from blackbox.errors import problem as _problem
 from flask import Request
 from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
+
+from blackbox import SchemaError
+from blackbox.errors import problem as _problem
 
 from . import jsonio
 from .http_errors import BodyTimeout, TooManyRecords

@@ -15,6 +15,7 @@ import pytest
 from sklearn.model_selection import train_test_split
 
 import blackbox
+
 from _helpers import user_module
 
 SERIALIZERS = ["dill", "cloudpickle"]

@@ -23,6 +23,7 @@ from blackbox.fastpath.table import as_frame
 from serving import create_app
 from serving.config import Settings, layer
 from serving.inference import Scorer
+
 from _helpers import Server, call, wait_for
 
 

@@ -18,6 +18,7 @@ import pytest
 import blackbox
 from blackbox.cli import cli, main
 from blackbox.errors import BlackboxError, ExitCode
+
 from _helpers import child_env, run_cli
 
 

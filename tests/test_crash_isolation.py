@@ -23,6 +23,7 @@ import pytest
 
 import blackbox
 from blackbox.artifact import pack, unpack
+
 from _helpers import Server, call, user_module, wait_for, wait_for_url
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,6 @@ changed: what a server with that version installed would see.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import sys
 import warnings
@@ -17,9 +16,10 @@ from pathlib import Path
 import pytest
 
 import blackbox
-from blackbox.containment import environment
 from blackbox.artifact import unpack
 from blackbox.cli import main as blackbox_cli
+from blackbox.containment import environment
+
 from _helpers import marker_payload, resign
 
 ROOT = Path(__file__).resolve().parent.parent

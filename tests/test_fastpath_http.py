@@ -33,13 +33,13 @@ APPS = [(fast, batching) for fast in (True, False) for batching in (True, False)
 
 
 @pytest.fixture(scope="module")
-def reference(served_artifact, serving_keys):  # noqa: F811
+def reference(served_artifact, serving_keys):
     """The model in-process, without its plan: the reference answers."""
     return blackbox.load(served_artifact, trusted_keys=[serving_keys[1]], fast_path=False)
 
 
 @pytest.fixture(scope="module")
-def records(reference, passengers):  # noqa: F811
+def records(reference, passengers):
     """Passengers, the plan's edge rows the schema accepts, numbers sent as strings and an unknown field."""
     edges = []
     for record in edge_records(reference.schema, passengers):
@@ -90,7 +90,7 @@ def assert_same(got: list, want: list) -> None:
 
 
 @pytest.mark.parametrize(("fast", "batching"), APPS, ids=[f"{'plan' if f else 'reference'}-{'batching' if b else 'direct'}" for f, b in APPS])
-def test_every_app_answers_what_the_reference_gives(served_artifact, serving_keys, reference, records, fast, batching):  # noqa: F811
+def test_every_app_answers_what_the_reference_gives(served_artifact, serving_keys, reference, records, fast, batching):
     app = app_for(served_artifact, serving_keys, fast=fast, batching=batching)
     model = app.extensions["blackbox"].holder.model
     assert (model.plan is not None) == fast
@@ -107,7 +107,7 @@ def test_every_app_answers_what_the_reference_gives(served_artifact, serving_key
 
 @pytest.mark.parametrize("batching", [True, False], ids=["batching", "direct"])
 @pytest.mark.parametrize("fast", [True, False], ids=["plan", "reference"])
-def test_records_reach_the_model_as_predict_routes_them_checked_once(served_artifact, serving_keys, passengers,  # noqa: F811
+def test_records_reach_the_model_as_predict_routes_them_checked_once(served_artifact, serving_keys, passengers,
                                                                      monkeypatch, fast, batching):
     """With a plan the model gets the checked columns (no DataFrame), without one the prepared frame; one check per request."""
     app = app_for(served_artifact, serving_keys, fast=fast, batching=batching)

@@ -23,6 +23,7 @@ import blackbox
 from blackbox.cli import main
 from blackbox.monitoring import read_log
 from serving import create_app
+
 from _helpers import LOG_AUTH, LOG_KEY, LOG_KEY_ID, PASSENGER, details, feedback, make_app, outcome, predict, wait_for
 
 pytestmark = pytest.mark.usefixtures("close_recorders")

@@ -18,6 +18,7 @@ import pytest
 import blackbox
 from blackbox.artifact import unpack
 from serving import create_app
+
 from _helpers import Server, call, resign, serve_command, taken_port, variant
 
 

@@ -18,6 +18,7 @@ from blackbox import signing
 from blackbox.artifact import unpack
 from blackbox.cli import main as blackbox_cli
 from blackbox.errors import ArtifactError
+
 from _helpers import resign
 
 

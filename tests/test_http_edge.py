@@ -22,6 +22,7 @@ import pytest
 
 import blackbox
 from serving import create_app
+
 from _helpers import PASSENGER, Server, assert_error, call, post, user_module
 
 LIMIT = 2_000

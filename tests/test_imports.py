@@ -14,6 +14,7 @@ import pytest
 
 from blackbox.containment.imports import Global, pickle_globals, scan
 from blackbox.errors import ArtifactError
+
 from _helpers import marker_payload
 
 

@@ -12,6 +12,7 @@ import pytest
 import blackbox
 from blackbox.artifact import unpack
 from blackbox.cli import main as blackbox_cli
+
 from _helpers import child_env, resign
 
 ROOT = Path(__file__).resolve().parent.parent

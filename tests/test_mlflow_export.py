@@ -13,6 +13,7 @@ import yaml
 import blackbox
 from blackbox import signing
 from blackbox.cli import main as blackbox_cli
+
 from _helpers import PYTHON, child_env
 
 EXPORT_CHILD = r"""

@@ -20,6 +20,7 @@ import pytest
 import blackbox
 from blackbox import UsageError
 from serving import create_app
+
 from _helpers import user_module
 
 TEAM_CODE = {

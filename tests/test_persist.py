@@ -8,18 +8,17 @@ import os
 import re
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.model_selection import GridSearchCV
-from sklearn.pipeline import Pipeline
 
 import blackbox
 from blackbox import artifact
-from blackbox.artifact import dump_manifest, pack, unpack
+from blackbox.artifact import unpack
+
 from _helpers import PYTHON, child_env, marker_payload, resign
 
 
@@ -176,6 +175,7 @@ def test_refuses_a_reference_it_cannot_embed(search, titanic, tmp_path, monkeypa
     """A function in a sourceless (compiled) module the server won't have: refused, with its path."""
     import compileall
     import importlib
+
     from sklearn.base import clone
     from sklearn.preprocessing import FunctionTransformer
 

@@ -22,7 +22,26 @@ from blackbox.monitoring.predlog import MAX_TEXT, PredictionLog, read_log
 from serving import create_app
 from serving.recorder import Recorder
 from serving.state import EXTENSION
-from _helpers import LOG_AUTH, LOG_KEY, LOG_KEY_ID, PASSENGER, Server, call, child_env, feedback, free_port, log_round_trip, make_app, outage, outcome, predict, predict_pids, wait_for, wait_for_url
+
+from _helpers import (
+    LOG_AUTH,
+    LOG_KEY,
+    LOG_KEY_ID,
+    PASSENGER,
+    Server,
+    call,
+    child_env,
+    feedback,
+    free_port,
+    log_round_trip,
+    make_app,
+    outage,
+    outcome,
+    predict,
+    predict_pids,
+    wait_for,
+    wait_for_url,
+)
 
 pytestmark = pytest.mark.usefixtures("close_recorders")
 

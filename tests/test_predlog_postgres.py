@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from blackbox.monitoring.predlog import PredictionLog, read_log
+
 from _helpers import free_port, log_round_trip, make_app, outage
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("close_recorders")]  # a real PostgreSQL server

@@ -23,6 +23,7 @@ import blackbox
 from blackbox import signing
 from blackbox.cli import cli as blackbox_group
 from blackbox.cli import main as blackbox_cli
+
 from _helpers import free_port, taken_port
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,8 +12,8 @@ import blackbox
 from blackbox.artifact import unpack
 from blackbox.cli import main as blackbox_cli
 from blackbox.rebuild import RebuildError, rebuild
-from _helpers import resign
 
+from _helpers import resign
 
 pytestmark = pytest.mark.slow
 

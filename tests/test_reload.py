@@ -13,6 +13,7 @@ import pytest
 import blackbox
 from blackbox.artifact import unpack
 from serving import create_app
+
 from _helpers import Server, call, resign, wait_for
 
 

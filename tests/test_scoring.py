@@ -273,10 +273,9 @@ def test_the_background_writer_writes_every_chunk_in_order_and_finishes_the_file
 
 def test_the_background_writers_error_reaches_the_caller_and_stops_the_writing():
     inner = _Recording(fail_at=3)
-    with pytest.raises(OSError, match="disk full"):
-        with BackgroundWriter(inner) as writer:
-            for row in range(1, 51):
-                writer.write(_scored(row))
+    with pytest.raises(OSError, match="disk full"), BackgroundWriter(inner) as writer:
+        for row in range(1, 51):
+            writer.write(_scored(row))
     assert inner.written == [1, 2, 3] and inner.closed
 
 

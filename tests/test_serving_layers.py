@@ -79,7 +79,7 @@ def test_http_exception_classes_live_in_one_module():
     assert defined and set(defined.values()) == {HTTP_EXCEPTIONS}, defined
 
 
-def test_the_recorder_takes_the_request_facts_as_arguments(tmp_path, served_model):  # noqa: F811
+def test_the_recorder_takes_the_request_facts_as_arguments(tmp_path, served_model):
     """Recording needs no Flask request (before: Recorder.record read request_id, key_id and the start time from flask.g)."""
     from blackbox.monitoring.predlog import PredictionLog, read_log
     from serving.inference import Scored
@@ -90,12 +90,12 @@ def test_the_recorder_takes_the_request_facts_as_arguments(tmp_path, served_mode
     db = tmp_path / "log.db"
     recorder = Recorder(PredictionLog(str(db)), Metrics(), RequestLog("json"))
     record = dict(zip(served_model.schema.columns, [None] * len(served_model.schema.columns)))
-    ts = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone.utc)
+    ts = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
     recorder.record(served_model, [record], Scored([0], None, []),
                     request_id="outside-a-request", client_id="alice", latency_ms=12.5, ts=ts)
     recorder.close(timeout=20)
     rows = read_log(str(db))
     assert rows["request_id"].tolist() == ["outside-a-request"] and rows["client_id"].tolist() == ["alice"]
     assert rows["latency_ms"].tolist() == [12.5]
-    assert rows["ts"].iloc[0].to_pydatetime().replace(tzinfo=dt.timezone.utc) == ts
+    assert rows["ts"].iloc[0].to_pydatetime().replace(tzinfo=dt.UTC) == ts
 

@@ -16,6 +16,7 @@ import blackbox
 from blackbox import signing
 from blackbox.artifact import dump_manifest, pack, unpack
 from blackbox.cli import main as blackbox_cli
+
 from _helpers import PYTHON, child_env, marker_payload, resign
 
 

@@ -20,7 +20,18 @@ import pytest
 import blackbox
 from blackbox.artifact import pack, unpack
 from blackbox.store import Store, StoreError
-from _helpers import PYTHON, child_env, file_sha256, racing_promotes, racing_pushes, resign, run_cli, store_round_trip, variant
+
+from _helpers import (
+    PYTHON,
+    child_env,
+    file_sha256,
+    racing_promotes,
+    racing_pushes,
+    resign,
+    run_cli,
+    store_round_trip,
+    variant,
+)
 
 EXIT_STORE = StoreError.exit_code
 

@@ -13,7 +13,17 @@ import pytest
 
 from blackbox.store import Store, StoreError
 from blackbox.store.backends import Conflict
-from _helpers import PYTHON, child_env, file_sha256, free_port, racing_promotes, racing_pushes, store_round_trip, wait_for_url
+
+from _helpers import (
+    PYTHON,
+    child_env,
+    file_sha256,
+    free_port,
+    racing_promotes,
+    racing_pushes,
+    store_round_trip,
+    wait_for_url,
+)
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("s3fs")

@@ -15,6 +15,7 @@ import pytest
 
 import blackbox
 from serving import create_app
+
 from _helpers import variant
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from serving import create_app
+
 from _helpers import CI_KEY
 
 DATATYPES = {"integer": "INT64", "number": "FP64", "boolean": "BOOL", "string": "BYTES", "category": "BYTES"}

@@ -18,12 +18,11 @@ from typing import Any
 
 import click
 import numpy as np
-
-import blackbox
-from blackbox.store import Store
 from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
 from sklearn.model_selection import train_test_split
 
+import blackbox
+from blackbox.store import Store
 from training.data import DataError, builtin_titanic_path, load_data
 from training.pipeline import SCORING, n_candidates, parallel_backend, param_grid, search
 

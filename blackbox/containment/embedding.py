@@ -18,9 +18,9 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import SelfContainmentError
 from . import serializers
 from .environment import ServingEnvironment, embeddable, top_level
-from ..errors import SelfContainmentError
 from .imports import Global, pickle_globals
 
 _MAX_ROUNDS = 8

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import composites, estimators, transformers
+from . import estimators, transformers
 from .base import Called, Defer, Node, Unsupported, is_library_object
 from .composites import FRAME, SERIES, VALUES, VECTOR, Chain, Columns, Identity, Slice
 from .table import Table

@@ -148,8 +148,13 @@ class Trees(Estimator):
 
     def __init__(self, step: Any, path: str) -> None:
         super().__init__(step, path)
-        from sklearn.ensemble import ExtraTreesClassifier, ExtraTreesRegressor, RandomForestClassifier, RandomForestRegressor
-        from sklearn.ensemble._forest import ForestClassifier, ForestRegressor
+        from sklearn.ensemble import (
+            ExtraTreesClassifier,
+            ExtraTreesRegressor,
+            RandomForestClassifier,
+            RandomForestRegressor,
+        )
+        from sklearn.ensemble._forest import ForestClassifier
         from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor, ExtraTreeClassifier, ExtraTreeRegressor
 
         cls = type(step)

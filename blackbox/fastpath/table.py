@@ -34,7 +34,6 @@ import pandas as pd
 
 from .base import Defer
 
-
 _FROM_ARRAYS = getattr(pd.DataFrame, "_from_arrays", None)
 
 

@@ -195,7 +195,7 @@ def _dumps(value: Any) -> str:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def prediction_rows(
@@ -280,7 +280,7 @@ def _existing(url: str) -> PredictionLog:
 
 def _utc(moment: dt.datetime) -> dt.datetime:
     """UTC, naive: what SQLite stores and compares as text; PostgreSQL reads it as UTC too."""
-    return (moment.astimezone(dt.timezone.utc) if moment.tzinfo else moment).replace(tzinfo=None)
+    return (moment.astimezone(dt.UTC) if moment.tzinfo else moment).replace(tzinfo=None)
 
 
 def _frame(rows: Iterable[Mapping[str, Any]], with_feedback: bool) -> pd.DataFrame:

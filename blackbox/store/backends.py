@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..atomic import fsync_directory, atomic_write
+from ..atomic import atomic_write, fsync_directory
 from ..errors import StoreError
 
 Key = tuple[str, ...]
@@ -232,7 +232,7 @@ class FsspecBackend(Backend):
     def age(self, key: Key) -> float:
         modified = self.fs.modified(self._path(key))
         if modified.tzinfo is None:
-            modified = modified.replace(tzinfo=dt.timezone.utc)
+            modified = modified.replace(tzinfo=dt.UTC)
         return time.time() - modified.timestamp()
 
     def delete(self, key: Key) -> None:

@@ -23,9 +23,10 @@ import logging
 import time
 from typing import Any
 
+from flask import Blueprint, Response, g, request
+
 from blackbox import Model
 from blackbox.errors import ModelOutputError
-from flask import Blueprint, Response, g, request
 
 from .. import jsonio, payloads
 from ..holder import identity
@@ -100,5 +101,5 @@ def record(served: Served, model: Model, records: list[Any], scored: Scored) -> 
         state.predlog.record(
             model, records, scored, request_id=request_id(), client_id=g.get("key_id"),
             latency_ms=(time.perf_counter() - g.get("started", time.perf_counter())) * 1000,
-            ts=dt.datetime.now(dt.timezone.utc),
+            ts=dt.datetime.now(dt.UTC),
         )

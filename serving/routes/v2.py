@@ -38,10 +38,11 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from blackbox import Model, SchemaError
-from blackbox.errors import problem as _problem
 from flask import Blueprint, Response, request
 from werkzeug.exceptions import BadRequest, NotFound, UnsupportedMediaType
+
+from blackbox import Model, SchemaError
+from blackbox.errors import problem as _problem
 
 from .. import errors, jsonio
 from ..http_errors import TooManyRecords
