@@ -10,11 +10,14 @@ and blackbox errors, which that table maps too.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from werkzeug.exceptions import Conflict, Forbidden, ServiceUnavailable, UnprocessableEntity
 
 from blackbox import SchemaError
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
 
 
 class TooManyRecords(SchemaError):
@@ -37,9 +40,11 @@ class MissingScope(Forbidden):
         )
         self.scope = scope
 
-    def get_headers(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def get_headers(
+        self, environ: WSGIEnvironment | None = None, scope: dict[str, Any] | None = None,
+    ) -> list[tuple[str, str]]:
         challenge = f'Bearer realm="blackbox", error="insufficient_scope", scope="{self.scope}"'
-        return [*super().get_headers(*args, **kwargs), ("WWW-Authenticate", challenge)]
+        return [*super().get_headers(environ, scope), ("WWW-Authenticate", challenge)]
 
 
 class PredictionLogOff(Conflict):

@@ -214,7 +214,7 @@ class Scorer:
                     batch.answers[start] = (
                         predictions[start:stop], None if probabilities is None else probabilities[start:stop]
                     )
-        except BaseException as exc:  # nothing was answered: every request of the batch gets this error
+        except BaseException as exc:  # noqa: BLE001  nothing was answered: every request of the batch gets this error
             batch.error = exc
         finally:
             batch.done.set()
@@ -260,7 +260,7 @@ class Scorer:
         for start, part in zip(batch.starts, batch.parts):
             try:
                 batch.answers[start] = self._call(batch.model, part)
-            except Exception as exc:  # this request's own failure (the model's, on its records)
+            except Exception as exc:  # noqa: BLE001  this request's own failure (the model's, on its records)
                 batch.answers[start] = exc
 
     def _call(self, model: Model, prepared: Prepared) -> Answer:

@@ -23,6 +23,7 @@ socket read and write is bounded by ``READ_TIMEOUT`` each (not in total).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import re
@@ -202,7 +203,5 @@ def _send_timeout(conn: _Conn) -> None:
     }, "request_id": request_id}, separators=(",", ":")).encode()
     head = (f"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
             f"X-Request-ID: {request_id}\r\nConnection: close\r\n\r\n").encode()
-    try:
+    with contextlib.suppress(OSError):
         conn.sock.send(head + body)
-    except OSError:
-        pass

@@ -17,6 +17,8 @@ import importlib.abc
 import json
 import sys
 import time
+import types
+from collections.abc import Sequence
 
 
 class _Blocker(importlib.abc.MetaPathFinder):
@@ -25,7 +27,7 @@ class _Blocker(importlib.abc.MetaPathFinder):
     def __init__(self, blocked: frozenset[str]) -> None:
         self.blocked = blocked
 
-    def find_spec(self, fullname, path=None, target=None):  # type: ignore[no-untyped-def]
+    def find_spec(self, fullname: str, path: Sequence[str] | None = None, target: types.ModuleType | None = None) -> None:
         if fullname.partition(".")[0] in self.blocked:
             raise ModuleNotFoundError(f"No module named {fullname!r} (blocked by blackbox verify)", name=fullname)
         return None
@@ -60,7 +62,7 @@ def main(path: str, options: dict) -> int:
             exit_code=exc.exit_code,
             details=getattr(exc, "differences", None) or getattr(exc, "references", None) or [],
         )
-    except Exception as exc:  # the model's own code raised while loading or predicting its golden sample
+    except Exception as exc:  # noqa: BLE001  the model's own code raised while loading or predicting its golden sample
         missing = _missing_module(exc)
         if missing is not None:
             from blackbox.containment.isolation import missing_module_advice

@@ -106,7 +106,7 @@ def _resolve(target: Global) -> Any:
         for part in filter(None, target.name.split(".")):
             obj = getattr(obj, part)
         return obj
-    except Exception:  # the name is only used to recognise the object
+    except Exception:  # noqa: BLE001  the name is only used to recognise the object
         return None
 
 
@@ -142,7 +142,7 @@ def _children(obj: Any) -> Iterator[tuple[str, Any]]:
 
 def _has_contents(cell: types.CellType) -> bool:
     try:
-        cell.cell_contents
+        cell.cell_contents  # noqa: B018  reading an empty cell raises ValueError
     except ValueError:
         return False
     return True

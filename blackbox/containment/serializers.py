@@ -81,12 +81,10 @@ class _DillPickler(dill.Pickler):  # type: ignore[misc]
         self._by_value_reducers = cloudpickle.Pickler(io.BytesIO(), protocol=PROTOCOL)
 
     def reducer_override(self, obj: Any) -> Any:
-        if isinstance(obj, types.ModuleType):
-            if _in_modules(obj.__name__, self._by_value):
-                return self._by_value_reducers.dispatch_table[types.ModuleType](obj)
-        elif isinstance(obj, (types.FunctionType, type)):
-            if _in_modules(getattr(obj, "__module__", None), self._by_value):
-                return self._by_value_reducers.reducer_override(obj)
+        if isinstance(obj, types.ModuleType) and _in_modules(obj.__name__, self._by_value):
+            return self._by_value_reducers.dispatch_table[types.ModuleType](obj)
+        if isinstance(obj, (types.FunctionType, type)) and _in_modules(getattr(obj, "__module__", None), self._by_value):
+            return self._by_value_reducers.reducer_override(obj)
         return NotImplemented
 
 
