@@ -9,6 +9,8 @@ wall time and peak RSS from the kernel (wait4), so peaks never mix:
 * loop+proba: the same loop also calling ``Model.predict_proba``, i.e. the outputs ``score`` writes;
 * score: ``blackbox score`` in one process (reads, validates, predicts, writes the output file);
 * score no-proba: the same with ``--no-probabilities``, i.e. the outputs ``loop`` computes;
+* score no-fast-path: ``blackbox score --no-fast-path``, the estimator itself on every chunk (what
+  scoring did before the fast path, #19), right before ``score``;
 * score dask: ``blackbox score --engine dask`` on a local cluster (peak is the largest process);
 * score small: ``blackbox score`` on a quarter of the rows, to show peak memory does not grow with the input.
 
@@ -85,6 +87,26 @@ def measure(command: list[str]) -> dict[str, float]:
     return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024}
 
 
+def same_answers(fast: Path, reference: Path) -> None:
+    """The fast path's output must hold the reference's predictions exactly and its probabilities within 1e-9; else exit 1."""
+    import numpy as np
+    from pyarrow import csv
+
+    from blackbox.model import PROBA_TOLERANCE
+
+    ours, theirs = csv.read_csv(fast), csv.read_csv(reference)
+    if ours.column_names != theirs.column_names or ours.num_rows != theirs.num_rows:
+        raise SystemExit(f"bench_scoring: FAILED: {fast.name} and {reference.name} differ in columns or rows")
+    proba = [name for name in ours.column_names if name.startswith("proba_")]
+    differ = int((ours["prediction"].to_numpy(zero_copy_only=False) != theirs["prediction"].to_numpy(zero_copy_only=False)).sum())
+    gap = max((float(np.abs(ours[c].to_numpy() - theirs[c].to_numpy()).max()) for c in proba), default=0.0)
+    if differ or gap > PROBA_TOLERANCE:
+        raise SystemExit(f"bench_scoring: FAILED: score and score --no-fast-path differ: {differ} predictions, "
+                         f"largest probability difference {gap:.3g} (tolerance {PROBA_TOLERANCE})")
+    print(f"score and score --no-fast-path: the same {ours.num_rows:,} predictions, probabilities within {PROBA_TOLERANCE} "
+          f"(largest difference {gap:.3g})", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -105,8 +127,11 @@ def main() -> None:
         print(f"built the artifact and {args.rows:,}- and {args.rows // 4:,}-row CSVs in {time.perf_counter() - started:.0f} s", flush=True)
         python, here = sys.executable, str(Path(__file__).resolve())
 
+        def output(n: int, *extra: str) -> Path:
+            return directory / f"out-{n}{''.join(extra).replace('--', '-')}.csv"
+
         def score(n: int, *extra: str) -> list[str]:
-            out = directory / f"out-{n}-{len(extra)}.csv"
+            out = output(n, *extra)
             return [python, "-m", "blackbox", "score", str(artifact), str(inputs[n]), "-o", str(out), "--overwrite",
                     "--chunk-size", str(args.chunk_size), "--trusted-keys", str(public), *extra]
 
@@ -115,6 +140,7 @@ def main() -> None:
             ("loop", args.rows, [*loop_command, "-"]),
             ("score no-proba", args.rows, score(args.rows, "--no-probabilities")),
             ("loop+proba", args.rows, [*loop_command, "proba"]),
+            ("score no-fast-path", args.rows, score(args.rows, "--no-fast-path")),
             ("score", args.rows, score(args.rows)),
             *([] if args.no_dask else [("score dask", args.rows, score(args.rows, "--engine", "dask"))]),
             ("score small", args.rows // 4, score(args.rows // 4)),
@@ -123,7 +149,8 @@ def main() -> None:
         for attempt in range(args.repeat):
             for name, _, command in cases:
                 runs[name].append(measure(command))
-                print(f"  run {attempt + 1}: {name:<15} {runs[name][-1]['seconds']:6.1f} s", flush=True)
+                print(f"  run {attempt + 1}: {name:<18} {runs[name][-1]['seconds']:6.1f} s", flush=True)
+        same_answers(output(args.rows), output(args.rows, "--no-fast-path"))
         results = [
             {"case": name, "rows": n, "seconds": min(r["seconds"] for r in runs[name]),
              "peak_rss_mb": max(r["peak_rss_mb"] for r in runs[name]), "runs": runs[name]}
@@ -133,18 +160,22 @@ def main() -> None:
             result["rows_per_s"] = result["rows"] / result["seconds"]
 
     by_name = {r["case"]: r for r in results}
-    print(f"\n{'case':<15} {'rows':>10} {'seconds':>8} {'rows/s':>9} {'vs loop':>8} {'vs loop+proba':>14} {'peak RSS MB':>12}")
+    print(f"\n{'case':<18} {'rows':>10} {'seconds':>8} {'rows/s':>9} {'vs loop':>8} {'vs loop+proba':>14} {'peak RSS MB':>12}")
     for r in results:
-        print(f"{r['case']:<15} {r['rows']:>10,} {r['seconds']:>8.1f} {r['rows_per_s']:>9,.0f} "
+        print(f"{r['case']:<18} {r['rows']:>10,} {r['seconds']:>8.1f} {r['rows_per_s']:>9,.0f} "
               f"{r['rows_per_s'] / by_name['loop']['rows_per_s']:>7.2f}x {r['rows_per_s'] / by_name['loop+proba']['rows_per_s']:>13.2f}x "
               f"{r['peak_rss_mb']:>12.0f}")
     paired = {f"{ours} vs {theirs}": statistics.median(t["seconds"] / o["seconds"] for o, t in zip(runs[ours], runs[theirs]))
-              for ours, theirs in (("score no-proba", "loop"), ("score", "loop+proba"))}
+              for ours, theirs in (("score no-proba", "loop"), ("score", "loop+proba"), ("score", "score no-fast-path"))}
     print("\nrows/s ratios, median over runs of each run's pair (measured back to back):")
     for name, value in paired.items():
         print(f"- {name}: {value:.2f}x")
     target = paired["score no-proba vs loop"]
     print(f"target: score >= 0.9x the loop's rows/s (same outputs: predictions): {target:.2f}x {'MET' if target >= 0.9 else 'NOT MET'}")
+    fast = paired["score vs score no-fast-path"]
+    print(f"target (#19): score >= 4x score --no-fast-path's rows/s: {fast:.2f}x {'MET' if fast >= 4 else 'NOT MET'}")
+    peaks = by_name["score"]["peak_rss_mb"], by_name["score small"]["peak_rss_mb"]
+    print(f"memory: peak RSS {peaks[0]:.0f} MB for {args.rows:,} rows, {peaks[1]:.0f} MB for {args.rows // 4:,}")
     RESULTS.mkdir(exist_ok=True)
     report = {"rows": args.rows, "chunk_size": args.chunk_size, "repeat": args.repeat, "cpus": os.cpu_count(), "results": results,
               "paired_ratios": paired, "load_average": os.getloadavg()}

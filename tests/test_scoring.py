@@ -65,6 +65,33 @@ def test_round_trip_equals_predict_batch(fmt, scoring_artifact, scoring_model, s
     assert (tmp_path / "out.rejects.csv").read_text() == "row,passenger,field,issue,expected,received\n"
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_the_fast_path_scores_what_the_estimator_does_on_chunks_with_edge_rows(fmt, scoring_artifact, scoring_rows, tmp_path):
+    """Chunks of 150 rows (the plan's column-wise encoders start above 64) with unseen categories and missing values."""
+    from blackbox.fastpath.edges import edge_records
+
+    reference = blackbox.load(scoring_artifact, fast_path=False)
+    records = json.loads(scoring_rows.drop(columns="passenger").to_json(orient="records"))
+    edges = []
+    for record in edge_records(reference.schema, records):
+        try:
+            reference.validate([record])
+        except blackbox.SchemaError:
+            continue
+        edges.append(record)
+    frame = pd.DataFrame((records + edges) * 2).astype(scoring_rows.drop(columns="passenger").dtypes.to_dict(), errors="ignore")
+    source = write_input(frame, tmp_path / f"in.{fmt}")
+    outputs = []
+    for fast in (True, False):
+        out = tmp_path / f"out-{fast}.{fmt}"
+        scoring.score(scoring_artifact, source, out, chunk_size=150, fast_path=fast, allow_unsigned=True)
+        outputs.append(read_output(out))
+    assert len(outputs[0]) == len(frame) > 300
+    assert outputs[0]["prediction"].tolist() == outputs[1]["prediction"].tolist()
+    proba = ["proba_0", "proba_1"]
+    assert np.abs(outputs[0][proba].to_numpy() - outputs[1][proba].to_numpy()).max() <= 1e-9
+
+
 def test_output_format_follows_its_extension(scoring_artifact, scoring_model, scoring_rows, tmp_path):
     source = write_input(scoring_rows.head(20), tmp_path / "in.csv")
     assert run(scoring_artifact, source, "-o", tmp_path / "out.parquet") == 0
