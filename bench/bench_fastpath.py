@@ -57,10 +57,10 @@ def main() -> None:
             fast = blackbox.load(path, trusted_keys=[str(public)])
             slow = blackbox.load(path, trusted_keys=[str(public)], fast_path=False)
             if fast.plan is None:
-                sys.exit(f"bench_fastpath: {kind}: no fast path was built: {fast.manifest['fast_path']}")
+                sys.exit(f"bench_fastpath: {kind}: no fast path was built: {fast.manifest.to_json()['fast_path']}")
             check(fast, slow, records, kind)
             results["models"][kind] = measure(fast, slow, records, args.duration)
-            results["models"][kind]["plan"] = fast.manifest["fast_path"]
+            results["models"][kind]["plan"] = fast.manifest.to_json()["fast_path"]
     print(table(results["models"]))
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "fastpath.json"

@@ -1,7 +1,7 @@
 """The artifact file format, and nothing else: framing, strict manifest JSON.
 
-One file, read front to back (the manifest's required keys and their JSON
-types are in :func:`check_shape`)::
+One file, read front to back (the manifest's keys and their JSON types are
+:class:`blackbox.manifest.Manifest`)::
 
     MAGIC             8 bytes  b"\\x89BBX\\r\\n\\x1a\\n" (PNG-style: catches text-mode mangling)
     format version    2 bytes  unsigned, big-endian
@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ArtifactError, IntegrityError
+from .manifest import Manifest, Payload
 
 MAGIC = b"\x89BBX\r\n\x1a\n"
 FORMAT_VERSION = 1
@@ -63,19 +64,23 @@ class Artifact:
     payload: bytes
 
     def manifest(self) -> dict[str, Any]:
+        """The manifest as JSON (shape-checked): what a signature covers, for tools that rewrite it."""
         return parse_manifest(self.manifest_bytes)
 
-    def check_payload(self, manifest: dict[str, Any]) -> None:
-        """Raise IntegrityError unless the payload has the recorded length and sha256."""
-        expected = manifest.get("payload") or {}
-        if len(self.payload) != expected.get("size"):
+    def read_manifest(self) -> Manifest:
+        """The typed manifest: what every reader reads."""
+        return read_manifest(self.manifest_bytes)
+
+    def check_payload(self, expected: Payload) -> None:
+        """Raise IntegrityError unless the payload has the recorded length and sha256 (``manifest.payload``)."""
+        if len(self.payload) != expected.size:
             raise IntegrityError(
                 f"Payload is {len(self.payload)} bytes but the manifest records "
-                f"{expected.get('size')}: the file was truncated or padded. Nothing was unpickled; "
+                f"{expected.size}: the file was truncated or padded. Nothing was unpickled; "
                 "fetch the artifact again from its source."
             )
         digest = hashlib.sha256(self.payload).hexdigest()
-        if not hmac.compare_digest(digest, str(expected.get("sha256", ""))):
+        if not hmac.compare_digest(digest, expected.sha256):
             raise IntegrityError(
                 "Payload sha256 does not match the manifest: the file was corrupted or altered. "
                 "Nothing was unpickled; fetch the artifact again from its source."
@@ -132,7 +137,18 @@ def read_header(path: str | os.PathLike[str]) -> tuple[bytes, bytes]:
 
 def parse_manifest(manifest_bytes: bytes) -> dict[str, Any]:
     """Parse manifest JSON strictly (UTF-8, one object, no duplicate keys, no NaN, bounded: see load_json)
-    and check its shape (:func:`check_shape`): every reader of a manifest calls this."""
+    and check its shape (:meth:`Manifest.from_json`); the JSON, for tools that rewrite a manifest."""
+    value = _manifest_json(manifest_bytes)
+    Manifest.from_json(value)
+    return value
+
+
+def read_manifest(manifest_bytes: bytes) -> Manifest:
+    """The typed manifest of these bytes (parsed as :func:`parse_manifest` does): what every reader reads."""
+    return Manifest.from_json(_manifest_json(manifest_bytes))
+
+
+def _manifest_json(manifest_bytes: bytes) -> dict[str, Any]:
     if len(manifest_bytes) > MAX_MANIFEST_BYTES:
         raise ArtifactError(
             f"Artifact manifest is {len(manifest_bytes)} bytes, over the {MAX_MANIFEST_BYTES}-byte limit; "
@@ -144,73 +160,7 @@ def parse_manifest(manifest_bytes: bytes) -> dict[str, Any]:
         raise ArtifactError(f"Artifact manifest is not valid JSON ({exc}); the file is damaged.") from None
     if not isinstance(value, dict):
         raise ArtifactError("Artifact manifest is not a JSON object; the file is damaged.")
-    check_shape(value)
     return value
-
-
-# What every reader of a manifest relies on, by key: the JSON types it must have (None: absent allowed).
-_STR, _INT, _OBJ, _LIST = (str,), (int,), (dict,), (list,)
-_SHAPE: dict[str, tuple[tuple[type, ...], dict[str, tuple[type, ...]]]] = {
-    "format_version": (_INT, {}),
-    "name": (_STR, {}),
-    "version": (_STR, {}),
-    "adapter": (_STR, {}),
-    "serializer": (_OBJ, {"name": _STR}),
-    "python": (_OBJ, {"version": _STR}),
-    "payload": (_OBJ, {"sha256": _STR, "size": _INT}),
-    "schema": (_OBJ, {}),
-    "golden": (_OBJ, {"records": _LIST, "predictions": _LIST}),
-}
-_OPTIONAL: dict[str, tuple[type, ...]] = {  # null or absent, or of this type
-    "requirements": _OBJ, "by_value": _LIST, "imports": _LIST, "output": _OBJ, "metrics": _OBJ, "git": _OBJ,
-    "data": _OBJ, "profile": _OBJ, "fast_path": _OBJ, "created_at": _STR,
-}
-
-
-def check_shape(manifest: dict[str, Any]) -> None:
-    """Raise ArtifactError unless ``manifest`` has every key readers index, of the JSON type they expect.
-
-    Checked where a manifest is parsed, so a wrong-shaped one (even validly signed) is a
-    malformed artifact in every command, never a KeyError deep inside one.
-    """
-    problems = []
-    for key, (kinds, members) in _SHAPE.items():
-        value = manifest.get(key)
-        if not _is(value, kinds):
-            problems.append(f"{key} should be {_kind(kinds)}, is {_found(manifest, key)}")
-            continue
-        problems += [f"{key}.{member} should be {_kind(member_kinds)}, is {_found(value, member)}"
-                     for member, member_kinds in members.items() if not _is(value.get(member), member_kinds)]
-    problems += [f"{key} should be {_kind(kinds)} or null, is {_found(manifest, key)}"
-                 for key, kinds in _OPTIONAL.items() if manifest.get(key) is not None and not _is(manifest[key], kinds)]
-    if problems:
-        more = f" and {len(problems) - 6} more" if len(problems) > 6 else ""
-        raise ArtifactError(
-            f"The artifact manifest is malformed: {'; '.join(problems[:6])}{more}. The file is damaged or not an "
-            "artifact written by blackbox.save; nothing was unpickled. Fetch it again from its source, or re-save the model."
-        )
-
-
-def _is(value: Any, kinds: tuple[type, ...]) -> bool:
-    if isinstance(value, bool):  # JSON true is not a number
-        return bool in kinds
-    return isinstance(value, kinds) and (not isinstance(value, str) or bool(value))
-
-
-_KINDS = {str: "a string", int: "an integer", dict: "an object", list: "an array", bool: "a boolean",
-          float: "a number", type(None): "null"}
-
-
-def _kind(kinds: tuple[type, ...]) -> str:
-    return " or ".join(_KINDS.get(kind, kind.__name__) for kind in kinds)
-
-
-def _found(container: dict[str, Any], key: str) -> str:
-    """What ``container[key]`` is, for a message (its type, never its value)."""
-    if key not in container:
-        return "missing"
-    value = container[key]
-    return "empty" if value == "" else _KINDS.get(type(value), type(value).__name__)
 
 
 def load_json(text: str) -> Any:

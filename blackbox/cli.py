@@ -19,15 +19,16 @@ import importlib
 import importlib.util
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import click
 
 from . import persist, scoring, signing, trust
 from . import rebuild as rebuild_
-from .artifact import Artifact, parse_manifest, read_bytes, read_header, unpack
+from .artifact import Artifact, read_bytes, read_header, read_manifest, unpack
 from .errors import AuthenticityError, BlackboxError, ExitCode, SchemaError
+from .manifest import Data, FastPath, Git, Manifest, Output
 from .containment import environment, isolation
 from .containment.imports import pickle_globals
 from .signing import TRUSTED_KEYS_ENV
@@ -110,16 +111,17 @@ def _keys(trusted_keys: tuple[str, ...]) -> list[str] | None:
 @click.option("--require-valid", is_flag=True, help="Exit 4 unless the signature verifies.")
 def inspect(path: str, as_json: bool, imports: bool, trusted_keys: tuple[str, ...], require_valid: bool) -> None:
     """Show what an artifact is and who signed it, without unpickling it."""
-    manifest = persist.inspect(path, trusted_keys=_keys(trusted_keys))
-    if imports:
-        manifest = {**manifest, "payload_imports": [str(g) for g in pickle_globals(unpack(read_bytes(path)).payload)]}
+    manifest, signature = persist.read(path, trusted_keys=_keys(trusted_keys))
+    payload_imports = [str(g) for g in pickle_globals(unpack(read_bytes(path)).payload)] if imports else None
     if as_json:
-        click.echo(json.dumps(manifest, indent=2, sort_keys=True))
+        shown = {**manifest.to_json(), "signature": signature}
+        click.echo(json.dumps(shown if payload_imports is None else {**shown, "payload_imports": payload_imports},
+                              indent=2, sort_keys=True))
     else:
-        click.echo(_summary(manifest, file=_file_digest(path)))
-        if imports:
-            click.echo("  payload imports\n" + "\n".join(f"    {g}" for g in manifest["payload_imports"]))
-    if require_valid and not manifest["signature"]["valid"]:
+        click.echo(_summary(manifest, signature, file=_file_digest(path)))
+        if payload_imports is not None:
+            click.echo("  payload imports\n" + "\n".join(f"    {g}" for g in payload_imports))
+    if require_valid and not signature["valid"]:
         raise click.exceptions.Exit(AuthenticityError.exit_code)
 
 
@@ -143,7 +145,7 @@ def requirements(
     """
     manifest_bytes, block = read_header(path)
     trust.authenticate(Artifact(manifest_bytes, block, b""), _keys(trusted_keys), allow_unsigned=allow_unsigned)
-    text = environment.requirements_file(parse_manifest(manifest_bytes), blackbox=blackbox_spec)
+    text = environment.requirements_file(read_manifest(manifest_bytes), blackbox=blackbox_spec)
     with click.open_file(out, "w", atomic=out != "-") as stream:
         stream.write(text)
 
@@ -299,45 +301,44 @@ def _file_digest(path: str) -> tuple[int, str] | None:
         return os.fstat(f.fileno()).st_size, hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _summary(m: dict[str, Any], *, file: tuple[int, str] | None = None) -> str:
-    """What inspect prints: the keys check_shape guarantees, indexed; every other one read as optional.
+def _summary(m: Manifest, sig: dict[str, Any], *, file: tuple[int, str] | None = None) -> str:
+    """What inspect prints, from the typed manifest and the signature's status (:func:`blackbox.persist.read`).
 
     Two hashes, named apart: the payload's (``payload_sha256``, bound by the manifest, what a
     loaded model, the server and the prediction log say) and ``file``'s (``file_sha256``,
     the whole file, what sha256sum, ``push`` and ``list`` say).
     """
-    search = (m.get("metrics") or {}).get("search") or {}
-    git = m.get("git") or {}
-    data = m.get("data") or {}
-    output = m.get("output") or {}
-    sig = m["signature"]
+    search = m.metric_group("search")
+    git, data, output = m.git or Git(), m.data or Data(), m.output or Output()
     signer = (f"key {sig.get('key_id')}, signed {sig.get('signed_at')}" if sig["signed"] else "unsigned") + (
         ", verified" if sig["valid"] else f", NOT verified: {sig.get('reason')}"
     )
     lines = [
-        f"{m['name']} {m['version']}  (created {m.get('created_at')}, format {m['format_version']})",
+        f"{m.name} {m.version}  (created {m.created_at}, format {m.format_version})",
         f"  signature     {signer}",
-        f"  estimator     {m.get('estimator')}",
-        f"  serializer    {m['serializer']['name']} {m['serializer'].get('version', '?')}, Python {m['python']['version']}",
-        f"  payload       {m['payload']['size']} bytes, payload_sha256 {m['payload']['sha256']}",
+        f"  estimator     {m.estimator}",
+        f"  serializer    {m.serializer.name} {'?' if 'version' in m.serializer.absent else m.serializer.version}, "
+        f"Python {m.python.version}",
+        f"  payload       {m.payload.size} bytes, payload_sha256 {m.payload.sha256}",
         *([f"  file          {file[0]} bytes, file_sha256 {file[1]}"] if file else []),
-        f"  by value      {', '.join(map(str, m.get('by_value') or [])) or '-'}",
-        f"  requires      {', '.join(f'{k}=={v}' for k, v in (m.get('requirements') or {}).items())}",
-        f"  git           {git.get('commit') or '-'} ({git.get('branch') or '-'}{', dirty' if git.get('dirty') else ''})",
-        f"  data          {data.get('rows', '-')} rows from {data.get('source') or '-'}, {data.get('fingerprint', '-')}",
-        f"  inputs        {', '.join(map(str, _inputs(m['schema'])))}",
-        f"  output        {output.get('kind')} {output.get('classes') or ''}",
+        f"  by value      {', '.join(map(str, m.by_value or [])) or '-'}",
+        f"  requires      {', '.join(f'{k}=={v}' for k, v in (m.requirements or {}).items())}",
+        f"  git           {git.commit or '-'} ({git.branch or '-'}{', dirty' if git.dirty else ''})",
+        f"  data          {'-' if 'rows' in data.absent or m.data is None else data.rows} rows from {data.source or '-'}, "
+        f"{'-' if 'fingerprint' in data.absent or m.data is None else data.fingerprint}",
+        f"  inputs        {', '.join(map(str, _inputs(m.schema)))}",
+        f"  output        {output.kind} {output.classes or ''}",
     ]
     if isinstance(search, dict) and search:
         lines.append(
-            f"  cv {_scoring(search.get('scoring'), output.get('kind'))}  {_number(search.get('best_score'))} ± "
+            f"  cv {_scoring(search.get('scoring'), output.kind)}  {_number(search.get('best_score'))} ± "
             f"{_number(search.get('best_score_std'))}  best {json.dumps(search.get('best_params'))}"
         )
-    for group, values in (m.get("metrics") or {}).items():
+    for group, values in (m.metrics or {}).items():
         if group != "search" and isinstance(values, dict):
             lines.append(f"  {group:<13} " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()))
-    lines.append(f"  golden sample {len(m['golden']['records'])} rows")
-    lines += _fast_path_lines(m.get("fast_path"))
+    lines.append(f"  golden sample {len(m.golden.records)} rows")
+    lines += _fast_path_lines(m.fast_path)
     return "\n".join(lines)
 
 
@@ -349,15 +350,15 @@ def _scoring(scoring: Any, kind: Any) -> str:
     return {"classification": "default (accuracy)", "regression": "default (r2)"}.get(kind, "default (the estimator's score)")
 
 
-def _fast_path_lines(record: Any) -> list[str]:
+def _fast_path_lines(record: FastPath | None) -> list[str]:
     """The fast path's plan as save recorded it: on or off (why), each step's mode, the speed-up measured then."""
-    if not isinstance(record, dict):
+    if record is None:
         return ["  fast path     none (saved before blackbox had one)"]
-    if not record.get("enabled"):
-        return [f"  fast path     off: {record.get('reason')}"]
-    steps = record.get("steps") or []
+    if not record.enabled:
+        return [f"  fast path     off: {record.reason}"]
+    steps = record.steps or []
     counts = {mode: sum(s.get("mode") == mode for s in steps) for mode in ("compiled", "called", "reference")}
-    speed = record.get("speedup") or {}
+    speed = record.speedup or {}
     lines = [f"  fast path     on: {counts['compiled']} compiled, {counts['called']} called as they are, "
              f"{counts['reference']} fallback(s); at save {speed.get('ratio')}x faster per record "
              f"({speed.get('plan_us')} us vs {speed.get('reference_us')} us)"]
@@ -367,7 +368,7 @@ def _fast_path_lines(record: Any) -> list[str]:
     return lines
 
 
-def _inputs(schema: dict[str, Any]) -> list[Any]:
+def _inputs(schema: Mapping[str, Any]) -> list[Any]:
     columns = schema.get("columns")
     if isinstance(columns, list):
         return columns
@@ -561,8 +562,8 @@ def pull(store: str, ref: str, dest: str, trusted_keys: tuple[str, ...], allow_u
     An alias's pointer must verify with the trusted keys (unsigned: only with --allow-unsigned).
     """
     path = Store.open(store).pull(ref, dest, trusted_keys=_keys(trusted_keys), allow_unsigned=allow_unsigned)
-    manifest = persist.inspect(path, trusted_keys=_keys(trusted_keys))
-    click.echo(f"{path}: {manifest['name']}@{manifest['version']} from {store}, verified")
+    manifest, _ = persist.read(path, trusted_keys=_keys(trusted_keys))
+    click.echo(f"{path}: {manifest.name}@{manifest.version} from {store}, verified")
 
 
 @cli.command()
@@ -634,16 +635,15 @@ def drift(
 
     if output is None and not as_json:
         raise click.UsageError("Say where the report goes (-o report.html), or ask for --json.")
-    manifest = persist.inspect(artifact, trusted_keys=_keys(trusted_keys))
-    signature = manifest["signature"]
+    manifest, signature = persist.read(artifact, trusted_keys=_keys(trusted_keys))
     if not signature["valid"] and not (allow_unsigned and not signature["signed"]):
         raise AuthenticityError(f"{artifact}: {signature.get('reason')}; pass --trusted-keys (or --allow-unsigned "
                                 "for an unsigned artifact) to read its training profile.")
-    sha256 = manifest["payload"]["sha256"]
-    live = predlog.read_log(database, since=since, until=until, with_feedback=True, model_name=manifest["name"],
+    sha256 = manifest.payload.sha256
+    live = predlog.read_log(database, since=since, until=until, with_feedback=True, model_name=manifest.name,
                             model_sha256=None if all_versions else sha256)
-    which = f"any version of {manifest['name']}" if all_versions else (
-        f"{manifest['name']} {manifest['version']} (payload sha256 {sha256[:12]})")
+    which = f"any version of {manifest.name}" if all_versions else (
+        f"{manifest.name} {manifest.version} (payload sha256 {sha256[:12]})")
     if live.empty:
         period = f"from {since or 'the start'} until {until or 'now'}"
         other = "" if all_versions else "; --all-versions counts every version of the name"
@@ -655,7 +655,7 @@ def drift(
         path = drift_report(manifest, live, output, period=period, features=features, all_versions=all_versions)
         click.echo(f"{path}: {len(live)} records of {which}, drift {worst(features) or 'not measurable'}", err=as_json)
     if as_json:
-        model = {"name": manifest["name"], "version": manifest["version"], "payload_sha256": sha256,
+        model = {"name": manifest.name, "version": manifest.version, "payload_sha256": sha256,
                  "all_versions": all_versions}
         click.echo(json.dumps({"model": model, "records": len(live), "status": worst(features), "features": features},
                               indent=2))

@@ -70,7 +70,7 @@ def export(
     model = load(artifact, trusted_keys=trusted_keys)
     manifest = model.manifest
     requirements = environment.requirements_file(manifest, blackbox=blackbox)
-    python = str(manifest["python"]["version"])
+    python = manifest.python.version
     directory.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:

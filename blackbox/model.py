@@ -1,6 +1,6 @@
 """``Model``: the one interface the rest of the project uses to get predictions.
 
-A Model pairs an estimator with its manifest; it never reads or verifies files
+A Model pairs an estimator with its manifest (:class:`~blackbox.manifest.Manifest`); it never reads or verifies files
 (:mod:`blackbox.persist` does, then builds it). It takes raw records (dicts, as
 JSON gives them) or a DataFrame, validates and types them with the schema
 captured at training time, and returns plain Python values. Libraries plug in
@@ -17,7 +17,7 @@ they can be found), and a model that answers NaN or infinity raises
 returns ``null`` as a prediction.
 
 When the artifact carries a fast path (:mod:`blackbox.fastpath`, recorded as
-``manifest["fast_path"]["enabled"]``), ``model.plan`` computes the predictions
+``manifest.fast_path.enabled``), ``model.plan`` computes the predictions
 and a call it defers runs the estimator itself; ``model.plan = None`` (or
 ``blackbox.load(..., fast_path=False)``) turns it off. With a plan, records
 (``predict``, ``predict_batch``, ``predict_proba``) go from the schema's checks
@@ -43,7 +43,7 @@ from .errors import ModelInputError, ModelOutputError, SelfTestError, UsageError
 from .fastpath import ATTRIBUTE as _PLAN_ATTRIBUTE
 from .fastpath import Defer
 from .fastpath.table import Prepared, as_frame
-from .manifest import jsonable
+from .manifest import Manifest, jsonable
 from .schema import Schema
 from .signing import read_block
 
@@ -70,13 +70,12 @@ class Model:
         if cls.adapter:
             Model._adapters[cls.adapter] = cls
 
-    def __init__(self, estimator: Any, manifest: Mapping[str, Any], artifact: Artifact | None = None) -> None:
+    def __init__(self, estimator: Any, manifest: Manifest, artifact: Artifact | None = None) -> None:
         self.estimator = estimator
         self.manifest = manifest
-        self.schema = Schema.from_dict(manifest["schema"])
+        self.schema = Schema.from_dict(manifest.schema)
         self._artifact = artifact
-        enabled = (manifest.get("fast_path") or {}).get("enabled")
-        self.plan = getattr(estimator, _PLAN_ATTRIBUTE, None) if enabled else None
+        self.plan = getattr(estimator, _PLAN_ATTRIBUTE, None) if manifest.fast_path_enabled else None
 
     # -- what an adapter provides -------------------------------------------
     @classmethod
@@ -139,15 +138,15 @@ class Model:
 
     @property
     def name(self) -> str:
-        return str(self.manifest.get("name"))
+        return self.manifest.name
 
     @property
     def version(self) -> str:
-        return str(self.manifest.get("version"))
+        return self.manifest.version
 
     @property
     def sha256(self) -> str:
-        return str(self.manifest["payload"]["sha256"])
+        return self.manifest.payload.sha256
 
     @property
     def signer(self) -> str | None:
@@ -158,7 +157,7 @@ class Model:
 
     @property
     def classes(self) -> list[Any] | None:
-        return self.manifest.get("output", {}).get("classes")
+        return self.manifest.classes
 
     def prepare(self, records: Records, *, strict: bool = False) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
         """Validate records against the schema; return the typed frame and the warnings."""
@@ -269,7 +268,7 @@ class Model:
 
     @property
     def has_proba(self) -> bool:
-        return bool(self.manifest.get("output", {}).get("probabilities"))
+        return self.manifest.has_proba
 
     def self_test(self) -> None:
         """Re-run the golden sample, through the fast path (if any) and the reference; raise SelfTestError on any difference."""
@@ -281,14 +280,14 @@ class Model:
             self.plan = plan
 
     def _self_test(self, route: str) -> None:
-        golden = self.manifest["golden"]
-        got, proba = self.predict_and_proba_frame(self._prepared(golden["records"]))
+        golden = self.manifest.golden
+        got, proba = self.predict_and_proba_frame(self._prepared(golden.records))
         differences = [
-            {"row": i, "expected": e, "got": g} for i, (e, g) in enumerate(zip(golden["predictions"], got)) if e != g
+            {"row": i, "expected": e, "got": g} for i, (e, g) in enumerate(zip(golden.predictions, got)) if e != g
         ]
         max_diff = 0.0
-        if golden.get("probabilities") is not None:
-            expected = np.asarray(golden["probabilities"], dtype=float)
+        if golden.probabilities is not None:
+            expected = np.asarray(golden.probabilities, dtype=float)
             actual = np.asarray(proba, dtype=float)
             if expected.shape != actual.shape:
                 max_diff = float("inf")

@@ -79,7 +79,7 @@ def sign(
     path = Path(path)
     data = read_bytes(path)
     parts = unpack(data, str(path))
-    parts.check_payload(parts.manifest())  # a signature never vouches for damaged bytes
+    parts.check_payload(parts.read_manifest().payload)  # a signature never vouches for damaged bytes
     config = model_signing.signing.Config()
     if sigstore:
         config.use_sigstore_signer(use_ambient_credentials=True)

@@ -32,13 +32,13 @@ from typing import Any
 import pandas as pd
 
 from . import signing, trust
-from .artifact import FORMAT_VERSION, Artifact, dump_manifest, pack, parse_manifest, read_bytes, read_header, unpack
+from .artifact import FORMAT_VERSION, Artifact, dump_manifest, pack, read_bytes, read_header, read_manifest, unpack
 from .atomic import atomic_write
 from .containment import isolation, serializers
 from .containment.embedding import embed
 from .fastpath import ATTRIBUTE as FAST_PATH_ATTRIBUTE
 from .errors import AuthenticityError, SchemaError, SelfTestError, UsageError
-from .manifest import data_summary, git_info, jsonable, python_info, search_metrics, source_snapshot, utc_now
+from .manifest import Manifest, data_summary, git_info, jsonable, python_info, search_metrics, source_snapshot, utc_now
 from .model import Model
 from .rebuild import recipe_section
 from .schema import Schema, infer_schema
@@ -189,20 +189,26 @@ def loads(data: bytes, *, source: str = "artifact", fast_path: bool = True, **po
     """Verify and load artifact bytes (``Model.serialize()``'s); ``source`` names them in errors, the rest as for :func:`load`."""
     artifact = unpack(data, source)
     estimator, manifest = trust.unpickle(artifact, **policy)
-    model = Model.named(manifest["adapter"])(estimator, manifest, artifact)
+    model = Model.named(manifest.adapter)(estimator, manifest, artifact)
     if not fast_path:
         model.plan = None
     return model
 
 
 def inspect(path: str | os.PathLike[str], *, trusted_keys: TrustedKeys = None) -> dict[str, Any]:
-    """The artifact's manifest, read without unpickling (or even reading) the payload.
+    """The artifact's manifest as JSON, read without unpickling (or even reading) the payload.
 
     A ``signature`` key is added: the signer's key id and claims, and whether the
     signature verifies against ``trusted_keys`` (default: BLACKBOX_TRUSTED_KEYS).
     """
+    manifest, status = read(path, trusted_keys=trusted_keys)
+    return {**manifest.to_json(), "signature": status}
+
+
+def read(path: str | os.PathLike[str], *, trusted_keys: TrustedKeys = None) -> tuple[Manifest, dict[str, Any]]:
+    """What :func:`inspect` shows, typed: the manifest, and the signature's status (as inspect's ``signature``)."""
     manifest_bytes, block = read_header(path)
-    manifest = parse_manifest(manifest_bytes)
+    manifest = read_manifest(manifest_bytes)
     status: dict[str, Any] = {"signed": bool(block), "valid": False}
     if block:
         try:
@@ -214,7 +220,7 @@ def inspect(path: str | os.PathLike[str], *, trusted_keys: TrustedKeys = None) -
             status["reason"] = exc.message
     else:
         status["reason"] = "unsigned"
-    return {**manifest, "signature": status}
+    return manifest, status
 
 
 def sign(
@@ -225,7 +231,7 @@ def sign(
     The payload is checked against the manifest first: a signature never vouches for damaged bytes.
     """
     parts = unpack(read_bytes(path), str(path))
-    parts.check_payload(parts.manifest())
+    parts.check_payload(parts.read_manifest().payload)
     block = signing.sign(parts.manifest_bytes, signing.load_private_key(key), expires_at=expires_at)
     atomic_write(path, pack(parts.manifest_bytes, parts.payload, block))
     return signing.read_block(block)
@@ -301,12 +307,14 @@ def build(
         "metadata": jsonable(metadata),
         "fast_path": jsonable(plan_record),
     }
-    manifest["golden"] = _golden(adapter(fitted, manifest), records)
-    manifest_bytes = dump_manifest(manifest)
+    # The golden sample is the model's own answers: predicted by a Model of the manifest without them.
+    without_golden = Manifest.from_json({**manifest, "golden": {"records": records, "predictions": []}})
+    manifest["golden"] = _golden(adapter(fitted, without_golden), records)
+    manifest_bytes = dump_manifest(Manifest.from_json(manifest).to_json())
     signature = signing.sign(manifest_bytes, signing.load_private_key(signing_key)) if signing_key else b""
     artifact = Artifact(manifest_bytes, signature, payload.data)
     estimator, _ = trust.unpickle_own(artifact)
-    reloaded = adapter(estimator, manifest, artifact)
+    reloaded = adapter(estimator, artifact.read_manifest(), artifact)
     try:
         reloaded.self_test()
     except SelfTestError as exc:
@@ -374,7 +382,12 @@ def _probe_missing(adapter: type[Model], fitted: Any, schema: Schema, frame: pd.
     rows = frame[schema.columns]
     complete = rows.dropna()
     records = jsonable((complete if len(complete) else rows).head(PROBE_ROWS).to_dict("records"))
-    model = adapter(fitted, {"schema": schema.to_dict(), "output": adapter.describe_output(fitted)})
+    draft = Manifest.from_json({  # what a Model reads to predict: the schema and the output; the rest is not known yet
+        "format_version": FORMAT_VERSION, "name": "draft", "version": "0", "adapter": adapter.adapter,
+        "serializer": {"name": "none"}, "python": python_info(), "payload": {"sha256": "none", "size": 0},
+        "schema": schema.to_dict(), "output": adapter.describe_output(fitted), "golden": {"records": [], "predictions": []},
+    })
+    model = adapter(fitted, draft)
 
     def predict(probe: pd.DataFrame) -> None:
         with warnings.catch_warnings():  # a probe's warnings (an all-missing column) are no news to the user

@@ -35,10 +35,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from . import signing
-from .artifact import Artifact, parse_manifest, read_bytes, read_header
+from .artifact import Artifact, read_bytes, read_header, read_manifest
 from .atomic import atomic_write
-from .errors import BlackboxError, ExitCode, RebuildError, UsageError
 from .containment.isolation import verify
+from .errors import BlackboxError, ExitCode, RebuildError, UsageError
+from .manifest import Manifest
 from .signing import SIGNING_KEY_ENV
 from .trust import TrustedKeys, authenticate
 
@@ -155,8 +156,8 @@ def _rebuild(
 ) -> RebuildReport:
     manifest_bytes, block = read_header(path)
     authenticate(Artifact(manifest_bytes, block, b""), trusted_keys, allow_unsigned=allow_unsigned)
-    old = parse_manifest(manifest_bytes)
-    recipe = old.get("recipe")
+    old = read_manifest(manifest_bytes)
+    recipe = old.recipe
     if not recipe:
         raise RebuildError(f"{str(path)!r} records no recipe; it was saved without blackbox.save(..., recipe=...).")
     key_path = signing_key or os.environ.get(SIGNING_KEY_ENV) or None
@@ -197,8 +198,8 @@ def _rebuild(
             raise RebuildError(f"The recorded training failed (exit {done.returncode}):\n{tail}")
         if not built.is_file():
             raise RebuildError(f"The recorded training exited 0 but wrote no artifact at --out; is {recipe['entry_point']!r} a blackbox training entry point?")
-        new = parse_manifest(read_header(built)[0])
-        if (new.get("recipe") or {}).get("source") != recipe["source"]:
+        new = read_manifest(read_header(built)[0])
+        if (new.recipe or {}).get("source") != recipe["source"]:
             raise RebuildError(
                 "The rebuilt artifact was not made by the recorded source (an installed copy of "
                 f"{recipe['entry_point']!r} shadowed it); uninstall it or run rebuild elsewhere."
@@ -207,38 +208,39 @@ def _rebuild(
             from .persist import sign  # persist imports this module
 
             sign(built, Path(key_path).resolve())
-        golden = old["golden"]
+        golden = old.golden
         probe = verify(  # the recipe's own package blocked, as the training command's check blocks it
-            built, records=golden["records"], block=[recipe["entry_point"].partition(".")[0]],
+            built, records=golden.records, block=[recipe["entry_point"].partition(".")[0]],
             allow_unsigned=private_key is None,
             trusted_keys=None if private_key is None else private_key.public_key(),
         )
         if probe.predictions is None:
             raise RebuildError(f"The rebuilt artifact does not load: {probe.message}")
         atomic_write(new_path, read_bytes(built))
-    changed = sum(a != b for a, b in zip(golden["predictions"], probe.predictions))
+    changed = sum(a != b for a, b in zip(golden.predictions, probe.predictions))
     signer = None if private_key is None else signing.key_id(private_key.public_key())
     return _report(path, new_path, old, new, data_path, data_changed, changed, signer)
 
 
 def _report(
-    path: Path, new_path: Path, old: dict[str, Any], new: dict[str, Any],
+    path: Path, new_path: Path, old: Manifest, new: Manifest,
     data_path: Path, data_changed: bool, golden_changed: int, signed_by: str | None,
 ) -> RebuildReport:
-    old_cv, new_cv = old["metrics"].get("search") or {}, new["metrics"].get("search") or {}
+    old_cv, new_cv = old.metric_group("search"), new.metric_group("search")
     old_score, new_score = old_cv.get("best_score"), new_cv.get("best_score")
     spread = old_cv.get("best_score_std") or 0.0
     within = old_score is not None and new_score is not None and abs(new_score - old_score) <= spread
     reproduced = old_score == new_score and golden_changed == 0 and not data_changed
-    libraries = sorted({*old["requirements"], *new["requirements"], "python"})
+    old_pins, new_pins = old.requirements or {}, new.requirements or {}
+    libraries = sorted({*old_pins, *new_pins, "python"})
     versions = {
         lib: {
-            "old": old["python"]["version"] if lib == "python" else old["requirements"].get(lib),
-            "new": new["python"]["version"] if lib == "python" else new["requirements"].get(lib),
+            "old": old.python.version if lib == "python" else old_pins.get(lib),
+            "new": new.python.version if lib == "python" else new_pins.get(lib),
         }
         for lib in libraries
     }
-    old_holdout, new_holdout = old["metrics"].get("holdout") or {}, new["metrics"].get("holdout") or {}
+    old_holdout, new_holdout = old.metric_group("holdout"), new.metric_group("holdout")
     notes = []
     if data_changed:
         notes.append("rebuilt on a different data snapshot (a data change was allowed)")
@@ -261,7 +263,7 @@ def _report(
             "within_old_spread": within,
         },
         holdout={k: {"old": old_holdout.get(k), "new": new_holdout.get(k)} for k in sorted({*old_holdout, *new_holdout})},
-        golden={"rows": len(old["golden"]["predictions"]), "changed": golden_changed},
+        golden={"rows": len(old.golden.predictions), "changed": golden_changed},
         notes=notes,
     )
 

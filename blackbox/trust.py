@@ -39,6 +39,7 @@ from .containment import environment, serializers
 from .containment.environment import ServingEnvironment, top_level
 from .containment.imports import Global, scan
 from .errors import ArtifactError, AuthenticityError, SelfContainmentError
+from .manifest import Manifest
 from .model import Model
 from .signing import Keyring, PublicKey, check_expiry, read_block
 
@@ -91,7 +92,7 @@ def unpickle(
     trusted_keys: TrustedKeys = None,
     allow_unsigned: bool = False,
     oms_bundle: OmsBundle = None,
-) -> tuple[Any, dict[str, Any]]:
+) -> tuple[Any, Manifest]:
     """Verify ``artifact`` and return its estimator and manifest.
 
     :param trusted_keys: whom to trust (:data:`TrustedKeys`); default: BLACKBOX_TRUSTED_KEYS.
@@ -103,7 +104,7 @@ def unpickle(
     return _unpickle(artifact, strict=strict, scan_payload=not signed)
 
 
-def unpickle_own(artifact: Artifact) -> tuple[Any, dict[str, Any]]:
+def unpickle_own(artifact: Artifact) -> tuple[Any, Manifest]:
     """Unpickle bytes this process has just produced (save's round trip), with every other check."""
     return _unpickle(artifact, strict=True, scan_payload=False)
 
@@ -136,16 +137,16 @@ def authenticate(
     return True
 
 
-def _unpickle(artifact: Artifact, *, strict: bool, scan_payload: bool) -> tuple[Any, dict[str, Any]]:
-    manifest = artifact.manifest()
-    _check_shape(manifest)
+def _unpickle(artifact: Artifact, *, strict: bool, scan_payload: bool) -> tuple[Any, Manifest]:
+    manifest = artifact.read_manifest()  # its shape checked (Manifest.from_json)
+    manifest.check_loadable(FORMAT_VERSION, serializers.SERIALIZERS)
     differences = environment.check(manifest, strict=strict)
-    artifact.check_payload(manifest)
+    artifact.check_payload(manifest.payload)
     if scan_payload:
         check_unsigned(artifact.payload, manifest)
     _blackbox_compat.install()
     try:
-        estimator = serializers.loads(artifact.payload, manifest["serializer"]["name"])
+        estimator = serializers.loads(artifact.payload, manifest.serializer.name)
     except ModuleNotFoundError as exc:
         raise SelfContainmentError(
             f"The payload needs module {exc.name!r}, which is not available here; it was kept by reference "
@@ -159,13 +160,13 @@ def _unpickle(artifact: Artifact, *, strict: bool, scan_payload: bool) -> tuple[
     return estimator, manifest
 
 
-def _model(estimator: Any, manifest: dict[str, Any], artifact: Artifact) -> Model:
-    return Model.named(manifest["adapter"])(estimator, manifest, artifact)
+def _model(estimator: Any, manifest: Manifest, artifact: Artifact) -> Model:
+    return Model.named(manifest.adapter)(estimator, manifest, artifact)
 
 
-def _check_estimator(estimator: Any, manifest: dict[str, Any]) -> None:
+def _check_estimator(estimator: Any, manifest: Manifest) -> None:
     """Refuse a payload the manifest's adapter cannot serve (None, a dict...): a broken artifact, not a model."""
-    adapter = Model.named(manifest["adapter"])
+    adapter = Model.named(manifest.adapter)
     if not adapter.accepts(estimator):
         found = f"{type(estimator).__module__}.{type(estimator).__qualname__}"
         raise ArtifactError(
@@ -175,19 +176,7 @@ def _check_estimator(estimator: Any, manifest: dict[str, Any]) -> None:
         )
 
 
-def _check_shape(manifest: dict[str, Any]) -> None:
-    """What the manifest's values must be here (its keys and their types: blackbox.artifact.check_shape, at parse)."""
-    if manifest["format_version"] != FORMAT_VERSION:
-        raise ArtifactError(
-            f"The manifest says format {manifest['format_version']!r} but the framing says {FORMAT_VERSION}; "
-            "the file is damaged."
-        )
-    serializer = manifest["serializer"].get("name") if isinstance(manifest["serializer"], dict) else None
-    if serializer not in serializers.SERIALIZERS:
-        raise ArtifactError(f"The artifact names serializer {serializer!r}, which blackbox does not know.")
-
-
-def check_unsigned(payload: bytes, manifest: dict[str, Any]) -> None:
+def check_unsigned(payload: bytes, manifest: Manifest) -> None:
     """Refuse (AuthenticityError) an unsigned payload whose globals are not what a model needs.
 
     Allowlist: every global must come from a module the manifest declares (a
@@ -220,12 +209,11 @@ def check_unsigned(payload: bytes, manifest: dict[str, Any]) -> None:
         )
 
 
-def _declared(manifest: dict[str, Any]) -> tuple[frozenset[str], frozenset[str]]:
+def _declared(manifest: Manifest) -> tuple[frozenset[str], frozenset[str]]:
     """The distributions the manifest requires and the top-level modules it embeds by value."""
-    requirements, by_value = manifest.get("requirements"), manifest.get("by_value")
     return (
-        frozenset(requirements) if isinstance(requirements, dict) else frozenset(),
-        frozenset(m for m in by_value if isinstance(m, str)) if isinstance(by_value, list) else frozenset(),
+        frozenset(manifest.requirements or ()),
+        frozenset(m for m in manifest.by_value or () if isinstance(m, str)),
     )
 
 

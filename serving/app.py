@@ -188,17 +188,17 @@ def _private_vetted(settings: Settings) -> Vetted:
 def summary(model: Model, settings: Settings, source: str) -> dict[str, Any]:
     """What the start-up log says about a served model: enough to know which one it is."""
     manifest = model.manifest
-    search = (manifest.get("metrics") or {}).get("search") or {}
+    search = manifest.metric_group("search")
     return {
         "artifact": source,
         "name": model.name,
         "version": model.version,
         "sha256": model.sha256,
-        "created_at": manifest.get("created_at"),
-        "estimator": manifest.get("estimator"),
-        "git_commit": (manifest.get("git") or {}).get("commit"),
+        "created_at": manifest.created_at,
+        "estimator": manifest.estimator,
+        "git_commit": manifest.git.commit if manifest.git else None,
         "cv_score": search.get("best_score"),
-        "metrics": {k: v for k, v in (manifest.get("metrics") or {}).items() if k != "search"},
+        "metrics": {k: v for k, v in (manifest.metrics or {}).items() if k != "search"},
         "strict_fields": settings.strict_fields,
         "prediction_log": settings.prediction_log.render_as_string(hide_password=True) if settings.prediction_log else None,
     }

@@ -292,10 +292,10 @@ def _run(config: dict[str, Any], settings: Settings, host: str, port: int, worke
 
 
 def _describe(path: str) -> str:
-    from blackbox import inspect
+    from blackbox.persist import read
 
-    manifest = inspect(path)
-    return f"{manifest['name']} {manifest['version']} (sha256 {Path(path).stem[:12]}) verified in an isolated child"
+    manifest, _ = read(path)
+    return f"{manifest.name} {manifest.version} (sha256 {Path(path).stem[:12]}) verified in an isolated child"
 
 
 def _follow_once(settings: Settings, ref: str, vetted: Any) -> str:

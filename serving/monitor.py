@@ -78,7 +78,7 @@ class Monitor:
             "window": {"records": len(records), "capacity": self.capacity, "observed": seen},
             "thresholds": {"moderate": drift.MODERATE, "major": drift.MAJOR},
         }
-        profile = model.manifest.get("profile")
+        profile = model.manifest.profile
         if not self.capacity:
             return {**body, "status": "off", "message": "Drift monitoring is off in this server (DRIFT_WINDOW=0); "
                     "set DRIFT_WINDOW (env BLACKBOX_DRIFT_WINDOW) to a number of records to turn it on."}
@@ -117,7 +117,7 @@ class Monitor:
                 continue
             if model.sha256 != self._sha:  # swapped and nothing scored yet: the old numbers no longer apply
                 self._publish({}, 0)
-            elif self._seen != self._reported and model.manifest.get("profile"):
+            elif self._seen != self._reported and model.manifest.profile:
                 try:
                     self.report()
                 except BlackboxError as exc:  # keep refreshing; the log says why this round failed

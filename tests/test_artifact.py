@@ -8,6 +8,7 @@ import pytest
 
 from blackbox import artifact
 from blackbox.artifact import MAGIC, dump_manifest, load_json, pack, parse_manifest, read_header, unpack
+from blackbox.manifest import Payload
 from blackbox.errors import ArtifactError, IntegrityError
 
 
@@ -27,12 +28,13 @@ def test_payload_must_match_the_manifest():
     import hashlib
 
     good = {"payload": {"size": 3, "sha256": hashlib.sha256(b"abc").hexdigest()}}
+    payload = Payload(size=3, sha256=good["payload"]["sha256"])
     parts = unpack(pack(dump_manifest(good), b"abc"))
-    parts.check_payload(good)
+    parts.check_payload(payload)
     with pytest.raises(IntegrityError, match="truncated or padded"):
-        unpack(pack(dump_manifest(good), b"abcd")).check_payload(good)
+        unpack(pack(dump_manifest(good), b"abcd")).check_payload(payload)
     with pytest.raises(IntegrityError, match="sha256 does not match"):
-        unpack(pack(dump_manifest(good), b"abd")).check_payload(good)
+        unpack(pack(dump_manifest(good), b"abd")).check_payload(payload)
 
 
 def test_unknown_format_version_is_refused():

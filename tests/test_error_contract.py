@@ -82,7 +82,7 @@ def test_save_refuses_an_unknown_keyword_and_suggests_the_close_one(search, tita
 
 def test_schema_messages_name_no_route_and_the_server_adds_it(saved):
     model = blackbox.load(saved)
-    record = dict(model.manifest["golden"]["records"][0])
+    record = dict(model.manifest.golden.records[0])
     with pytest.raises(blackbox.SchemaError) as info:
         model.predict({**record, "age": "abc"})
     assert "GET /" not in info.value.message and "schema" in info.value.message

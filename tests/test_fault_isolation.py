@@ -168,8 +168,8 @@ def test_a_forest_records_its_float32_limit_in_the_schema(forest_artifact, serve
     limits = {field.name: field.limit for field in forest.schema.fields}
     assert limits["age"] == limits["fare"] == FLOAT32_MAX
     assert limits["pclass"] is None and limits["sex"] is None  # integers fit float32 already; strings have none
-    assert forest.manifest["schema"]["fields"][2]["limit"] == FLOAT32_MAX
-    assert forest.schema.to_dict()["fields"][0].keys() == served_model.manifest["schema"]["fields"][0].keys()
+    assert forest.manifest.schema["fields"][2]["limit"] == FLOAT32_MAX
+    assert forest.schema.to_dict()["fields"][0].keys() == served_model.manifest.schema["fields"][0].keys()
     record = record_schema(forest.schema)["properties"]["age"]["anyOf"][0]  # the number (anyOf[1]: a numeric string)
     assert (record["minimum"], record["maximum"]) == (-FLOAT32_MAX, FLOAT32_MAX)
 

@@ -37,7 +37,7 @@ model.self_test()
 manifest = model.manifest
 print(json.dumps({
     "warned": [w.message.distribution for w in caught if issubclass(w.category, blackbox.VersionMismatchWarning)],
-    "installed": {d: importlib.metadata.version(d) for d in manifest["requirements"]},
+    "installed": {d: importlib.metadata.version(d) for d in manifest.requirements},
 }))
 """
 

@@ -81,7 +81,7 @@ def test_holdout_traffic_shows_no_drift_and_matches_compare(config, holdout, ser
     assert body["scope"] == "worker" and isinstance(body["worker"]["pid"], int)
     assert body["model"] == {"name": "titanic", "version": "1.0.0", "payload_sha256": served_model.sha256, "sha256": served_model.sha256}
     assert body["status"] == "stable"
-    expected = drift.compare(served_model.manifest["profile"], served_model.prepare(holdout)[0])
+    expected = drift.compare(served_model.manifest.profile, served_model.prepare(holdout)[0])
     assert body["features"] == json.loads(json.dumps(expected))
     assert max(f.get("psi") or 0 for f in body["features"].values()) < 0.1
     assert body["features"]["embarked"]["unseen_share"] == 0.0

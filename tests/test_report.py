@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import json
 import os
 import re
@@ -22,6 +23,7 @@ from PIL import Image  # matplotlib's own dependency
 
 import blackbox
 from blackbox.cli import main
+from blackbox.manifest import Manifest
 from blackbox.monitoring import predlog
 from blackbox.monitoring.report import drift_report, performance_over_time
 
@@ -68,7 +70,7 @@ def plots(page: str) -> list[str]:
 def test_the_report_has_a_plot_per_feature_and_the_accuracy_over_time(model, log_frame, tmp_path):
     path = drift_report(model, log_frame, tmp_path / "report.html", period=("2026-03-01", None))
     page = path.read_text()
-    features = model.manifest["profile"]
+    features = model.manifest.profile
     sections = re.findall(r"<section class=card id='f-([^']+)' data-feature", page)
     assert sorted(sections) == sorted(features)
     assert len(plots(page)) == len(features) + 1  # one per feature, and accuracy / AUC over time
@@ -116,7 +118,7 @@ def section_plot(page: str, feature: str) -> str:
 
 def test_a_feature_without_missing_values_says_so_instead_of_empty_axes(model, log_frame, tmp_path):
     page = drift_report(model, log_frame, tmp_path / "report.html").read_text()
-    assert log_frame["pclass"].notna().all() and model.manifest["profile"]["pclass"]["missing_rate"] == 0
+    assert log_frame["pclass"].notna().all() and model.manifest.profile["pclass"]["missing_rate"] == 0
     pclass = section_plot(page, "pclass")
     assert "no missing values" in pclass and "0.0%" not in pclass
     assert "&gt;= 3" in pclass and "&lt; 1" not in pclass  # integer bins, named by their values
@@ -163,11 +165,11 @@ def test_blackbox_drift_counts_only_this_artifacts_traffic(served_artifact, serv
 
 def test_without_labels_there_is_no_accuracy_section(model, log_frame, tmp_path):
     page = drift_report(model, log_frame.drop(columns=["label", "label_ts"]), tmp_path / "r.html").read_text()
-    assert "Live accuracy" not in page and len(plots(page)) == len(model.manifest["profile"])
+    assert "Live accuracy" not in page and len(plots(page)) == len(model.manifest.profile)
 
 
 def test_hostile_names_and_categories_are_escaped(model, log_frame, tmp_path):
-    manifest = copy.deepcopy(dict(model.manifest))
+    manifest = copy.deepcopy(model.manifest.to_json())
     manifest["name"] = HOSTILE
     for field in manifest["schema"]["fields"]:
         if field["name"] == "embarked":
@@ -175,14 +177,14 @@ def test_hostile_names_and_categories_are_escaped(model, log_frame, tmp_path):
     shares = manifest["profile"]["embarked"]["shares"]
     shares[HOSTILE] = shares.pop("S")
     live = log_frame.assign(embarked=log_frame["embarked"].replace({"S": HOSTILE}))
-    page = drift_report(manifest, live, tmp_path / "hostile.html").read_text()
+    page = drift_report(Manifest.from_json(manifest), live, tmp_path / "hostile.html").read_text()
     assert "<script>" not in page and HOSTILE not in page
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
     assert any("&lt;script&gt;" in svg for svg in plots(page))  # the category's bar, its name escaped in the SVG
 
 
 def test_a_model_without_profile_or_an_empty_period_is_refused(model, log_frame, tmp_path):
-    manifest = {**model.manifest, "profile": None}
+    manifest = dataclasses.replace(model.manifest, profile=None)
     with pytest.raises(blackbox.UsageError, match="train_data"):
         drift_report(manifest, log_frame, tmp_path / "x.html")
     with pytest.raises(blackbox.UsageError, match="no live records"):
@@ -212,7 +214,7 @@ def test_blackbox_drift_reads_the_prediction_log(served_artifact, serving_keys, 
     numbers = json.loads(capsys.readouterr().out)
     assert numbers["records"] == len(log_frame) and numbers["features"]["age"]["status"] == "major"
     page = out.read_text()
-    assert "Live accuracy and ROC AUC" in page and len(plots(page)) == len(model.manifest["profile"]) + 1
+    assert "Live accuracy and ROC AUC" in page and len(plots(page)) == len(model.manifest.profile) + 1
 
     assert main([*drift, "--json", "--until", "2026-03-02"]) == 0  # the first day only
     first_day = json.loads(capsys.readouterr().out)

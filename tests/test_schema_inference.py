@@ -55,8 +55,8 @@ def test_a_column_no_feature_uses_is_not_required(wine, tmp_path):
     model = save_and_load(pipeline, X, tmp_path / "wine.bbx")
 
     assert model.schema.columns == ["alcohol", "flavanoids", "hue"]
-    assert model.manifest["schema"]["inputs"] == {"from": "pipeline", "detail": "ColumnTransformer columns"}
-    assert model.manifest["features"]["input"] == ["alcohol", "flavanoids", "hue"]
+    assert model.manifest.schema["inputs"] == {"from": "pipeline", "detail": "ColumnTransformer columns"}
+    assert model.manifest.features["input"] == ["alcohol", "flavanoids", "hue"]
     record = {name: float(X.iloc[7][name]) for name in ["alcohol", "flavanoids", "hue"]}
     assert model.predict(record) == int(pipeline.predict(X.iloc[[7]])[0])
     # a column training had but the model ignores is an unknown field like any other: warned, not used
@@ -86,7 +86,7 @@ def test_remainder_passthrough_reads_every_column(wine, tmp_path):
     encode = ColumnTransformer([("scale", StandardScaler(), ["alcohol"])], remainder="passthrough")
     model = save_and_load(make_pipeline(encode, StandardScaler(), LogisticRegression()).fit(X, y), X, tmp_path / "rest.bbx")
     assert model.schema.columns == list(X.columns)
-    assert model.manifest["schema"]["inputs"]["from"] == "pipeline"
+    assert model.manifest.schema["inputs"]["from"] == "pipeline"
 
 
 def test_a_data_frame_mapper_requires_its_feature_columns_only(wine, tmp_path):
@@ -100,7 +100,7 @@ def test_a_data_frame_mapper_requires_its_feature_columns_only(wine, tmp_path):
     pipeline = make_pipeline(mapper, LogisticRegression(max_iter=1000)).fit(X, y)
     model = save_and_load(pipeline, X, tmp_path / "mapper.bbx")
     assert model.schema.columns == ["alcohol", "total_phenols", "flavanoids", "nonflavanoid_phenols", "hue", "proline"]
-    assert model.manifest["schema"]["inputs"] == {"from": "pipeline", "detail": "DataFrameMapper features"}
+    assert model.manifest.schema["inputs"] == {"from": "pipeline", "detail": "DataFrameMapper features"}
     assert model.predict_batch(X[model.schema.columns].iloc[:10]) == pipeline.predict(X.iloc[:10]).tolist()
 
 
@@ -109,7 +109,7 @@ def test_a_mapper_that_passes_unlisted_columns_on_falls_back_to_train_data(wine,
     mapper = DataFrameMapper([(["alcohol"], StandardScaler())], default=StandardScaler())
     model = save_and_load(make_pipeline(mapper, LogisticRegression(max_iter=5000)).fit(X, y), X, tmp_path / "default.bbx")
     assert model.schema.columns == list(X.columns)
-    inputs = model.manifest["schema"]["inputs"]
+    inputs = model.manifest.schema["inputs"]
     assert inputs["from"] == "train_data" and "default" in inputs["detail"]
 
 
@@ -119,7 +119,7 @@ def test_an_estimator_fitted_on_fewer_columns_takes_its_feature_names_in_order(w
     estimator = LogisticRegression(max_iter=5000).fit(X[columns], y)
     model = save_and_load(estimator, X, tmp_path / "bare.bbx")
     assert model.schema.columns == columns
-    assert model.manifest["schema"]["inputs"] == {"from": "pipeline", "detail": "LogisticRegression.feature_names_in_"}
+    assert model.manifest.schema["inputs"] == {"from": "pipeline", "detail": "LogisticRegression.feature_names_in_"}
     assert model.predict_batch(X.iloc[:10]) == estimator.predict(X[columns].iloc[:10]).tolist()
 
 
@@ -155,7 +155,7 @@ def test_a_user_step_that_reads_the_whole_frame_falls_back_to_train_data(wine, t
         pipeline = make_pipeline(module.WholeFrame(), LogisticRegression(max_iter=5000)).fit(X, y)
         model = save_and_load(pipeline, X, tmp_path / "whole.bbx")
     assert model.schema.columns == list(X.columns)
-    assert model.manifest["schema"]["inputs"] == {
+    assert model.manifest.schema["inputs"] == {
         "from": "train_data", "detail": "WholeFrame does not say which columns it reads (no feature_names_in_)",
     }
     # it turns NaN into 0 itself, so every field tolerates a missing value
@@ -170,7 +170,7 @@ def test_the_training_packages_model_keeps_name_which_its_title_transformer_read
     pipeline = build_pipeline(X.columns, seed=0).fit(X, y_train)
     model = save_and_load(pipeline, X, tmp_path / "package.bbx")
     assert model.schema.columns == ["pclass", "sex", "age", "sibsp", "parch", "fare", "embarked", "name"]
-    assert model.manifest["schema"]["inputs"] == {"from": "pipeline", "detail": "DataFrameMapper features"}
+    assert model.manifest.schema["inputs"] == {"from": "pipeline", "detail": "DataFrameMapper features"}
     complete = X.dropna().iloc[[0]]
     record = complete.drop(columns=["ticket", "cabin"]).to_dict("records")[0]
     assert model.predict(record) == int(pipeline.predict(complete)[0])
@@ -207,7 +207,7 @@ def test_nullability_is_what_the_pipeline_tolerates_not_what_the_split_held(tita
     assert [(name, fields[name].nullable, fields[name].missing_probe) for name in ("pclass", "sibsp", "parch")] == [
         ("pclass", False, "untestable"), ("sibsp", False, "untestable"), ("parch", False, "untestable"),
     ]
-    assert titanic_model.manifest["schema"]["fields"][6]["missing_probe"] == "tolerated"
+    assert titanic_model.manifest.schema["fields"][6]["missing_probe"] == "tolerated"
 
 
 def test_a_real_passenger_without_embarked_is_predicted_with_a_warning(titanic_model, search, unembarked):

@@ -160,7 +160,7 @@ def test_model_shows_the_manifest_without_training_rows_or_source(client, served
 
 
 def test_schema_is_the_manifest_schema(client, served_model):
-    assert client.get("/schema").get_json() == served_model.manifest["schema"]
+    assert client.get("/schema").get_json() == served_model.manifest.schema
 
 
 def test_openapi_document_is_generated_from_the_schema(client, served_model):

@@ -59,6 +59,7 @@ from ..errors import (
     SelfTestError,
     VersionMismatchWarning,
 )
+from ..manifest import Manifest
 from .imports import Global
 from .serializers import SERIALIZERS
 
@@ -109,7 +110,7 @@ def embeddable(top: str) -> bool:
     return top != "__main__" and filename.endswith(".py")
 
 
-def check(manifest: Mapping[str, Any], *, strict: bool = False) -> list[VersionMismatchWarning]:
+def check(manifest: Manifest, *, strict: bool = False) -> list[VersionMismatchWarning]:
     """Refuse what this interpreter cannot safely load; return the differences tolerated.
 
     Raises EnvironmentMismatchError for another Python major.minor or
@@ -122,9 +123,8 @@ def check(manifest: Mapping[str, Any], *, strict: bool = False) -> list[VersionM
     refusals: list[str] = []
     missing: list[str] = []
     notices: list[VersionMismatchWarning] = []
-    python = manifest.get("python", {})
-    saved_python = str(python.get("version", ""))
-    saved_implementation = str(python.get("implementation", platform.python_implementation()))
+    saved_python = manifest.python.version
+    saved_implementation = manifest.python.implementation or platform.python_implementation()
     running = platform.python_version()
     if _release(saved_python)[:2] != _release(running)[:2] or saved_implementation != platform.python_implementation():
         refusals.append(
@@ -135,7 +135,7 @@ def check(manifest: Mapping[str, Any], *, strict: bool = False) -> list[VersionM
             refusals.append(f"Python {saved_python} saved it, this is Python {running}")
         else:
             notices.append(VersionMismatchWarning("Python", saved_python, running))
-    for dist, saved in manifest.get("requirements", {}).items():
+    for dist, saved in (manifest.requirements or {}).items():
         try:
             installed = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -155,7 +155,7 @@ def check(manifest: Mapping[str, Any], *, strict: bool = False) -> list[VersionM
             "and load it with the same Python major.minor.",
             refusals,
         )
-    unavailable = _unavailable_modules(manifest.get("imports", []))
+    unavailable = _unavailable_modules(manifest.imports or [])
     if unavailable:
         references = [ref for refs in unavailable.values() for ref in refs]
         raise SelfContainmentError(
@@ -191,15 +191,14 @@ def prove(differences: Sequence[VersionMismatchWarning], self_test: Callable[[],
         warnings.warn(difference, stacklevel=6)  # the caller of blackbox.load (via persist.loads and trust)
 
 
-def requirements_file(manifest: Mapping[str, Any], *, blackbox: str | None = None) -> str:
+def requirements_file(manifest: Manifest, *, blackbox: str | None = None) -> str:
     """A pip requirements file for a serving venv: the manifest's exact versions, and blackbox.
 
     ``blackbox`` is the requirement line that installs blackbox; by default,
     where the running blackbox was installed from (:func:`blackbox_requirement`).
     """
-    pins = {**manifest.get("requirements", {})}
-    serializer = manifest.get("serializer", {})
-    pins[serializer.get("name")] = serializer.get("version")
+    pins: dict[Any, Any] = {**(manifest.requirements or {})}
+    pins[manifest.serializer.name] = manifest.serializer.version
     pins.pop("blackbox", None)  # installed by its own line below
     for dist, version in pins.items():
         if not (isinstance(dist, str) and _DIST_NAME.fullmatch(dist) and isinstance(version, str)
@@ -208,14 +207,14 @@ def requirements_file(manifest: Mapping[str, Any], *, blackbox: str | None = Non
                 f"The manifest's requirement {dist!r}: {version!r} is not a distribution name and version; "
                 "the manifest is damaged."
             )
-    saved_with = str(manifest.get("blackbox_version", ""))
+    saved_with = manifest.blackbox_version or ""
     if blackbox is None:
         blackbox = blackbox_requirement(saved_with, _own_direct_url())
-    python = str(manifest.get("python", {}).get("version", ""))
+    python = manifest.python.version
     feature = ".".join(python.split(".")[:2])
     lines = [
-        f"# Serving requirements of {manifest.get('name')} {manifest.get('version')} "
-        f"(payload sha256 {manifest.get('payload', {}).get('sha256', '')[:16]}), from its manifest.",
+        f"# Serving requirements of {manifest.name} {manifest.version} "
+        f"(payload sha256 {manifest.payload.sha256[:16]}), from its manifest.",
         f"# It was saved with Python {python} and blackbox {saved_with}; the server needs Python {feature}:",
         f"#   python{feature} -m venv srv && srv/bin/pip install -r THIS_FILE",
         *(f"{dist}=={version}" for dist, version in sorted(pins.items(), key=lambda item: item[0].lower())),

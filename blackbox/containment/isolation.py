@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..artifact import parse_manifest, read_header
+from ..artifact import read_header, read_manifest
 from ..errors import ArtifactError, SelfContainmentError, SelfTestError, error_class
 from ..signing import Keyring, public_pem
 from ..trust import TrustedKeys
@@ -114,8 +114,8 @@ def verify(
     """
     path = Path(path).resolve()
     manifest_bytes, signature = read_header(path)
-    manifest = parse_manifest(manifest_bytes)
-    blocked = sorted({*block, *manifest.get("by_value", [])} - {"blackbox", "serving"})
+    manifest = read_manifest(manifest_bytes)
+    blocked = sorted({*block, *(manifest.by_value or [])} - {"blackbox", "serving"})
     with tempfile.TemporaryDirectory(prefix="blackbox-verify-") as scratch:
         empty = Path(scratch, "cwd")
         empty.mkdir()

@@ -28,15 +28,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from . import drift
 from ..atomic import atomic_write
 from ..errors import UsageError
+from ..manifest import Manifest
+from ..model import Model
 from ..schema import Schema
+from . import drift
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-    from ..model import Model
 
 BUCKETS = (("day", "D", "%Y-%m-%d"), ("hour", "h", "%Y-%m-%d %H:00"), ("minute", "min", "%Y-%m-%d %H:%M"))
 """Time buckets of the accuracy over time, coarsest first: the first that splits the labelled records is used."""
@@ -58,7 +58,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 
 
 def drift_report(
-    model_or_manifest: Model | Mapping[str, Any],
+    model_or_manifest: Model | Manifest,
     live: pd.DataFrame,
     out: str | os.PathLike[str],
     *,
@@ -84,23 +84,23 @@ def drift_report(
     return path
 
 
-def compare_live(model_or_manifest: Model | Mapping[str, Any], live: pd.DataFrame) -> dict[str, dict[str, Any]]:
+def compare_live(model_or_manifest: Model | Manifest, live: pd.DataFrame) -> dict[str, dict[str, Any]]:
     """:func:`blackbox.monitoring.drift.compare` of a live frame, typed by the artifact's schema first."""
     manifest = _manifest(model_or_manifest)
-    profile = manifest.get("profile")
+    profile = manifest.profile
     if not profile:
         raise UsageError(
-            f"{manifest.get('name')} {manifest.get('version')} carries no training profile (it was saved without "
+            f"{manifest.name} {manifest.version} carries no training profile (it was saved without "
             "train_data), so there is nothing to compare live inputs with; save it again with train_data=."
         )
     if live.empty:
         raise UsageError("There are no live records to compare with the training data: widen the period.")
-    schema = Schema.from_dict(manifest["schema"])
+    schema = Schema.from_dict(manifest.schema)
     frame, _ = schema.to_frame(live[[c for c in live.columns if c in set(schema.columns)]])
     return drift.compare(profile, frame)
 
 
-def performance_over_time(model_or_manifest: Model | Mapping[str, Any], live: pd.DataFrame) -> list[dict[str, Any]]:
+def performance_over_time(model_or_manifest: Model | Manifest, live: pd.DataFrame) -> list[dict[str, Any]]:
     """Accuracy and ROC AUC of the labelled records this artifact predicted, per time bucket; [] without labels.
 
     Buckets are calendar days (UTC) when the labelled records fall on several, else
@@ -112,10 +112,10 @@ def performance_over_time(model_or_manifest: Model | Mapping[str, Any], live: pd
     manifest = _manifest(model_or_manifest)
     labelled = live[live["label"].notna()]
     if "model_sha256" in labelled.columns:  # another version's answers say nothing about this one
-        labelled = labelled[labelled["model_sha256"] == manifest["payload"]["sha256"]]
+        labelled = labelled[labelled["model_sha256"] == manifest.payload.sha256]
     if labelled.empty:
         return []
-    classes = (manifest.get("output") or {}).get("classes") or []
+    classes = manifest.classes or []
     if "ts" not in labelled.columns:
         return [{**_scores(labelled, classes, "all records"), "unit": "all"}]
     for unit, frequency, layout in BUCKETS:
@@ -148,19 +148,17 @@ def _class_name(value: Any) -> str:
     return str(value)
 
 
-def _manifest(model_or_manifest: Model | Mapping[str, Any]) -> Mapping[str, Any]:
-    manifest = getattr(model_or_manifest, "manifest", model_or_manifest)
-    assert isinstance(manifest, Mapping)
-    return manifest
+def _manifest(model_or_manifest: Model | Manifest) -> Manifest:
+    return model_or_manifest.manifest if isinstance(model_or_manifest, Model) else model_or_manifest
 
 
 # -- the page ---------------------------------------------------------------
 def _page(
-    manifest: Mapping[str, Any], features: Mapping[str, Mapping[str, Any]], performance: list[dict[str, Any]],
+    manifest: Manifest, features: Mapping[str, Mapping[str, Any]], performance: list[dict[str, Any]],
     *, rows: int, period: tuple[str | None, str | None] | None, all_versions: bool = False,
 ) -> str:
     e = html.escape
-    name, version = str(manifest.get("name")), str(manifest.get("version"))
+    name, version = manifest.name, manifest.version
     start, end = period or (None, None)
     holdout = _holdout(manifest)
     order = sorted(features, key=lambda f: (features[f].get("psi") is None, -(features[f].get("psi") or 0.0)))
@@ -170,8 +168,8 @@ def _page(
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
         f"<title>Drift report: {e(name)} {e(version)}</title><style>{_CSS}</style></head><body><main>",
         f"<h1>Drift report: {e(name)} {e(version)} {_badge(overall)}</h1>",
-        f"<p class=meta>Payload sha256 <code>{e(str((manifest.get('payload') or {}).get('sha256')))}</code>, "
-        f"created {e(str(manifest.get('created_at')))}, trained on {e(str((manifest.get('data') or {}).get('rows')))} rows.<br>"
+        f"<p class=meta>Payload sha256 <code>{e(manifest.payload.sha256)}</code>, "
+        f"created {e(str(manifest.created_at))}, trained on {e(str(manifest.data.rows if manifest.data else None))} rows.<br>"
         f"Period {e(start or 'start of the log')} to {e(end or 'now')}: {rows} live records "
         f"{f'of every version named {e(name)}' if all_versions else 'this artifact answered'}. Generated {now}. "
         f"PSI below {drift.MODERATE:g} is stable, {drift.MODERATE:g} to {drift.MAJOR:g} moderate, above {drift.MAJOR:g} major.</p>",
@@ -196,7 +194,7 @@ def _page(
             f"<section class=card id='f-{e(feature, quote=True)}' data-feature='{e(feature, quote=True)}'>"
             f"<h3>{e(feature)} {_badge(entry['status'])}</h3>"
             f"<img class=plot alt='{e(f'training vs live shares of {feature}', quote=True)}' "
-            f"src='{_svg_uri(_feature_figure(manifest['profile'][feature], entry))}'></section>"
+            f"src='{_svg_uri(_feature_figure((manifest.profile or {})[feature], entry))}'></section>"
         )
     parts.append("</div></main></body></html>")
     return "\n".join(parts)
@@ -223,9 +221,9 @@ def _performance_section(performance: list[dict[str, Any]], holdout: Mapping[str
     return [*rows, "</table>"]
 
 
-def _holdout(manifest: Mapping[str, Any]) -> dict[str, float]:
+def _holdout(manifest: Manifest) -> dict[str, float]:
     """The artifact's holdout accuracy and ROC AUC, where training recorded them."""
-    holdout = (manifest.get("metrics") or {}).get("holdout") or {}
+    holdout = manifest.metric_group("holdout")
     return {k: float(holdout[k]) for k in ("accuracy", "roc_auc") if isinstance(holdout.get(k), (int, float))}
 
 

@@ -109,23 +109,23 @@ def verified(data: bytes, source: str, trusted_keys: TrustedKeys, allow_unsigned
     """The release an artifact makes, after the checks load makes before unpickling (signature, payload digest)."""
     parts = unpack(data, source)
     trust.authenticate(parts, trusted_keys, allow_unsigned=allow_unsigned)
-    parts.check_payload(parts.manifest())
+    parts.check_payload(parts.read_manifest().payload)
     return describe(data, source)
 
 
 def describe(data: bytes, source: str) -> Release:
     """The release record of artifact bytes (not verified)."""
     parts = unpack(data, source)
-    manifest = parts.manifest()
-    metrics = dict(manifest.get("metrics") or {})
+    manifest = parts.read_manifest()
+    metrics = dict(manifest.metrics or {})
     if isinstance(metrics.get("search"), dict):  # every candidate's score stays in the manifest
         metrics["search"] = {k: metrics["search"].get(k) for k in _SEARCH_SUMMARY}
     return Release(
-        name=check_name("model name", manifest.get("name")),
-        version=check_version(manifest.get("version")),
+        name=check_name("model name", manifest.name),
+        version=check_version(manifest.version),
         sha256=digest(data),
         size=len(data),
-        created_at=manifest.get("created_at"),
+        created_at=manifest.created_at,
         key_id=str(signing.read_block(parts.signature)["key_id"]) if parts.signature else None,
         metrics=metrics,
     )

@@ -136,7 +136,7 @@ def as_label(model: Model, label: Any) -> Any:
     """
     classes = model.classes
     if classes is None:
-        if (model.manifest.get("output") or {}).get("kind") != "regression":
+        if not model.manifest.is_regressor:
             return label  # an adapter that names no classes: nothing to check against
         number = _number(label)
         return _REFUSED if number is None else number

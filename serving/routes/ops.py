@@ -101,7 +101,7 @@ def entry(served: Served) -> dict[str, Any]:
 def model(name: str | None = None) -> Response:
     served = current().served(name)
     held = served.holder.require()
-    manifest = {key: value for key, value in held.manifest.items() if key not in HIDDEN_MANIFEST_KEYS}
+    manifest = {key: value for key, value in held.manifest.to_json().items() if key not in HIDDEN_MANIFEST_KEYS}
     if served.follower is not None:
         manifest["reload"] = served.follower.status
     return jsonio.response(manifest)
