@@ -345,7 +345,7 @@ def taken_port() -> Iterator[int]:
 def call(url: str, body: object | None = None, timeout: float = 10) -> tuple[int, bytes]:
     """(status, body) of a GET, or of a JSON POST when ``body`` is given; HTTP errors are answers too."""
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})  # noqa: S310
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (a local test server)
             return response.status, response.read()
@@ -431,7 +431,7 @@ def race(calls: list[Callable[[], object]]) -> list[object]:
         barrier.wait()
         try:
             results[i] = calls[i]()
-        except Exception as exc:  # the outcome under test
+        except Exception as exc:  # noqa: BLE001  the outcome under test
             results[i] = exc
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]

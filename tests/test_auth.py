@@ -74,7 +74,7 @@ def call(client, route: str, key: str | None):
 def test_each_route_needs_its_scope(source, model, request):
     client = create_app({"API_KEYS_FILE": str(request.getfixturevalue(source))}, model=model).test_client()
     for name, key in KEYS.items():
-        for route, (method, path, _, scope) in ROUTES.items():
+        for route, (_method, _path, _, scope) in ROUTES.items():
             response = call(client, route, key)
             if scope in GRANTED[name]:
                 assert response.status_code not in (401, 403), (name, route, response.get_json())

@@ -138,4 +138,4 @@ def test_a_representative_failure_of_each_kind_of_command_exits_with_its_code(se
         code, out, err = run_cli(capsys, *argv)
         assert code == expected, (argv, err)
         assert said in out + err and "Traceback" not in out + err, (argv, out, err)
-        assert not err or err.startswith("blackbox: ") or err.startswith("Usage: blackbox"), (argv, err)
+        assert not err or err.startswith(("blackbox: ", "Usage: blackbox")), (argv, err)

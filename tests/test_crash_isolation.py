@@ -14,6 +14,7 @@ import http.client
 import json
 import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -94,7 +95,7 @@ RECORD = {"a": 0.5, "b": -0.1}
 def _exit(server: Server, seconds: float = 60) -> tuple[int, str]:
     try:
         code = server.process.wait(timeout=seconds)
-    except Exception:
+    except subprocess.TimeoutExpired:
         server.process.kill()
         server.process.wait()
         pytest.fail(f"server still running after {seconds} s:\n{server.log.read_text()}")
@@ -203,7 +204,7 @@ def test_sighup_with_a_bad_file_on_disk_keeps_the_old_model_serving(build, tmp_p
         for n, (kind, data) in enumerate(bad.items(), start=1):
             served.write_bytes(data)
             server.process.send_signal(signal.SIGHUP)
-            wait_for(lambda: server.log.read_text().count('"event":"reload_failed"') >= n, 60, server=server,
+            wait_for(lambda n=n: server.log.read_text().count('"event":"reload_failed"') >= n, 60, server=server,
                      what=f"reload_failed after SIGHUP with a {kind} file")
             assert server.process.poll() is None, f"{kind}: {server.log.read_text()}"
             assert {_version(server) for _ in range(6)} == {"1.0.0"}, kind
@@ -238,7 +239,7 @@ def test_a_store_reload_to_a_crashing_or_hanging_release_keeps_the_old_model(tra
         server.wait_ready(workers=2)
         for n, version in enumerate(("2.0.0", "3.0.0"), start=1):
             trap_store.promote("trap", version, "production")
-            wait_for(lambda: server.log.read_text().count('"event":"reload_failed"') >= 2 * n, 60, server=server,
+            wait_for(lambda n=n: server.log.read_text().count('"event":"reload_failed"') >= 2 * n, 60, server=server,
                      what=f"both workers refusing {version}")
             assert {_version(server) for _ in range(6)} == {"1.0.0"}
             ready = json.loads(call(server.url + "/ready")[1])

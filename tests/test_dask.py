@@ -31,7 +31,7 @@ def cluster():
 
 def test_scoring_on_workers_equals_one_process(cluster, scoring_artifact, scoring_rows, tmp_path):
     source = write_input(bad_rows(scoring_rows, 600), tmp_path / "in.csv")
-    options = dict(chunk_size=50, id_column="passenger", on_error="skip")
+    options = {"chunk_size": 50, "id_column": "passenger", "on_error": "skip"}
     alone = scoring.score(scoring_artifact, source, tmp_path / "alone.csv", **options)
     spread = scoring.score(scoring_artifact, source, tmp_path / "spread.csv", engine="dask", scheduler=cluster.scheduler_address, **options)
 
@@ -54,7 +54,7 @@ def test_cli_dask_engine_on_its_own_local_cluster(scoring_artifact, scoring_rows
 def test_training_on_dask_gives_the_same_verified_artifact(cluster, tmp_path):
     from training.__main__ import train
 
-    common = dict(seed=3, small_grid=True, verify=False, quiet=True)
+    common = {"seed": 3, "small_grid": True, "verify": False, "quiet": True}
     alone = train(tmp_path / "alone.bbx", n_jobs=1, **common)
     spread = train(tmp_path / "spread.bbx", n_jobs=-1, backend="dask", scheduler=cluster.scheduler_address, **common)
 
@@ -78,7 +78,7 @@ def test_dask_engine_refuses_an_artifact_failing_its_self_test(cluster, scoring_
 
 def test_rows_the_model_rejects_on_workers_are_rejects_as_in_one_process(cluster, poison_artifact, tmp_path):
     source = write_input(poisoned(400, (5, 120, 121, 399)), tmp_path / "in.csv")
-    options = dict(chunk_size=64, on_error="skip")
+    options = {"chunk_size": 64, "on_error": "skip"}
     alone = scoring.score(poison_artifact, source, tmp_path / "alone.csv", **options)
     spread = scoring.score(poison_artifact, source, tmp_path / "spread.csv", engine="dask", scheduler=cluster.scheduler_address, **options)
     assert (spread.rows_rejected, spread.exit_code) == (alone.rows_rejected, 10) == (4, 10)

@@ -7,6 +7,7 @@ sets for a chunked body). The slow-client and sync-worker checks run the real
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
@@ -256,10 +257,8 @@ def trickle(socks: list[socket.socket], stop: threading.Event) -> None:
     """One byte per socket per second until ``stop``; a socket the server closed is left alone."""
     while not stop.wait(1.0):
         for sock in socks:
-            try:
+            with contextlib.suppress(OSError):
                 sock.send(b"a")
-            except OSError:
-                pass
 
 
 @pytest.mark.slow
