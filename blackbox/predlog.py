@@ -1,7 +1,9 @@
-"""Moved to :mod:`blackbox.monitoring.predlog` (#18): this alias goes once nothing imports the old path."""
+"""``blackbox.predlog.read_log``, as earlier READMEs documented it: now :func:`blackbox.monitoring.read_log`.
 
-import sys
+The prediction log lives in :mod:`blackbox.monitoring.predlog` (#18); only the
+documented reader is kept at this path.
+"""
 
-from .monitoring import predlog as _moved
+from .monitoring.predlog import read_log
 
-sys.modules[__name__] = _moved
+__all__ = ["read_log"]

@@ -107,3 +107,10 @@ def test_the_openapi_record_is_the_servers_not_the_schemas(saved):
     assert not hasattr(blackbox.Schema, "openapi")
     record = record_schema(blackbox.load(saved).schema)
     assert record["type"] == "object" and record["properties"]["age"]["anyOf"][1]["type"] == "string"
+
+
+def test_the_old_documented_read_log_path_still_works():
+    from blackbox.monitoring import read_log
+    from blackbox.predlog import read_log as old
+
+    assert old is read_log
