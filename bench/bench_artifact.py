@@ -19,6 +19,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from sklearn.model_selection import train_test_split
@@ -33,7 +35,7 @@ from training.pipeline import search
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def timed(fn, repeat: int) -> float:
+def timed(fn: Callable[[], object], repeat: int) -> float:
     times = []
     for _ in range(repeat):
         started = time.perf_counter()
@@ -60,8 +62,8 @@ def main() -> None:
         private, public = signing.keygen(tmp, "bench")
         for name in serializers.SERIALIZERS:
             path = Path(tmp) / f"titanic-{name}.bbx"
-            save = lambda: blackbox.save(grid, path, serializer=name, train_data=X_train, sample=X_test.head(5),
-                                         signing_key=private, name="titanic")
+            save = partial(blackbox.save, grid, path, serializer=name, train_data=X_train, sample=X_test.head(5),
+                           signing_key=private, name="titanic")
             save_s = timed(save, max(1, args.repeat // 2))
             payload = unpack(path.read_bytes()).payload
             model = blackbox.load(path, trusted_keys=[public])
@@ -70,11 +72,11 @@ def main() -> None:
                 "size_bytes": path.stat().st_size,
                 "payload_sha256": hashlib.sha256(payload).hexdigest(),
                 "save_s": save_s,
-                "inspect_s": timed(lambda: blackbox.inspect(path, trusted_keys=[public]), args.repeat),
-                "load_verified_s": timed(lambda: blackbox.load(path, trusted_keys=[public]), args.repeat),
-                "bare_unpickle_s": timed(lambda: serializers.loads(payload, name), args.repeat),
+                "inspect_s": timed(partial(blackbox.inspect, path, trusted_keys=[public]), args.repeat),
+                "load_verified_s": timed(partial(blackbox.load, path, trusted_keys=[public]), args.repeat),
+                "bare_unpickle_s": timed(partial(serializers.loads, payload, name), args.repeat),
                 "self_test_s": timed(model.self_test, args.repeat),
-                "isolated_verify_s": timed(lambda: blackbox.verify(path, trusted_keys=[public]), 3),
+                "isolated_verify_s": timed(partial(blackbox.verify, path, trusted_keys=[public]), 3),
             })
 
     summary = {

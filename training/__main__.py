@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 import numpy as np
+import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
 from sklearn.model_selection import train_test_split
 
@@ -32,7 +33,7 @@ CV_FOLDS = 5
 SAMPLE_ROWS = 5
 
 
-def holdout_metrics(estimator: Any, X, y) -> dict[str, float]:
+def holdout_metrics(estimator: Any, X: pd.DataFrame, y: pd.Series) -> dict[str, float]:
     """Accuracy, ROC AUC, F1 and log loss of a fitted classifier on held-out data."""
     proba = estimator.predict_proba(X)[:, list(estimator.classes_).index(1)]
     pred = estimator.predict(X)
@@ -222,7 +223,7 @@ def train(
     return summary
 
 
-def write_predictions(path: Path, estimator: Any, X, manifest: dict[str, Any]) -> None:
+def write_predictions(path: Path, estimator: Any, X: pd.DataFrame, manifest: dict[str, Any]) -> None:
     """Holdout records the served model accepts, with this process's predictions for them."""
     schema = blackbox.Schema.from_dict(manifest["schema"])
     all_records = json.loads(X.to_json(orient="records"))

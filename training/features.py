@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.impute import SimpleImputer
@@ -19,13 +20,16 @@ from sklearn_pandas import DataFrameMapper
 from training.data import REQUIRED_FEATURES, DataError
 from training.transforms import FamilySize, TitleExtractor
 
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
-def _as_2d_float(x) -> np.ndarray:
+
+def _as_2d_float(x: ArrayLike) -> np.ndarray:
     values = np.asarray(x, dtype=float)
     return values.reshape(-1, 1) if values.ndim == 1 else values
 
 
-def is_bigger_than(x, threshold: float) -> np.ndarray:
+def is_bigger_than(x: ArrayLike, threshold: float) -> np.ndarray:
     """1 where ``x > threshold``, else 0 (missing values count as 0), as a 2-D int array.
 
     Vectorised so ``FunctionTransformer`` can call it on a whole column at once;
@@ -40,7 +44,7 @@ def is_bigger_than(x, threshold: float) -> np.ndarray:
 is_adult = partial(is_bigger_than, threshold=18)
 
 
-def log1p_nonnegative(x) -> np.ndarray:
+def log1p_nonnegative(x: ArrayLike) -> np.ndarray:
     """``log(1 + x)`` with negatives clipped to 0, as a 2-D float array.
 
     Fares are heavily right-skewed (a few first-class suites cost 30x a berth);

@@ -22,15 +22,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+if TYPE_CHECKING:
+    from sklearn.utils import Tags
 
-def _input_feature_names(estimator: BaseEstimator, input_features) -> list[str]:
+
+def _input_feature_names(estimator: BaseEstimator, input_features: Iterable[Any] | None) -> list[str]:
     """The input names ``get_feature_names_out`` builds on, checked like scikit-learn does.
 
     Fitted on a DataFrame, the estimator knows its column names and
@@ -125,14 +128,14 @@ class FamilySize(TransformerMixin, BaseEstimator):
     def __init__(self, *, include_self: bool = True) -> None:
         self.include_self = include_self
 
-    def fit(self, X, y=None) -> FamilySize:
+    def fit(self, X: Any, y: Any = None) -> FamilySize:
         """Check the input and the parameters; learns nothing else."""
         if not isinstance(self.include_self, (bool, np.bool_)):
             raise TypeError(f"include_self must be a bool, got {self.include_self!r}")
         validate_data(self, X, dtype=[np.float64, np.float32], ensure_all_finite="allow-nan")
         return self
 
-    def transform(self, X) -> np.ndarray:
+    def transform(self, X: Any) -> np.ndarray:
         """Return the row-wise family size as an ``(n_samples, 1)`` array."""
         check_is_fitted(self)
         X = _validated(self, X, numeric=True)
@@ -141,13 +144,13 @@ class FamilySize(TransformerMixin, BaseEstimator):
             size += 1
         return size
 
-    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+    def get_feature_names_out(self, input_features: Iterable[Any] | None = None) -> np.ndarray:
         """One output column, ``family_size``."""
         check_is_fitted(self)
         _input_feature_names(self, input_features)
         return np.asarray(["family_size"], dtype=object)
 
-    def __sklearn_tags__(self):
+    def __sklearn_tags__(self) -> Tags:
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = True
         return tags
@@ -193,7 +196,7 @@ class TitleExtractor(TransformerMixin, BaseEstimator):
         self.rare = rare
         self.missing = missing
 
-    def fit(self, X, y=None) -> TitleExtractor:
+    def fit(self, X: Any, y: Any = None) -> TitleExtractor:
         """Check the input and the parameters; learns nothing else."""
         keep = [self.keep] if isinstance(self.keep, str) else list(self.keep)
         if not all(isinstance(t, str) for t in keep):
@@ -204,7 +207,7 @@ class TitleExtractor(TransformerMixin, BaseEstimator):
         validate_data(self, X, dtype=None, ensure_all_finite=False)
         return self
 
-    def transform(self, X) -> np.ndarray:
+    def transform(self, X: Any) -> np.ndarray:
         """Return the titles as an ``(n_samples, n_features)`` object array of str."""
         check_is_fitted(self)
         X = _validated(self, X, numeric=False)
@@ -222,13 +225,13 @@ class TitleExtractor(TransformerMixin, BaseEstimator):
         title = TITLE_ALIASES.get(match.group(1), match.group(1))
         return title if title in keep else self.rare
 
-    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+    def get_feature_names_out(self, input_features: Iterable[Any] | None = None) -> np.ndarray:
         """``<input>_title`` for each input column."""
         check_is_fitted(self)
         names = _input_feature_names(self, input_features)
         return np.asarray([f"{name}_title" for name in names], dtype=object)
 
-    def __sklearn_tags__(self):
+    def __sklearn_tags__(self) -> Tags:
         tags = super().__sklearn_tags__()
         tags.input_tags.string = True
         tags.input_tags.allow_nan = True
