@@ -36,6 +36,7 @@ import pandas as pd
 import blackbox
 from blackbox import signing
 from blackbox.model import PROBA_TOLERANCE
+
 from bench_server import RESULTS, machine, percentile, titanic_records, train
 
 TARGETS = {"lr": 15.0, "rf": 8.0}

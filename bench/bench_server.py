@@ -222,7 +222,7 @@ def single_rows(model: blackbox.Model, servers: dict[str, Process], records: lis
     sides.update({label: (lambda i, label=label: post(label, i)) for label in servers})
     latencies: dict[str, list[float]] = {label: [] for label in sides}
     errors = dict.fromkeys(sides, 0)
-    for label, call in sides.items():  # warm up
+    for call in sides.values():  # warm up
         call(0)
     started = time.perf_counter()
     i = 0
@@ -258,7 +258,7 @@ class Process:
 
     def __init__(self, command: list[str], env: dict[str, str], ready: Callable[[str], bool]) -> None:
         self.port = free_port()
-        self.log = tempfile.TemporaryFile()
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115  closed in __exit__
         self.ready = ready
         self.process = subprocess.Popen([*command, *self.bind_args()], stdout=self.log, stderr=self.log, env=env)
 
@@ -356,7 +356,7 @@ def check_predictions(port: int, model: blackbox.Model, records: list[dict], lab
     with ThreadPoolExecutor(16) as pool:
         singles = list(pool.map(lambda r: request(port, "POST", "/predict", json.dumps(r).encode()), sample))
     batches = [request(port, "POST", "/predict", json.dumps(sample[i:i + BATCH]).encode()) for i in range(0, len(sample), BATCH)]
-    for how, answers, size in (("one by one, concurrently", singles, 1), ("in batches", batches, BATCH)):
+    for how, answers in (("one by one, concurrently", singles), ("in batches", batches)):
         bad = [status for status, _ in answers if status != 200]
         if bad:
             sys.exit(f"bench_server: {label} answered {len(bad)} of {len(answers)} requests {how} with errors {sorted(set(bad))}")

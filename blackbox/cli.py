@@ -27,10 +27,10 @@ import click
 from . import persist, scoring, signing, trust
 from . import rebuild as rebuild_
 from .artifact import Artifact, read_bytes, read_header, read_manifest, unpack
-from .errors import AuthenticityError, BlackboxError, ExitCode, SchemaError
-from .manifest import Data, FastPath, Git, Manifest, Output
 from .containment import environment, isolation
 from .containment.imports import pickle_globals
+from .errors import AuthenticityError, BlackboxError, ExitCode, SchemaError
+from .manifest import Data, FastPath, Git, Manifest, Output
 from .signing import TRUSTED_KEYS_ENV
 from .store import Release, Store
 
@@ -188,7 +188,7 @@ def sign(path: str, key: str | None, expires_in: int | None, oms: bool, sigstore
         raise click.UsageError("Sign the header with --key KEY; --sigstore and --oms-bundle go with --oms.")
     expires_at = None
     if expires_in:
-        expires_at = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=expires_in)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        expires_at = (dt.datetime.now(dt.UTC) + dt.timedelta(days=expires_in)).strftime("%Y-%m-%dT%H:%M:%SZ")
     claims = persist.sign(path, key, expires_at=expires_at)
     click.echo(f"{path}: signed by key {claims['key_id']}" + (f", expires {expires_at}" if expires_at else ""))
 

@@ -100,7 +100,7 @@ def export(
                 else "BLACKBOX_TRUSTED_KEYS of the serving environment",
             }},
             "model_uuid": uuid.uuid4().hex,
-            "utc_time_created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f"),
+            "utc_time_created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f"),
         }))
         os.rename(scratch, directory)  # published whole, or not at all
     except BaseException:

@@ -127,7 +127,7 @@ def verify(data: bytes, bundle: str | os.PathLike[str], keyring: Keyring) -> str
         pub.write_bytes(signing.public_pem(public_key))
         try:
             model_signing.verifying.Config().use_elliptic_key_verifier(public_key=pub).verify(model, sig)
-        except Exception as exc:  # any failure of a hostile or foreign bundle is a refusal, whatever its type
+        except Exception as exc:  # noqa: BLE001  any failure of a hostile or foreign bundle is a refusal, whatever its type
             raise AuthenticityError(
                 f"{where} does not verify for this artifact with key {kid}: {exc}. The artifact or the bundle was "
                 "altered, or the bundle is for another file; refusing it. Fetch both again from their source."

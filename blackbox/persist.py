@@ -36,8 +36,8 @@ from .artifact import FORMAT_VERSION, Artifact, dump_manifest, pack, read_bytes,
 from .atomic import atomic_write
 from .containment import isolation, serializers
 from .containment.embedding import embed
-from .fastpath import ATTRIBUTE as FAST_PATH_ATTRIBUTE
 from .errors import AuthenticityError, SchemaError, SelfTestError, UsageError
+from .fastpath import ATTRIBUTE as FAST_PATH_ATTRIBUTE
 from .manifest import Manifest, data_summary, git_info, jsonable, python_info, search_metrics, source_snapshot, utc_now
 from .model import Model
 from .rebuild import recipe_section

@@ -25,8 +25,8 @@ import importlib
 import importlib.util
 import keyword
 import logging
-import reprlib
 import os
+import reprlib
 import sys
 import types
 from collections.abc import Iterable
@@ -255,7 +255,7 @@ def _resolved_problem(g: Global, optional: bool) -> str | None:
     parts = [*g.module.split("."), *(g.name.split(".") if g.name else [])]
     try:
         obj: Any = importlib.import_module(parts[0])
-    except Exception as exc:  # a declared requirement that cannot be imported here
+    except Exception as exc:  # noqa: BLE001  a declared requirement that cannot be imported here
         return f"module {parts[0]!r} cannot be imported here: {exc!r}"
     where = parts[0]
     for index, part in enumerate(parts[1:], 2):
@@ -264,7 +264,7 @@ def _resolved_problem(g: Global, optional: bool) -> str | None:
         if part not in namespace and _is_submodule(path):
             try:
                 importlib.import_module(path)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001  as above: whatever its import raises
                 return f"module {path!r} cannot be imported here: {exc!r}"
         if part not in namespace:
             return None if optional and index == len(parts) else f"{where} has no attribute {part!r}"

@@ -24,9 +24,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from flask import Flask
+
 from blackbox import BlackboxError, Model, UsageError
 from blackbox.monitoring.predlog import PredictionLog
-from flask import Flask
 
 from . import auth, errors, lifecycle
 from .config import Settings, layer
@@ -75,7 +76,7 @@ def create_app(
         {model.name: "model="} if model is not None
         else {**{name: str(path) for name, path in settings.artifacts.items()},
               **{ref.partition("@")[0]: f"{settings.store} {ref}" for ref in settings.model_refs},
-              **{name: "refused by blackbox serve" for name in settings.unavailable}}
+              **dict.fromkeys(settings.unavailable, "refused by blackbox serve")}
     )
     shared_vetted = vetted or (_private_vetted(settings) if settings.model_refs else None)
     models: dict[str, Served] = {}

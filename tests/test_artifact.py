@@ -8,8 +8,8 @@ import pytest
 
 from blackbox import artifact
 from blackbox.artifact import MAGIC, dump_manifest, load_json, pack, parse_manifest, read_header, unpack
-from blackbox.manifest import Payload
 from blackbox.errors import ArtifactError, IntegrityError
+from blackbox.manifest import Payload
 
 
 def test_pack_unpack_round_trip(tmp_path):

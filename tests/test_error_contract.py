@@ -60,7 +60,7 @@ def test_every_row_of_the_http_table_gives_its_class_code():
     from serving.http_errors import TooManyRecords
 
     checked = 0
-    for cls, (status, code) in errors.TABLE.items():
+    for cls, (_status, code) in errors.TABLE.items():
         if isinstance(getattr(cls, "code", None), str):
             assert code == cls.code, (cls, code)
             checked += 1

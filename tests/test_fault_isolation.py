@@ -24,11 +24,12 @@ from sklearn.linear_model import LinearRegression
 
 import blackbox
 from blackbox import Model, SchemaError, SklearnModel, infer_schema
-from blackbox.errors import ModelInputError, ModelOutputError
 from blackbox.artifact import unpack
+from blackbox.errors import ModelInputError, ModelOutputError
 from blackbox.fastpath.table import as_frame
 from serving import create_app
 from serving.openapi import record_schema
+
 from _helpers import PASSENGER, assert_error, details, metric, resign
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)

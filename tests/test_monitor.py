@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import blackbox
 from blackbox.monitoring import drift
 from serving import create_app
+
 from _helpers import wait_for
 
 KEY = "m" * 20 + "-drift-key"

@@ -223,7 +223,7 @@ def test_non_finite_numbers_are_422_naming_the_field(client, literal):
 
 
 def test_nan_outside_the_records_is_still_refused(client):
-    data = '{"dataframe_split": {"columns": %s, "data": [%s], "index": [NaN]}}' % (
+    data = '{"dataframe_split": {"columns": %s, "data": [%s], "index": [NaN]}}' % (  # noqa: UP031  JSON's braces
         json.dumps(FIELDS), json.dumps(list(PASSENGER.values())))
     response = client.post("/invocations", data=data, content_type="application/json")
     assert_error(response, 422, "validation_error")

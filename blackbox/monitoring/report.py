@@ -118,7 +118,7 @@ def performance_over_time(model_or_manifest: Model | Manifest, live: pd.DataFram
     classes = manifest.classes or []
     if "ts" not in labelled.columns:
         return [{**_scores(labelled, classes, "all records"), "unit": "all"}]
-    for unit, frequency, layout in BUCKETS:
+    for unit, frequency, layout in BUCKETS:  # noqa: B007  the bucket it stops at is used below
         starts = labelled["ts"].dt.floor(frequency)
         if starts.nunique() > 1:
             break
@@ -163,7 +163,7 @@ def _page(
     holdout = _holdout(manifest)
     order = sorted(features, key=lambda f: (features[f].get("psi") is None, -(features[f].get("psi") or 0.0)))
     overall = drift.worst(features)
-    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     parts = [
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
         f"<title>Drift report: {e(name)} {e(version)}</title><style>{_CSS}</style></head><body><main>",

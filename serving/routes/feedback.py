@@ -28,11 +28,12 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from flask import Blueprint, Response, request
+
 from blackbox import Model
 from blackbox.errors import problem as _problem
 from blackbox.monitoring.predlog import TRANSIENT, PredictionLog
 from blackbox.schema import NUMERIC_PATTERN
-from flask import Blueprint, Response, request
 
 from .. import jsonio, payloads
 from ..http_errors import InvalidFeedback, PredictionLogOff, PredictionLogUnavailable
