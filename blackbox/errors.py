@@ -145,7 +145,8 @@ class ModelInputError(SchemaError):
 
     def __init__(self, message: str, rows: Sequence[int], reason: str) -> None:
         expected = "values the model can compute with (finite, within its numeric range after its transforms)"
-        super().__init__(message, [problem(row, None, "model_rejected", expected, reason) for row in (rows or [None])])
+        where: Sequence[int | None] = rows or [None]
+        super().__init__(message, [problem(row, None, "model_rejected", expected, reason) for row in where])
         self.rows = list(rows)
         self.reason = reason
 

@@ -20,7 +20,7 @@ value, in ``Scan.dynamic``: what no static reading can follow.
 from __future__ import annotations
 
 import pickletools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ..errors import ArtifactError
 
@@ -94,6 +94,7 @@ def scan(payload: bytes) -> Scan:
             elif value in _CALL_ONLY:
                 dynamic[f"{value} passed on as a value"] = None
 
+    arg: Any  # its type is the opcode's: an int for the memo, a str for GLOBAL, ...
     try:
         for op, arg, _ in pickletools.genops(payload):
             name = op.name
@@ -154,7 +155,7 @@ def _call(func: object, args: object) -> tuple[Global | None, object, str | None
     the problem if the scan cannot follow it, and the values it hands to the callable."""
     if func not in _CALL_ONLY:
         return None, _OTHER, None, args
-    operands = args if type(args) is tuple else ()
+    operands: tuple[object, ...] = args if type(args) is tuple else ()
     if func in _MODULE_IMPORTERS:
         if operands and isinstance(operands[0], str):
             module = Global(operands[0], "")
@@ -169,7 +170,7 @@ def _call(func: object, args: object) -> tuple[Global | None, object, str | None
                 return named, named, None, args
             # dill's shims: getattr(module, name, fallback); the fallback is what the stack holds when
             # the attribute is absent, and is checked where it is used next
-            return named, operands[2] if isinstance(operands[2], Global) else _OTHER, None, args[:2]
+            return named, operands[2] if isinstance(operands[2], Global) else _OTHER, None, operands[:2]
         return None, _OTHER, f"{func} of an object or a name computed at load time", args
     if operands and isinstance(operands[0], Global):  # setattr/delattr of a module or a class it names
         return None, _OTHER, f"{func} changing {operands[0]}", args

@@ -48,7 +48,10 @@ class Conflict(Exception):
 class Backend:
     """The primitives a store needs (see the module docstring); subclasses implement them."""
 
-    errors: tuple[type[BaseException], ...] = (OSError,)  # what a failed read or write raises
+    @property
+    def errors(self) -> tuple[type[BaseException], ...]:
+        """What a failed read or write raises."""
+        return (OSError,)
 
     def read(self, key: Key) -> bytes | None:
         raise NotImplementedError
@@ -230,7 +233,7 @@ class FsspecBackend(Backend):
         return sorted(posixpath.basename(str(e).rstrip("/")) for e in entries if str(e).rstrip("/") != path)
 
     def age(self, key: Key) -> float:
-        modified = self.fs.modified(self._path(key))
+        modified: dt.datetime = self.fs.modified(self._path(key))
         if modified.tzinfo is None:
             modified = modified.replace(tzinfo=dt.UTC)
         return time.time() - modified.timestamp()
