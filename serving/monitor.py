@@ -2,7 +2,10 @@
 
 Scope: one worker's view. The request path only appends the records it just
 scored to a bounded :class:`collections.deque` (under a lock held for the
-append); everything costly (typing the window with the model's schema,
+append), each cut to the schema's fields with strings over
+:data:`blackbox.monitoring.predlog.MAX_TEXT` characters shortened as the
+prediction log keeps them (:func:`~blackbox.monitoring.predlog.compact`), so a
+record's unknown or huge fields never stay in memory; everything costly (typing the window with the model's schema,
 :func:`blackbox.monitoring.drift.compare`) runs when :meth:`Monitor.report` is asked
 (the body of ``GET /drift``, :mod:`serving.routes.ops`) and in a daemon thread
 that refreshes the Prometheus gauges every ``DRIFT_INTERVAL`` seconds when
@@ -31,6 +34,7 @@ from typing import Any
 
 from blackbox import BlackboxError, Model
 from blackbox.monitoring import drift
+from blackbox.monitoring.predlog import compact
 
 from .holder import ModelHolder, identity
 from .logs import RequestLog
@@ -60,11 +64,13 @@ class Monitor:
         """Remember records ``model`` just scored (the one call on the request path)."""
         if not self.capacity or model is not self._holder.model:
             return
+        columns = model.schema.columns
+        kept = [{name: compact(record[name]) for name in columns if name in record} for record in records]
         with self._lock:
             if model.sha256 != self._sha:
                 self._window.clear()
                 self._sha, self._seen, self._reported = model.sha256, 0, 0
-            self._window.extend(records)
+            self._window.extend(kept)
             self._seen += len(records)
 
     def report(self) -> dict[str, Any]:
