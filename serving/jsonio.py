@@ -17,6 +17,13 @@ strings, and re-serialising the parsed value keeps every string, so a body
 whose ``:`` count equals its re-serialisation's has dropped no member. Only
 when the counts differ (a repeat, or a ``\u003a`` escape) is the body parsed
 again by the standard library, which sees every pair.
+
+A body may nest at most :data:`MAX_DEPTH` levels of arrays and objects (records
+are flat objects; orjson parses 1024 levels but serialises only 254, and the
+standard library's parser runs out of stack before that): deeper is a 400
+naming the limit, checked right after the parse. Only a body with more than
+:data:`MAX_DEPTH` opening brackets is walked for its depth, so a single record
+costs two byte counts.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ from werkzeug.exceptions import BadRequest
 
 MIMETYPE = "application/json"
 _ESCAPED_COLON = re.compile(rb"\\u003[aA]")
+MAX_DEPTH = 64
+"""Levels of arrays and objects a body may nest (a record in ``{"records": [...]}`` is at level 3)."""
 
 
 @dataclass(frozen=True)
@@ -51,11 +60,9 @@ def loads(data: bytes) -> Parsed:
     except orjson.JSONDecodeError as exc:
         reason = str(exc)
     else:
+        _check_depth(data, value)
         if data.count(b":") != orjson.dumps(value).count(b":") or _ESCAPED_COLON.search(data):
-            try:
-                _loads_checked(data)  # raises on a repeated key
-            except RecursionError:
-                raise BadRequest("The body nests too deeply to be checked; send flat records.") from None
+            _loads_checked(data)  # raises on a repeated key
         return Parsed(value)
     try:
         text = data.decode("utf-8")
@@ -71,9 +78,32 @@ def loads(data: bytes) -> Parsed:
 
     try:
         value = _loads_checked(text, parse_constant=constant)
-    except (ValueError, RecursionError):  # ValueError covers JSONDecodeError and 4300+ digit integers
+    except RecursionError:
+        raise _too_deep() from None
+    except ValueError:  # JSONDecodeError and 4300+ digit integers
         raise BadRequest(f"The body is not valid JSON: {reason}.") from None
+    _check_depth(data, value)
     return Parsed(value, strict=False, constants=bool(seen))
+
+
+def _check_depth(data: bytes, value: Any) -> None:
+    """BadRequest when ``value`` nests deeper than :data:`MAX_DEPTH` (walked only when its brackets could)."""
+    if data.count(b"[") + data.count(b"{") <= MAX_DEPTH:
+        return
+    pending: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, (dict, list)) else []
+    while pending:
+        item, depth = pending.pop()
+        if depth > MAX_DEPTH:
+            raise _too_deep()
+        pending.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item)
+                       if isinstance(child, (dict, list)))
+
+
+def _too_deep() -> BadRequest:
+    return BadRequest(
+        f"The body nests arrays and objects more than {MAX_DEPTH} levels deep, this server's limit; "
+        "send records as flat objects."
+    )
 
 
 class _Repeated(dict):  # type: ignore[type-arg]
