@@ -28,22 +28,34 @@ import errno
 import json
 import re
 import selectors
+import socket
 import time
 import uuid
 from collections import deque
 from functools import partial
+from http import HTTPStatus
 from typing import Any
 
 from gunicorn.workers import gthread
+from werkzeug.exceptions import BadRequest, HTTPException
 
+from .errors import classify
+from .http_errors import BodyTimeout
+from .payloads import _too_large
 from .state import EXTENSION
 
 HEADER_LIMIT = 64 * 1024
 """Bytes of request line and headers buffered; past that the request goes to gunicorn's parser (400/431)."""
 DEFAULT_READ_TIMEOUT = 15.0
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*(\d+)[ \t]*(?=\r\n|$)")
-_CHUNKED = re.compile(rb"\r\ntransfer-encoding[ \t]*:[^\r]*chunked")
+_TRANSFER_ENCODING = re.compile(rb"\r\ntransfer-encoding[ \t]*:([^\r]*)")
 _EXPECT = re.compile(rb"\r\nexpect[ \t]*:")
+_EXPECT_CONTINUE = re.compile(rb"\r\nexpect[ \t]*:[ \t]*100-continue[ \t]*(?=\r\n|$)")
+_EXPECT_CONTINUE_LINE = re.compile(rb"\r\nexpect[ \t]*:[ \t]*100-continue[ \t]*(?=\r\n|$)", re.IGNORECASE)
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+LINGER = 2.0
+"""Seconds a closed connection drains what its client still sends (gunicorn's ``close_graceful``), in the loop."""
+LINGER_BYTES = 64 * 1024
 
 
 class _Conn(gthread.TConn):  # type: ignore[misc]  # gunicorn ships no type hints
@@ -55,6 +67,8 @@ class _Conn(gthread.TConn):  # type: ignore[misc]  # gunicorn ships no type hint
         self.buffer = bytearray()
         self.deadline = 0.0
         self.waiting = False
+        self.continued = False  # the loop sent 100 Continue for the request in the buffer
+        self.drained = 0  # bytes drained after close (see ThreadWorker._close); -1 once closed
 
     def init(self) -> None:
         super().init()  # in the thread, after gthread made the socket blocking
@@ -69,7 +83,9 @@ class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
 
     def init_process(self) -> None:
         self.reading: deque[tuple[float, _Conn]] = deque()  # (deadline, conn), in deadline order
+        self.closing: deque[tuple[float, _Conn]] = deque()  # (deadline, conn) half-closed, draining
         self._limits: tuple[int | None, float] | None = None
+        self._slow_logged = 0.0
         super().init_process()  # loads the app, then runs the loop
 
     def limits(self) -> tuple[int | None, float]:
@@ -102,6 +118,41 @@ class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
         self._await(conn)
         self._read(conn, client)
 
+    def finish_request(self, conn: _Conn, fs: Any) -> None:
+        """After a thread: bytes read past the request go back to the loop's buffer; a closed connection drains in the loop.
+
+        gthread would hand read-ahead to a thread again (which then waits for the
+        rest of the next request) and close with ``close_graceful``, which waits
+        up to 2 s for the client, blocking this loop and its heartbeat.
+        """
+        if self.cfg.is_ssl or conn.is_http2 or fs.cancelled() or fs.exception() is not None:
+            super().finish_request(conn, fs)
+            return
+        result = fs.result()
+        if not result:
+            self._close(conn)
+            return
+        leftover = conn.parser.unreader.take_buffered() if result is not gthread._DEFER else b""
+        if not leftover:
+            super().finish_request(conn, fs)  # kept alive: on_client_socket_readable buffers the next request
+            return
+        conn.sock.setblocking(False)
+        conn.buffer += leftover
+        self._await(conn)
+        self._examine(conn)
+
+    def handle_request(self, req: Any, conn: _Conn) -> bool:
+        """gthread's, with a client too slow for the read timeout logged as one warning line (at most one a second)."""
+        try:
+            return bool(super().handle_request(req, conn))
+        except TimeoutError:
+            now = time.monotonic()
+            if now - self._slow_logged >= 1.0:
+                self._slow_logged = now
+                self.log.warning("Client %s too slow: no data within the read timeout (%g s); connection closed.",
+                                 conn.client, conn.read_timeout)
+            return False
+
     def _await(self, conn: _Conn) -> None:
         conn.deadline = time.monotonic() + conn.read_timeout
         conn.waiting = True
@@ -122,28 +173,85 @@ class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
             conn.close()
             return
         conn.buffer += data
-        if complete(conn.buffer, self.limits()[0]):
-            self._release(conn)
-            conn.data_ready = True
-            self.enqueue_req(conn)
+        self._examine(conn)
+
+    def _examine(self, conn: _Conn) -> None:
+        """Hand the buffered request to a thread, refuse it, or answer its ``Expect: 100-continue`` and wait on."""
+        verdict = examine(conn.buffer, self.limits()[0])
+        if verdict is WAIT:
+            return
+        if verdict is CONTINUE:
+            if not conn.continued:
+                conn.continued = True
+                _send(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
+            return
+        self._release(conn)
+        if isinstance(verdict, Exception):
+            _send_error(conn, verdict)
+            self._close(conn)
+            return
+        _drop_expect(conn.buffer)  # gunicorn would send its own 100 Continue
+        conn.continued = False
+        conn.data_ready = True
+        self.enqueue_req(conn)
 
     def _release(self, conn: _Conn) -> None:
         conn.waiting = False  # its entry in self.reading is skipped when it comes up
         self.poller.unregister(conn.sock)
 
+    def _close(self, conn: _Conn) -> None:
+        """close_graceful from the loop: FIN now, then what the client still sends is drained for ``LINGER`` s at most.
+
+        Closing with unread input would make the kernel send a reset, which can
+        destroy the answer before the client has read it (RFC 9112 section 9.6).
+        """
+        try:
+            conn.sock.setblocking(False)
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.nr_conns -= 1
+            conn.close()
+            return
+        conn.deadline = time.monotonic() + LINGER
+        conn.drained = 0
+        self.closing.append((conn.deadline, conn))
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._drain, conn))
+
+    def _drain(self, conn: _Conn, _sock: Any) -> None:
+        try:
+            data = conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        conn.drained += len(data)
+        if not data or conn.drained >= LINGER_BYTES:
+            self._closed(conn)
+
+    def _closed(self, conn: _Conn) -> None:
+        if conn.drained < 0:
+            return  # already closed (its entry in self.closing came up after the client did)
+        conn.drained = -1
+        self.poller.unregister(conn.sock)
+        self.nr_conns -= 1
+        conn.close()
+
     def murder_pending(self) -> None:
-        """Also close the connections whose request did not arrive in time (a 408 if it had begun)."""
+        """Also close the connections whose request did not arrive in time (a 408 if it had begun), and end lingering ones."""
         super().murder_pending()
         now = time.monotonic()
+        while self.closing and (self.closing[0][0] <= now or self.closing[0][1].drained < 0):
+            self._closed(self.closing.popleft()[1])
         while self.reading and (self.reading[0][0] <= now or not self.reading[0][1].waiting):
             deadline, conn = self.reading.popleft()
             if not conn.waiting or conn.deadline != deadline:
                 continue  # handed over, closed, or waiting again with a later deadline
             self._release(conn)
             if conn.buffer:
-                _send_timeout(conn)
-            self.nr_conns -= 1
-            conn.close()
+                _send_error(conn, BodyTimeout(
+                    f"The request did not arrive within {conn.read_timeout:g} s (the server's read timeout, setting "
+                    "READ_TIMEOUT, blackbox serve --read-timeout); send the whole request at once."))
+            self._close(conn)
         if not self.alive:  # stopping: idle connections need no answer
             for _, conn in list(self.reading):
                 if conn.waiting and not conn.buffer:
@@ -152,56 +260,87 @@ class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
                     conn.close()
 
 
-def complete(buffer: bytearray, limit: int | None) -> bool:
-    """Whether a thread can take the request in ``buffer``: whole, or one its parser or the app refuses at once."""
+WAIT = "wait"
+"""The request is not all there yet: the loop reads on."""
+CONTINUE = "continue"
+"""Headers in, body not, and the client waits for ``100 Continue`` before sending it."""
+READY = "ready"
+"""A thread can take the request: whole, or one its parser or the app refuses without reading further."""
+
+
+def examine(buffer: bytearray, limit: int | None) -> str | Exception:
+    """What the loop does with the request in ``buffer``: :data:`WAIT`, :data:`CONTINUE`, :data:`READY`, or an
+    exception to answer at once because the request can never be served (bad framing, a chunked body over ``limit``).
+    """
     end = buffer.find(b"\r\n\r\n")
+    if _BARE_LF.search(buffer, 0, len(buffer) if end < 0 else end):
+        return BadRequest("The request's header lines end in a bare LF; HTTP/1.1 requires CRLF (\\r\\n) line endings.")
     if end < 0:
-        return len(buffer) > HEADER_LIMIT
+        return READY if len(buffer) > HEADER_LIMIT else WAIT
     head = bytes(buffer[:end]).lower()
-    if _EXPECT.search(head):
-        return True  # the client waits for gunicorn's 100 Continue before sending the body
-    if _CHUNKED.search(head):
-        return _chunks_complete(buffer, end + 4, limit)
-    length = _CONTENT_LENGTH.search(head)
-    if length is None:
-        return True
-    size = int(length.group(1))
-    return (limit is not None and size > limit) or len(buffer) - end - 4 >= size
+    expect = _EXPECT.search(head)
+    if expect and not _EXPECT_CONTINUE.search(head):
+        return READY  # gunicorn answers 417
+    encoding = _TRANSFER_ENCODING.search(head)
+    if encoding:
+        if encoding.group(1).split(b",")[-1].strip() != b"chunked":  # no way to tell where the body ends
+            return BadRequest(f"Transfer-Encoding {encoding.group(1).strip()[:40].decode('latin-1')!r} does not end in "
+                              "chunked; send the body with a Content-Length or Transfer-Encoding: chunked.")
+        verdict = _chunks(buffer, end + 4, limit)
+    else:
+        length = _CONTENT_LENGTH.search(head)
+        size = int(length.group(1)) if length else 0
+        if limit is not None and size > limit:
+            return _too_large(limit, f"{size} bytes")
+        verdict = READY if len(buffer) - end - 4 >= size else WAIT
+    if verdict is WAIT and expect and not head.split(b"\r\n", 1)[0].endswith(b"http/1.0"):
+        return CONTINUE
+    return verdict
 
 
-def _chunks_complete(buffer: bytearray, position: int, limit: int | None) -> bool:
-    """Whether a chunked body ends in ``buffer`` (or is malformed, or over the limit: a thread answers it)."""
+def _chunks(buffer: bytearray, position: int, limit: int | None) -> str | Exception:
+    """Whether a chunked body ends in ``buffer`` (READY also when malformed: the parser refuses it)."""
     total = 0
     while True:
         line_end = buffer.find(b"\r\n", position)
         if line_end < 0:
-            return len(buffer) - position > 1024
+            return READY if len(buffer) - position > 1024 else WAIT
         try:
             size = int(bytes(buffer[position:line_end]).split(b";", 1)[0].strip(), 16)
         except ValueError:
-            return True
+            return READY
         if size < 0:
-            return True
+            return READY
         if size == 0:
-            return buffer.find(b"\r\n\r\n", line_end) >= 0  # the end of the trailers
+            return READY if buffer.find(b"\r\n\r\n", line_end) >= 0 else WAIT  # the end of the trailers
         total += size
         if limit is not None and total > limit:
-            return True
+            return _too_large(limit, "a longer chunked body")
         position = line_end + 2 + size + 2
         if position > len(buffer):
-            return False
+            return WAIT
 
 
-def _send_timeout(conn: _Conn) -> None:
-    """Best effort, without blocking: a JSON 408 in the server's error shape."""
-    request_id = uuid.uuid4().hex
-    body = json.dumps({"error": {
-        "code": "request_timeout",
-        "message": f"The request did not arrive within {conn.read_timeout:g} s (the server's read timeout, setting "
-                   "READ_TIMEOUT, blackbox serve --read-timeout); send the whole request at once.",
-        "details": [],
-    }, "request_id": request_id}, separators=(",", ":")).encode()
-    head = (f"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-            f"X-Request-ID: {request_id}\r\nConnection: close\r\n\r\n").encode()
+def _drop_expect(buffer: bytearray) -> None:
+    """Remove ``Expect: 100-continue`` from the headers in ``buffer`` (the loop answered it, or the body came anyway)."""
+    end = buffer.find(b"\r\n\r\n")
+    if end >= 0:
+        buffer[:end] = _EXPECT_CONTINUE_LINE.sub(b"", bytes(buffer[:end]))
+
+
+def _send(conn: _Conn, data: bytes) -> None:
+    """Best effort, without blocking (what does not fit in the socket's buffer is dropped)."""
     with contextlib.suppress(OSError):
-        conn.sock.send(head + body)
+        conn.sock.send(data)
+
+
+def _send_error(conn: _Conn, exc: Exception) -> None:
+    """A JSON error in the server's shape, its status and code from the one table (serving/errors.py); then close."""
+    status, code = classify(exc)
+    request_id = uuid.uuid4().hex
+    message = exc.description if isinstance(exc, HTTPException) else str(exc)
+    body = json.dumps({"error": {"code": code, "message": message, "details": []}, "request_id": request_id},
+                      separators=(",", ":")).encode()
+    head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nX-Request-ID: {request_id}\r\nConnection: close\r\n\r\n").encode()
+    _send(conn, head + body)
