@@ -12,6 +12,10 @@ import pytest
 from serving import create_app
 from serving.state import EXTENSION
 
+from _helpers import LOG_AUTH, assert_error, make_app
+
+pytestmark = pytest.mark.usefixtures("close_recorders")
+
 
 @pytest.fixture(scope="module")
 def config(served_artifact, serving_keys) -> dict:
@@ -37,3 +41,38 @@ def test_the_drift_window_keeps_only_schema_fields_with_long_strings_truncated(c
     assert window, "the records were not observed"
     assert all(set(r) <= set(served_model.schema.columns) for r in window)
     assert retained(app) < 5 * (len(served_model.schema.columns) * 20 + 400)  # schema fields only, 1000 chars cut to the log's 256 + digest
+
+
+@pytest.fixture
+def logging_app(config, tmp_path):
+    return make_app(config, f"sqlite:///{tmp_path / 'log.db'}")
+
+
+DEEP = b"[" * 300 + b"]" * 300
+
+
+@pytest.mark.parametrize("path", ["/predict", "/invocations", "/feedback"])
+def test_a_deeply_nested_body_is_a_400_naming_the_nesting_limit(logging_app, path):
+    response = logging_app.test_client().post(path, data=DEEP, content_type="application/json", headers=LOG_AUTH)
+    body = assert_error(response, 400, "malformed_body")
+    assert "64 levels" in body["error"]["message"]
+    shallow = b"[" * 64 + b"]" * 64  # at the limit: parsed, then refused for its shape (422), never a 500
+    assert logging_app.test_client().post(path, data=shallow, content_type="application/json", headers=LOG_AUTH).status_code < 500
+
+
+def test_a_deeply_nested_body_on_v2_is_a_400(logging_app, served_model):
+    response = logging_app.test_client().post(f"/v2/models/{served_model.name}/infer", data=DEEP,
+                                              content_type="application/json", headers=LOG_AUTH)
+    assert response.status_code == 400, response.data
+    assert "64 levels" in response.get_json()["error"]
+
+
+def test_feedback_with_no_entries_or_a_lone_surrogate_request_id_is_a_422(logging_app):
+    client = logging_app.test_client()
+    body = assert_error(client.post("/feedback", data=b"[]", content_type="application/json", headers=LOG_AUTH),
+                        422, "invalid_feedback")
+    assert [d["issue"] for d in body["error"]["details"]] == ["no_entries"]
+    for entry in (b'{"request_id": "\\ud800", "label": 1}', b'{"request_id": "abc", "label": "\\ud800"}',
+                  b'{"request_id": "abc", "label": 1, "\\ud800": 2}'):
+        response = client.post("/feedback", data=entry, content_type="application/json", headers=LOG_AUTH)
+        assert_error(response, 422, "invalid_feedback")

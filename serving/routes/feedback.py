@@ -100,7 +100,9 @@ def store_labels(
 
 
 def _entries(body: Any) -> list[Any]:
-    """The body's entries: a list of them, or one."""
+    """The body's entries: a list of them (at least one), or one."""
+    if body == []:
+        raise InvalidFeedback([_problem(None, None, "no_entries", 'at least one entry {"request_id", "row", "label"}', "an empty list")])
     return body if isinstance(body, list) else [body]
 
 
@@ -206,12 +208,14 @@ def _label(index: int, entry: Any) -> tuple[str, int, Any] | list[dict[str, Any]
         return [problem(None, "not_an_object", 'an object {"request_id", "row", "label"}')]
     found = []
     rid, row, label = entry.get("request_id"), entry.get("row", 0), entry.get("label")
-    if not isinstance(rid, str) or not 1 <= len(rid) <= 128:
-        found.append(problem("request_id", "invalid", "the request_id a prediction answered with (1-128 characters)"))
+    if not isinstance(rid, str) or not 1 <= len(rid) <= 128 or jsonio.text(rid) != rid:
+        found.append(problem("request_id", "invalid", "the request_id a prediction answered with (1-128 characters, valid Unicode)"))
     if type(row) is not int or row < 0:
         found.append(problem("row", "invalid", "the record's 0-based index in its request (default 0)"))
-    if isinstance(label, (dict, list)) or label is None or (isinstance(label, str) and len(label) > MAX_LABEL_CHARS):
-        found.append(problem("label", "invalid", f"the observed outcome: a number, boolean or string (at most {MAX_LABEL_CHARS} characters)"))
-    found += [problem(str(key)[:40], "unknown_field", "only request_id, row and label") for key in entry
+    if isinstance(label, (dict, list)) or label is None or (
+        isinstance(label, str) and (len(label) > MAX_LABEL_CHARS or jsonio.text(label) != label)
+    ):
+        found.append(problem("label", "invalid", f"the observed outcome: a number, boolean or string (at most {MAX_LABEL_CHARS} characters, valid Unicode)"))
+    found += [problem(jsonio.text(str(key))[:40], "unknown_field", "only request_id, row and label") for key in entry
               if key not in ("request_id", "row", "label")]
     return found or (rid, row, label)
