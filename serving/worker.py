@@ -7,18 +7,36 @@ a byte a second thus hold every thread (2 workers x 32) and everyone else waits.
 
 Here the worker's event loop (its one selector, no thread) reads each request
 into a buffer without blocking until its headers and body are complete, and
-only then does a thread parse and serve it, from memory. A request still
-incomplete ``READ_TIMEOUT`` seconds after its connection was accepted (or, kept
-alive, became readable again) gets a JSON 408 and its connection is closed; a
-connection that sent nothing is closed without an answer. A waiting client
-costs a file descriptor and its buffer, never a thread.
+only then does a thread parse and serve it, from memory. Bytes a client sent
+behind that request (pipelining) go back into the loop's buffer afterwards, so
+the next request on the connection is buffered like the first. The loop
+answers ``Expect: 100-continue`` itself (gunicorn's own is suppressed) and
+keeps buffering the body. A request that can never complete is refused at
+once by the loop with a JSON error from the one table (serving/errors.py):
+bare-LF line endings or a Transfer-Encoding not ending in ``chunked`` (400), a
+Content-Length or chunked body over the limit (413). A request still
+incomplete ``READ_TIMEOUT`` seconds after its connection was accepted (or,
+kept alive, became readable again, or its previous request was answered) gets
+a JSON 408 and its connection is closed; a connection that sent nothing is
+closed without an answer. A waiting client costs a file descriptor and its
+buffer, never a thread.
+
+Closing is the loop's too: gthread's ``close_graceful`` (FIN, then up to 2 s
+waiting for the client, so unread input does not make the kernel reset the
+answer away) blocks the loop and its heartbeat, so idle clients that never
+close got the worker killed. Here the socket is half-closed and drained by the
+loop, for :data:`LINGER` s or :data:`LINGER_BYTES` at most.
 
 Limits: at most gunicorn's ``worker_connections`` (1000) connections per
-worker; each buffers at most the body limit (``MAX_CONTENT_LENGTH``) plus
-:data:`HEADER_LIMIT` (a longer body is handed over at once: the app answers
-413). A request with ``Expect: 100-continue``, a request pipelined behind
-another, TLS and HTTP/2 are handed to a thread as gthread does; there every
-socket read and write is bounded by ``READ_TIMEOUT`` each (not in total).
+worker, lingering ones included; each buffers at most the body limit
+(``MAX_CONTENT_LENGTH``) plus :data:`HEADER_LIMIT` (longer headers are handed
+over at once: gunicorn answers 400/431). TLS and HTTP/2 are handed to a thread
+as gthread does; there every socket read and write is bounded by
+``READ_TIMEOUT`` each (not in total). A client too slow for it while a
+thread serves its request (reading the answer, say) is logged as one warning
+line (at most one a second per worker), not gthread's traceback. The
+loop does not check API keys: a client without one gets its 100 Continue and
+its 401 once the body has arrived.
 """
 
 from __future__ import annotations
@@ -132,7 +150,7 @@ class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
         if not result:
             self._close(conn)
             return
-        leftover = conn.parser.unreader.take_buffered() if result is not gthread._DEFER else b""
+        leftover = conn.parser.unreader.take_buffered()  # (only TLS connections can be deferred: super's above)
         if not leftover:
             super().finish_request(conn, fs)  # kept alive: on_client_socket_readable buffers the next request
             return
@@ -149,8 +167,8 @@ class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
             now = time.monotonic()
             if now - self._slow_logged >= 1.0:
                 self._slow_logged = now
-                self.log.warning("Client %s too slow: no data within the read timeout (%g s); connection closed.",
-                                 conn.client, conn.read_timeout)
+                self.log.warning("Client %s too slow: a socket read or write took over the read timeout (%g s); "
+                                 "connection closed.", conn.client, conn.read_timeout)
             return False
 
     def _await(self, conn: _Conn) -> None:

@@ -155,3 +155,24 @@ def test_a_request_that_can_never_complete_is_refused_at_once(server, request_by
         answer = read_until(sock, b"\r\n\r\n", READ_TIMEOUT + 3)
     assert answer.startswith(b"HTTP/1.1 %d" % status), answer
     assert time.monotonic() - begun < READ_TIMEOUT - 1  # not the read timeout's 408
+
+
+def test_a_thread_timing_out_on_a_slow_client_logs_one_warning_line(monkeypatch):
+    from gunicorn.workers import gthread
+
+    from serving.worker import ThreadWorker
+
+    def stuck(self, req, conn):
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(gthread.ThreadWorker, "handle_request", stuck)
+    worker = ThreadWorker.__new__(ThreadWorker)  # no process: only handle_request is exercised
+    worker._slow_logged = 0.0
+    logged: list[tuple[str, tuple]] = []
+    worker.log = type("Log", (), {"warning": lambda self, *a: logged.append(("warning", a)),
+                                  "exception": lambda self, *a: logged.append(("exception", a))})()
+    conn = type("Conn", (), {"client": ("127.0.0.1", 5), "read_timeout": 4.0})()
+    assert worker.handle_request(object(), conn) is False  # the connection is closed, nothing re-raised
+    assert worker.handle_request(object(), conn) is False
+    assert [kind for kind, _ in logged] == ["warning"]  # one line, and the second within the second is not logged
+    assert "too slow" in logged[0][1][0] and "127.0.0.1" in str(logged[0][1][1])
