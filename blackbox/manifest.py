@@ -94,7 +94,7 @@ def search_metrics(search: Any) -> dict[str, Any]:
     """Best parameters, best CV score and mean ± std of every candidate of a fitted search."""
     results = search.cv_results_
     best = search.best_index_
-    return jsonable(
+    metrics: dict[str, Any] = jsonable(
         {
             "scoring": search.scoring if isinstance(search.scoring, str) else repr(search.scoring),
             "cv": repr(search.cv),
@@ -112,6 +112,7 @@ def search_metrics(search: Any) -> dict[str, Any]:
             ],
         }
     )
+    return metrics
 
 
 def source_snapshot(modules: Collection[str]) -> dict[str, dict[str, str]]:

@@ -28,7 +28,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -262,10 +262,16 @@ def _message(claims: dict[str, Any], manifest_bytes: bytes) -> bytes:
 
 def _keyring_from_pem(pems: tuple[bytes, ...], revoked: frozenset[str]) -> Keyring:
     keys = [serialization.load_pem_public_key(pem) for pem in pems]
-    return Keyring({key_id(key): key for key in keys}, revoked)  # type: ignore[arg-type]
+    supported = [key for key in keys if _supported(key)]
+    if len(supported) != len(keys):
+        raise AuthenticityError(
+            "A pickled keyring holds a public key that is neither Ed25519 nor ECDSA P-256; refusing it. "
+            "Build the keyring again from the trusted public key files."
+        )
+    return Keyring({key_id(key): key for key in supported}, revoked)
 
 
-def _supported(public_key: Any) -> bool:
+def _supported(public_key: Any) -> TypeGuard[PublicKey]:
     """Ed25519, or ECDSA on P-256 (secp256r1) only."""
     return isinstance(public_key, Ed25519PublicKey) or (
         isinstance(public_key, ec.EllipticCurvePublicKey) and isinstance(public_key.curve, ec.SECP256R1)
@@ -281,7 +287,7 @@ def _load_public_key(path: Path) -> PublicKey:
         raise UsageError(
             f"{str(path)!r} is not an Ed25519 or ECDSA P-256 public key (expected a .pub from `blackbox keygen`)."
         )
-    return key  # type: ignore[return-value]
+    return key
 
 
 def _parse_time(text: str) -> dt.datetime:

@@ -167,6 +167,19 @@ def test_a_keyring_travels_by_pickle_with_its_trust_and_revocations(saved, keys)
         blackbox.load(saved, trusted_keys=revoked)
 
 
+def test_a_pickled_keyring_with_a_key_blackbox_does_not_verify_with_is_refused(keys):
+    """The pickle carries PEMs: one that is not Ed25519 or ECDSA P-256 must not become a trusted key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    ring = signing.Keyring.from_paths([keys["public"]])
+    rsa_pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    reducer, (pems, revoked) = ring.__reduce__()
+    with pytest.raises(blackbox.AuthenticityError, match="neither Ed25519 nor ECDSA P-256"):
+        reducer((*pems, rsa_pem), revoked)
+
+
 def test_sign_refuses_a_damaged_artifact(saved, keys, tmp_path):
     data = bytearray(saved.read_bytes())
     data[-10] ^= 0xFF

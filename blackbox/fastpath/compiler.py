@@ -46,9 +46,19 @@ def _fallback(step: Any, path: str, reason: str) -> Called:
 
 
 def same(a: Any, b: Any) -> bool:
-    """Bit-for-bit equality of two outputs (NaN equal to NaN), including dtype and shape."""
+    """Bit-for-bit equality of two outputs (NaN equal to NaN), including dtype and shape (and a sparse matrix's format)."""
     if isinstance(a, (pd.DataFrame, pd.Series)) or isinstance(b, (pd.DataFrame, pd.Series)):
         return type(a) is type(b) and a.equals(b) and list(getattr(a, "dtypes", [a.dtype])) == list(getattr(b, "dtypes", [b.dtype]))
+    from scipy import sparse
+
+    if sparse.issparse(a) or sparse.issparse(b):
+        if type(a) is not type(b) or a.shape != b.shape or a.dtype != b.dtype:
+            return False
+        differ = (a != b).tocoo()  # not ==, which would list every equal zero (scipy warns)
+        if a.dtype.kind != "f" or not differ.nnz:
+            return not differ.nnz
+        at = differ.row, differ.col
+        return bool(np.isnan(a.tocsr()[at]).all() and np.isnan(b.tocsr()[at]).all())
     a, b = np.asarray(a), np.asarray(b)
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
@@ -216,7 +226,7 @@ def final_step(step: Any, path: str, X: Any, expected: tuple[Any, Any]) -> estim
     """A verified node for the last step, given its input ``X`` and the reference's (labels, probabilities)."""
     try:
         try:
-            node: estimators.Estimator = estimators.Linear(step, path)
+            node: estimators.Linear | estimators.Trees = estimators.Linear(step, path)
         except Unsupported as linear:
             try:
                 node = estimators.Trees(step, path)

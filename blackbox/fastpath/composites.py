@@ -58,6 +58,7 @@ class Slice:
 
     def take(self, table: Table) -> Any:
         if self.how == VALUES:
+            assert self.dtype is not None  # recorded for every VALUES slice
             return table.values(self.positions, self.dtype)
         if self.how == VECTOR:
             return table.vector(self.positions[0])

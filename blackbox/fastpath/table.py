@@ -27,12 +27,15 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from .base import Defer
+
+if TYPE_CHECKING:
+    from ..schema import Schema
 
 _FROM_ARRAYS = getattr(pd.DataFrame, "_from_arrays", None)
 
@@ -42,7 +45,7 @@ class Prepared:
 
     __slots__ = ("schema", "index", "warnings", "_values", "_built")
 
-    def __init__(self, schema: Any, records: Any, *, strict: bool = False) -> None:
+    def __init__(self, schema: Schema, records: Any, *, strict: bool = False) -> None:
         self.schema = schema
         self._values, self.index, self.warnings = schema.checked(records, strict=strict)
         self._built: dict[int, Any] = {}
@@ -179,7 +182,8 @@ class Table:
         arrays = [self.array(p).copy() for p in positions]
         columns = _column_index(tuple(self.names[p] for p in positions))
         if _FROM_ARRAYS is not None:
-            return _FROM_ARRAYS(arrays, columns=columns, index=self.index, verify_integrity=False)
+            frame: pd.DataFrame = _FROM_ARRAYS(arrays, columns=columns, index=self.index, verify_integrity=False)
+            return frame
         return pd.DataFrame(dict(zip(columns, arrays)), index=self.index, copy=False)
 
     def series(self, position: int) -> pd.Series:

@@ -59,7 +59,8 @@ class Imputer(Node):
     def transform(self, X: Any) -> np.ndarray:
         X = _checked(X, self.dtype, self.width)
         if X.dtype.kind in "biu":  # no NaN fits in an integer array: nothing to impute
-            return X.astype(self.out_dtype)
+            out: np.ndarray = X.astype(self.out_dtype)
+            return out
         _no_infinity(X)
         out = X.copy()
         mask = out != out  # NaN, as scikit-learn's _get_mask finds it for float and object arrays
@@ -93,7 +94,7 @@ class Scaler(Node):
     def transform(self, X: Any) -> np.ndarray:
         X = _checked(X, self.dtype, self.width)
         _no_infinity(X)
-        out = X.astype(self.out_dtype)  # a copy, like check_array(copy=True)
+        out: np.ndarray = X.astype(self.out_dtype)  # a copy, like check_array(copy=True)
         for op, value in self.ops:
             if op == "sub":
                 out -= value
@@ -125,7 +126,8 @@ class OneHot(Node):
             raise Unsupported(f"input dtype {dtype}")
         self.dtype, self.width = dtype, len(step.categories_)
         self.out_dtype = np.dtype(step.dtype)
-        self.lookups: list[tuple[dict[Any, int], int | None]] = []  # (category -> column, column of NaN)
+        # (category -> column, column of NaN, the kind of the categories: None for numbers)
+        self.lookups: list[tuple[dict[Any, int], int | None, str | None]] = []
         offset = 0
         for categories in step.categories_:
             values = list(categories)

@@ -141,7 +141,8 @@ def _integer_edges(values: np.ndarray) -> list[float]:
     else:
         starts = np.unique(np.ceil(np.quantile(values, QUANTILES)))
         starts = starts[starts > low]
-    return (starts - 0.5).tolist()
+    edges: list[float] = (starts - 0.5).tolist()
+    return edges
 
 
 def psi(expected: np.ndarray, actual: np.ndarray) -> float:

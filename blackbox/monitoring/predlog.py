@@ -283,7 +283,7 @@ def _utc(moment: dt.datetime) -> dt.datetime:
     return (moment.astimezone(dt.UTC) if moment.tzinfo else moment).replace(tzinfo=None)
 
 
-def _frame(rows: Iterable[Mapping[str, Any]], with_feedback: bool) -> pd.DataFrame:
+def _frame(rows: Iterable[Mapping[Any, Any]], with_feedback: bool) -> pd.DataFrame:
     rows = list(rows)
     meta = pd.DataFrame([[row[name] for name in META_COLUMNS] for row in rows], columns=list(META_COLUMNS), dtype=object)
     meta["row"] = meta["row"].astype("int64")

@@ -230,4 +230,4 @@ def _cast(column: pa.ChunkedArray, kind: str, target: pa.DataType) -> pa.Chunked
 
 
 def _is_text(kind: pa.DataType) -> bool:
-    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind))
