@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 import threading
 import time
@@ -176,3 +177,19 @@ def test_a_thread_timing_out_on_a_slow_client_logs_one_warning_line(monkeypatch)
     assert worker.handle_request(object(), conn) is False
     assert [kind for kind, _ in logged] == ["warning"]  # one line, and the second within the second is not logged
     assert "too slow" in logged[0][1][0] and "127.0.0.1" in str(logged[0][1][1])
+
+
+def test_whole_requests_pipelined_on_one_connection_are_all_answered_in_order(server):
+    body = json.dumps(PASSENGER).encode()
+
+    def request(path: bytes, last: bool = False) -> bytes:
+        return (b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                % len(body) + (b"Connection: close\r\n" if last else b"") + b"\r\n" + body)
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        # The body of the 404 is unread by the app; the body of the Expect one comes without waiting for a 100.
+        expecting = request(b"/predict").replace(b"Host: x\r\n", b"Host: x\r\nExpect: 100-continue\r\n")
+        sock.sendall(request(b"/predict") + request(b"/nope") + expecting + request(b"/predict", last=True))
+        answer = read_until(sock, b"until the server closes", 10)
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3})", answer)
+    assert statuses == [b"200", b"404", b"200", b"200"], answer[:600]
