@@ -233,7 +233,8 @@ class Model:
     def _guarded(self, call: Callable[[pd.DataFrame], _T], frame: pd.DataFrame) -> _T:
         """``call(frame)``, with scikit-learn's refusal of a non-finite input raised as a ModelInputError."""
         try:
-            return call(frame)
+            with np.errstate(over="ignore"):  # an overflow ends as infinity, which is refused here or by _check_output
+                return call(frame)
         except ValueError as exc:
             reason = str(exc)
             if not _REFUSED_INPUT.search(reason):
