@@ -42,8 +42,8 @@ def writer(target: Path, mode: str) -> subprocess.Popen:
 def test_the_next_write_removes_what_a_killed_writer_left(tmp_path):
     target = tmp_path / "out.csv"
     target.write_bytes(b"old")
-    child = writer(target, "kill")
-    assert child.wait(timeout=30) == -9
+    with writer(target, "kill") as child:  # the with closes its pipes
+        assert child.wait(timeout=30) == -9
     left = temporaries(tmp_path)
     assert len(left) == 1 and left[0].startswith(".out.csv.")  # the hidden temporary file, and the old target intact
     assert target.read_bytes() == b"old"

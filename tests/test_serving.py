@@ -529,7 +529,8 @@ def test_serve_refuses_a_public_bind_without_api_keys(blackbox_main, served_arti
 def test_serve_ends_with_the_exit_code_of_a_bad_artifact(blackbox_main, search, titanic, tmp_path, capsys, monkeypatch):
     assert blackbox_main(["serve", str(tmp_path / "missing.bbx")]) == blackbox.ArtifactError.exit_code
     monkeypatch.delenv(signing.SIGNING_KEY_ENV)  # the conftest signs every save by default
-    unsigned = blackbox.save(search, tmp_path / "unsigned.bbx", train_data=titanic[0])
+    with pytest.warns(UserWarning, match="UNSIGNED"):
+        unsigned = blackbox.save(search, tmp_path / "unsigned.bbx", train_data=titanic[0])
     assert blackbox_main(["serve", str(unsigned)]) == blackbox.AuthenticityError.exit_code
     err = capsys.readouterr().err
     assert "unsigned" in err and "Traceback" not in err

@@ -152,6 +152,7 @@ def test_a_killed_push_never_becomes_a_version_and_gc_removes_its_leftovers(arti
         child.send_signal(signal.SIGKILL)
     finally:
         child.wait()
+        child.stdout.close()
     leftovers = list(root.rglob("*.tmp"))
     assert len(leftovers) == 1 and leftovers[0].stat().st_size == artifact.stat().st_size
     store = Store.open(root)
