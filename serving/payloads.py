@@ -16,7 +16,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Request
-from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
+from gunicorn.http.errors import NoMoreData, ParseException
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
 
 from blackbox import SchemaError
 from blackbox.errors import problem as _problem
@@ -117,7 +118,8 @@ def _body(request: Request) -> bytes:
 
     A chunked body has no Content-Length to check up front: it is read up to one
     byte past the limit, so a longer one is a 413 too, never a cut body parsed
-    as broken JSON.
+    as broken JSON. Broken chunk framing (a size that is not hex, a chunk shorter
+    than its size or without its CRLF: gunicorn's parse errors) is a 400.
     """
     charset = request.mimetype_params.get("charset", "utf-8").lower()
     if request.mimetype != jsonio.MIMETYPE or charset not in ("utf-8", "utf8"):
@@ -141,6 +143,11 @@ def _body(request: Request) -> bytes:
         raise BodyTimeout(
             "The body did not arrive within the server's read timeout (setting READ_TIMEOUT, "
             "blackbox serve --read-timeout); send the whole request at once."
+        ) from None
+    except (ParseException, NoMoreData) as exc:
+        raise BadRequest(
+            f"The chunked body is malformed ({type(exc).__name__}: {str(exc)[:100]}); send each chunk as its size in hex, "
+            "CRLF, that many bytes, CRLF, and end with a zero-size chunk (or send a Content-Length instead)."
         ) from None
     if limit is not None and len(data) > limit:
         raise _too_large(limit, "a longer chunked body")

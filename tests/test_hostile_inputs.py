@@ -7,12 +7,16 @@ is overdue, out-of-range typed values on /v2).
 
 from __future__ import annotations
 
+import json
+import socket
+from collections.abc import Iterator
+
 import pytest
 
 from serving import create_app
 from serving.state import EXTENSION
 
-from _helpers import LOG_AUTH, assert_error, make_app
+from _helpers import LOG_AUTH, Server, assert_error, make_app
 
 pytestmark = pytest.mark.usefixtures("close_recorders")
 
@@ -76,3 +80,35 @@ def test_feedback_with_no_entries_or_a_lone_surrogate_request_id_is_a_422(loggin
                   b'{"request_id": "abc", "label": 1, "\\ud800": 2}'):
         response = client.post("/feedback", data=entry, content_type="application/json", headers=LOG_AUTH)
         assert_error(response, 422, "invalid_feedback")
+
+
+@pytest.fixture(scope="module")
+def server(served_artifact, serving_keys, tmp_path_factory) -> Iterator[Server]:
+    running = Server([str(served_artifact), "--host", "127.0.0.1", "--workers", "1", "--trusted-keys", str(serving_keys[1])],
+                     tmp_path_factory.mktemp("hostile") / "server.log")
+    try:
+        running.wait_ready()
+        yield running
+    finally:
+        running.stop()
+
+
+def raw(server: Server, chunks: bytes) -> tuple[int, dict]:
+    """(status, JSON body) of a chunked POST /predict whose chunk framing is ``chunks``, sent as it is."""
+    head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head + chunks)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while piece := sock.recv(65536):
+            answer += piece
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2])
+
+
+@pytest.mark.parametrize("chunks", [b"zz\r\n{}\r\n0\r\n\r\n", b"-1\r\n{}\r\n0\r\n\r\n", b"3\r\n{}\r\n0\r\n\r\n",
+                                    b"2\r\n{}XX0\r\n\r\n"], ids=["letters", "negative", "short", "no_terminator"])
+def test_a_malformed_chunked_body_is_a_400(server, chunks):
+    status, body = raw(server, chunks)
+    assert status == 400, body
+    assert body["error"]["code"] == "malformed_body" and "chunked" in body["error"]["message"]
