@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -166,6 +167,42 @@ def test_an_unsupported_step_falls_back_and_says_why(titanic):
     assert steps["steps[columntransformer].flags"]["reason"] == "add_indicator=True"
     assert steps["steps[columntransformer].cat"]["reason"] == "drop='first'"
     assert steps["steps[columntransformer].power.simpleimputer"]["mode"] == "compiled"
+    _assert_exact(plan, pipeline, schema, X_test)
+
+
+def test_same_compares_sparse_outputs_exactly_without_a_warning():
+    from scipy import sparse
+
+    from blackbox.fastpath.compiler import same
+
+    dense = np.array([[1.0, 0.0, np.nan], [0.0, 2.5, 0.0]])
+    a = sparse.csr_matrix(dense)
+    changed = dense.copy()
+    changed[1, 1] = np.nextafter(2.5, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scipy warns that == on two sparse matrices is inefficient
+        assert same(a, sparse.csr_matrix(dense.copy()))  # NaN equal to NaN, as for arrays
+        assert not same(a, sparse.csr_matrix(changed))
+        assert not same(a, sparse.csr_matrix(np.nan_to_num(dense)))  # NaN against a number
+        assert not same(a, sparse.csr_matrix(dense.astype(np.float32)))
+        assert not same(a, sparse.csr_matrix(dense[:, :2]))
+        assert not same(a, sparse.csc_matrix(dense))  # another format
+        assert not same(a, dense) and not same(dense, a)
+        assert same(sparse.csr_matrix(np.eye(3, dtype=int)), sparse.csr_matrix(np.eye(3, dtype=int)))
+        assert not same(sparse.csr_matrix(np.eye(3, dtype=int)), sparse.csr_matrix(np.eye(3, dtype=int)[::-1]))
+
+
+def test_a_sparse_part_of_a_column_transformer_runs_it_the_reference_way(titanic):
+    X_train, X_test, y_train, _ = titanic
+    ct = ColumnTransformer([("num", SimpleImputer(), ["age", "fare"]),
+                            ("cat", OneHotEncoder(handle_unknown="ignore"), ["sex", "embarked"])], sparse_threshold=0)
+    pipeline = make_pipeline(ct, LogisticRegression(max_iter=1000)).fit(X_train, y_train)
+    plan, record, schema = _plan(pipeline, X_train)
+    assert plan is not None, record
+    assert [(s["path"], s["mode"], s.get("reason")) for s in record["steps"]] == [
+        ("steps[columntransformer]", "reference", "deferred on the verification rows: a sparse part: the container combines those sparsely"),
+        ("steps[logisticregression]", "compiled", None),
+    ]
     _assert_exact(plan, pipeline, schema, X_test)
 
 
