@@ -233,8 +233,8 @@ def _artifacts(value: Any) -> Mapping[str, Path]:
     if value in (None, "", []):
         return MappingProxyType({})
     if isinstance(value, Mapping):
-        named = {str(name): _artifact(path) for name, path in value.items()}
-        return MappingProxyType({name: path for name, path in named.items() if path is not None})
+        given = {str(name): _artifact(path) for name, path in value.items()}
+        return MappingProxyType({name: path for name, path in given.items() if path is not None})
     paths: list[Path] = []
     for item in value if isinstance(value, (list, tuple)) else [value]:
         path = _artifact(item)
@@ -245,7 +245,7 @@ def _artifacts(value: Any) -> Mapping[str, Path]:
             paths += found
         elif path is not None:
             paths.append(path)
-    named = {}
+    named: dict[str, Path] = {}
     for path in paths:
         name = _manifest_name(path)
         if name in named:

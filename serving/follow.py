@@ -290,9 +290,11 @@ class Follower:
     def _recorded_pointer(self) -> Release | None:
         """The last pointer this reference accepted, from CACHE_DIR (None: none recorded)."""
         accepted = self._record().get("accepted")
+        if not isinstance(accepted, dict):
+            return None
         try:
-            sequence, version, sha256 = accepted["sequence"], accepted["version"], accepted["sha256"]  # type: ignore[index]
-        except (TypeError, KeyError):
+            sequence, version, sha256 = accepted["sequence"], accepted["version"], accepted["sha256"]
+        except KeyError:
             return None
         if type(sequence) is not int or not isinstance(version, str) or not isinstance(sha256, str):
             return None

@@ -152,7 +152,8 @@ class Scorer:
         answer = batch.answers.get(start, batch.error)
         if isinstance(answer, BaseException):
             raise answer
-        predictions, probabilities = answer  # type: ignore[misc]  (the leader answers every request, or sets error)
+        assert answer is not None  # the leader answers every request, or sets error
+        predictions, probabilities = answer
         return Scored(predictions, probabilities, warnings)
 
     def _join(self, model: Model, prepared: Prepared) -> tuple[_Batch, int, bool]:

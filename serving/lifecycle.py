@@ -51,7 +51,7 @@ def finish(response: Response) -> Response:
     The request's ``g`` and ``request`` are looked up once: each access through
     Flask's context proxies costs about a microsecond, and this hook reads a dozen.
     """
-    here, asked = g._get_current_object(), request._get_current_object()
+    here, asked = g._get_current_object(), request._get_current_object()  # type: ignore[attr-defined]  # a LocalProxy
     rid = request_id()
     response.headers[HEADER] = rid
     now = time.perf_counter()

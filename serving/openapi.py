@@ -39,7 +39,7 @@ def record_schema(schema: Schema) -> dict[str, Any]:
         if field.kind in ("string", "category"):
             prop["maxLength"] = max_chars(field)
         if field.kind == "category":
-            prop["enum"] = [*field.categories, *([None] if field.nullable else [])]
+            prop["enum"] = [*(field.categories or ()), *([None] if field.nullable else [])]
         elif field.categories is not None:
             notes.append(f"Values seen in training: {', '.join(field.categories)}.")
         if field.minimum is not None:
@@ -136,7 +136,7 @@ def document(model: Model, *, max_records: int, auth: bool) -> dict[str, Any]:
     for rule in sorted(current_app.url_map.iter_rules(), key=lambda r: r.rule):
         if rule.endpoint == "static":
             continue
-        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             paths.setdefault(_path(rule.rule), {})[method.lower()] = _documented(rule, operations, auth=auth)
     doc: dict[str, Any] = {
         "openapi": "3.0.3",

@@ -97,7 +97,13 @@ class Recorder:
             metrics.log_rows.labels(outcome)  # exported as 0 from the start, so a dashboard's sum is complete
         atexit.register(self.close)
         alive = weakref.ref(self)  # the fork hook cannot be unregistered: it must not keep a closed app's Recorder
-        os.register_at_fork(after_in_child=lambda: (recorder := alive()) is not None and recorder._forked())
+
+        def forked() -> None:
+            recorder = alive()
+            if recorder is not None:
+                recorder._forked()
+
+        os.register_at_fork(after_in_child=forked)
 
     def _begin(self) -> None:
         """This process's queue, locks and accounting; its writer thread starts with the first record."""
@@ -180,7 +186,8 @@ class Recorder:
                 self._cond.wait()
             if self._deadline is None and self._rows < BATCH_ROWS:
                 self._cond.wait(LINGER_SECONDS)
-            entries, count = [], 0
+            entries: list[_Entry] = []
+            count = 0
             while self._pending and (not entries or count + len(self._pending[0].records) <= BATCH_ROWS):
                 entries.append(self._pending.popleft())
                 count += len(entries[-1].records)

@@ -165,7 +165,7 @@ def _names(value: Any, label: Any) -> bool:
             return label == value  # exactly, however large
         number = _number(label)
         return number is not None and number == value
-    return label == value
+    return bool(label == value)
 
 
 def _number(label: Any) -> float | None:
@@ -218,4 +218,7 @@ def _label(index: int, entry: Any) -> tuple[str, int, Any] | list[dict[str, Any]
         found.append(problem("label", "invalid", f"the observed outcome: a number, boolean or string (at most {MAX_LABEL_CHARS} characters, valid Unicode)"))
     found += [problem(jsonio.text(str(key))[:40], "unknown_field", "only request_id, row and label") for key in entry
               if key not in ("request_id", "row", "label")]
-    return found or (rid, row, label)
+    if found:
+        return found
+    assert isinstance(rid, str)  # checked above
+    return rid, row, label

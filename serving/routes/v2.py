@@ -175,9 +175,10 @@ def _records(body: dict[str, Any], max_records: int) -> list[dict[str, Any]]:
     problems: list[dict[str, Any]] = []
     rows: int | None = None
     for position, tensor in enumerate(body["inputs"]):
-        where = tensor.get("name") if isinstance(tensor, dict) and isinstance(tensor.get("name"), str) else f"inputs[{position}]"
-        if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
-            problems.append(_problem(None, where, "shape", 'a tensor {"name", "shape", "datatype", "data"}', _describe(tensor)))
+        where = tensor.get("name") if isinstance(tensor, dict) else None
+        if not isinstance(where, str):
+            problems.append(_problem(None, f"inputs[{position}]", "shape", 'a tensor {"name", "shape", "datatype", "data"}',
+                                     _describe(tensor)))
             continue
         if where in columns:
             problems.append(_problem(None, where, "duplicate", "each column once", "a second tensor of that name"))
@@ -258,7 +259,7 @@ def _wanted_outputs(body: dict[str, Any], model: Model) -> set[str]:
     if unknown:
         raise _invalid(f"Unknown output {str(unknown[0])[:40]!r}.", "outputs", "unknown_output",
                        f"outputs among {', '.join(sorted(available))}", str(unknown[0])[:40])
-    return set(names)
+    return available.intersection(names)  # all of names, now known to be among them
 
 
 def _predict_datatype(model: Model) -> str:
