@@ -52,8 +52,13 @@ Rules callers rely on:
   without limits) read in every version; a ``missing_probe`` that contradicts
   ``nullable`` is refused.
 * DataFrame input: a missing column is an error even for a nullable field,
-  object columns are checked value by value, and row-level entries are capped
-  at 100 per (field, issue), followed by one ``row: None`` "N more rows" entry.
+  and object columns are checked value by value.
+* One cap for records and DataFrames, so an answer stays small whatever the
+  batch: row-level entries are capped at 100 per (field, issue), followed by
+  one ``row: None`` "N more rows" entry; and the problems, like the warnings,
+  at 1000 entries in all, followed by one ``{"row": None, "field": None,
+  "issue": "truncated", "received": "N more entries"}`` (an unknown field name
+  per record could otherwise make thousands of groups).
 
 Every problem and warning is ``{"row", "field", "issue", "expected", "received"}`` (:func:`blackbox.errors.problem`).
 Problems (one :class:`SchemaError` lists them all; nothing is predicted):
@@ -105,7 +110,8 @@ NUMERIC_PATTERN = r"^[ \t\n\r\f\v]*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?[ \t
 """The numeric strings a number field takes (:data:`_FLOAT`, anchored, ECMA-262 syntax for OpenAPI)."""
 _NON_FINITE_WORDS = frozenset({"nan", "inf", "infinity"})
 _SHOWN = 5  # bullet lines in a SchemaError message
-_FRAME_CAP = 100  # row-level entries per (field, issue) for DataFrame input
+_ROW_CAP = 100  # row-level entries per (field, issue)
+_TOTAL_CAP = 1000  # problems (and warnings) in one report, before the one "truncated" entry
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 _Check = Callable[[Any], "tuple[Any, str | None, str | None]"]
@@ -243,7 +249,7 @@ class Schema:
         report = _Report({name: position for position, name in enumerate(self.columns)})
         index = None
         if isinstance(records, pd.DataFrame):
-            report.cap, index, total = _FRAME_CAP, records.index, len(records)
+            index, total = records.index, len(records)
             columns = self._from_frame(records, strict, report) if total else {}
         elif isinstance(records, (str, bytes, Mapping)) or not isinstance(records, Iterable):
             report.add(None, None, "not_a_list", "a list of records", _describe(records))
@@ -484,20 +490,27 @@ class _Report:
     def __init__(self, order: dict[str, int]) -> None:
         self.problems: list[dict] = []
         self.warnings: list[dict] = []
-        self.cap: int | None = None
+        self.cap = _ROW_CAP
         self._order = order
+        self._dropped: Counter = Counter()  # entries past _TOTAL_CAP, by warning
         self._bad_rows: set[int] = set()
         self._counts: Counter = Counter()
 
     def add(self, row: int | None, field: str | None, issue: str, expected: str, received: str, *, warning: bool = False) -> None:
         if row is not None and not warning:
             self._bad_rows.add(row)
-        if row is not None and self.cap is not None:
+        if row is not None:
             self._counts[field, issue, warning] += 1
             if self._counts[field, issue, warning] > self.cap:
                 return
-        entry = problem(row, field, issue, expected, received)
-        (self.warnings if warning else self.problems).append(entry)
+        self._keep(problem(row, field, issue, expected, received), warning)
+
+    def _keep(self, entry: dict, warning: bool) -> None:
+        kept = self.warnings if warning else self.problems
+        if len(kept) < _TOTAL_CAP:
+            kept.append(entry)
+        else:
+            self._dropped[warning] += 1
 
     def add_rows(self, rows: np.ndarray, field: str, issue: str, expected: str, values: np.ndarray, *, warning: bool = False) -> None:
         """Many rows with one issue (DataFrame input): count them all, keep entries up to the cap."""
@@ -506,18 +519,19 @@ class _Report:
         room = max(self.cap - self._counts[field, issue, warning], 0)
         self._counts[field, issue, warning] += len(rows)
         for row in rows[:room].tolist():
-            entry = problem(row, field, issue, expected, _describe(values[row].item()))
-            (self.warnings if warning else self.problems).append(entry)
+            self._keep(problem(row, field, issue, expected, _describe(values[row].item())), warning)
 
     def check(self, total: int) -> None:
         """Raise the batch's one SchemaError if anything is wrong."""
         for (field, issue, warning), count in self._counts.items():
             if count > self.cap:
-                entry = problem(None, field, issue, "as above", f"{count - self.cap} more rows")
-                (self.warnings if warning else self.problems).append(entry)
+                self._keep(problem(None, field, issue, "as above", f"{count - self.cap} more rows"), warning)
         key = lambda p: (p["row"] is not None, p["row"] or 0, self._order.get(p["field"], len(self._order)))  # noqa: E731
         self.problems.sort(key=key)
         self.warnings.sort(key=key)
+        for warning, dropped in self._dropped.items():
+            entry = problem(None, None, "truncated", f"at most {_TOTAL_CAP} entries in one answer", f"{dropped} more entries")
+            (self.warnings if warning else self.problems).append(entry)
         if not self.problems:
             return
         head = f"{len(self._bad_rows)} of {total} records failed validation against the model's schema:"

@@ -112,3 +112,24 @@ def test_a_malformed_chunked_body_is_a_400(server, chunks):
     status, body = raw(server, chunks)
     assert status == 400, body
     assert body["error"]["code"] == "malformed_body" and "chunked" in body["error"]["message"]
+
+
+def test_validation_details_and_warnings_are_capped_per_field_and_issue_and_in_all(config, passengers):
+    client = create_app(config).test_client()
+    empty = client.post("/predict", json=[{}] * 10_000)
+    body = assert_error(empty, 422, "validation_error")
+    assert len(empty.data) < 300_000, len(empty.data)
+    missing = [d for d in body["error"]["details"] if d["issue"] == "missing"]
+    per_field = {d["field"] for d in missing}
+    assert all(sum(1 for d in missing if d["field"] == f and d["row"] is not None) == 100 for f in per_field)
+    assert {d["received"] for d in missing if d["row"] is None} == {"9900 more rows"}
+
+    junk = {f"junk{i}": i for i in range(100)}
+    records = [{**passengers[i % len(passengers)], **junk} for i in range(2000)]
+    answer = client.post("/predict", json=records)
+    assert answer.status_code == 200, answer.data[:500]
+    warnings = answer.get_json()["warnings"]
+    assert len(answer.data) < 1_000_000, len(answer.data)
+    assert warnings[-1]["issue"] == "truncated" and warnings[-1]["received"].endswith("more entries")
+    small = client.post("/predict", json=[{**passengers[0], "extra": 1}]).get_json()["warnings"]
+    assert [(w["row"], w["field"], w["issue"]) for w in small] == [(0, "extra", "unknown_field")]
