@@ -55,8 +55,8 @@ def recipe_section(recipe: Mapping[str, Any], search: Any) -> dict[str, Any]:
             f"and optionally args and seed; got {sorted(recipe)}."
         )
     package = str(recipe["entry_point"]).partition(".")[0]
-    module = sys.modules.get(package)
-    if module is None or not getattr(module, "__file__", None):
+    init: str | None = getattr(sys.modules.get(package), "__file__", None)  # None: not imported, or a namespace package
+    if not init:
         raise UsageError(f"The recipe's package {package!r} is not imported; import it before saving.")
     data = Path(recipe["data"]).resolve()
     return {
@@ -69,7 +69,7 @@ def recipe_section(recipe: Mapping[str, Any], search: Any) -> dict[str, Any]:
             "folds": search.n_splits_,
             "scoring": search.scoring if isinstance(search.scoring, str) else repr(search.scoring),
         },
-        "source": _package_source(Path(module.__file__).parent, package),
+        "source": _package_source(Path(init).parent, package),
     }
 
 
@@ -185,7 +185,7 @@ def _rebuild(
         _unpack_source(recipe["source"], src)
         command = [
             sys.executable, "-m", recipe["entry_point"], *recipe["args"],
-            "--data", str(data_path), "--out", str(built), "--version", f"{old['version']}+rebuild",
+            "--data", str(data_path), "--out", str(built), "--version", f"{old.version}+rebuild",
         ]
         # The recorded code never holds the key: it saves unsigned, and the result is signed here.
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != SIGNING_KEY_ENV}
@@ -204,7 +204,7 @@ def _rebuild(
                 "The rebuilt artifact was not made by the recorded source (an installed copy of "
                 f"{recipe['entry_point']!r} shadowed it); uninstall it or run rebuild elsewhere."
             )
-        if private_key is not None:
+        if key_path is not None:  # private_key was loaded from it
             from .persist import sign  # persist imports this module
 
             sign(built, Path(key_path).resolve())
