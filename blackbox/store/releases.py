@@ -20,7 +20,7 @@ import dataclasses
 import hashlib
 import json
 import re
-from typing import Any
+from typing import Any, TypeGuard
 
 from .. import signing, trust
 from ..artifact import unpack
@@ -131,7 +131,7 @@ def describe(data: bytes, source: str) -> Release:
     )
 
 
-def valid_name(value: Any) -> bool:
+def valid_name(value: Any) -> TypeGuard[str]:
     return isinstance(value, str) and bool(_NAME.fullmatch(value)) and ".." not in value
 
 

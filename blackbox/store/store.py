@@ -32,6 +32,7 @@ unpickling), not the model. A pulled artifact must have the sha256 the
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import dataclasses
 import json
@@ -46,7 +47,7 @@ from typing import Any
 from .. import signing
 from ..artifact import read_bytes
 from ..atomic import atomic_write
-from ..errors import AuthenticityError, IntegrityError, UsageError
+from ..errors import AuthenticityError, IntegrityError, StoreError, UsageError
 from ..signing import SIGNING_KEY_ENV, PrivateKey
 from ..trust import TrustedKeys
 from . import pointers
@@ -55,7 +56,6 @@ from .releases import (
     ALIASES,
     LATEST,
     Release,
-    StoreError,
     check_alias,
     check_name,
     check_version,
@@ -261,7 +261,7 @@ class Store:
             if current is not None and current.version == version and (_signed(current) or signer is None):
                 return current
             downgrade = current is not None and version_key(version) < version_key(current.version)
-            if downgrade and not allow_downgrade:
+            if downgrade and current is not None and not allow_downgrade:
                 raise StoreError(
                     f"{name}@{alias} names version {current.version}; moving it to the older {version} is a "
                     "downgrade, which servers following it refuse unless the pointer says it is a rollback. "
@@ -323,7 +323,7 @@ class Store:
             self._swap(name, alias, pointers.seal(successor, signer), token)
         return self._located(release, (alias,))
 
-    def gc(self, older_than: float = 3600.0) -> list[str]:
+    def gc(self, older_than: float = 3600.0) -> builtins.list[str]:
         """Remove what interrupted writers left, if older than ``older_than`` seconds; return what.
 
         That is temporary files, and on S3 multipart uploads of the store's own keys
@@ -336,7 +336,7 @@ class Store:
             for name in self._backend.children(()):
                 for sub in self._backend.children((name,)):
                     for leaf in self._backend.children((name, sub)):
-                        key = (name, sub, leaf)
+                        key: Key = (name, sub, leaf)
                         if _temporary(leaf) and self._backend.age(key) >= older_than:
                             self._backend.delete(key)
                             removed.append(self._where(key))
@@ -367,7 +367,7 @@ class Store:
             raise damaged(self._where(key), f"holds {release.ref}, not {name}@{version}, so it is not a release")
         return release
 
-    def _aliases(self, name: str) -> list[str]:
+    def _aliases(self, name: str) -> builtins.list[str]:
         leaves = self._backend.children((name, ALIASES))
         names = (leaf.removesuffix(".json") for leaf in leaves if leaf.endswith(".json"))
         return [alias for alias in names if is_alias(alias)]
@@ -380,7 +380,7 @@ class Store:
         trusted_keys: TrustedKeys = None,
         allow_unsigned: bool = False,
         for_update: bool = False,
-    ) -> tuple[Release | None, list[dict[str, Any]], Any]:
+    ) -> tuple[Release | None, builtins.list[dict[str, Any]], Any]:
         """The release NAME@ALIAS's pointer names (None if unset), its history, and the token ``_swap`` compares.
 
         A pointer that cannot be believed raises (blackbox.store.pointers); ``for_update``
