@@ -114,7 +114,8 @@ class _Isolation:
         """The rows at ``positions`` failed together with ``error``: find the ones the model fails on."""
         named = error.rows if isinstance(error, (ModelInputError, ModelOutputError)) else []
         if named and all(0 <= row < len(positions) for row in named):  # the model said which rows
-            for row, problem in zip(error.rows, error.problems, strict=True):
+            assert isinstance(error, (ModelInputError, ModelOutputError))
+            for row, problem in zip(named, error.problems, strict=True):
                 self._fail(positions[row], {**problem, "row": None}, error)
             rest = np.delete(positions, named)
             if len(rest) and (failure := self.predict(rest)) is not None:
@@ -175,8 +176,8 @@ def _model_problem(error: Exception) -> dict[str, Any]:
     return problem(None, None, MODEL_ERROR, "a record the model can score", _reason(error))
 
 
-def _reason(error: Exception) -> str:
-    return f"{type(error).__name__}: {error}"[:300]
+def _reason(error: Exception | None) -> str:
+    return "no exception was kept" if error is None else f"{type(error).__name__}: {error}"[:300]
 
 
 def _prepare(model: Model, data: pd.DataFrame | list[Any]) -> tuple[pd.DataFrame | Prepared | None, list[dict[str, Any]]]:
@@ -189,7 +190,7 @@ def _prepare(model: Model, data: pd.DataFrame | list[Any]) -> tuple[pd.DataFrame
     try:
         return (model.checked(data) if model.plan is not None else model.prepare(data)[0]), []
     except SchemaError as exc:
-        return None, exc.problems
+        return None, [dict(problem) for problem in exc.problems]
 
 
 def _by_row(model: Model, data: pd.DataFrame | list[Any], problems: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:

@@ -43,7 +43,9 @@ class OutputSpec:
         if self.id_column:
             columns.append(_id_array(scored.ids, self.schema.field(self.id_column).type))
         columns.append(pa.array(scored.predictions, self.prediction_type))
-        columns += [pa.array(scored.probabilities[:, i]) for i in range(len(self.proba_names))]
+        if self.proba_names:
+            assert scored.probabilities is not None  # the model has them: the spec asked for their columns
+            columns += [pa.array(scored.probabilities[:, i]) for i in range(len(self.proba_names))]
         columns += [pa.repeat(pa.scalar(value, pa.string()), n) for value in self.metadata.values()]
         return pa.Table.from_arrays(columns, schema=self.schema)
 
@@ -64,7 +66,7 @@ class Writer:
     def __enter__(self) -> Any:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
         self.close()
 
 
@@ -89,7 +91,7 @@ class JsonLinesWriter(Writer):
 
     def write(self, scored: Scored) -> None:
         spec = self._spec
-        ids = scored.ids.to_pylist() if isinstance(scored.ids, pa.ChunkedArray) else scored.ids
+        ids = scored.ids.to_pylist() if isinstance(scored.ids, pa.ChunkedArray) else scored.ids or []
         probabilities = scored.probabilities.tolist() if scored.probabilities is not None else None
         lines = []
         for i, row in enumerate(scored.rows.tolist()):
@@ -119,7 +121,7 @@ class BackgroundWriter(Writer):
     (the same exception object) is raised by the next ``write`` or by ``close``.
     """
 
-    def __init__(self, writer: Writer) -> None:
+    def __init__(self, writer: TableWriter | JsonLinesWriter) -> None:
         self._writer = writer
         self._queue: queue.Queue[Scored | None] = queue.Queue(maxsize=1)
         self._error: BaseException | None = None
