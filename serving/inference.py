@@ -40,7 +40,8 @@ answer is dropped; a call still queued behind it is cancelled instead. While
 such an overdue call runs, every new request is told at once (504) rather than
 queueing behind it; once the call ends, the worker answers normally again. A
 call that never ends (an infinite loop in a model) thus leaves the worker
-answering 504 until it is restarted.
+answering 504 until it is restarted. :attr:`Scorer.overdue` says so, and
+``/ready`` is a 503 meanwhile (:mod:`serving.routes.ops`).
 """
 
 from __future__ import annotations
@@ -242,6 +243,11 @@ class Scorer:
                 with self._state:
                     self._overdue = self._overdue or self._running is token
             raise self._timeout() from None
+
+    @property
+    def overdue(self) -> bool:
+        """Whether a model call ran past a request's deadline and still runs (every request is a 504 meanwhile)."""
+        return self._overdue
 
     def _check_overdue(self) -> None:
         if self._overdue:

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 from collections.abc import Iterator
 
 import pytest
 
+import blackbox
 from serving import create_app
 from serving.state import EXTENSION
 
-from _helpers import LOG_AUTH, Server, assert_error, make_app
+from _helpers import LOG_AUTH, PASSENGER, Server, assert_error, make_app, wait_for
 
 pytestmark = pytest.mark.usefixtures("close_recorders")
 
@@ -133,3 +135,22 @@ def test_validation_details_and_warnings_are_capped_per_field_and_issue_and_in_a
     assert warnings[-1]["issue"] == "truncated" and warnings[-1]["received"].endswith("more entries")
     small = client.post("/predict", json=[{**passengers[0], "extra": 1}]).get_json()["warnings"]
     assert [(w["row"], w["field"], w["issue"]) for w in small] == [(0, "extra", "unknown_field")]
+
+
+def test_ready_is_503_while_a_model_call_is_overdue_and_200_once_it_ends(config, monkeypatch):
+    model = blackbox.load(config["ARTIFACT"], **config["LOAD_OPTIONS"])
+    real, release = model.predict_and_proba_frame, threading.Event()
+
+    def stuck(frame):
+        release.wait(30)  # bounded: released below
+        return real(frame)
+
+    app = create_app({**config, "REQUEST_TIMEOUT": 1}, model=model)
+    client = app.test_client()
+    monkeypatch.setattr(model, "predict_and_proba_frame", stuck)
+    assert client.post("/predict", json=PASSENGER).status_code == 504
+    body = assert_error(client.get("/ready"), 503, "not_ready")
+    assert "overdue" in body["error"]["message"]
+    assert client.get("/models").get_json()["models"][0]["ready"] is False
+    release.set()
+    wait_for(lambda: client.get("/ready").status_code == 200, 10, what="the overdue call to end")

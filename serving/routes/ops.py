@@ -9,7 +9,9 @@ model, while the others keep answering their own routes. ``/health`` and ``/read
 when API keys are on and answer with minimal bodies (no paths, no environment).
 ``/health`` answers as soon as the worker runs, whatever the model; ``/ready``
 is a 503 ``not_ready`` whose message says which: the model is loading, none
-could be loaded yet (and why), or the worker is draining after SIGTERM.
+could be loaded yet (and why), the worker is draining after SIGTERM, or a
+model call is overdue (it ran past the request timeout and still runs, so
+every request on this worker is a 504 until it ends).
 ``/model`` shows the manifest without the golden records (training rows) and
 the embedded source code. ``/drift`` is the worker's drift report
 (:meth:`serving.monitor.Monitor.report`).
@@ -46,7 +48,7 @@ def ready() -> Response:
     With a store, how each model's last check went.
     """
     models = current().models
-    waiting = {name: reason for name, served in models.items() if (reason := served.not_ready()) is not None}
+    waiting = {name: reason for name, served in models.items() if (reason := not_ready(served)) is not None}
     if waiting:
         if len(models) == 1:
             raise NotReady(next(iter(waiting.values())))
@@ -73,10 +75,20 @@ def models() -> Response:
 def model_ready(name: str) -> Response:
     """One model's readiness: 200 with its entry, or 503 saying why not."""
     served = current().served(name)
-    reason = served.not_ready()
+    reason = not_ready(served)
     if reason is not None:
         raise NotReady(f"Model {name!r} is not ready. {reason}")
     return jsonio.response(entry(served))
+
+
+def not_ready(served: Served) -> str | None:
+    """Why ``served`` cannot answer now (None: it can): its own reason, or a model call overdue on this worker."""
+    reason = served.not_ready()
+    if reason is None and served.scorer.overdue:
+        timeout = served.scorer.timeout
+        return (f"A model call overdue: it ran past the request timeout ({timeout:g} s) and still runs, so this worker "
+                "answers 504 to every request until it ends; send requests to another worker (or restart this one).")
+    return reason
 
 
 def entry(served: Served) -> dict[str, Any]:
@@ -87,10 +99,11 @@ def entry(served: Served) -> dict[str, Any]:
         "version": model.version if model else None,
         "payload_sha256": model.sha256 if model else None,
         "sha256": model.sha256 if model else None,  # the same, for clients written before payload_sha256
-        "ready": served.not_ready() is None,
     }
-    if not item["ready"]:
-        item["reason"] = served.not_ready()
+    reason = not_ready(served)
+    item["ready"] = reason is None
+    if reason is not None:
+        item["reason"] = reason
     if served.follower is not None:
         item["reload"] = served.follower.status
     return item

@@ -47,7 +47,7 @@ from blackbox.errors import problem as _problem
 from .. import errors, jsonio
 from ..http_errors import TooManyRecords
 from ..lifecycle import request_id
-from . import api, current
+from . import api, current, ops
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
 
@@ -83,7 +83,7 @@ def server_live() -> Response:
 
 @bp.get("/health/ready")
 def server_ready() -> Response:
-    ready = all(served.not_ready() is None for served in current().models.values())
+    ready = all(ops.not_ready(served) is None for served in current().models.values())
     return jsonio.response({"ready": ready}, 200 if ready else 503)
 
 
@@ -111,7 +111,7 @@ def model_ready(name: str, version: str | None = None) -> Response:
     model = served.holder.model
     if model is not None and version is not None:
         _version(model, version)
-    ready = served.not_ready() is None
+    ready = ops.not_ready(served) is None
     return jsonio.response({"name": served.name, "ready": ready}, 200 if ready else 503)
 
 
