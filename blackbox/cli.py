@@ -71,9 +71,9 @@ class _Group(click.Group):
         if command is not None or cmd_name not in self.lazy or not self._installed(cmd_name):
             return command
         module, _, attribute = self.lazy[cmd_name].partition(":")
-        command = getattr(importlib.import_module(module), attribute)
-        self.add_command(command)
-        return command
+        loaded: click.Command = getattr(importlib.import_module(module), attribute)
+        self.add_command(loaded)
+        return loaded
 
     def _installed(self, name: str) -> bool:  # blackbox may be installed without its server package
         return importlib.util.find_spec(self.lazy[name].partition(".")[0]) is not None
@@ -645,9 +645,9 @@ def drift(
     which = f"any version of {manifest.name}" if all_versions else (
         f"{manifest.name} {manifest.version} (payload sha256 {sha256[:12]})")
     if live.empty:
-        period = f"from {since or 'the start'} until {until or 'now'}"
+        span = f"from {since or 'the start'} until {until or 'now'}"
         other = "" if all_versions else "; --all-versions counts every version of the name"
-        raise SchemaError(f"The log at {database} has no predictions of {which} {period}; widen --since/--until, "
+        raise SchemaError(f"The log at {database} has no predictions of {which} {span}; widen --since/--until, "
                           f"or check that the server logs with --prediction-log{other}.")
     features = compare_live(manifest, live)
     if output is not None:

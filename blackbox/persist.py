@@ -415,11 +415,11 @@ def _transformed_names(estimator: Any) -> list[str] | None:
     if not steps:
         return None
     try:
-        return jsonable(estimator[:-1].get_feature_names_out())
+        return list(jsonable(estimator[:-1].get_feature_names_out()))
     except (AttributeError, ValueError, TypeError, IndexError):
         pass
     for _, step in steps[:-1]:
         names = getattr(step, "transformed_names_", None)
         if names is not None:
-            return jsonable(names)
+            return list(jsonable(names))
     return None

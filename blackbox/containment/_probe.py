@@ -19,6 +19,7 @@ import sys
 import time
 import types
 from collections.abc import Sequence
+from typing import Any
 
 
 class _Blocker(importlib.abc.MetaPathFinder):
@@ -33,7 +34,7 @@ class _Blocker(importlib.abc.MetaPathFinder):
         return None
 
 
-def main(path: str, options: dict) -> int:
+def main(path: str, options: dict[str, Any]) -> int:
     blocked = frozenset(options["block"])
     sys.meta_path.insert(0, _Blocker(blocked))
     for name in [m for m in sys.modules if m.partition(".")[0] in blocked]:
@@ -41,7 +42,7 @@ def main(path: str, options: dict) -> int:
     started = time.perf_counter()
     import blackbox
 
-    outcome: dict = {"status": "ok", "blocked": sorted(blocked)}
+    outcome: dict[str, Any] = {"status": "ok", "blocked": sorted(blocked)}
     try:
         model = blackbox.load(
             path,
@@ -93,11 +94,12 @@ def _missing_module(exc: BaseException) -> str | None:
     Not a mere ``__context__``: code that falls back when an optional import fails then fails otherwise.
     """
     seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, ModuleNotFoundError) and exc.name:
-            return exc.name
-        exc = exc.__cause__
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ModuleNotFoundError) and cause.name:
+            return cause.name
+        cause = cause.__cause__
     return None
 
 

@@ -256,7 +256,8 @@ def _feature_figure(profile: Mapping[str, Any], entry: Mapping[str, Any]) -> Fig
         missing.set_xticks([0, 1], ["training", "live"], fontsize=8)
         missing.set_ylim(0, max(0.05, *values) * 1.25)
         missing.set_title("missing", fontsize=9)
-        axes, note = (shares, missing), ""
+        axes: tuple[Any, ...] = (shares, missing)
+        note = ""
     else:
         shares = figure.add_subplot()
         axes, note = (shares,), ", no missing values"
