@@ -33,7 +33,7 @@ import re
 import reprlib
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -46,6 +46,9 @@ from .fastpath.table import Prepared, as_frame
 from .manifest import Manifest, jsonable
 from .schema import Schema
 from .signing import read_block
+
+if TYPE_CHECKING:
+    from .fastpath.plan import Plan
 
 Records = Sequence[Mapping[str, Any]] | pd.DataFrame
 _T = TypeVar("_T")
@@ -75,7 +78,7 @@ class Model:
         self.manifest = manifest
         self.schema = Schema.from_dict(manifest.schema)
         self._artifact = artifact
-        self.plan = getattr(estimator, _PLAN_ATTRIBUTE, None) if manifest.fast_path_enabled else None
+        self.plan: Plan | None = getattr(estimator, _PLAN_ATTRIBUTE, None) if manifest.fast_path_enabled else None
 
     # -- what an adapter provides -------------------------------------------
     @classmethod
@@ -88,13 +91,13 @@ class Model:
         """The output section of the manifest: classes, or regression."""
         raise NotImplementedError
 
-    def _predict(self, frame: pd.DataFrame) -> np.ndarray:
+    def _predict(self, frame: pd.DataFrame | Prepared) -> np.ndarray:
         raise NotImplementedError
 
-    def _predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+    def _predict_proba(self, frame: pd.DataFrame | Prepared) -> np.ndarray:
         raise NotImplementedError
 
-    def _predict_both(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    def _predict_both(self, frame: pd.DataFrame | Prepared) -> tuple[np.ndarray, np.ndarray]:
         """Predictions and probabilities; adapters override it to share the work of the two."""
         return self._predict(frame), self._predict_proba(frame)
 
@@ -193,22 +196,25 @@ class Model:
         """Predictions for a frame already prepared by :meth:`prepare` (or records as :class:`Prepared`)."""
         predictions = self._guarded(self._predict, frame)
         self._check_output(predictions, "predictions")
-        return jsonable(predictions)
+        answers: list[Any] = jsonable(predictions)
+        return answers
 
     def predict_proba(self, records: Mapping[str, Any] | Records) -> list[float] | list[list[float]]:
         """Class probabilities (columns in ``classes`` order); one row for one record."""
         single = isinstance(records, Mapping)
-        rows = self.predict_proba_frame(self._prepared([records] if single else records))  # type: ignore[list-item]
+        batch: Records = [records] if isinstance(records, Mapping) else records
+        rows = self.predict_proba_frame(self._prepared(batch))
         return rows[0] if single else rows
 
-    def predict_proba_frame(self, frame: pd.DataFrame) -> list[list[float]]:
+    def predict_proba_frame(self, frame: pd.DataFrame | Prepared) -> list[list[float]]:
         if not self.has_proba:
             raise UsageError(f"Model {self.name!r} gives no probabilities (it is not a probabilistic classifier).")
         proba = np.asarray(self._guarded(self._predict_proba, frame), dtype=float)
         self._check_output(proba, "probabilities")
-        return proba.tolist()
+        rows: list[list[float]] = proba.tolist()
+        return rows
 
-    def predict_and_proba_frame(self, frame: pd.DataFrame) -> tuple[list[Any], list[list[float]] | None]:
+    def predict_and_proba_frame(self, frame: pd.DataFrame | Prepared) -> tuple[list[Any], list[list[float]] | None]:
         """Predictions and, where the model has them, probabilities, for one prepared frame.
 
         Cheaper than calling both methods: a pipeline's transform runs once.
@@ -230,7 +236,7 @@ class Model:
         self._check_output(proba, "probabilities")
         return predictions, proba
 
-    def _guarded(self, call: Callable[[pd.DataFrame], _T], frame: pd.DataFrame) -> _T:
+    def _guarded(self, call: Callable[[pd.DataFrame | Prepared], _T], frame: pd.DataFrame | Prepared) -> _T:
         """``call(frame)``, with scikit-learn's refusal of a non-finite input raised as a ModelInputError."""
         try:
             with np.errstate(over="ignore"):  # an overflow ends as infinity, which is refused here or by _check_output
@@ -367,7 +373,8 @@ class SklearnModel(Model):
                 return self.plan.predict(frame)
             except Defer:
                 pass
-        return self.estimator.predict(as_frame(frame))
+        predictions: np.ndarray = self.estimator.predict(as_frame(frame))
+        return predictions
 
     def _predict_proba(self, frame: pd.DataFrame | Prepared) -> np.ndarray:
         if self.plan is not None:
@@ -375,7 +382,8 @@ class SklearnModel(Model):
                 return self.plan.predict_proba(frame)
             except Defer:
                 pass
-        return self.estimator.predict_proba(as_frame(frame))
+        proba: np.ndarray = self.estimator.predict_proba(as_frame(frame))
+        return proba
 
     def _refused_rows(self, frame: pd.DataFrame, dtype: np.dtype) -> list[int]:
         # What the final step saw: the pipeline's transform of the frame, or the frame's numbers.
@@ -460,7 +468,7 @@ def _selected(selection: Any, names: pd.Index) -> list[str] | None:
     if values.size == 0:
         return []
     if values.dtype.kind in "UO" and all(isinstance(v, str) for v in values.tolist()):
-        return values.tolist()
+        return [str(v) for v in values.tolist()]
     if values.dtype.kind in "biu":
         return [str(n) for n in names[values]]
     return None
