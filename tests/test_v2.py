@@ -134,7 +134,10 @@ def test_schema_problems_are_400_with_the_same_field_level_errors(client, served
     (lambda inputs: inputs[0].update(datatype="BYTES"), "BYTES element"),
     (lambda inputs: inputs.append(dict(inputs[0])), "duplicate"),
     (lambda inputs: inputs[0].update(data="1,2,3,4"), "list"),
-], ids=["length", "rows", "2-D", "datatype", "element-type", "duplicate", "data"])
+    (lambda inputs: inputs[0].update(datatype="INT8", data=[300, *inputs[0]["data"][1:]]), "INT8 element"),
+    (lambda inputs: inputs[0].update(datatype="FP16", data=[1e10, *inputs[0]["data"][1:]]), "FP16 element"),
+    (lambda inputs: inputs[0].update(datatype="UINT8", data=[-1, *inputs[0]["data"][1:]]), "UINT8 element"),
+], ids=["length", "rows", "2-D", "datatype", "element-type", "duplicate", "data", "int8-range", "fp16-range", "uint-sign"])
 def test_tensor_problems_are_400_naming_the_tensor(client, served_model, passengers, change, words):
     inputs = tensors(served_model, passengers[:4])
     change(inputs)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import math
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,6 +55,12 @@ bp = Blueprint("v2", __name__, url_prefix="/v2")
 INTEGERS = frozenset({"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"})
 FLOATS = frozenset({"FP16", "FP32", "FP64"})
 DATATYPES = INTEGERS | FLOATS | {"BOOL", "BYTES"}
+INTEGER_RANGES = {
+    t: (0, 2 ** int(t[4:]) - 1) if t.startswith("U") else (-(2 ** (int(t[3:]) - 1)), 2 ** (int(t[3:]) - 1) - 1)
+    for t in INTEGERS
+}
+"""What each integer datatype holds: an element outside it is not that datatype (INT8 300 is refused)."""
+FLOAT_MAX = {"FP16": 65504.0, "FP32": 3.4028234663852886e38, "FP64": sys.float_info.max}
 KIND_DATATYPES = {"integer": "INT64", "number": "FP64", "boolean": "BOOL", "string": "BYTES", "category": "BYTES"}
 TABULAR = ("pd", None)
 SHOWN = 100
@@ -245,8 +252,9 @@ def _fits(value: Any, datatype: str) -> bool:
     if isinstance(value, bool):
         return False
     if datatype in INTEGERS:
-        return isinstance(value, int) and (value >= 0 or not datatype.startswith("U"))
-    return isinstance(value, (int, float)) and math.isfinite(value)
+        low, high = INTEGER_RANGES[datatype]
+        return isinstance(value, int) and low <= value <= high
+    return isinstance(value, (int, float)) and math.isfinite(value) and abs(value) <= FLOAT_MAX[datatype]
 
 
 def _wanted_outputs(body: dict[str, Any], model: Model) -> set[str]:
