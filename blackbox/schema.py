@@ -82,7 +82,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import cached_property
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import pandas as pd
@@ -156,7 +156,7 @@ class Schema:
     def columns(self) -> list[str]:
         return [field.name for field in self.fields]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """Plain JSON for the artifact manifest (no NaN, no tuples)."""
         fields = []
         for field in self.fields:
@@ -172,7 +172,7 @@ class Schema:
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> Schema:
+    def from_dict(cls, data: Mapping[str, Any]) -> Schema:
         """Read a manifest's schema strictly: it is a trust boundary, so refuse anything odd."""
         if not isinstance(data, Mapping) or not {"version", "fields"} <= set(data) <= {"version", "fields", "inputs"}:
             raise UsageError("A schema must be a mapping with exactly the keys 'version' and 'fields' (and optionally 'inputs').")
@@ -187,7 +187,7 @@ class Schema:
             raise UsageError(f"Schema fields must have unique names; repeated: {duplicates}.")
         return cls(fields, _inputs_from_dict(data.get("inputs")))
 
-    def to_frame(self, records: Any, *, strict: bool = False) -> tuple[pd.DataFrame, list[dict]]:
+    def to_frame(self, records: Any, *, strict: bool = False) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
         """Check a whole batch, then build the frame the pipeline gets, one column at a time.
 
         Returns ``(frame, warnings)``; raises one :class:`SchemaError` listing every problem.
@@ -196,7 +196,7 @@ class Schema:
         frame = pd.DataFrame({name: _build(values, dtype, index) for (name, values), dtype in zip(columns.items(), self._dtypes)}, index=index)
         return frame, warnings
 
-    def probe_missing(self, records: Sequence[Mapping], predict: Callable[[pd.DataFrame], Any]) -> Schema:
+    def probe_missing(self, records: Sequence[Mapping[str, Any]], predict: Callable[[pd.DataFrame], Any]) -> Schema:
         """This schema with each field's nullability decided by what ``predict`` tolerates.
 
         ``records`` are a few rows the schema accepts; for each field whose dtype can
@@ -224,14 +224,14 @@ class Schema:
             fields.append(replace(field, nullable=tolerated, missing_probe="tolerated" if tolerated else "refused"))
         return replace(self, fields=tuple(fields))
 
-    def validate(self, records: Any, *, strict: bool = False) -> list[dict]:
+    def validate(self, records: Any, *, strict: bool = False) -> list[dict[str, Any]]:
         """:meth:`to_frame`'s checks without building the frame: the warnings, or one :class:`SchemaError`.
 
         For a server that validates each request on its own and builds one frame per batch of them.
         """
         return self._check(records, strict)[2]
 
-    def checked(self, records: Any, *, strict: bool = False) -> tuple[list[Any], pd.Index, list[dict]]:
+    def checked(self, records: Any, *, strict: bool = False) -> tuple[list[Any], pd.Index, list[dict[str, Any]]]:
         """:meth:`to_frame`'s checks and its columns before any is built: the values of each field in schema
         order (missing values as the dtype's marker), the frame's index, and the warnings.
 
@@ -245,7 +245,7 @@ class Schema:
         """The column :meth:`to_frame` builds for field ``position`` from its :meth:`checked` values."""
         return _build(values, self._dtypes[position], index)
 
-    def _check(self, records: Any, strict: bool) -> tuple[dict[str, Any], pd.Index, list[dict]]:
+    def _check(self, records: Any, strict: bool) -> tuple[dict[str, Any], pd.Index, list[dict[str, Any]]]:
         report = _Report({name: position for position, name in enumerate(self.columns)})
         index = None
         if isinstance(records, pd.DataFrame):
@@ -264,7 +264,7 @@ class Schema:
         return columns, pd.RangeIndex(total) if index is None else index, report.warnings
 
     @cached_property
-    def _dtypes(self) -> list:
+    def _dtypes(self) -> list[Any]:
         return [_dtype_of(field) for field in self.fields]
 
     @cached_property
@@ -275,7 +275,7 @@ class Schema:
     def _checks(self) -> list[_Check]:
         return [_CHECKERS[field.kind](field, dtype) for field, dtype in zip(self.fields, self._dtypes)]
 
-    def _from_records(self, records: Sequence, strict: bool, report: _Report) -> dict[str, list]:
+    def _from_records(self, records: Sequence[Any], strict: bool, report: _Report) -> dict[str, list[Any]]:
         names = set(self.columns)
         skip = dict.fromkeys(names, _SKIP)
         safe = []
@@ -376,6 +376,7 @@ def _infer_field(name: str, column: pd.Series, max_categories: int) -> Field:
         if finite.size:
             extra.update(minimum=float(finite.min()), maximum=float(finite.max()))
     elif kind == "category":
+        assert isinstance(dtype, pd.CategoricalDtype)  # the only dtype whose kinds are {"category"}
         extra.update(categories=tuple(dtype.categories), max_length=max(map(len, dtype.categories), default=None))
     elif kind == "string":
         distinct = set(present)
@@ -409,7 +410,7 @@ def _compatible(kind: str, dtype: Any) -> bool:
 
 def _dtype_of(field: Field) -> Any:
     if field.kind == "category":
-        return pd.CategoricalDtype(list(field.categories))
+        return pd.CategoricalDtype(list(field.categories or ()))
     return pd.api.types.pandas_dtype(field.dtype)
 
 
@@ -422,7 +423,7 @@ def _field_from_dict(position: int, item: Any) -> Field:
         )
     item = {**dict.fromkeys(_OPTIONAL), **item}
 
-    def bad(key: str, what: str) -> None:
+    def bad(key: str, what: str) -> NoReturn:
         got = _clip(repr(item[key]), 60)
         raise UsageError(f"Schema field {position} ({_clip(repr(item['name']), 60)}): {key!r} must be {what}, got {got}.")
 
@@ -488,13 +489,13 @@ class _Report:
     """Problems and warnings of one batch, sorted by row then schema order when checked."""
 
     def __init__(self, order: dict[str, int]) -> None:
-        self.problems: list[dict] = []
-        self.warnings: list[dict] = []
+        self.problems: list[dict[str, Any]] = []
+        self.warnings: list[dict[str, Any]] = []
         self.cap = _ROW_CAP
         self._order = order
-        self._dropped: Counter = Counter()  # entries past _TOTAL_CAP, by warning
+        self._dropped: Counter[bool] = Counter()  # entries past _TOTAL_CAP, by warning
         self._bad_rows: set[int] = set()
-        self._counts: Counter = Counter()
+        self._counts: Counter[tuple[str | None, str, bool]] = Counter()
 
     def add(self, row: int | None, field: str | None, issue: str, expected: str, received: str, *, warning: bool = False) -> None:
         if row is not None and not warning:
@@ -505,7 +506,7 @@ class _Report:
                 return
         self._keep(problem(row, field, issue, expected, received), warning)
 
-    def _keep(self, entry: dict, warning: bool) -> None:
+    def _keep(self, entry: dict[str, Any], warning: bool) -> None:
         kept = self.warnings if warning else self.problems
         if len(kept) < _TOTAL_CAP:
             kept.append(entry)
@@ -545,7 +546,7 @@ class _Report:
         raise SchemaError("\n".join(lines), self.problems)
 
 
-def _convert(field: Field, dtype: Any, check: _Check, values: list, report: _Report) -> list:
+def _convert(field: Field, dtype: Any, check: _Check, values: list[Any], report: _Report) -> list[Any]:
     """Check one column's raw values; return them with missing values as the dtype's marker."""
     fill = np.nan if isinstance(dtype, np.dtype) and dtype.kind in "fO" else None
     out = []
@@ -567,6 +568,7 @@ def _checked(field: Field, check: _Check, row: int, value: Any, fill: Any, repor
     """One present value, checked and converted; its problem, if any, reported."""
     converted, issue, expected = check(value)
     if issue is not None:
+        assert expected is not None  # a checker names what it expected with every issue
         report.add(row, field.name, issue, expected, _describe(value), warning=issue in _WARNINGS)
     return fill if converted is None else converted
 
@@ -696,7 +698,7 @@ def _parse_number(text: str) -> Any:
 def _string_check(field: Field, dtype: Any) -> _Check:
     limit = max_chars(field)
     seen = None if field.categories is None else frozenset(field.categories)
-    choices = None if seen is None else _clip("one of " + ", ".join(map(repr, field.categories)), 80)
+    choices = None if seen is None else _clip("one of " + ", ".join(map(repr, field.categories or ())), 80)
 
     def check(value: Any) -> tuple[Any, str | None, str | None]:
         if not isinstance(value, str):
