@@ -138,7 +138,7 @@ def _body(request: Request) -> bytes:
         if request.content_length is not None or not request.environ.get("wsgi.input_terminated"):
             return request.get_data(cache=False)
         stream = request.environ["wsgi.input"]
-        data = stream.read() if limit is None else stream.read(limit + 1)
+        data: bytes = stream.read() if limit is None else stream.read(limit + 1)
     except TimeoutError:  # the socket's read timeout (serving/worker.py)
         raise BodyTimeout(
             "The body did not arrive within the server's read timeout (setting READ_TIMEOUT, "
