@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
-# Sets up .venv, installs the Debian packages only the tests need (postgresql,
-# chromium: as root or in CI, when missing), runs the whole test suite, then
+# Sets up .venv, lints and type-checks (ruff, mypy --strict), installs the Debian
+# packages only the tests need (postgresql, chromium: as root or in CI, when
+# missing), runs the whole test suite, then
 # proves self-containment end to end: trains a small artifact and checks it in
 # isolation_env/ (a separate venv without the training package), server
 # included. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+
+# Lint and types before anything slow (a few seconds): ruff with pyproject.toml's rules over the whole tree,
+# mypy --strict over blackbox/ and serving/. Either failing fails the run.
+echo "== lint: ruff check, mypy --strict"
+.venv/bin/ruff check .
+.venv/bin/mypy
 
 # Debian packages only the tests need: installed in CI or as root, and only when missing
 # (the main job, scripts/main.sh, needs none of them).
