@@ -61,10 +61,12 @@ class CalledEstimator(Estimator):
         self.has_proba = hasattr(step, "predict_proba")
 
     def predict(self, X: Any) -> np.ndarray:
-        return self.step.predict(X)
+        predictions: np.ndarray = self.step.predict(X)
+        return predictions
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        return self.step.predict_proba(X)
+        proba: np.ndarray = self.step.predict_proba(X)
+        return proba
 
     def records(self) -> list[dict[str, Any]]:
         record = super().records()[0]
@@ -108,18 +110,21 @@ class Linear(Estimator):
         self.width = int(step.n_features_in_)
 
     def _decision(self, X: Any) -> np.ndarray:
-        X = _numeric(X)
-        if X.shape[1] != self.width:
+        values = _numeric(X)
+        if values.shape[1] != self.width:
             raise Defer("wrong number of features")
-        coef = self.step.coef_
+        coef: np.ndarray = self.step.coef_
+        intercept: np.ndarray | float = self.step.intercept_
         if not self.classifier:
-            return X @ coef + self.step.intercept_ if coef.ndim == 1 else X @ coef.T + self.step.intercept_
-        scores = X @ (coef.T if coef.ndim == 2 else coef) + self.step.intercept_
+            out: np.ndarray = values @ coef + intercept if coef.ndim == 1 else values @ coef.T + intercept
+            return out
+        scores: np.ndarray = values @ (coef.T if coef.ndim == 2 else coef) + intercept
         return scores.reshape(-1) if scores.ndim > 1 and scores.shape[1] == 1 else scores
 
     def _labels(self, scores: np.ndarray) -> np.ndarray:
         indices = (scores > 0).astype(np.intp) if scores.ndim == 1 else np.argmax(scores, axis=1)
-        return self.step.classes_.take(indices, axis=0)
+        classes: np.ndarray = self.step.classes_
+        return classes.take(indices, axis=0)
 
     def predict(self, X: Any) -> np.ndarray:
         scores = self._decision(X)
@@ -133,7 +138,8 @@ class Linear(Estimator):
             return np.stack([1 - prob, prob], axis=1)
         from sklearn.utils.extmath import softmax
 
-        return softmax(scores.copy(), copy=False)
+        proba: np.ndarray = softmax(scores.copy(), copy=False)
+        return proba
 
     def predict_proba(self, X: Any) -> np.ndarray:
         return self._proba(self._decision(X))
@@ -198,12 +204,12 @@ class Trees(Estimator):
         self.threshold = np.concatenate(threshold)
         self.children = np.concatenate(children).astype(np.intp)
         self.is_leaf = self.children[0::2] == np.arange(len(self.feature))
-        self.outputs = np.concatenate(outputs)  # (all nodes, classes) or (all nodes,)
+        self.outputs: np.ndarray = np.concatenate(outputs)  # (all nodes, classes) or (all nodes,)
         self.depth = max(int(t.max_depth) for t in self.trees)
 
     def _leaf_outputs(self, tree: Any, estimator: Any) -> np.ndarray:
         """What ``estimator.predict_proba`` (classifier, normalised per row) or ``predict`` gives for each node."""
-        value = tree.value[:, 0, :]
+        value: np.ndarray = tree.value[:, 0, :]
         if not self.classifier:
             return value[:, 0].copy()
         proba = value[:, : estimator.n_classes_].copy()
@@ -237,11 +243,12 @@ class Trees(Estimator):
     def _summed(self, X: Any) -> np.ndarray:
         leaves = self._leaves(X)
         if not self.forest:
-            return self.outputs[leaves[:, 0]]
+            single: np.ndarray = self.outputs[leaves[:, 0]]
+            return single
         if len(leaves) <= SMALL_BATCH:
             return np.cumsum(self.outputs[leaves], axis=1)[:, -1] / len(self.trees)  # (rows, trees[, classes]) summed in tree order
         # The same sums in the same order, tree by tree: a chunk of 50,000 rows would otherwise hold every tree's output at once.
-        total = self.outputs[leaves[:, 0]]
+        total: np.ndarray = self.outputs[leaves[:, 0]]
         for tree in range(1, leaves.shape[1]):
             total += self.outputs[leaves[:, tree]]
         return total / len(self.trees)
