@@ -295,7 +295,7 @@ def _describe(path: str) -> str:
     from blackbox.persist import read
 
     manifest, _ = read(path)
-    return f"{manifest.name} {manifest.version} (sha256 {Path(path).stem[:12]}) verified in an isolated child"
+    return f"{manifest.name} {manifest.version} (file sha256 {Path(path).stem[:12]}) verified in an isolated child"
 
 
 def _follow_once(settings: Settings, ref: str, vetted: Any) -> str:
@@ -315,4 +315,4 @@ def _follow_once(settings: Settings, ref: str, vetted: Any) -> str:
     if source == "cache":
         why = f"the store's target is refused: {refused}" if refused else "the store cannot be reached"
         cached = f" ({why}; its last good copy from the cache, and the workers keep following)"
-    return f"{where}: {target.name} {target.version}{cached} (sha256 {target.sha256[:12]}) verified in an isolated child"
+    return f"{where}: {target.name} {target.version}{cached} (file sha256 {target.sha256[:12]}) verified in an isolated child"
