@@ -118,6 +118,34 @@ def test_column_transformer_pipeline(titanic):
     _assert_exact(plan, pipeline, schema, X_test)
 
 
+def test_a_column_transformer_reading_some_of_the_training_columns(tmp_path):
+    """The schema holds only the 3 columns the pipeline reads; the plan must pick them by name, not train_data's positions."""
+    from sklearn.datasets import load_wine
+
+    import blackbox
+
+    wine = load_wine(as_frame=True)
+    X, y = wine.frame.drop(columns="target"), wine.frame["target"]
+    used = ["alcohol", "flavanoids", "proline"]  # positions 0, 6, 12 of 13
+    ct = ColumnTransformer([("num", StandardScaler(), ["flavanoids", "alcohol"]), ("big", MinMaxScaler(), ["proline"])])
+    pipeline = Pipeline([("ct", ct), ("model", LogisticRegression(max_iter=2000))]).fit(X, y)
+    columns, _ = SklearnModel.input_columns(pipeline, X)
+    assert columns == used
+    schema = infer_schema(X[columns], limit=SklearnModel.numeric_limit(pipeline))
+    plan, record = build_plan(pipeline, X, schema)
+    assert plan is not None and record["enabled"], record
+    assert set(_modes(record).values()) == {"compiled"}, record
+    prepared, _ = schema.to_frame(_records(X))
+    labels, proba = plan.both(prepared)
+    assert np.array_equal(labels, pipeline.predict(X))
+    assert np.abs(proba - pipeline.predict_proba(X)).max() <= 1e-9
+    path = tmp_path / "wine.bbx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        blackbox.save(pipeline, path, train_data=X, name="wine", version="1")
+    assert blackbox.inspect(path)["fast_path"]["enabled"], blackbox.inspect(path)["fast_path"]
+
+
 class Clipper(TransformerMixin, BaseEstimator):
     """A user's own transformer: clips each column to what training saw."""
 

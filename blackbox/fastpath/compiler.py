@@ -211,14 +211,22 @@ def _column_transformer(ct: Any, path: str, frame: pd.DataFrame, table: Table) -
         raise Unsupported("sparse output")
     if getattr(ct, "_sklearn_output_config", {}).get("transform", "default") != "default":
         raise Unsupported("set_output(transform=...) other than the default")
+    fitted_on = getattr(ct, "feature_names_in_", None)
+    if fitted_on is None:
+        raise Unsupported("fitted on an array (its columns have no names to find in the schema)")
+    names = list(frame.columns)
     parts = []
     for name, child, columns in ct.transformers_:
-        positions = list(ct._transformer_to_input_indices[name])
-        if child == "drop" or not positions:
+        # Its indices count the columns it was fit on (all of train_data); the plan's frame holds only the
+        # schema's inputs, so find each column by name there, as the ColumnTransformer itself does at transform.
+        wanted = [str(fitted_on[i]) for i in ct._transformer_to_input_indices[name]]
+        if child == "drop" or not wanted:
             continue
+        if not all(c in names for c in wanted):
+            raise Unsupported(f"{name} reads a column the schema does not hold")
         vector = np.isscalar(columns) and not isinstance(columns, bool)
-        ref_in = _safe_indexing(frame, columns, axis=1)
-        parts.append(_part(child, f"{path}.{name}", frame, table, positions, vector, True, ref_in))
+        ref_in = _safe_indexing(frame, wanted[0] if vector else wanted, axis=1)
+        parts.append(_part(child, f"{path}.{name}", frame, table, [names.index(c) for c in wanted], vector, True, ref_in))
     return Columns(ct, path, parts, one_d="refuse")
 
 
