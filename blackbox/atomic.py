@@ -5,6 +5,10 @@ and fsynced, and only then renamed over the destination; the directory is
 fsynced so the rename survives a crash. On any failure the temporary file is
 removed and the destination is untouched.
 
+The published file has the mode a plain ``open(path, "w")`` would give it,
+``0o666`` less the process's umask (``mkstemp``'s own 0600 would lock out a
+server running as another user); a caller passes ``mode`` for a private file.
+
 A writer killed outright (SIGKILL, the OOM killer, a power cut) cannot remove
 its temporary file, so every write first removes what killed writers of the
 *same destination* left: the temporary file ``.NAME.XXXXXXXX.locked.tmp`` is
@@ -35,13 +39,17 @@ _LOCKED = ".locked.tmp"
 
 
 @contextlib.contextmanager
-def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
-    """Yield a binary file whose contents replace ``path`` only if the block succeeds."""
+def atomic_writer(path: str | os.PathLike[str], mode: int | None = None) -> Iterator[BinaryIO]:
+    """Yield a binary file whose contents replace ``path`` only if the block succeeds.
+
+    :param mode: the file's permission bits; default: ``0o666`` less the umask.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_abandoned(path)
     fd, tmp = _locked_temporary(path)
     try:
+        os.fchmod(fd, 0o666 & ~_umask() if mode is None else mode)
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
@@ -54,9 +62,9 @@ def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     fsync_directory(path.parent)
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically and return the path."""
-    with atomic_writer(path) as f:
+def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int | None = None) -> Path:
+    """Write ``data`` to ``path`` atomically and return the path (``mode``: as for :func:`atomic_writer`)."""
+    with atomic_writer(path, mode) as f:
         f.write(data)
     return Path(path)
 
@@ -118,6 +126,18 @@ def _locked_temporary(path: Path) -> tuple[int, str]:
                 raise
             return fd, tmp  # no flock on this filesystem: cleaners go by age
         os.close(fd)
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (setting it races other threads)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
 
 
 def fsync_directory(directory: Path) -> None:

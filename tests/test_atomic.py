@@ -82,3 +82,26 @@ def test_only_the_same_targets_abandoned_files_are_removed(tmp_path):
 
     atomic_write(target, b"new")
     assert temporaries(tmp_path) == sorted(p.name for p in (other, young, unrelated))
+
+
+def _under_umask(umask: int, write):
+    old = os.umask(umask)
+    try:
+        return write()
+    finally:
+        os.umask(old)
+
+
+def test_written_files_follow_the_umask_and_private_keys_stay_private(search, titanic, tmp_path):
+    """A server running as another user (umask 022) must read artifacts and scored files; never a private key."""
+    import blackbox
+    from blackbox.signing import keygen
+
+    mode = lambda path: Path(path).stat().st_mode & 0o777  # noqa: E731
+    assert mode(_under_umask(0o022, lambda: atomic_write(tmp_path / "plain", b"x"))) == 0o644
+    assert mode(_under_umask(0o077, lambda: atomic_write(tmp_path / "plain", b"y"))) == 0o600  # a replacement too
+    assert mode(_under_umask(0o002, lambda: atomic_write(tmp_path / "group", b"x"))) == 0o664
+    artifact = _under_umask(0o022, lambda: blackbox.save(search, tmp_path / "model.bbx", train_data=titanic[0], name="t", version="1"))
+    assert mode(artifact) == 0o644
+    private, public = _under_umask(0o022, lambda: keygen(tmp_path / "keys", "k"))
+    assert mode(private) == 0o600 and mode(public) == 0o644
