@@ -384,16 +384,20 @@ def _number(value: Any) -> str:
 @click.argument("artifact", type=click.Path(dir_okay=False, exists=True))
 @click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, exists=True))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="Where to write the predictions (.csv, .parquet, .jsonl; other extensions: the input's format).")
-@click.option("--format", "input_format", type=click.Choice(["csv", "parquet", "jsonl"]), default=None,
-              help="The input's format (default: from its extension).")
+              help="Where to write the predictions; the output format comes from its extension (.csv, .parquet, "
+              ".jsonl; other extensions: the input's format).")
+@click.option("--input-format", "input_format", type=click.Choice(["csv", "parquet", "jsonl"]), default=None,
+              help="The INPUT's format (default: from its extension); the output format comes from -o's extension.")
+@click.option("--format", "deprecated_format", type=click.Choice(["csv", "parquet", "jsonl"]), default=None, hidden=True,
+              help="Deprecated spelling of --input-format (it never set the output format).")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=scoring.DEFAULT_CHUNK_ROWS, show_default=True,
               metavar="ROWS", help="Rows per chunk; memory grows with this, not with the input.")
 @click.option("--id-column", default=None, metavar="NAME", help="Input column copied to the output and the rejects file.")
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
               help="On an invalid row: stop and write nothing (exit 9), or list it in the rejects file and go on (exit 10).")
 @click.option("--rejects", type=click.Path(dir_okay=False), default=None,
-              help="Where invalid rows are listed (CSV). Default: OUTPUT_STEM.rejects.csv beside the output.")
+              help="Where invalid rows are listed (CSV), written only when a row is rejected. "
+              "Default: OUTPUT_STEM.rejects.csv beside the output.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output and rejects file.")
 @click.option("--no-probabilities", is_flag=True, help="Leave out the proba_<class> columns (less model work).")
 @click.option("--no-fast-path", is_flag=True, help="Score through the estimator itself, not the artifact's fast path.")
@@ -405,7 +409,7 @@ def _number(value: Any) -> str:
 def score(
     artifact: str, input_path: str, output: str, input_format: str | None, chunk_size: int, id_column: str | None,
     on_error: str, rejects: str | None, overwrite: bool, no_probabilities: bool, engine: str, scheduler: str | None,
-    trusted_keys: tuple[str, ...], allow_unsigned: bool, no_fast_path: bool,
+    trusted_keys: tuple[str, ...], allow_unsigned: bool, no_fast_path: bool, deprecated_format: str | None,
 ) -> None:
     """Score a CSV, Parquet or JSON Lines file in bounded memory; publish the output atomically.
 
@@ -415,6 +419,12 @@ def score(
     a chunk; 2 for a usage error such as an existing output; 3, 4, 5, 6, 7 (its self-test)
     or 11 when the artifact is refused, as for every command that loads one.
     """
+    if deprecated_format is not None:
+        click.echo("warning: --format is deprecated and sets the INPUT format; use --input-format "
+                   "(the output format comes from -o's extension).", err=True)
+        if input_format is not None and input_format != deprecated_format:
+            raise click.UsageError(f"--format {deprecated_format} contradicts --input-format {input_format}; pass only --input-format.")
+        input_format = deprecated_format
     summary = scoring.score(
         artifact, input_path, output, input_format=input_format, chunk_size=chunk_size, id_column=id_column,
         rejects=rejects, on_error=on_error, overwrite=overwrite, engine=engine, scheduler=scheduler,

@@ -62,7 +62,7 @@ def test_round_trip_equals_predict_batch(fmt, scoring_artifact, scoring_model, s
     assert np.array_equal(got[["proba_0", "proba_1"]].to_numpy(), np.asarray(scoring_model.predict_proba(features)))
     assert set(got["model_name"]) == {"titanic"} and set(got["model_version"]) == {"2.0.0"}
     assert set(got["model_sha256"]) == {scoring_model.sha256}
-    assert (tmp_path / "out.rejects.csv").read_text() == "row,passenger,field,issue,expected,received\n"
+    assert not (tmp_path / "out.rejects.csv").exists()  # no rejects: no rejects file
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -238,6 +238,47 @@ def test_parquet_output_is_deterministic(scoring_artifact, scoring_rows, tmp_pat
     assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
 
 
+def test_a_run_without_rejects_writes_no_rejects_file_so_a_second_format_is_not_blocked(scoring_artifact, scoring_rows, tmp_path, capsys):
+    source = write_input(scoring_rows.head(5), tmp_path / "in.csv")
+    assert run(scoring_artifact, source, "-o", tmp_path / "out.csv") == 0
+    assert "rejects  none (no rejects file written)" in capsys.readouterr().out
+    assert run(scoring_artifact, source, "-o", tmp_path / "out.parquet") == 0  # same default rejects path: out.rejects.csv
+    assert sorted(os.listdir(tmp_path)) == ["in.csv", "out.csv", "out.parquet"]
+
+
+def test_a_stale_rejects_file_is_removed_when_an_overwriting_run_has_none(scoring_artifact, scoring_rows, tmp_path):
+    source = write_input(bad_rows(scoring_rows, 100), tmp_path / "in.csv")
+    out = tmp_path / "out.csv"
+    assert run(scoring_artifact, source, "-o", out, "--on-error", "skip") == 10
+    assert (tmp_path / "out.rejects.csv").exists()
+    write_input(scoring_rows.head(5), source)
+    assert run(scoring_artifact, source, "-o", out, "--overwrite") == 0
+    assert not (tmp_path / "out.rejects.csv").exists()  # it listed another run's rows
+
+
+def test_the_input_format_option_is_named_for_what_it_sets(scoring_artifact, scoring_rows, tmp_path, capsys):
+    source = write_input(scoring_rows.head(5), tmp_path / "in.csv").rename(tmp_path / "in.data")
+    assert run(scoring_artifact, source, "-o", tmp_path / "out.jsonl", "--input-format", "csv") == 0
+    assert len(read_output(tmp_path / "out.jsonl")) == 5
+    capsys.readouterr()
+    assert run(scoring_artifact, source, "-o", tmp_path / "old.jsonl", "--format", "csv") == 0  # the old spelling still works
+    assert "--format is deprecated" in capsys.readouterr().err and len(read_output(tmp_path / "old.jsonl")) == 5
+    assert main(["score", "--help"]) == 0
+    help_text = capsys.readouterr().out
+    assert "--input-format" in help_text and "--format " not in help_text and "-o's extension" in " ".join(help_text.split())
+
+
+def test_outputs_follow_the_umask(scoring_artifact, scoring_rows, tmp_path):
+    source = write_input(bad_rows(scoring_rows, 100), tmp_path / "in.csv")
+    old = os.umask(0o022)
+    try:
+        assert run(scoring_artifact, source, "-o", tmp_path / "out.csv", "--on-error", "skip") == 10
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.csv").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "out.rejects.csv").stat().st_mode & 0o777 == 0o644
+
+
 def test_existing_output_is_refused_unless_overwrite(scoring_artifact, scoring_rows, tmp_path, capsys):
     source = write_input(scoring_rows.head(5), tmp_path / "in.csv")
     out = tmp_path / "out.csv"
@@ -358,6 +399,8 @@ def test_api_summary(scoring_artifact, scoring_rows, tmp_path):
     summary = scoring.score(scoring_artifact, source, tmp_path / "out.csv", on_error="skip", rejects=tmp_path / "bad.csv")
     assert (summary.rows_read, summary.rows_scored, summary.rows_rejected, summary.exit_code) == (100, 98, 2, 10)
     assert summary.rejects == tmp_path / "bad.csv" and summary.rejects.exists()
+    clean = scoring.score(scoring_artifact, write_input(scoring_rows.head(5), tmp_path / "ok.csv"), tmp_path / "ok_out.csv")
+    assert clean.rejects is None and "rejects  none" in clean.describe()
     assert summary.rows_per_second > 0 and summary.worker_loads == {}
 
 

@@ -29,11 +29,11 @@ Rules callers rely on:
 * ``row`` (in the output and the rejects file) is the 1-based number of the
   record in the input: the N-th data row after a CSV header, the N-th Parquet
   row, the line number in a JSON Lines file (blank lines are not records).
-* The output and its rejects file (CSV, header-only when nothing was rejected)
-  are written to temporary files beside their destinations and renamed only
-  when the whole input has been scored, rejects first, output last: an
-  interrupted run leaves no file at the output path. Existing files are refused
-  unless ``overwrite``.
+* The output and its rejects file (CSV; only when a row was rejected, and a
+  run without rejects removes an earlier one there) are written to temporary
+  files beside their destinations and renamed only when the whole input has
+  been scored, rejects first, output last: an interrupted run leaves no file at
+  the output path. Existing files are refused unless ``overwrite``.
 * Output columns: ``row``, the id column if given, ``prediction``, ``proba_<class>``
   per class (when the model has probabilities, unless turned off), ``model_name``,
   ``model_version``, ``model_sha256``. The same input and artifact give the same

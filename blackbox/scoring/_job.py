@@ -35,7 +35,8 @@ class Summary:
     rows_rejected: int
     seconds: float
     output: Path
-    rejects: Path
+    rejects: Path | None
+    """The rejects file; None when no row was rejected (no file is written then)."""
     model: str
     worker_loads: dict[str, int] = field(default_factory=dict)
 
@@ -52,7 +53,7 @@ class Summary:
             f"scored {self.rows_scored:,} of {self.rows_read:,} rows ({self.rows_rejected:,} rejected) "
             f"in {self.seconds:.2f} s ({self.rows_per_second:,.0f} rows/s) with {self.model}",
             f"  output   {self.output}",
-            f"  rejects  {self.rejects}",
+            f"  rejects  {self.rejects if self.rejects else 'none (no rejects file written)'}",
         ]
         if self.worker_loads:
             loads = ", ".join(f"{worker} {count}" for worker, count in sorted(self.worker_loads.items()))
@@ -84,6 +85,8 @@ def score(
     :param input_format: ``csv``, ``parquet`` or ``jsonl``; default: from the extension.
         The output has the format of its own extension, else the input's.
     :param rejects: where invalid rows are listed; default: ``OUTPUT_STEM.rejects.csv`` beside the output.
+        Written only when a row is rejected; a run without rejects removes one left there (with ``overwrite``)
+        so it cannot pass for this run's.
     :param on_error: ``fail`` stops at the first invalid row; ``skip`` rejects it and goes on.
     :param engine: ``local`` (this process) or ``dask`` (``scheduler``, or a local cluster).
     :param probabilities: write ``proba_<class>`` columns; without them a forest runs once, not twice.
@@ -110,18 +113,19 @@ def score(
             results = dask_results(client, source.chunks(), remote, id_column, bool(spec.proba_names))
         else:
             results = (score_chunk(model, chunk, id_column, bool(spec.proba_names)) for chunk in source.chunks())
-        # Left in reverse order: the writers finish their files, the rejects file is renamed into place, the output last.
-        with (
-            atomic_writer(output) as out_file,
-            atomic_writer(rejects) as rejects_file,
-            open_writer(output_format, out_file, spec) as writer,
-            RejectsWriter(rejects_file, id_column) as rejects_writer,
-        ):
+        # Left in reverse order: the rejects file (opened at the first reject) is finished and renamed into
+        # place, then the output is finished and renamed, last.
+        with contextlib.ExitStack() as files:
+            writer = files.enter_context(open_writer(output_format, files.enter_context(atomic_writer(output)), spec))
+            rejects_writer: RejectsWriter | None = None
             for scored in results:
                 if scored.rejects and on_error == "fail":
                     raise _first_reject(scored.rejects, input, output)
                 writer.write(scored)
-                rejects_writer.write(scored.rejects)
+                if scored.rejects:
+                    if rejects_writer is None:
+                        rejects_writer = files.enter_context(RejectsWriter(files.enter_context(atomic_writer(rejects)), id_column))
+                    rejects_writer.write(scored.rejects)
                 bad = len({row for row, _, _ in scored.rejects})
                 read += len(scored.rows) + bad
                 rejected += bad
@@ -130,8 +134,10 @@ def score(
         loads = client.run(worker_loads, remote) if engine == "dask" else {}
     if meter:
         meter.close()
+    if not rejected:
+        rejects.unlink(missing_ok=True)  # another run's (overwrite was checked): it does not list this output's rows
     label = f"{model.name} {model.version} (sha256 {model.sha256[:12]})"
-    return Summary(read, read - rejected, rejected, time.perf_counter() - started, output, rejects, label, loads)
+    return Summary(read, read - rejected, rejected, time.perf_counter() - started, output, rejects if rejected else None, label, loads)
 
 
 def _check_options(
