@@ -97,8 +97,12 @@ def test_postgres_round_trip(cluster, base_config, served_model, passengers):
 def test_postgres_tables_created_once_by_workers_starting_together(cluster):
     url = cluster.createdb("race")
     logs = [PredictionLog(url) for _ in range(4)]
-    with ThreadPoolExecutor(4) as pool:
-        list(pool.map(lambda log: log.ensure_tables(), logs))  # re-raises what any of them raised
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda log: log.ensure_tables(), logs))  # re-raises what any of them raised
+    finally:
+        for log in logs:  # their pools' connections (a ResourceWarning when collected open)
+            log.dispose()
     assert read_log(url).empty
 
 
