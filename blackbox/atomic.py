@@ -49,7 +49,7 @@ def atomic_writer(path: str | os.PathLike[str], mode: int | None = None) -> Iter
     remove_abandoned(path)
     fd, tmp = _locked_temporary(path)
     try:
-        os.fchmod(fd, 0o666 & ~_umask() if mode is None else mode)
+        os.fchmod(fd, default_mode() if mode is None else mode)
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
@@ -126,6 +126,11 @@ def _locked_temporary(path: Path) -> tuple[int, str]:
                 raise
             return fd, tmp  # no flock on this filesystem: cleaners go by age
         os.close(fd)
+
+
+def default_mode() -> int:
+    """The permission bits of a file blackbox publishes: ``0o666`` less the umask (keys pass their own 0600)."""
+    return 0o666 & ~_umask()
 
 
 def _umask() -> int:

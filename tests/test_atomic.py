@@ -105,3 +105,7 @@ def test_written_files_follow_the_umask_and_private_keys_stay_private(search, ti
     assert mode(artifact) == 0o644
     private, public = _under_umask(0o022, lambda: keygen(tmp_path / "keys", "k"))
     assert mode(private) == 0o600 and mode(public) == 0o644
+    store = blackbox.Store.open(tmp_path / "store")
+    _under_umask(0o022, lambda: store.push(artifact, signing_key=private))
+    released = [p for p in (tmp_path / "store").rglob("*") if p.is_file()]
+    assert released and all(mode(p) == 0o644 for p in released), {str(p): oct(mode(p)) for p in released}

@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write, fsync_directory
+from ..atomic import atomic_write, default_mode, fsync_directory
 from ..errors import StoreError
 
 Key = tuple[str, ...]
@@ -143,6 +143,7 @@ class LocalBackend(Backend):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
+            os.fchmod(fd, default_mode())  # mkstemp's 0600 would lock out a server running as another user
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
