@@ -179,12 +179,9 @@ class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
 
     def _read(self, conn: _Conn, _sock: Any) -> None:
         """The event loop: take what the socket holds; a complete request goes to a thread."""
-        try:
-            data = conn.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
+        data = _recv(conn)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:  # the client closed
             self._release(conn)
             self.nr_conns -= 1
@@ -236,12 +233,9 @@ class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._drain, conn))
 
     def _drain(self, conn: _Conn, _sock: Any) -> None:
-        try:
-            data = conn.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
+        data = _recv(conn)
+        if data is None:
             return
-        except OSError:
-            data = b""
         conn.drained += len(data)
         if not data or conn.drained >= LINGER_BYTES:
             self._closed(conn)
@@ -362,3 +356,14 @@ def _send_error(conn: _Conn, exc: Exception) -> None:
     head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nX-Request-ID: {request_id}\r\nConnection: close\r\n\r\n").encode()
     _send(conn, head + body)
+
+
+def _recv(conn: _Conn) -> bytes | None:
+    """What the non-blocking socket holds: None when nothing yet, b"" when the client closed or the socket failed."""
+    try:
+        data: bytes = conn.sock.recv(65536)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""
+    return data
