@@ -115,6 +115,8 @@ _TOTAL_CAP = 1000  # problems (and warnings) in one report, before the one "trun
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 _Check = Callable[[Any], "tuple[Any, str | None, str | None]"]
+Flagged = dict[tuple[str, str], list[int]]
+"""Every row (0-based, ascending per key) of each warning, keyed by ``(field, issue)``: uncapped, unlike the warnings."""
 
 
 @dataclass(frozen=True)
@@ -192,9 +194,9 @@ class Schema:
 
         Returns ``(frame, warnings)``; raises one :class:`SchemaError` listing every problem.
         """
-        columns, index, warnings = self._check(records, strict)
+        columns, index, report = self._check(records, strict)
         frame = pd.DataFrame({name: _build(values, dtype, index) for (name, values), dtype in zip(columns.items(), self._dtypes)}, index=index)
-        return frame, warnings
+        return frame, report.warnings
 
     def probe_missing(self, records: Sequence[Mapping[str, Any]], predict: Callable[[pd.DataFrame], Any]) -> Schema:
         """This schema with each field's nullability decided by what ``predict`` tolerates.
@@ -229,23 +231,24 @@ class Schema:
 
         For a server that validates each request on its own and builds one frame per batch of them.
         """
-        return self._check(records, strict)[2]
+        return self._check(records, strict)[2].warnings
 
-    def checked(self, records: Any, *, strict: bool = False) -> tuple[list[Any], pd.Index, list[dict[str, Any]]]:
+    def checked(self, records: Any, *, strict: bool = False) -> tuple[list[Any], pd.Index, list[dict[str, Any]], Flagged]:
         """:meth:`to_frame`'s checks and its columns before any is built: the values of each field in schema
-        order (missing values as the dtype's marker), the frame's index, and the warnings.
+        order (missing values as the dtype's marker), the frame's index, the warnings, and every row
+        each warning concerns (:data:`Flagged`: the warnings are capped, this is not).
 
         For the fast path (:mod:`blackbox.fastpath.table`), which builds only the columns it reads,
-        each with :meth:`column`.
+        each with :meth:`column`, and for batch scoring's per-row warnings.
         """
-        columns, index, warnings = self._check(records, strict)
-        return list(columns.values()), index, warnings
+        columns, index, report = self._check(records, strict)
+        return list(columns.values()), index, report.warnings, report.flagged
 
     def column(self, position: int, values: Any, index: pd.Index) -> Any:
         """The column :meth:`to_frame` builds for field ``position`` from its :meth:`checked` values."""
         return _build(values, self._dtypes[position], index)
 
-    def _check(self, records: Any, strict: bool) -> tuple[dict[str, Any], pd.Index, list[dict[str, Any]]]:
+    def _check(self, records: Any, strict: bool) -> tuple[dict[str, Any], pd.Index, _Report]:
         report = _Report({name: position for position, name in enumerate(self.columns)})
         index = None
         if isinstance(records, pd.DataFrame):
@@ -261,7 +264,7 @@ class Schema:
         if not total:
             report.add(None, None, "empty", "at least one record", "0 records")
         report.check(total)
-        return columns, pd.RangeIndex(total) if index is None else index, report.warnings
+        return columns, pd.RangeIndex(total) if index is None else index, report
 
     @cached_property
     def _dtypes(self) -> list[Any]:
@@ -496,10 +499,17 @@ class _Report:
         self._dropped: Counter[bool] = Counter()  # entries past _TOTAL_CAP, by warning
         self._bad_rows: set[int] = set()
         self._counts: Counter[tuple[str | None, str, bool]] = Counter()
+        self.flagged: Flagged = {}
+
+    def _flag(self, field: str | None, issue: str, rows: list[int]) -> None:
+        if field is not None:
+            self.flagged.setdefault((field, issue), []).extend(rows)
 
     def add(self, row: int | None, field: str | None, issue: str, expected: str, received: str, *, warning: bool = False) -> None:
         if row is not None and not warning:
             self._bad_rows.add(row)
+        elif row is not None:
+            self._flag(field, issue, [row])
         if row is not None:
             self._counts[field, issue, warning] += 1
             if self._counts[field, issue, warning] > self.cap:
@@ -517,6 +527,8 @@ class _Report:
         """Many rows with one issue (DataFrame input): count them all, keep entries up to the cap."""
         if not warning:
             self._bad_rows.update(rows.tolist())
+        elif len(rows):
+            self._flag(field, issue, rows.tolist())
         room = max(self.cap - self._counts[field, issue, warning], 0)
         self._counts[field, issue, warning] += len(rows)
         for row in rows[:room].tolist():

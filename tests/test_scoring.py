@@ -55,7 +55,7 @@ def test_round_trip_equals_predict_batch(fmt, scoring_artifact, scoring_model, s
 
     got = read_output(out)
     features = scoring_rows.drop(columns="passenger")
-    assert list(got.columns) == ["row", "passenger", "prediction", "proba_0", "proba_1", "model_name", "model_version", "model_sha256"]
+    assert list(got.columns) == ["row", "passenger", "prediction", "proba_0", "proba_1", "warnings", "model_name", "model_version", "model_sha256"]
     assert got["row"].tolist() == list(range(1, len(scoring_rows) + 1))
     assert got["passenger"].tolist() == scoring_rows["passenger"].tolist()
     assert got["prediction"].tolist() == scoring_model.predict_batch(features)
@@ -92,6 +92,49 @@ def test_the_fast_path_scores_what_the_estimator_does_on_chunks_with_edge_rows(f
     assert np.abs(outputs[0][proba].to_numpy() - outputs[1][proba].to_numpy()).max() <= 1e-9
 
 
+def _expected_tags(model, frame: pd.DataFrame) -> list[str | None]:
+    """Each record's warnings as the schema gives them for that record alone (the oracle for the warnings column)."""
+    records = json.loads(frame.to_json(orient="records"))
+    tags = []
+    for record in records:
+        found = model.validate([record])
+        tags.append(";".join(f"{w['field']}:{w['issue']}" for w in found) or None)
+    return tags
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fast", [True, False])
+def test_each_scored_row_carries_its_own_warnings_uncapped_and_aligned_past_rejects(fmt, fast, scoring_artifact, scoring_rows, tmp_path):
+    """450 rows: 150 out of range (past the schema's 100-per-field cap), missing values imputed, three schema rejects."""
+    frame = pd.concat([scoring_rows.drop(columns="passenger")] * 3, ignore_index=True).head(450).copy()
+    frame["pclass"] = frame["pclass"].astype(str)  # numeric strings score; "first" below does not
+    frame.loc[frame.index % 3 == 0, "age"] = 500.0
+    frame.loc[frame.index % 7 == 0, "fare"] = None
+    frame.loc[[5, 200, 449], "pclass"] = "first"  # a type problem: rejected, so the rows after it shift
+    source = write_input(frame, tmp_path / f"in.{fmt}")
+    out = tmp_path / f"out.{fmt}"
+    scoring.score(scoring_artifact, source, out, chunk_size=128, fast_path=fast, on_error="skip", allow_unsigned=True)
+    got = read_output(out)
+    kept = frame.drop(index=[5, 200, 449])
+    assert got["row"].tolist() == [i + 1 for i in kept.index]
+    model = blackbox.load(scoring_artifact)
+    expected = _expected_tags(model, kept.astype({"pclass": int}))
+    assert sum("age:out_of_range" in (tags or "") for tags in expected) >= 150 and any(t and ";" in t for t in expected)
+    assert [None if pd.isna(tags) else tags for tags in got["warnings"]] == expected
+
+
+def test_warnings_stay_with_their_rows_when_the_model_rejects_rows_of_the_chunk(poison_artifacts, tmp_path):
+    frame = poisoned(300, (20, 260), value=7.0)  # rows 20 and 260: the model refuses them
+    frame.loc[[9, 20, 258, 260, 299], "b"] = 50.0  # rows 10, 21, 259, 261, 300: out of range, scored
+    source = write_input(frame, tmp_path / "in.csv")
+    assert run(poison_artifacts["classifier"], source, "-o", tmp_path / "out.csv", "--on-error", "skip") == 10
+    got = read_output(tmp_path / "out.csv")
+    assert got["row"].tolist() == [row for row in range(1, 301) if row not in (20, 260)]
+    expected = _expected_tags(blackbox.load(poison_artifacts["classifier"]), frame.drop(index=[19, 259]))
+    assert all("b:out_of_range" in expected[got["row"].tolist().index(row)] for row in (10, 21, 259, 261, 300))
+    assert [None if pd.isna(tags) else tags for tags in got["warnings"]] == expected
+
+
 def test_output_format_follows_its_extension(scoring_artifact, scoring_model, scoring_rows, tmp_path):
     source = write_input(scoring_rows.head(20), tmp_path / "in.csv")
     assert run(scoring_artifact, source, "-o", tmp_path / "out.parquet") == 0
@@ -104,7 +147,7 @@ def test_probabilities_can_be_left_out(scoring_artifact, scoring_model, scoring_
     source = write_input(scoring_rows.head(20), tmp_path / "in.csv")
     assert run(scoring_artifact, source, "-o", tmp_path / "out.csv", "--no-probabilities") == 0
     got = read_output(tmp_path / "out.csv")
-    assert list(got.columns) == ["row", "prediction", "model_name", "model_version", "model_sha256"]
+    assert list(got.columns) == ["row", "prediction", "warnings", "model_name", "model_version", "model_sha256"]
     assert got.prediction.tolist() == scoring_model.predict_batch(scoring_rows.head(20).drop(columns="passenger"))
 
 
@@ -199,8 +242,8 @@ def test_unreadable_input_is_an_input_error(scoring_artifact, tmp_path, capsys):
 @pytest.mark.parametrize(
     "name, content, expected",
     [
-        ("empty.csv", "", '"row","prediction","proba_0","proba_1","model_name","model_version","model_sha256"\n'),
-        ("header.csv", "pclass,sex,age,sibsp,parch,fare,embarked,name\n", '"row","prediction","proba_0","proba_1","model_name","model_version","model_sha256"\n'),
+        ("empty.csv", "", '"row","prediction","proba_0","proba_1","warnings","model_name","model_version","model_sha256"\n'),
+        ("header.csv", "pclass,sex,age,sibsp,parch,fare,embarked,name\n", '"row","prediction","proba_0","proba_1","warnings","model_name","model_version","model_sha256"\n'),
         ("empty.jsonl", "", ""),
         ("blank.jsonl", "\n\n", ""),
     ],
@@ -328,7 +371,7 @@ class _Recording(Writer):
 
 
 def _scored(row: int) -> Scored:
-    return Scored(rows=np.array([row]), ids=None, predictions=[0], probabilities=None, rejects=[])
+    return Scored(rows=np.array([row]), ids=None, predictions=[0], probabilities=None, warnings=[None], rejects=[])
 
 
 def test_the_background_writer_writes_every_chunk_in_order_and_finishes_the_file():

@@ -41,13 +41,13 @@ _FROM_ARRAYS = getattr(pd.DataFrame, "_from_arrays", None)
 
 
 class Prepared:
-    """Records the schema accepted, as columns built on first use; ``warnings`` are the schema's."""
+    """Records the schema accepted, as columns built on first use; ``warnings`` and ``flagged`` are the schema's."""
 
-    __slots__ = ("schema", "index", "warnings", "_values", "_built")
+    __slots__ = ("schema", "index", "warnings", "flagged", "_values", "_built")
 
     def __init__(self, schema: Schema, records: Any, *, strict: bool = False) -> None:
         self.schema = schema
-        self._values, self.index, self.warnings = schema.checked(records, strict=strict)
+        self._values, self.index, self.warnings, self.flagged = schema.checked(records, strict=strict)
         self._built: dict[int, Any] = {}
 
     def __len__(self) -> int:
@@ -59,11 +59,11 @@ class Prepared:
 
         The same as checking all their records at once: the schema checks and
         converts each value on its own, so only the index (0..n-1) and the
-        warnings' row numbers would differ; ``warnings`` stay each part's own.
+        warnings' row numbers would differ; ``warnings`` and ``flagged`` stay each part's own.
         """
         first = parts[0]
         joined = cls.__new__(cls)
-        joined.schema, joined.warnings, joined._built = first.schema, [], {}
+        joined.schema, joined.warnings, joined.flagged, joined._built = first.schema, [], {}, {}
         joined._values = [
             [v for part in parts for v in part._values[position]]
             if all(isinstance(part._values[position], list) for part in parts)

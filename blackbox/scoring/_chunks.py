@@ -25,4 +25,5 @@ class Scored:
     ids: pa.ChunkedArray | list[Any] | None
     predictions: list[Any]
     probabilities: np.ndarray | None
+    warnings: list[str | None]  # each row's schema warnings (``field:issue;...``), None for a row without
     rejects: list[tuple[int, Any, dict[str, Any]]]  # (row, id, problem), by row

@@ -27,6 +27,7 @@ from ..errors import ModelFailedError, ModelInputError, ModelOutputError, Schema
 from ..fastpath.table import Prepared, as_frame
 from ..manifest import jsonable
 from ..model import Model
+from ..schema import Flagged
 from ._chunks import Chunk, Scored
 from ._reader import parse
 
@@ -44,15 +45,16 @@ BROKEN_AFTER_ROWS = 8
 def score_chunk(model: Model, chunk: Chunk, id_column: str | None, probabilities: bool) -> Scored:
     """Validate a chunk with the model's schema, predict its valid rows, and collect the others' problems."""
     data, ids, kept, rejects = parse(chunk, model.schema, id_column)
-    frame, problems = _prepare(model, data) if len(data) else (None, [])
+    frame, flagged, problems = _prepare(model, data) if len(data) else (None, {}, [])
     invalid = _by_row(model, data, problems) if problems else {}
     good: Sequence[int] = range(len(data))
     if invalid:
         good = [position for position in range(len(data)) if position not in invalid]
-        frame = _prepare(model, _subset(data, good))[0] if good else None
+        frame, flagged, _ = _prepare(model, _subset(data, good)) if good else (None, {}, [])
         rejects.update((kept[position], found) for position, found in invalid.items())
     predictions: list[Any] = []
     proba = None
+    warned = _tags(flagged, len(good), model.schema.columns)
     if frame is not None:
         try:
             predictions, proba, failed = _predict(model, frame, probabilities and model.has_proba)
@@ -60,12 +62,14 @@ def score_chunk(model: Model, chunk: Chunk, id_column: str | None, probabilities
             raise fault.raised(chunk.rows[[kept[position] for position in good]]) from None
         if failed:
             rejects.update((kept[good[position]], [problem]) for position, problem in failed.items())
+            warned = [tags for position, tags in enumerate(warned) if position not in failed]
     valid = [position for position in range(len(chunk.rows)) if position not in rejects] if rejects else None
     return Scored(
         rows=chunk.rows if valid is None else chunk.rows[valid],
         ids=ids if ids is None or valid is None else (ids.take(valid) if isinstance(ids, pa.ChunkedArray) else [ids[i] for i in valid]),
         predictions=predictions,
         probabilities=proba,
+        warnings=warned,
         rejects=[
             (int(chunk.rows[position]), None if ids is None else _id_value(ids, position), problem)
             for position in sorted(rejects)
@@ -180,17 +184,30 @@ def _reason(error: Exception | None) -> str:
     return "no exception was kept" if error is None else f"{type(error).__name__}: {error}"[:300]
 
 
-def _prepare(model: Model, data: pd.DataFrame | list[Any]) -> tuple[pd.DataFrame | Prepared | None, list[dict[str, Any]]]:
-    """The model's input, or None and the schema's problems: the checked columns for the plan, else the prepared frame.
+def _prepare(model: Model, data: pd.DataFrame | list[Any]) -> tuple[pd.DataFrame | Prepared | None, Flagged, list[dict[str, Any]]]:
+    """The model's input and the rows of each warning, or None and the schema's problems.
 
-    The plan reads the columns as they are (a column is built only when a step
+    The input is the checked columns for the plan, else the prepared frame. The
+    plan reads the columns as they are (a column is built only when a step
     reads it, and no DataFrame is built unless the call is deferred), as
     ``Model.predict`` gives it records.
     """
     try:
-        return (model.checked(data) if model.plan is not None else model.prepare(data)[0]), []
+        prepared = model.checked(data)
     except SchemaError as exc:
-        return None, [dict(problem) for problem in exc.problems]
+        return None, {}, [dict(problem) for problem in exc.problems]
+    return (prepared if model.plan is not None else prepared.frame()), prepared.flagged, []
+
+
+def _tags(flagged: Flagged, rows: int, columns: list[str]) -> list[str | None]:
+    """Each row's warnings as ``field:issue`` joined by ``;`` in schema order (unknown fields last), None for a row without."""
+    tags: list[str | None] = [None] * rows
+    order = {name: position for position, name in enumerate(columns)}
+    for field, issue in sorted(flagged, key=lambda key: (order.get(key[0], len(order)), key[0], key[1])):
+        tag = f"{field}:{issue}"
+        for row in flagged[field, issue]:
+            tags[row] = tag if tags[row] is None else f"{tags[row]};{tag}"
+    return tags
 
 
 def _by_row(model: Model, data: pd.DataFrame | list[Any], problems: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
@@ -216,7 +233,7 @@ def _by_row(model: Model, data: pd.DataFrame | list[Any], problems: list[dict[st
     half = len(data) // 2
     for offset, positions in ((0, range(half)), (half, range(half, len(data)))):
         part = _subset(data, positions)
-        _, part_problems = _prepare(model, part)
+        part_problems = _prepare(model, part)[2]
         if part_problems:
             grouped.update((offset + position, found) for position, found in _by_row(model, part, part_problems).items())
     return grouped

@@ -30,7 +30,8 @@ class OutputSpec:
         self.metadata = {"model_name": model.name, "model_version": model.version, "model_sha256": model.sha256}
         self.id_column = id_column
         fields = [("row", pa.int64())] + ([(id_column, id_type)] if id_column else []) + [("prediction", self.prediction_type)]
-        fields += [(name, pa.float64()) for name in self.proba_names] + [(name, pa.string()) for name in self.metadata]
+        fields += [(name, pa.float64()) for name in self.proba_names] + [("warnings", pa.string())]
+        fields += [(name, pa.string()) for name in self.metadata]
         names = [name for name, _ in fields]
         if len(set(names)) < len(names):
             raise UsageError(f"The id column {id_column!r} clashes with an output column ({', '.join(names)}); pass another id_column.",
@@ -46,6 +47,7 @@ class OutputSpec:
         if self.proba_names:
             assert scored.probabilities is not None  # the model has them: the spec asked for their columns
             columns += [pa.array(scored.probabilities[:, i]) for i in range(len(self.proba_names))]
+        columns.append(pa.array(scored.warnings, pa.string()))
         columns += [pa.repeat(pa.scalar(value, pa.string()), n) for value in self.metadata.values()]
         return pa.Table.from_arrays(columns, schema=self.schema)
 
@@ -101,6 +103,7 @@ class JsonLinesWriter(Writer):
             record["prediction"] = scored.predictions[i]
             if probabilities is not None:
                 record.update(zip(spec.proba_names, probabilities[i]))
+            record["warnings"] = scored.warnings[i]
             record.update(spec.metadata)
             lines.append(json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str))
         if lines:
