@@ -134,7 +134,7 @@ def _load_pyfunc(data_path: str) -> PyfuncModel:
                 f"No trusted keys for the blackbox model in {str(data.parent)!r}: set {TRUSTED_KEYS_ENV} in the "
                 "serving environment to the signer's public key(s), or export it with --embed-trusted-keys."
             )
-        trusted = Keyring.from_paths([data / KEYS], Keyring.from_environment().revoked)  # BLACKBOX_REVOKED_KEYS
+        trusted = Keyring.from_paths([data / KEYS])  # BLACKBOX_REVOKED_KEYS still applies: every keyring adds it
     return PyfuncModel(load(data / ARTIFACT, trusted_keys=trusted))
 
 

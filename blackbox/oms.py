@@ -171,8 +171,7 @@ def _key(document: dict[str, Any], keyring: Keyring, where: str) -> tuple[str, e
         )
     for kid, key in keyring.keys.items():
         if isinstance(key, ec.EllipticCurvePublicKey) and _hint(key) == hint:
-            if kid in keyring.revoked:
-                raise AuthenticityError(f"{where} is signed by key {kid}, which is revoked; refusing it.")
+            keyring.trusted(kid, where)  # the one signer check: refuses a revoked key
             return kid, key
     raise AuthenticityError(
         f"{where} is signed by a key (hint {hint[:16]}...) that is not among the trusted keys "

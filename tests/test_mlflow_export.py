@@ -77,6 +77,11 @@ def test_the_exported_model_is_verified_when_mlflow_loads_it(saved, keys, tmp_pa
     # keys copied in at export (--embed-trusted-keys) serve where the environment names none
     embedded = export(saved, tmp_path / "embedded", "--trusted-keys", str(keys["public"]), "--embed-trusted-keys")
     assert mlflow.pyfunc.load_model(str(embedded)).predict(pd.DataFrame(blackbox.inspect(saved, trusted_keys=keys["public"])["golden"]["records"])) is not None
+    # an embedded key the serving environment revokes is refused (BLACKBOX_REVOKED_KEYS applies to every keyring)
+    monkeypatch.setenv(signing.REVOKED_KEYS_ENV, blackbox.inspect(saved)["signature"]["key_id"])
+    with pytest.raises(blackbox.AuthenticityError, match="revoked"):
+        mlflow.pyfunc.load_model(str(embedded))
+    monkeypatch.delenv(signing.REVOKED_KEYS_ENV)
     # a byte changed in the registry's copy is refused before anything is unpickled
     monkeypatch.setenv(signing.TRUSTED_KEYS_ENV, str(keys["public"]))
     data = bytearray(artifact.read_bytes())
