@@ -207,10 +207,11 @@ class VersionMismatchWarning(UserWarning):
     """A package differs from the version the artifact was saved with (within policy)."""
 
     def __init__(self, distribution: str, saved: str, installed: str) -> None:
+        match = (f"run it on Python {saved}" if distribution == "Python"
+                 else f"install {distribution}=={saved} (`blackbox requirements ARTIFACT` lists every version it was saved with)")
         super().__init__(
-            f"{distribution} {installed} is installed but the artifact was saved with {saved}; "
-            "predictions are checked by the golden-sample self-test, but pin "
-            f"{distribution}=={saved} to be safe (strict=True refuses this)."
+            f"{distribution} {installed} is installed but the artifact was saved with {saved}; it loaded because its "
+            f"golden sample reproduced. To serve it exactly as saved, {match}; strict=True refuses any difference."
         )
         self.distribution = distribution
         self.saved = saved

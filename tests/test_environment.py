@@ -139,6 +139,7 @@ def test_a_patch_difference_of_a_requirement_warns_and_strict_refuses(saved, tmp
     path = rewrite(saved, tmp_path / "numpy.bbx", edit)
     result, text = outcome(path)
     assert result == "warned" and f"numpy {installed} is installed but the artifact was saved with {other}" in text
+    assert f"install numpy=={other} (`blackbox requirements ARTIFACT`" in text
     assert outcome(path, strict=True)[0] == "refused"
 
 
@@ -153,6 +154,7 @@ def test_python_micro_warns_python_minor_and_implementation_refuse(saved, tmp_pa
     micro_path = rewrite(saved, tmp_path / "micro.bbx", python(f"{major}.{minor}.{micro + 1}"))
     result, text = outcome(micro_path)
     assert result == "warned" and f"saved with {major}.{minor}.{micro + 1}" in text, text
+    assert f"run it on Python {major}.{minor}.{micro + 1}" in text and "==" not in text  # not a pip pin for Python
     assert outcome(micro_path, strict=True)[0] == "refused"
     result, text = outcome(rewrite(saved, tmp_path / "minor.bbx", python(f"{major}.{minor + 1}.0")))
     assert result == "refused" and f"Python {major}.{minor + 1}.0 saved it" in text
