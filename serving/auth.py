@@ -8,8 +8,11 @@ binds only to loopback unless told ``--insecure-no-auth``). With keys, every
 route but ``/health``, ``/ready``, ``/v2/health/live`` and ``/v2/health/ready`` needs ``Authorization: Bearer <key>``
 (401 otherwise), and a key granted the route's scope (403 otherwise, naming it):
 
-- ``predict``: ``POST /predict``, ``/invocations`` and ``/feedback`` (and their
+- ``predict``: ``POST /predict`` and ``/invocations`` (and their
   ``/models/{name}/...`` forms), ``POST /v2/models/{name}/infer``;
+- ``feedback``: ``POST /feedback`` (and ``/models/{name}/feedback``): a label
+  replaces the one stored for any request id, so only the system that knows the
+  outcomes should hold it, not every client that asks for predictions;
 - ``read``: ``GET /models``, ``/model``, ``/schema``, ``/openapi.json``, ``/drift``,
   the ``/v2`` metadata and model-ready routes, and
   ``/metrics`` (it tells who uses the model how much; Prometheus sends the
@@ -19,8 +22,8 @@ route but ``/health``, ``/ready``, ``/v2/health/live`` and ``/v2/health/ready`` 
 A key is granted scopes after it on its line (``id:key predict read``), or in the
 keys file's JSON as ``{"id": {"key": "...", "scopes": ["read"]}}``. A key
 given without scopes (``id:key``, ``{"id": "key"}``: every key written before
-scopes existed) gets ``predict`` and ``read``, what it could use before, and
-never ``admin``, which is granted only explicitly. Tokens are compared in
+scopes existed) gets ``predict``, ``feedback`` and ``read``, what it could use
+before, and never ``admin``, which is granted only explicitly. Tokens are compared in
 constant time against every key; only the key's id is ever logged.
 """
 
@@ -43,10 +46,10 @@ from .http_errors import MissingScope
 from .routes import current
 
 OPEN_ENDPOINTS = frozenset({"ops.health", "ops.ready", "v2.server_live", "v2.server_ready"})
-SCOPES = ("predict", "read", "admin")
-DEFAULT_SCOPES = frozenset({"predict", "read"})
+SCOPES = ("predict", "feedback", "read", "admin")
+DEFAULT_SCOPES = frozenset({"predict", "feedback", "read"})
 ENDPOINT_SCOPES = {
-    "api.predict": "predict", "api.invocations": "predict", "feedback.feedback": "predict",
+    "api.predict": "predict", "api.invocations": "predict", "feedback.feedback": "feedback",
     "ops.model": "read", "ops.schema": "read", "ops.openapi_json": "read", "ops.metrics": "read", "ops.drift_view": "read",
     "ops.reload": "admin",
     "ops.models": "read", "ops.model_ready": "read",
@@ -142,7 +145,7 @@ def _scopes(value: object, where: str) -> frozenset[str]:
     if unknown:
         raise UsageError(f"{where}: unknown scope {unknown[0]!r}; scopes are {', '.join(SCOPES)}.")
     if not scopes:
-        raise UsageError(f"{where}: grant at least one scope among {', '.join(SCOPES)}, or omit scopes for predict and read.")
+        raise UsageError(f"{where}: grant at least one scope among {', '.join(SCOPES)}, or omit scopes for predict, feedback and read.")
     return frozenset(scopes)
 
 

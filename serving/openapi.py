@@ -148,9 +148,9 @@ def document(model: Model, *, max_records: int, auth: bool) -> dict[str, Any]:
     if auth:
         doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer", "description": (
             "An API key as `Authorization: Bearer KEY` (401 without a known one). Each key is granted scopes; "
-            "each operation needs the one its x-required-scope names (403 without it): predict (scoring, "
-            "feedback, v2 infer), read (metadata, schema, this document, drift, metrics), admin (reload, and any "
-            "other route). A key given without scopes has predict and read."
+            "each operation needs the one its x-required-scope names (403 without it): predict (scoring, v2 "
+            "infer), feedback (labels), read (metadata, schema, this document, drift, metrics), admin (reload, and "
+            "any other route). A key given without scopes has predict, feedback and read."
         )}}
         doc["security"] = [{"bearer": []}]
     return doc

@@ -1,4 +1,4 @@
-"""API keys have scopes: predict, read (metadata and metrics), admin (reload); /health and /ready stay open."""
+"""API keys have scopes: predict, feedback (labels), read (metadata and metrics), admin (reload); /health and /ready stay open."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from serving import create_app
 
 PASSENGER = {"pclass": 3, "sex": "male", "age": 22, "sibsp": 1, "parch": 0, "fare": 7.25, "embarked": "S",
              "name": "Braund, Mr. Owen Harris"}
-KEYS = {name: f"{name}-" + "s" * 24 for name in ("legacy", "predictor", "reader", "operator", "everything")}
+KEYS = {name: f"{name}-" + "s" * 24 for name in ("legacy", "predictor", "labeller", "reader", "operator", "everything")}
 # route -> (method, path, body, the scope it needs)
 ROUTES = {
     "predict": ("POST", "/predict", PASSENGER, "predict"),
     "invocations": ("POST", "/invocations", {"dataframe_records": [PASSENGER]}, "predict"),
-    "feedback": ("POST", "/feedback", {"feedback": []}, "predict"),
+    "feedback": ("POST", "/feedback", {"feedback": []}, "feedback"),
     "model": ("GET", "/model", None, "read"),
     "schema": ("GET", "/schema", None, "read"),
     "openapi": ("GET", "/openapi.json", None, "read"),
@@ -25,11 +25,12 @@ ROUTES = {
     "reload": ("POST", "/reload", None, "admin"),
 }
 GRANTED = {  # what each key of the keys file below may do
-    "legacy": {"predict", "read"},  # an `id:key` line written before scopes existed
-    "predictor": {"predict"},
+    "legacy": {"predict", "feedback", "read"},  # an `id:key` line written before scopes existed
+    "predictor": {"predict"},  # a client asking for predictions cannot label them
+    "labeller": {"feedback"},
     "reader": {"read"},
     "operator": {"admin"},
-    "everything": {"predict", "read", "admin"},
+    "everything": {"predict", "feedback", "read", "admin"},
 }
 
 
@@ -43,12 +44,13 @@ def model(search, titanic, tmp_path_factory):
 def lines_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("keys") / "keys"
     path.write_text(
-        "# id:key, then the scopes (predict and read when none are given)\n"
+        "# id:key, then the scopes (predict, feedback and read when none are given)\n"
         f"legacy:{KEYS['legacy']}\n"
         f"predictor:{KEYS['predictor']} predict\n"
+        f"labeller:{KEYS['labeller']} feedback\n"
         f"reader: {KEYS['reader']}  read\n"
         f"operator:{KEYS['operator']} admin\n"
-        f"everything:{KEYS['everything']} predict read admin\n"
+        f"everything:{KEYS['everything']} predict feedback read admin\n"
     )
     return path
 
