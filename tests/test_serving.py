@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -126,6 +127,11 @@ def test_invocations_rejects_malformed_mlflow_bodies(client, body, row):
 
 
 # -- request ids ---------------------------------------------------------------
+def test_made_request_ids_are_32_hex_digits_and_never_repeat(client):
+    ids = [client.get("/health").headers["X-Request-ID"] for _ in range(300)]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", rid) for rid in ids) and len(set(ids)) == len(ids)
+
+
 def test_client_request_id_is_kept_and_a_bad_one_replaced(client):
     response = post(client, PASSENGER, headers={"X-Request-ID": "trace-42"})
     assert response.headers["X-Request-ID"] == response.get_json()["request_id"] == "trace-42"
