@@ -68,8 +68,9 @@ def options(*, bind: str, workers: int, threads: int, timeout: int) -> dict[str,
         # bare Flask under gunicorn -w 2 -k sync 83/77, 104/94, 87/58. 2x32 was never
         # far behind and was best when the workers got unequal shares of the connections.
         # threads == 1 selects sync (no batching possible). serving/worker.py is gthread except that
-        # requests are read in its event loop under READ_TIMEOUT, so slow clients hold no thread.
-        "worker_class": "serving.worker.ThreadWorker" if threads > 1 else "sync",
+        # requests are read in its event loop under READ_TIMEOUT, so slow clients hold no thread;
+        # both answer what gunicorn's parser refuses in our JSON shape.
+        "worker_class": "serving.worker.ThreadWorker" if threads > 1 else "serving.worker.SyncWorker",
         "threads": threads,
         "timeout": timeout,
         "graceful_timeout": GRACEFUL_TIMEOUT,

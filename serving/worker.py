@@ -37,6 +37,15 @@ thread serves its request (reading the answer, say) is logged as one warning
 line (at most one a second per worker), not gthread's traceback. The
 loop does not check API keys: a client without one gets its 100 Continue and
 its 401 once the body has arrived.
+
+What gunicorn's own parser refuses (a malformed request line or method, an
+invalid header name or value, a request line over ``limit_request_line``, more
+than ``limit_request_fields`` headers or one over ``limit_request_field_size``)
+is answered by :meth:`JsonErrors.handle_error` in the server's JSON shape with
+gunicorn's status (400, 414, 431, ...), a message naming the limit and its
+gunicorn setting, and a request id that its one warning line in the log
+repeats; gunicorn would answer HTML. The sync worker (``--threads 1``,
+:class:`SyncWorker`) answers the same way.
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ import json
 import re
 import selectors
 import socket
+import ssl
 import time
 import uuid
 from collections import deque
@@ -54,10 +64,20 @@ from functools import partial
 from http import HTTPStatus
 from typing import Any
 
-from gunicorn.workers import gthread
-from werkzeug.exceptions import BadRequest, HTTPException
+from gunicorn.http import errors as parse_errors
+from gunicorn.workers import gthread, sync
+from werkzeug.exceptions import (
+    BadRequest,
+    ExpectationFailed,
+    Forbidden,
+    HTTPException,
+    InternalServerError,
+    NotImplemented,
+    RequestHeaderFieldsTooLarge,
+    RequestURITooLarge,
+)
 
-from .errors import classify
+from .errors import INTERNAL_MESSAGE, classify
 from .http_errors import BodyTimeout
 from .payloads import _too_large
 from .state import EXTENSION
@@ -96,7 +116,30 @@ class _Conn(gthread.TConn):  # type: ignore[misc]  # gunicorn ships no type hint
             self.buffer = bytearray()
 
 
-class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
+class JsonErrors:
+    """gunicorn's ``handle_error`` with our JSON body instead of its HTML page (mixed into both workers)."""
+
+    cfg: Any
+    log: Any
+
+    def handle_error(self, req: Any, client: socket.socket, addr: Any, exc: BaseException) -> None:
+        """Answer what the parser refused (or an error outside the app) as JSON; log one line with the request id."""
+        request_id = uuid.uuid4().hex
+        answer = refusal(exc, self.cfg)
+        if answer is None:  # the server's fault, not the request's
+            self.log.exception("Error handling request (request id %s)", request_id)
+            answer = InternalServerError(INTERNAL_MESSAGE)
+        else:
+            self.log.warning("Invalid request from ip=%s, answered %d (request id %s): %s",
+                             (addr or ("",))[0], answer.code, request_id, _shown(exc))
+        _send_error(client, answer, request_id)
+
+
+class SyncWorker(JsonErrors, sync.SyncWorker):  # type: ignore[misc]
+    """gunicorn's sync worker (``--threads 1``) with JSON error answers."""
+
+
+class ThreadWorker(JsonErrors, gthread.ThreadWorker):  # type: ignore[misc]
     """gthread with requests read in the event loop, under a deadline (see the module docstring)."""
 
     def init_process(self) -> None:
@@ -198,11 +241,11 @@ class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
         if verdict is CONTINUE:
             if not conn.continued:
                 conn.continued = True
-                _send(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
+                _send(conn.sock, b"HTTP/1.1 100 Continue\r\n\r\n")
             return
         self._release(conn)
         if isinstance(verdict, Exception):
-            _send_error(conn, verdict)
+            _send_error(conn.sock, verdict)
             self._close(conn)
             return
         _drop_expect(conn.buffer)  # gunicorn would send its own 100 Continue
@@ -260,7 +303,7 @@ class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
                 continue  # handed over, closed, or waiting again with a later deadline
             self._release(conn)
             if conn.buffer:
-                _send_error(conn, BodyTimeout(
+                _send_error(conn.sock, BodyTimeout(
                     f"The request did not arrive within {conn.read_timeout:g} s (the server's read timeout, setting "
                     "READ_TIMEOUT, blackbox serve --read-timeout); send the whole request at once."))
             self._close(conn)
@@ -340,22 +383,77 @@ def _drop_expect(buffer: bytearray) -> None:
         buffer[:end] = _EXPECT_CONTINUE_LINE.sub(b"", bytes(buffer[:end]))
 
 
-def _send(conn: _Conn, data: bytes) -> None:
+def refusal(exc: BaseException, cfg: Any) -> HTTPException | None:
+    """The answer to a request gunicorn's parser refused, with gunicorn's status; None when the request is not at fault.
+
+    ``cfg`` is gunicorn's configuration: the messages name the limits it sets.
+    """
+    if isinstance(exc, _SERVER_FAULTS) or not isinstance(exc, (parse_errors.ParseException, ssl.SSLError)):
+        return None
+    if isinstance(exc, parse_errors.LimitRequestLine):
+        return RequestURITooLarge(
+            f"The request line (method, URL and HTTP version) is over {cfg.limit_request_line} bytes, the server's "
+            "limit (gunicorn's limit_request_line setting): send a shorter URL; records go in a POST body, not the URL.")
+    if isinstance(exc, parse_errors.LimitRequestHeaders):
+        if "size" in str(exc):
+            what = (f"A request header field (name, value and line end) is over {cfg.limit_request_field_size} bytes, "
+                    "the server's limit (gunicorn's limit_request_field_size setting): send it shorter")
+        elif "fields" in str(exc):
+            what = (f"The request has over {cfg.limit_request_fields} header fields, the server's limit (gunicorn's "
+                    "limit_request_fields setting): send fewer headers")
+        else:
+            what = ("The request's headers are larger in all than the server takes (gunicorn's limit_request_fields x "
+                    f"limit_request_field_size: {cfg.limit_request_fields} x {cfg.limit_request_field_size} bytes): "
+                    "send fewer or shorter headers")
+        return RequestHeaderFieldsTooLarge(f"{what}; data goes in the body.")
+    if isinstance(exc, parse_errors.UnsupportedTransferCoding):
+        return NotImplemented(f"{_shown(exc)}; send the body with a Content-Length or Transfer-Encoding: chunked.")
+    if isinstance(exc, _EXPECTATION):
+        return ExpectationFailed(f"{_shown(exc)}; the only expectation the server meets is Expect: 100-continue.")
+    if isinstance(exc, (parse_errors.ForbiddenProxyRequest, ssl.SSLError)):
+        return Forbidden(f"{_shown(exc)}.")
+    for kinds, hint in _HINTS:
+        if isinstance(exc, kinds):
+            return BadRequest(f"{_shown(exc)}: {hint}.")
+    return BadRequest(f"{_shown(exc)}: the request is not valid HTTP/1.1 (RFC 9112).")
+
+
+_SERVER_FAULTS = (parse_errors.ConfigurationProblem, *(getattr(parse_errors, name) for name in (
+    "InvalidResponseHeader", "InvalidResponseHeaderName") if hasattr(parse_errors, name)))
+"""Parse errors that are the server's: its configuration, or a header the application tried to send (newer gunicorn)."""
+_EXPECTATION = tuple(getattr(parse_errors, name) for name in ("ExpectationFailed",) if hasattr(parse_errors, name))
+_HINTS: tuple[tuple[tuple[type[Exception], ...], str], ...] = (
+    ((parse_errors.InvalidRequestLine, parse_errors.InvalidRequestMethod, parse_errors.InvalidHTTPVersion),
+     "a request begins with one line like 'POST /predict HTTP/1.1' (method, URL, version, separated by one space)"),
+    ((parse_errors.InvalidHeader, parse_errors.InvalidHeaderName, *(getattr(parse_errors, name) for name in
+                                                                    ("ObsoleteFolding",) if hasattr(parse_errors, name))),
+     "each header is one line 'Name: value', the name a token (letters, digits and !#$%&'*+-.^_`|~) and the value "
+     "without control characters"),
+)
+
+
+def _shown(exc: BaseException) -> str:
+    """The parser's own words about the request, cut short (they quote what the client sent)."""
+    text = str(exc)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _send(sock: socket.socket, data: bytes) -> None:
     """Best effort, without blocking (what does not fit in the socket's buffer is dropped)."""
     with contextlib.suppress(OSError):
-        conn.sock.send(data)
+        sock.send(data)
 
 
-def _send_error(conn: _Conn, exc: Exception) -> None:
+def _send_error(sock: socket.socket, exc: Exception, request_id: str | None = None) -> None:
     """A JSON error in the server's shape, its status and code from the one table (serving/errors.py); then close."""
     status, code = classify(exc)
-    request_id = uuid.uuid4().hex
+    request_id = request_id or uuid.uuid4().hex
     message = exc.description if isinstance(exc, HTTPException) else str(exc)
     body = json.dumps({"error": {"code": code, "message": message, "details": []}, "request_id": request_id},
                       separators=(",", ":")).encode()
     head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nX-Request-ID: {request_id}\r\nConnection: close\r\n\r\n").encode()
-    _send(conn, head + body)
+    _send(sock, head + body)
 
 
 def _recv(conn: _Conn) -> bytes | None:
