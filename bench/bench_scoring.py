@@ -11,6 +11,8 @@ wall time and peak RSS from the kernel (wait4), so peaks never mix:
 * score no-proba: the same with ``--no-probabilities``, i.e. the outputs ``loop`` computes;
 * score no-fast-path: ``blackbox score --no-fast-path``, the estimator itself on every chunk (what
   scoring did before the fast path, #19), right before ``score``;
+* score jobs 2: ``blackbox score --jobs 2``, chunks scored in two local worker processes, right after ``score``
+  (its output must equal ``score``'s);
 * score dask: ``blackbox score --engine dask`` on a local cluster (peak is the largest process);
 * score small: ``blackbox score`` on a quarter of the rows, to show peak memory does not grow with the input.
 
@@ -87,8 +89,8 @@ def measure(command: list[str]) -> dict[str, float]:
     return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024}
 
 
-def same_answers(fast: Path, reference: Path) -> None:
-    """The fast path's output must hold the reference's predictions exactly and its probabilities within 1e-9; else exit 1."""
+def same_answers(fast: Path, reference: Path, label: str = "score and score --no-fast-path") -> None:
+    """``fast``'s output must hold the reference's predictions exactly and its probabilities within 1e-9; else exit 1."""
     import numpy as np
     from pyarrow import csv
 
@@ -96,14 +98,14 @@ def same_answers(fast: Path, reference: Path) -> None:
 
     ours, theirs = csv.read_csv(fast), csv.read_csv(reference)
     if ours.column_names != theirs.column_names or ours.num_rows != theirs.num_rows:
-        raise SystemExit(f"bench_scoring: FAILED: {fast.name} and {reference.name} differ in columns or rows")
+        raise SystemExit(f"bench_scoring: FAILED: {label}: {fast.name} and {reference.name} differ in columns or rows")
     proba = [name for name in ours.column_names if name.startswith("proba_")]
     differ = int((ours["prediction"].to_numpy(zero_copy_only=False) != theirs["prediction"].to_numpy(zero_copy_only=False)).sum())
     gap = max((float(np.abs(ours[c].to_numpy() - theirs[c].to_numpy()).max()) for c in proba), default=0.0)
     if differ or gap > PROBA_TOLERANCE:
-        raise SystemExit(f"bench_scoring: FAILED: score and score --no-fast-path differ: {differ} predictions, "
+        raise SystemExit(f"bench_scoring: FAILED: {label} differ: {differ} predictions, "
                          f"largest probability difference {gap:.3g} (tolerance {PROBA_TOLERANCE})")
-    print(f"score and score --no-fast-path: the same {ours.num_rows:,} predictions, probabilities within {PROBA_TOLERANCE} "
+    print(f"{label}: the same {ours.num_rows:,} predictions, probabilities within {PROBA_TOLERANCE} "
           f"(largest difference {gap:.3g})", flush=True)
 
 
@@ -142,6 +144,7 @@ def main() -> None:
             ("loop+proba", args.rows, [*loop_command, "proba"]),
             ("score no-fast-path", args.rows, score(args.rows, "--no-fast-path")),
             ("score", args.rows, score(args.rows)),
+            ("score jobs 2", args.rows, score(args.rows, "--jobs", "2")),
             *([] if args.no_dask else [("score dask", args.rows, score(args.rows, "--engine", "dask"))]),
             ("score small", args.rows // 4, score(args.rows // 4)),
         ]
@@ -151,6 +154,7 @@ def main() -> None:
                 runs[name].append(measure(command))
                 print(f"  run {attempt + 1}: {name:<18} {runs[name][-1]['seconds']:6.1f} s", flush=True)
         same_answers(output(args.rows), output(args.rows, "--no-fast-path"))
+        same_answers(output(args.rows, "--jobs", "2"), output(args.rows), "score --jobs 2 and score")
         results = [
             {"case": name, "rows": n, "seconds": min(r["seconds"] for r in runs[name]),
              "peak_rss_mb": max(r["peak_rss_mb"] for r in runs[name]), "runs": runs[name]}
@@ -166,7 +170,8 @@ def main() -> None:
               f"{r['rows_per_s'] / by_name['loop']['rows_per_s']:>7.2f}x {r['rows_per_s'] / by_name['loop+proba']['rows_per_s']:>13.2f}x "
               f"{r['peak_rss_mb']:>12.0f}")
     paired = {f"{ours} vs {theirs}": statistics.median(t["seconds"] / o["seconds"] for o, t in zip(runs[ours], runs[theirs]))
-              for ours, theirs in (("score no-proba", "loop"), ("score", "loop+proba"), ("score", "score no-fast-path"))}
+              for ours, theirs in (("score no-proba", "loop"), ("score", "loop+proba"), ("score", "score no-fast-path"),
+                                   ("score jobs 2", "score"))}
     print("\nrows/s ratios, median over runs of each run's pair (measured back to back):")
     for name, value in paired.items():
         print(f"- {name}: {value:.2f}x")

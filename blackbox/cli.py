@@ -405,11 +405,13 @@ def _number(value: Any) -> str:
               help="Score in this process, or on Dask workers (pip install 'blackbox[dask]').")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Dask scheduler (with --engine dask); default: a local cluster of worker processes.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+              help="Local worker processes scoring chunks side by side, each loading the artifact once (up to the cores).")
 @trust_options
 def score(
     artifact: str, input_path: str, output: str, input_format: str | None, chunk_size: int, id_column: str | None,
     on_error: str, rejects: str | None, overwrite: bool, no_probabilities: bool, engine: str, scheduler: str | None,
-    trusted_keys: tuple[str, ...], allow_unsigned: bool, no_fast_path: bool, deprecated_format: str | None,
+    jobs: int, trusted_keys: tuple[str, ...], allow_unsigned: bool, no_fast_path: bool, deprecated_format: str | None,
 ) -> None:
     """Score a CSV, Parquet or JSON Lines file in bounded memory; publish the output atomically.
 
@@ -427,7 +429,7 @@ def score(
         input_format = deprecated_format
     summary = scoring.score(
         artifact, input_path, output, input_format=input_format, chunk_size=chunk_size, id_column=id_column,
-        rejects=rejects, on_error=on_error, overwrite=overwrite, engine=engine, scheduler=scheduler,
+        rejects=rejects, on_error=on_error, overwrite=overwrite, engine=engine, scheduler=scheduler, jobs=jobs,
         trusted_keys=_keys(trusted_keys), allow_unsigned=allow_unsigned, probabilities=not no_probabilities, progress=True,
         fast_path=not no_fast_path,
     )

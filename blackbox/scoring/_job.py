@@ -16,6 +16,7 @@ from ..atomic import atomic_writer
 from ..errors import ExitCode, SchemaError, UsageError
 from ..signing import Keyring
 from ._dask import WorkerArtifact, dask_client, dask_results, worker_loads
+from ._processes import process_results
 from ._progress import Progress
 from ._reader import FORMATS, Source, format_of
 from ._scorer import MODEL_ERROR, MODEL_ISSUES, score_chunk
@@ -74,6 +75,7 @@ def score(
     overwrite: bool = False,
     engine: str = "local",
     scheduler: str | None = None,
+    jobs: int = 1,
     trusted_keys: Sequence[str | os.PathLike[str]] | None = None,
     allow_unsigned: bool = False,
     probabilities: bool = True,
@@ -89,6 +91,8 @@ def score(
         so it cannot pass for this run's.
     :param on_error: ``fail`` stops at the first invalid row; ``skip`` rejects it and goes on.
     :param engine: ``local`` (this process) or ``dask`` (``scheduler``, or a local cluster).
+    :param jobs: with the local engine, worker processes scoring chunks side by side (1: this process alone),
+        each loading the artifact once; the output is the same.
     :param probabilities: write ``proba_<class>`` columns; without them a forest runs once, not twice.
     :param fast_path: score through the artifact's fast path when it has one (``blackbox.load``'s option).
     :param progress: report progress on stderr (a bar on a terminal, log lines otherwise).
@@ -98,7 +102,7 @@ def score(
     rejects = Path(rejects) if rejects is not None else output.with_name(f"{output.stem}.rejects.csv")
     source_format = format_of(input, input_format)
     output_format = FORMATS.get(output.suffix.lower(), source_format)
-    _check_options(input, output, rejects, chunk_size, on_error, overwrite, engine, scheduler)
+    _check_options(input, output, rejects, chunk_size, on_error, overwrite, engine, scheduler, jobs)
     keyring = Keyring.from_paths(trusted_keys) if trusted_keys else Keyring.from_environment()
     model = persist.load(artifact, trusted_keys=keyring, allow_unsigned=allow_unsigned, fast_path=fast_path)
     model.self_test()
@@ -107,10 +111,13 @@ def score(
     read = rejected = 0
     meter = Progress(sys.stderr) if progress else None
     with contextlib.ExitStack() as stack:
+        remote = WorkerArtifact(str(Path(artifact).resolve()), model.sha256, keyring, allow_unsigned, fast_path)
         if engine == "dask":
             client = stack.enter_context(dask_client(scheduler))
-            remote = WorkerArtifact(str(Path(artifact).resolve()), model.sha256, keyring, allow_unsigned, fast_path)
             results = dask_results(client, source.chunks(), remote, id_column, bool(spec.proba_names))
+        elif jobs > 1:
+            results = stack.enter_context(contextlib.closing(
+                process_results(source.chunks(), remote, id_column, bool(spec.proba_names), jobs)))
         else:
             results = (score_chunk(model, chunk, id_column, bool(spec.proba_names)) for chunk in source.chunks())
         # Left in reverse order: the rejects file (opened at the first reject) is finished and renamed into
@@ -141,12 +148,17 @@ def score(
 
 
 def _check_options(
-    input: Path, output: Path, rejects: Path, chunk_size: int, on_error: str, overwrite: bool, engine: str, scheduler: str | None
+    input: Path, output: Path, rejects: Path, chunk_size: int, on_error: str, overwrite: bool, engine: str, scheduler: str | None,
+    jobs: int,
 ) -> None:
     if on_error not in ("fail", "skip"):
         raise UsageError(f"on_error must be 'fail' or 'skip', not {on_error!r}.")
     if engine not in ("local", "dask"):
         raise UsageError(f"engine must be 'local' or 'dask', not {engine!r}.")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise UsageError(f"jobs must be a whole number of worker processes, at least 1, not {jobs!r}.")
+    if jobs > 1 and engine != "local":
+        raise UsageError("jobs applies to the local engine; Dask sizes its own workers.", options={"jobs": 1})
     if scheduler is not None and engine != "dask":
         raise UsageError("A scheduler only applies with engine='dask'.", options={"scheduler": None, "engine": "dask"})
     if chunk_size < 1:
