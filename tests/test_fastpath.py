@@ -377,6 +377,54 @@ def test_checked_records_give_the_frames_answers_without_building_it(training_pi
     plan.both(Prepared(schema, records))
 
 
+def _blocks(frame: pd.DataFrame) -> list[tuple]:
+    """How a frame holds its columns, as a user step could see it: each block's type, dtype, columns, shape and layout."""
+    return [(type(b).__name__, str(b.dtype), b.mgr_locs.as_array.tolist(), b.values.shape,
+             b.values.flags.c_contiguous if isinstance(b.values, np.ndarray) else type(b.values._pa_array).__name__)
+            for b in frame._mgr.blocks]
+
+
+def test_user_steps_get_what_the_frame_holds_down_to_its_blocks(training_pipeline, titanic):
+    """Each column Prepared builds is the one to_frame builds, and each slice a user step gets is ``frame[cols]``.
+
+    The same type, dtype, values and missing markers (an Arrow string column: the
+    same Arrow array), the same blocks and layout, the same read-only ``to_numpy``;
+    and a step that writes into its slice changes no other step's input.
+    """
+    from blackbox.fastpath.table import Prepared, Table
+
+    X_train, X_test, _, _ = titanic
+    from dataclasses import replace
+
+    _, _, schema = _plan(training_pipeline, X_train)
+    schema = replace(schema, fields=tuple(replace(f, nullable=True) for f in schema.fields))  # missing strings too
+    records = _odd_records(X_test)
+    names = schema.columns
+    for batch in [records, *([r] for r in records[::4]), [{**records[0], "name": None, "sex": None}], records * 5]:
+        frame, _ = schema.to_frame(batch)
+        prepared = Prepared(schema, batch)
+        for position, name in enumerate(names):
+            got, expected = prepared.array(position), frame._get_column_array(position)
+            assert type(got) is type(expected) and got.dtype == expected.dtype, name
+            if isinstance(expected, np.ndarray):
+                assert compiler_same(got, expected), name
+            else:
+                assert got.equals(expected) and got._pa_array.equals(expected._pa_array), name
+                assert got._pa_array.type == expected._pa_array.type and got._pa_array.num_chunks == expected._pa_array.num_chunks
+        for source in (Prepared(schema, batch), frame):
+            table = Table(source, names)
+            for positions in ([3, 4], [7], [1, 6, 7], [2, 5], [0], [0, 1, 2, 5, 6]):
+                expected = frame[[names[p] for p in positions]]
+                got = table.frame_of(positions)
+                pd.testing.assert_frame_equal(got, expected, check_exact=True)
+                assert list(got.dtypes) == list(expected.dtypes)
+                if len(set(got.dtypes)) == 1:  # the blocks built directly (a mixed frame is pandas' own constructor)
+                    assert _blocks(got) == _blocks(expected), positions
+                assert got.to_numpy().flags.writeable == expected.to_numpy().flags.writeable
+                got.iloc[0, 0] = None if got.dtypes.iloc[0].kind == "O" or isinstance(got.dtypes.iloc[0], pd.StringDtype) else 99
+                pd.testing.assert_frame_equal(table.frame_of(positions), expected, check_exact=True)
+
+
 def compiler_same(a, b) -> bool:
     from blackbox.fastpath.compiler import same
 
