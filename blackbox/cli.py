@@ -442,6 +442,9 @@ def score(
 
 store_argument = click.argument("store", metavar="STORE")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+pointer_expiry_option = click.option(
+    "--expires-in", type=click.IntRange(min=1), default=None, metavar="DAYS",
+    help="Readers refuse the signed pointer after DAYS days (a frozen store cannot serve it forever); default: never.")
 
 
 signing_key_option = click.option(
@@ -523,44 +526,58 @@ def _metrics_text(metrics: dict[str, Any]) -> str:
 @click.option("--alias", required=True, help="The alias to move, e.g. production or staging.")
 @click.option("--allow-downgrade", is_flag=True,
               help="Allow moving the alias to an older version; the pointer then says it is a rollback.")
+@pointer_expiry_option
 @json_option
 @signing_key_option
 @trust_options
 def promote(
-    store: str, name: str, version: str, alias: str, allow_downgrade: bool, as_json: bool, signing_key: str | None,
-    trusted_keys: tuple[str, ...], allow_unsigned: bool,
+    store: str, name: str, version: str, alias: str, allow_downgrade: bool, expires_in: int | None, as_json: bool,
+    signing_key: str | None, trusted_keys: tuple[str, ...], allow_unsigned: bool,
 ) -> None:
     """Point NAME@ALIAS at VERSION, after verifying its artifact (the old target is kept for rollback).
 
     The pointer is signed with --signing-key; an older VERSION than the alias names is
-    refused (exit 8) unless --allow-downgrade.
+    refused (exit 8) unless --allow-downgrade. With --expires-in, readers refuse the
+    pointer after that many days: promote the same VERSION again before then to re-sign it.
     """
     release = Store.open(store).promote(
         name, version, alias, trusted_keys=_keys(trusted_keys), allow_unsigned=allow_unsigned,
-        signing_key=signing_key, allow_downgrade=allow_downgrade,
+        signing_key=signing_key, allow_downgrade=allow_downgrade, expires_in=_days(expires_in),
     )
-    _show(release, as_json, f"{name}@{alias} -> {release.version} in {store}  file_sha256 {release.sha256}")
+    _show(release, as_json, f"{name}@{alias} -> {release.version} in {store}  file_sha256 {release.sha256}"
+          + _expiring(expires_in))
 
 
 @cli.command()
 @store_argument
 @click.argument("name")
 @click.option("--alias", required=True, help="The alias to move back to its previous target.")
+@pointer_expiry_option
 @json_option
 @signing_key_option
 @trust_options
 def rollback(
-    store: str, name: str, alias: str, as_json: bool, signing_key: str | None, trusted_keys: tuple[str, ...],
-    allow_unsigned: bool,
+    store: str, name: str, alias: str, expires_in: int | None, as_json: bool, signing_key: str | None,
+    trusted_keys: tuple[str, ...], allow_unsigned: bool,
 ) -> None:
     """Point NAME@ALIAS back at its previous target (verified); exit 8 if it has none.
 
     The new pointer is signed with --signing-key and says it is a rollback, which servers following the alias accept.
     """
     release = Store.open(store).rollback(
-        name, alias, trusted_keys=_keys(trusted_keys), allow_unsigned=allow_unsigned, signing_key=signing_key
+        name, alias, trusted_keys=_keys(trusted_keys), allow_unsigned=allow_unsigned, signing_key=signing_key,
+        expires_in=_days(expires_in),
     )
-    _show(release, as_json, f"{name}@{alias} rolled back to {release.version} in {store}  file_sha256 {release.sha256}")
+    _show(release, as_json, f"{name}@{alias} rolled back to {release.version} in {store}  file_sha256 {release.sha256}"
+          + _expiring(expires_in))
+
+
+def _days(days: int | None) -> dt.timedelta | None:
+    return None if days is None else dt.timedelta(days=days)
+
+
+def _expiring(days: int | None) -> str:
+    return f"  (the pointer expires in {days} days: promote it again before then)" if days else ""
 
 
 @cli.command()

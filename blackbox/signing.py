@@ -223,8 +223,10 @@ class Keyring:
             )
         return public_key
 
-    def verify(self, manifest_bytes: bytes, block: bytes, *, now: dt.datetime | None = None) -> dict[str, Any]:
-        """Return the verified claims, or raise AuthenticityError saying why not."""
+    def verify(
+        self, manifest_bytes: bytes, block: bytes, *, now: dt.datetime | None = None, expiry: bool = True
+    ) -> dict[str, Any]:
+        """Return the verified claims, or raise AuthenticityError saying why not (``expiry``: also when expired)."""
         parsed = read_block(block)
         kid = str(parsed["key_id"])
         public_key = self.trusted(kid)
@@ -244,15 +246,19 @@ class Keyring:
                 f"The artifact's signature (key {kid}) is invalid: its manifest or signature was altered "
                 "after signing. Refusing it; fetch the artifact again from its source."
             ) from None
-        check_expiry(parsed, now=now)
+        if expiry:
+            check_expiry(parsed, now=now)
         return {k: parsed.get(k) for k in _CLAIMS}
 
 
-def check_expiry(claims: dict[str, Any], *, now: dt.datetime | None = None) -> None:
-    """Raise AuthenticityError if the claims' ``expires_at`` has passed."""
+def check_expiry(
+    claims: dict[str, Any], *, now: dt.datetime | None = None, what: str = "The artifact's signature",
+    remedy: str = "re-sign it or ship a newer one.",
+) -> None:
+    """Raise AuthenticityError (``what`` expired at ..., ``remedy``) if the claims' ``expires_at`` has passed."""
     expires = claims.get("expires_at")
     if expires and (now or dt.datetime.now(dt.UTC)) >= _parse_time(expires):
-        raise AuthenticityError(f"The artifact's signature expired at {expires}; re-sign it or ship a newer one.")
+        raise AuthenticityError(f"{what} expired at {expires}; {remedy}")
 
 
 def _message(claims: dict[str, Any], manifest_bytes: bytes) -> bytes:

@@ -16,11 +16,18 @@ artifact's key id, metrics) and:
 
 BLOCK is a blackbox signature block (Ed25519 or ECDSA P-256 blackbox.signing) over a pointer
 tag and the canonical JSON of STATEMENT as parsed, so what is verified is what
-is used, and no artifact signature (over a JSON manifest) can pass for one.
+is used, and no artifact signature (over a JSON manifest) can pass for one. Its
+signed ``expires_at`` (set by ``promote``/``rollback`` with ``expires_in``; none
+by default, and never on ``latest``) bounds how long the pointer is believed, as
+The Update Framework's ``expires`` does: someone who can write to the store but
+holds no key can replay the current pointer forever (a freeze: no newer release
+ever reaches the readers), but not past its expiry; the publisher re-signs it
+before then by promoting the same version again with ``expires_in``.
 
 A reader believes a pointer if its signature verifies against the trusted keys
 (an unsigned one, as older blackbox versions wrote, only with
-``allow_unsigned``, loudly) and it names the requested model and alias. Given
+``allow_unsigned``, loudly), has not expired (a writer about to replace it reads
+it with ``expiry=False``, keeping its history) and names the requested model and alias. Given
 the release it accepted before (``after``), it also refuses a pointer with a
 lower sequence (an old pointer replayed) and one naming an older version that
 is not a rollback; ``allow_downgrade`` lifts both, for an operator. Whether the
@@ -66,16 +73,16 @@ def statement(
     }
 
 
-def seal(statement: dict[str, Any], private_key: PrivateKey | None) -> bytes:
-    """The pointer file for ``statement``, signed with ``private_key`` (unsigned if None)."""
+def seal(statement: dict[str, Any], private_key: PrivateKey | None, expires_at: str | None = None) -> bytes:
+    """The pointer file for ``statement``, signed with ``private_key`` (unsigned if None), believed until ``expires_at``."""
     document: dict[str, Any] = {"signed": statement}
     if private_key is not None:
-        document["signature"] = json.loads(signing.sign(_message(statement), private_key))
+        document["signature"] = json.loads(signing.sign(_message(statement), private_key, expires_at=expires_at))
     return json.dumps(document, indent=2, sort_keys=True, allow_nan=False).encode() + b"\n"
 
 
 def read(
-    data: bytes, where: str, name: str, alias: str, trusted_keys: TrustedKeys, allow_unsigned: bool
+    data: bytes, where: str, name: str, alias: str, trusted_keys: TrustedKeys, allow_unsigned: bool, *, expiry: bool = True
 ) -> tuple[Release, list[dict[str, Any]]]:
     """The release a pointer file names (with its :class:`Pointer`) and its history; raise unless believed."""
     document = load_object(data, where)
@@ -92,9 +99,10 @@ def read(
                 "with --allow-unsigned."
             )
         log.warning("USING AN UNSIGNED ALIAS POINTER %s (allow_unsigned=True): what it names was not authenticated", where)
-        key_id = None
+        key_id = expires_at = None
     else:
-        key_id = _verify(statement, block, where, trusted_keys)
+        claims = _verify(statement, block, where, trusted_keys)
+        key_id, expires_at = str(claims["key_id"]), claims.get("expires_at")
         if statement.get("type") != TYPE:
             raise AuthenticityError(f"{where} is signed, but is not a release pointer (type {statement.get('type')!r}); refusing it.")
     if (statement.get("name"), statement.get("alias")) != (name, alias):
@@ -102,11 +110,19 @@ def read(
             f"{where} is the pointer of {statement.get('name')}@{statement.get('alias')}, not of {name}@{alias}: "
             f"it was copied there by someone who can write to the store. Refusing it; promote {name}@{alias} again."
         )
+    if expiry:
+        signing.check_expiry(
+            {"expires_at": expires_at}, what=f"{where}, the alias pointer of {name}@{alias},",
+            remedy="past its expiry it is refused, since a store frozen on an old pointer would otherwise serve it "
+            f"forever. What already serves stays. Its publisher re-signs it: `blackbox promote STORE {name} VERSION "
+            f"--alias {alias} --expires-in DAYS --signing-key KEY`.",
+        )
     sequence, rollback = statement.get("sequence", 0), statement.get("rollback", False)
     if type(sequence) is not int or not isinstance(rollback, bool):
         raise damaged(where, "is not a valid alias pointer (sequence, rollback)")
     release = Release.from_record(statement, where=where)
-    pointer = Pointer(alias=alias, sequence=sequence, rollback=rollback, updated_at=statement.get("updated_at"), key_id=key_id)
+    pointer = Pointer(alias=alias, sequence=sequence, rollback=rollback, updated_at=statement.get("updated_at"), key_id=key_id,
+                      expires_at=expires_at)
     return dataclasses.replace(release, pointer=pointer), statement["history"]
 
 
@@ -131,8 +147,8 @@ def check_succession(release: Release, after: Release | None, ref: str, *, allow
         )
 
 
-def _verify(statement: dict[str, Any], block: Any, where: str, trusted_keys: TrustedKeys) -> str:
-    """The key id that signed ``statement``; raise AuthenticityError saying why not."""
+def _verify(statement: dict[str, Any], block: Any, where: str, trusted_keys: TrustedKeys) -> dict[str, Any]:
+    """The verified claims of ``statement``'s signature (its expiry not checked); raise AuthenticityError saying why not."""
     keyring = Keyring.resolve(trusted_keys)
     try:
         block_bytes = json.dumps(block).encode()
@@ -142,13 +158,12 @@ def _verify(statement: dict[str, Any], block: Any, where: str, trusted_keys: Tru
         raise AuthenticityError(f"{where} has a malformed signature; refusing it. Promote the alias again.") from None
     keyring.trusted(kid, where, " Promote the alias again with a trusted key.")
     try:
-        keyring.verify(message, block_bytes)
+        return keyring.verify(message, block_bytes, expiry=False)
     except AuthenticityError:
         raise AuthenticityError(
             f"{where} does not match its signature (key {kid}): it was edited after it was signed, by someone "
             "without the key. Refusing it; promote the alias again (or roll it back) with the key."
         ) from None
-    return kid
 
 
 def _message(statement: dict[str, Any]) -> bytes:

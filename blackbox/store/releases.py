@@ -56,6 +56,7 @@ class Pointer:
     rollback: bool
     updated_at: str | None
     key_id: str | None  # the pointer's signer; None: unsigned
+    expires_at: str | None = None  # believed until then (its signature's claim); None: no expiry
 
 
 @dataclasses.dataclass(frozen=True)

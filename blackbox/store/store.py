@@ -19,7 +19,7 @@ one, and ``list`` ignores it.
 Pointers are written only by ``push`` (``latest``), ``promote`` and
 ``rollback``, signed with the signing key, and change only by compare-and-swap,
 so a writer that lost a race is told instead of silently undoing the other's
-work. Write access to the store is not enough to change what a reader
+work; ``promote`` and ``rollback`` may sign one that expires (``expires_in``). Write access to the store is not enough to change what a reader
 resolves: pointers are verified with the trusted keys. ``latest`` is moved by
 every push to the highest version (:func:`~blackbox.store.releases.version_key`);
 ``NAME`` alone means ``NAME@latest``.
@@ -35,6 +35,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import dataclasses
+import datetime as dt
 import json
 import logging
 import os
@@ -240,17 +241,20 @@ class Store:
         allow_unsigned: bool = False,
         signing_key: SigningKey = None,
         allow_downgrade: bool = False,
+        expires_in: dt.timedelta | None = None,
     ) -> Release:
         """Point ``NAME@ALIAS`` at ``version``, after verifying its artifact; the old target goes to history.
 
         The pointer is signed with ``signing_key`` (default: BLACKBOX_SIGNING_KEY). Moving
         the alias to an older version than it names is refused unless ``allow_downgrade``;
-        then the pointer says it is a rollback, which followers accept.
+        then the pointer says it is a rollback, which followers accept. With ``expires_in``
+        the pointer is believed only that long (promoting the same version again re-signs it).
         """
         check_name("model name", name)
         check_version(version)
         check_alias(alias)
         signer = _signer(signing_key, allow_unsigned, f"promoting {name}@{version} to {alias}")
+        expires_at = _expiry(expires_in, signer)
         with self._io(f"promoting {name}@{version} to {alias}"):
             current, history, token = self._pointer(
                 name, alias, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned, for_update=True
@@ -258,8 +262,10 @@ class Store:
             release = self._release(name, version)
             if release is None:
                 raise StoreError(f"Version {version} of {name} is not in {self.uri}; push it first.")
-            if current is not None and current.version == version and (_signed(current) or signer is None):
-                return current
+            if current is not None and current.version == version and (_signed(current) or signer is None) and (
+                expires_at is None and (current.pointer is None or current.pointer.expires_at is None)
+            ):
+                return current  # already so; an expiring pointer is re-signed (without expires_in: to never expire)
             downgrade = current is not None and version_key(version) < version_key(current.version)
             if downgrade and current is not None and not allow_downgrade:
                 raise StoreError(
@@ -269,8 +275,8 @@ class Store:
                     "(allow_downgrade=True) to promote it as a rollback."
                 )
             self._download(release, trusted_keys, allow_unsigned)
-            successor = pointers.statement(release, alias, current, _history(current, history), rollback=downgrade)
-            self._swap(name, alias, pointers.seal(successor, signer), token)
+            successor = pointers.statement(release, alias, current, _history(current, history, release), rollback=downgrade)
+            self._swap(name, alias, pointers.seal(successor, signer, expires_at), token)
         return self._located(release, (alias,))
 
     def rollback(
@@ -281,14 +287,16 @@ class Store:
         trusted_keys: TrustedKeys = None,
         allow_unsigned: bool = False,
         signing_key: SigningKey = None,
+        expires_in: dt.timedelta | None = None,
     ) -> Release:
         """Point ``NAME@ALIAS`` back at its previous target (verified), taking it off the history.
 
-        The new pointer is signed (as for :meth:`promote`) and says it is a rollback.
+        The new pointer is signed (as for :meth:`promote`, ``expires_in`` too) and says it is a rollback.
         """
         check_name("model name", name)
         check_alias(alias)
         signer = _signer(signing_key, allow_unsigned, f"rolling back {name}@{alias}")
+        expires_at = _expiry(expires_in, signer)
         with self._io(f"rolling back {name}@{alias}"):
             current, history, token = self._pointer(
                 name, alias, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned, for_update=True
@@ -320,7 +328,7 @@ class Store:
                 )
             self._download(release, trusted_keys, allow_unsigned)
             successor = pointers.statement(release, alias, current, history[:-1], rollback=True)
-            self._swap(name, alias, pointers.seal(successor, signer), token)
+            self._swap(name, alias, pointers.seal(successor, signer, expires_at), token)
         return self._located(release, (alias,))
 
     def gc(self, older_than: float = 3600.0) -> builtins.list[str]:
@@ -384,7 +392,8 @@ class Store:
         """The release NAME@ALIAS's pointer names (None if unset), its history, and the token ``_swap`` compares.
 
         A pointer that cannot be believed raises (blackbox.store.pointers); ``for_update``
-        (a writer about to replace it), it is logged and treated as unset, history and all.
+        (a writer about to replace it), it is logged and treated as unset, history and all,
+        except an expired one, whose history the writer keeps.
         """
         key = (name, ALIASES, f"{alias}.json")
         try:
@@ -394,7 +403,9 @@ class Store:
         if data is None:
             return None, [], token
         try:
-            release, history = pointers.read(data, self._where(key), name, alias, trusted_keys, allow_unsigned)
+            release, history = pointers.read(
+                data, self._where(key), name, alias, trusted_keys, allow_unsigned, expiry=not for_update
+            )
         except (AuthenticityError, StoreError) as exc:
             if not for_update:
                 raise
@@ -491,14 +502,27 @@ def _signer(signing_key: SigningKey, allow_unsigned: bool, what: str) -> Private
     return None
 
 
+def _expiry(expires_in: dt.timedelta | None, signer: PrivateKey | None) -> str | None:
+    """When a pointer signed now for ``expires_in`` expires (its signature's ``expires_at``); None: never."""
+    if expires_in is None:
+        return None
+    if expires_in <= dt.timedelta(0):
+        raise UsageError(f"expires_in must be a positive duration, not {expires_in}.")
+    if signer is None:
+        raise UsageError("An unsigned pointer cannot expire (the expiry is a claim of its signature): pass a signing key.")
+    return (dt.datetime.now(dt.UTC) + expires_in).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _signed(release: Release) -> bool:
     return release.pointer is not None and release.pointer.key_id is not None
 
 
-def _history(current: Release | None, history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The history a pointer's successor keeps: the old history plus the old target."""
+def _history(current: Release | None, history: list[dict[str, Any]], target: Release | None = None) -> list[dict[str, Any]]:
+    """The history a pointer's successor keeps: the old history plus the old target, unless it is ``target`` (a re-signing)."""
     if current is None:
         return []
+    if target is not None and target.sha256 == current.sha256:
+        return history
     updated_at = current.pointer.updated_at if current.pointer is not None else None
     return [*history, {"version": current.version, "sha256": current.sha256, "updated_at": updated_at}]
 

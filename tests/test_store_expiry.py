@@ -1,0 +1,104 @@
+"""Signed alias pointers may expire (as The Update Framework's metadata does): a frozen store cannot serve one forever.
+
+Someone who can write to the store but holds no key cannot forge a newer pointer,
+but can keep putting back the current one, so that no new release ever reaches
+the servers. A pointer promoted with ``expires_in`` is refused once that time has
+passed; the publisher re-signs it by promoting the same version again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+
+import pytest
+
+import blackbox
+from blackbox.cli import main
+from serving import create_app
+
+from _helpers import variant
+
+SOON = dt.timedelta(seconds=2)
+
+
+@pytest.fixture
+def store(artifact, tmp_path):
+    root = tmp_path / "store"
+    store = blackbox.Store.open(root)
+    for path in (artifact, variant(artifact, tmp_path, "2.0.0")):
+        store.push(path)
+    store.promote("titanic", "1.0.0", "production")
+    return root, store
+
+
+def expires_at(root) -> dt.datetime:
+    claims = json.loads((root / "titanic" / "aliases" / "production.json").read_text())["signature"]
+    return dt.datetime.strptime(claims["expires_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+
+
+def wait_past(moment: dt.datetime) -> None:
+    time.sleep(max(0.0, (moment - dt.datetime.now(dt.UTC)).total_seconds()) + 0.05)
+
+
+def test_an_expired_pointer_is_refused_and_promoting_again_re_signs_it(store):
+    root, store_ = store
+    store_.promote("titanic", "2.0.0", "production", expires_in=SOON)
+    release = store_.resolve("titanic@production")
+    assert release.version == "2.0.0" and release.pointer.expires_at is not None
+    wait_past(expires_at(root))
+    with pytest.raises(blackbox.AuthenticityError, match=r"alias pointer of titanic@production, expired at .*--expires-in"):
+        store_.resolve("titanic@production")
+    assert [r.version for r in store_.list("titanic")] == ["1.0.0", "2.0.0"]  # the releases stay listed
+
+    store_.promote("titanic", "2.0.0", "production")  # the publisher re-signs it (here: to never expire)
+    release = store_.resolve("titanic@production")
+    assert release.version == "2.0.0" and release.pointer.expires_at is None
+    assert store_.rollback("titanic", "production").version == "1.0.0"  # the history survived the expiry
+
+
+def test_an_expiry_needs_a_signature_and_a_positive_duration(store):
+    _, store_ = store
+    with pytest.raises(blackbox.UsageError, match="unsigned pointer cannot expire"):
+        _unsigned_promote(store_)
+    with pytest.raises(blackbox.UsageError, match="positive duration"):
+        store_.promote("titanic", "2.0.0", "staging", expires_in=dt.timedelta(0))
+
+
+def _unsigned_promote(store_):
+    import os
+
+    from blackbox.signing import SIGNING_KEY_ENV
+
+    saved = os.environ.pop(SIGNING_KEY_ENV, None)
+    try:
+        return store_.promote("titanic", "2.0.0", "staging", expires_in=SOON, allow_unsigned=True)
+    finally:
+        if saved is not None:
+            os.environ[SIGNING_KEY_ENV] = saved
+
+
+def test_a_following_server_keeps_serving_when_the_pointer_expires_and_says_why(store, tmp_path, titanic):
+    root, store_ = store
+    store_.promote("titanic", "2.0.0", "production", expires_in=SOON)
+    client = create_app({"STORE": str(root), "MODEL": "titanic@production", "POLL_INTERVAL": 0,
+                         "CACHE_DIR": str(tmp_path / "cache")}).test_client()
+    records = json.loads(titanic[0].head(2).to_json(orient="records"))
+    assert client.post("/predict", json=records).get_json()["model"]["version"] == "2.0.0"
+    wait_past(expires_at(root))
+    answer = client.post("/reload")
+    body = answer.get_json()
+    assert answer.status_code == 409 and body["code"] == "authenticity" and "expired at" in body["reason"], body
+    assert client.post("/predict", json=records).get_json()["model"]["version"] == "2.0.0"  # what serves stays
+    store_.promote("titanic", "2.0.0", "production", expires_in=dt.timedelta(days=1))  # re-signed
+    assert client.post("/reload").status_code == 200
+
+
+def test_cli_promote_expires_in_days(store, capsys):
+    root, _ = store
+    assert main(["promote", str(root), "titanic", "2.0.0", "--alias", "production", "--expires-in", "30"]) == 0
+    assert "the pointer expires in 30 days" in capsys.readouterr().out
+    left = expires_at(root) - dt.datetime.now(dt.UTC)
+    assert dt.timedelta(days=29, hours=23) < left <= dt.timedelta(days=30)
+    assert main(["promote", str(root), "titanic", "2.0.0", "--alias", "production", "--expires-in", "0"]) == 2
