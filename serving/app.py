@@ -7,6 +7,9 @@ Scope: assembling one app. Everything it shares lives in
 ``/ready`` says 503 until its models are loaded (a thread per model, after the fork).
 Each model is built with its own holder, scorer, drift window and follower
 (:class:`.state.Served`); a model that fails its checks never stops the others.
+The follower and drift threads start in the process that built the app and
+again in every process forked from it (``gunicorn --preload``: threads do not
+survive a fork).
 The core parts are built here and handed to the app; the routes
 (:mod:`.routes`), the request hooks (:mod:`.lifecycle`, :mod:`.auth`) and the
 error table (:mod:`.errors`) are registered around them.
@@ -17,9 +20,11 @@ from __future__ import annotations
 import atexit
 import functools
 import logging
+import os
 import shutil
 import tempfile
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -111,11 +116,34 @@ def create_app(
     errors.init_app(app)
     for routes in (api, feedback, ops, v2):
         app.register_blueprint(routes.bp)
+    _start_threads(app, models)
+    return app
+
+
+def _start_threads(app: Flask, models: Mapping[str, Served]) -> None:
+    """Start each model's follower and drift refresher here, and again in every process forked from this one.
+
+    Threads do not survive a fork: under ``gunicorn --preload`` the app is built in
+    the master, and without the hook no worker would follow the store or refresh
+    its drift gauges. The hook holds the app weakly (it cannot be unregistered, and
+    must not keep a discarded app's models alive).
+    """
     for served in models.values():
         if served.follower is not None:
             served.follower.start()
         served.monitor.start()
-    return app
+    alive = weakref.ref(app)
+
+    def forked() -> None:
+        forked_app = alive()
+        if forked_app is None:
+            return
+        for served in forked_app.extensions[EXTENSION].models.values():
+            if served.follower is not None:
+                served.follower.restart()
+            served.monitor.start()
+
+    os.register_at_fork(after_in_child=forked)
 
 
 def _serve(
@@ -180,10 +208,18 @@ def _in_background(name: str, load: Callable[[], Any], holder: ModelHolder, log:
 
 
 def _private_vetted(settings: Settings) -> Vetted:
-    """A vetted-copies directory for this app alone, removed when the process exits."""
+    """A vetted-copies directory for this app alone, removed when the process that made it exits.
+
+    Not when a process forked from it exits (a ``gunicorn --preload`` worker): the others still vet into it.
+    """
     directory = tempfile.mkdtemp(prefix="blackbox-vetted-")
-    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    atexit.register(_remove_if_mine, directory, os.getpid())
     return Vetted(directory, settings.load_options, settings.load_timeout)
+
+
+def _remove_if_mine(directory: str, owner: int) -> None:
+    if os.getpid() == owner:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def summary(model: Model, settings: Settings, source: str) -> dict[str, Any]:

@@ -34,7 +34,9 @@ check, for an operator who means to go back. A worker never lowers the recorded
 sequence otherwise (workers share the record).
 
 Each gunicorn worker follows on its own: ``POST /reload`` reaches one worker,
-the others catch up at their next poll. Workers share the master's vetted
+the others catch up at their next poll. Under ``gunicorn --preload`` the app
+is built in the master, whose thread a worker does not inherit: the app starts
+each worker's own (:meth:`Follower.restart`, from a fork hook). Workers share the master's vetted
 copies, so a release is vetted once per run unless two workers meet it at once.
 """
 
@@ -141,6 +143,15 @@ class Follower:
     def start(self) -> None:
         """Follow in a daemon thread: first until a model is held, then every POLL_INTERVAL (never when that is 0)."""
         threading.Thread(target=self._run, name=f"blackbox-follow-{self.name}", daemon=True).start()
+
+    def restart(self) -> None:
+        """In a process forked from one that follows (``gunicorn --preload``): follow here too, with fresh locks.
+
+        The parent's thread is not in the child, and may have held the lock when it forked.
+        """
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self.start()
 
     def check(self) -> dict[str, Any]:
         """Resolve the reference; swap in its release if it changed and passes every check."""
