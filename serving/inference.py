@@ -46,13 +46,15 @@ answering 504 until it is restarted. :attr:`Scorer.overdue` says so, and
 
 from __future__ import annotations
 
+import contextlib
+import os
+import select
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
@@ -72,7 +74,6 @@ class Scored:
 Answer = tuple[list[Any], list[list[float]] | None]
 """One model call's predictions and probabilities (None: the model has none)."""
 
-T = TypeVar("T")
 SETTING = "REQUEST_TIMEOUT (blackbox serve --request-timeout)"
 
 
@@ -80,19 +81,26 @@ class ModelTimeout(Exception):
     """The model did not answer this request within the request timeout (HTTP 504 ``timeout``)."""
 
 
-@dataclass
 class _Batch:
-    """Validated requests for one model, answered by one call; filled in by the leader."""
+    """Validated requests for one model, answered by one call on the model thread.
 
-    model: Model
-    parts: list[Prepared] = field(default_factory=list)  # each request's checked records, in order
-    starts: list[int] = field(default_factory=list)  # offset of each request's first record
-    size: int = 0  # records in the batch
-    open: bool = True
-    started: bool = False  # the model thread took it (set under the scorer's condition)
-    done: threading.Event = field(default_factory=threading.Event)
-    answers: dict[int, Answer | Exception] = field(default_factory=dict)  # request offset -> its answer or error
-    error: BaseException | None = None  # the batch failed before any request could be answered
+    Each request waiting for it has its thread's :class:`_Signal` in ``waiters``:
+    the model thread sets them all once the batch is answered.
+    """
+
+    __slots__ = ("model", "parts", "starts", "size", "open", "started", "done", "waiters", "answers", "error")
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.parts: list[Prepared] = []  # each request's checked records, in order
+        self.starts: list[int] = []  # offset of each request's first record
+        self.size = 0  # records in the batch
+        self.open = True  # requests may still join (set under the scorer's lock, as the three below)
+        self.started = False  # the model thread took it
+        self.done = False  # answered, or given up before it started
+        self.waiters: list[_Signal] = []
+        self.answers: dict[int, Answer | BaseException] = {}  # request offset -> its answer or error
+        self.error: BaseException | None = None  # the batch failed before any request could be answered
 
 
 class Scorer:
@@ -119,11 +127,12 @@ class Scorer:
         self.max_records = max_records
         self.timeout = timeout
         self._observe = observe
-        self._runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blackbox-model")  # its thread starts on first use
-        self._running: object | None = None  # the job on the model thread
-        self._overdue = False  # that job ran past a request's deadline
-        self._state = threading.Lock()
-        self._cond = threading.Condition()
+        self._jobs: deque[_Batch] = deque()  # batches for the model thread, in order
+        self._pid = 0  # the process whose model thread runs (threads do not survive a fork)
+        self._wake: _Signal  # the model thread's: a batch was queued (made with the thread)
+        self._overdue = False  # the batch on the model thread ran past its leader's deadline
+        self._lock = threading.Lock()  # guards everything below and the batches' flags
+        self._cond = threading.Condition(self._lock)  # a leader waiting for requests being validated
         self._open: dict[int, _Batch] = {}  # id(model) -> its open batch
         self._validating = 0
 
@@ -132,34 +141,33 @@ class Scorer:
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         if not self.batching or len(records) >= self.max_records:
             prepared = model.checked(records, strict=strict)
-            predictions, probabilities = self._run(lambda: self._call(model, prepared), deadline)
-            return Scored(predictions, probabilities, prepared.warnings)
-        with self._cond:
+            self._check_overdue()
+            batch, waiter = _Batch(model), _Signal.mine()
+            batch.open = False
+            self._add(batch, prepared, waiter)
+            self._submit(batch)
+            return self._answer_of(batch, 0, waiter, deadline, leader=True, warnings=prepared.warnings)
+        with self._lock:
             self._validating += 1
         try:
             prepared = model.checked(records, strict=strict)
         finally:
-            with self._cond:
+            with self._lock:
                 self._validating -= 1
                 if self._validating == 0:  # what a waiting leader waits for (a closed batch is notified by _close)
                     self._cond.notify_all()
-        warnings = prepared.warnings
         self._check_overdue()
-        batch, start, leader = self._join(model, prepared)
+        batch, start, waiter, leader = self._join(model, prepared)
         if leader:
-            self._lead(batch, deadline)
-        if not batch.done.wait(None if deadline is None else max(0.0, deadline - time.monotonic())):
-            raise self._timeout()
-        answer = batch.answers.get(start, batch.error)
-        if isinstance(answer, BaseException):
-            raise answer
-        assert answer is not None  # the leader answers every request, or sets error
-        predictions, probabilities = answer
-        return Scored(predictions, probabilities, warnings)
+            with self._lock:  # requests being validated join before the call (bounded by max_wait)
+                self._cond.wait_for(lambda: not batch.open or self._validating == 0, timeout=self.max_wait)
+            self._submit(batch)
+        return self._answer_of(batch, start, waiter, deadline, leader=leader, warnings=prepared.warnings)
 
-    def _join(self, model: Model, prepared: Prepared) -> tuple[_Batch, int, bool]:
-        """Add a validated request to the model's open batch (or open one); returns (batch, offset, is leader)."""
-        with self._cond:
+    def _join(self, model: Model, prepared: Prepared) -> tuple[_Batch, int, _Signal, bool]:
+        """Add a validated request to the model's open batch (or open one); returns (batch, offset, its signal, is leader)."""
+        waiter = _Signal.mine()
+        with self._lock:
             batch = self._open.get(id(model))
             if batch is not None and batch.size + len(prepared) > self.max_records:
                 self._close(batch)
@@ -167,41 +175,103 @@ class Scorer:
             leader = batch is None
             if batch is None:
                 batch = self._open[id(model)] = _Batch(model)
-            start = batch.size
-            batch.starts.append(start)
-            batch.parts.append(prepared)
-            batch.size += len(prepared)
+            start = self._add(batch, prepared, waiter)
             if batch.size >= self.max_records:
                 self._close(batch)
-            return batch, start, leader
+            return batch, start, waiter, leader
+
+    @staticmethod
+    def _add(batch: _Batch, prepared: Prepared, waiter: _Signal) -> int:
+        """Append a request to ``batch`` (under the lock, unless nobody else can see the batch yet); its offset."""
+        start = batch.size
+        batch.starts.append(start)
+        batch.parts.append(prepared)
+        batch.waiters.append(waiter)
+        batch.size += len(prepared)
+        return start
 
     def _close(self, batch: _Batch) -> None:
-        """No more requests join ``batch`` (call with the condition held)."""
+        """No more requests join ``batch`` (call with the lock held)."""
         if batch.open:
             batch.open = False
             del self._open[id(batch.model)]
             self._cond.notify_all()
 
-    def _lead(self, batch: _Batch, deadline: float | None) -> None:
-        """Wait for requests being validated (bounded), then for the model thread, which answers the batch."""
-        with self._cond:
-            self._cond.wait_for(lambda: not batch.open or self._validating == 0, timeout=self.max_wait)
-        try:
-            self._run(lambda: self._answer(batch), deadline)
-        except ModelTimeout as exc:
-            with self._cond:
-                if not batch.started:  # the job will find the batch answered and return at once
-                    self._close(batch)
-                    batch.error = exc
-                    batch.done.set()
+    def _submit(self, batch: _Batch) -> None:
+        """Queue ``batch`` for the model thread (started here the first time in this process)."""
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._jobs.clear()
+                    self._wake = _Signal()
+                    threading.Thread(target=self._serve, args=(self._wake,), name="blackbox-model", daemon=True).start()
+                    self._pid = os.getpid()
+        self._jobs.append(batch)
+        self._wake.set()
+
+    def _answer_of(
+        self, batch: _Batch, start: int, waiter: _Signal, deadline: float | None, *, leader: bool,
+        warnings: list[dict[str, Any]],
+    ) -> Scored:
+        """Wait for this request's answer until ``deadline``; the leader that gives up cancels a batch not started yet."""
+        if not self._wait(batch, waiter, deadline):
+            exc = self._timeout()
+            if leader:
+                with self._lock:
+                    if not batch.started and not batch.done:  # the model thread will skip it
+                        self._close(batch)
+                        batch.error, batch.done = exc, True
+                        waiters = batch.waiters
+                    elif not batch.done:  # it runs and cannot be stopped: later requests are told at once
+                        self._overdue, waiters = True, []
+                    else:
+                        waiters = []
+                for other in waiters:
+                    if other is not waiter:
+                        other.set()
+            with self._lock:
+                done = batch.done and batch.error is not exc
+            if not done:
+                raise exc
+        answer = batch.answers.get(start, batch.error)
+        if isinstance(answer, BaseException):
+            raise answer
+        assert answer is not None  # the model thread answers every request, or sets error
+        predictions, probabilities = answer
+        return Scored(predictions, probabilities, warnings)
+
+    def _serve(self, wake: _Signal) -> None:
+        """The model thread: answer the queued batches one at a time, skipping those given up on."""
+        while True:
+            if not self._jobs:
+                wake.wait(None)
+                continue
+            batch = self._jobs.popleft()
+            with self._lock:  # requests keep joining while the previous batch runs
+                if batch.done:  # its leader timed out before the model thread got to it
+                    continue
+                batch.started = True
+                self._close(batch)
+            try:
+                self._answer(batch)
+            finally:
+                with self._lock:
+                    batch.done, self._overdue = True, False
+                for waiter in batch.waiters:
+                    waiter.set()
+
+    @staticmethod
+    def _wait(batch: _Batch, waiter: _Signal, deadline: float | None) -> bool:
+        """Wait until ``batch`` is done (True) or ``deadline`` passes (False); a stale wake-up only loops once more."""
+        while not batch.done:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            waiter.wait(left)
+        return True
 
     def _answer(self, batch: _Batch) -> None:
-        """On the model thread: close the batch, predict it, give every request its answer (or the batch an error)."""
-        with self._cond:  # requests keep joining while the previous batch runs
-            if batch.done.is_set():  # its leader timed out before the model thread got to it
-                return
-            batch.started = True
-            self._close(batch)
+        """On the model thread: predict the batch, give every request its answer (or the batch an error)."""
         try:
             try:
                 joined = batch.parts[0] if len(batch.parts) == 1 else Prepared.joined(batch.parts)
@@ -218,31 +288,6 @@ class Scorer:
                     )
         except BaseException as exc:  # noqa: BLE001  nothing was answered: every request of the batch gets this error
             batch.error = exc
-        finally:
-            batch.done.set()
-
-    def _run(self, job: Callable[[], T], deadline: float | None) -> T:
-        """``job()`` on the model thread; ModelTimeout once ``deadline`` passes (the job is cancelled if not started)."""
-        self._check_overdue()
-        token = object()
-
-        def run() -> T:
-            with self._state:
-                self._running = token
-            try:
-                return job()
-            finally:
-                with self._state:
-                    self._running, self._overdue = None, False
-
-        future = self._runner.submit(run)
-        try:
-            return future.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        except FutureTimeout:
-            if not future.cancel():  # running: it cannot be stopped, so later requests are told at once
-                with self._state:
-                    self._overdue = self._overdue or self._running is token
-            raise self._timeout() from None
 
     @property
     def overdue(self) -> bool:
@@ -282,3 +327,58 @@ class Scorer:
             self._observe(len(prepared))
         source: Prepared | pd.DataFrame = prepared if model.plan is not None else prepared.frame()
         return model.predict_and_proba_frame(source)
+
+
+
+
+class _Signal:
+    """A wake-up call between threads: a pipe the waiting thread polls, written with the GIL released.
+
+    A lock or a condition would do, but those are released with the GIL held:
+    the thread woken can preempt the waker right there (2 cores, 64 threads),
+    and the whole process then waits, GIL and all, for the waker to be
+    scheduled again (profiled: ~17% of the time the GIL was held, on the model
+    thread's wake-ups alone). ``os.write`` drops the GIL around the system call,
+    so the process runs on meanwhile. A request thread keeps one (:meth:`mine`)
+    for all its requests; a wake-up meant for a request that gave up is left in
+    the pipe and costs the next wait one more look at its batch.
+    """
+
+    _mine = threading.local()
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+        self._poll = select.poll()
+        self._poll.register(self._read, select.POLLIN)
+
+    @classmethod
+    def mine(cls) -> _Signal:
+        """This thread's signal."""
+        signal: _Signal | None = getattr(cls._mine, "signal", None)
+        if signal is None:
+            signal = cls._mine.signal = cls()
+        return signal
+
+    @classmethod
+    def _forget(cls) -> None:
+        """After a fork: the child's threads make their own (the forking thread's pipe stays the parent's)."""
+        cls._mine = threading.local()
+
+    def wait(self, timeout: float | None) -> None:
+        """Return once :meth:`set` was called (since the last wait), or after ``timeout`` seconds."""
+        if self._poll.poll(None if timeout is None else timeout * 1000):
+            with contextlib.suppress(BlockingIOError):  # drained by a wait that raced with this one
+                os.read(self._read, 4096)
+
+    def set(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # the pipe is full: wake-ups are pending anyway
+            os.write(self._write, b"\0")
+
+    def __del__(self) -> None:
+        os.close(self._read)
+        os.close(self._write)
+
+
+os.register_at_fork(after_in_child=_Signal._forget)

@@ -46,6 +46,7 @@ class Metrics:
         # label values -> the series every request updates (see observe)
         self._served: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._predicted: dict[tuple[str, str], Any] = {}
+        self._batches: dict[str, Any] = {}
         multiproc = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))  # read once, at app creation
         if multiproc:
             multiprocess.MultiProcessCollector(self.registry)
@@ -148,7 +149,10 @@ class Metrics:
 
     def batched(self, model: str, records: int) -> None:
         """One model call of ``records`` records."""
-        self.batch.labels(model).observe(records)
+        child = self._batches.get(model)
+        if child is None:
+            child = self._batches[model] = self.batch.labels(model)
+        child.observe(records)
 
     def rejected(self, model: str, problems: Iterable[Mapping[str, Any]]) -> None:
         """Validation problems of a request to ``model`` ("" when the request named no served model)."""

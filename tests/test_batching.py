@@ -10,6 +10,7 @@ answers and the ``blackbox_batch_records`` histogram over HTTP.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -195,6 +196,63 @@ def test_a_batch_mixing_missing_and_present_values_is_predicted_with_the_trainin
     assert as_frame(gated.frames[1]).dtypes.equals(served_model.prepare(passengers[:1])[0].dtypes)
     flat = [record for request in requests for record in request]
     assert [p for r in results for p in r.predictions] == unbatched(served_model, flat)[0]
+
+
+@pytest.mark.parametrize("batching", [True, False], ids=["batching", "no-batching"])
+def test_a_call_whose_request_gave_up_before_it_started_never_runs(served_model, passengers, batching):
+    """Behind a call stuck past the timeout, a queued call is cancelled when its request gives up: the model never sees it.
+
+    With batching, the queued batch's leader gives up for all of it: its follower gets that same 504, not a model call.
+    """
+    gated = Gated(served_model)
+    scorer = Scorer(batching=batching, max_wait=0.002, max_records=256 if batching else 1, timeout=1.0)
+    results: dict[str, Any] = {}
+
+    def one(name: str, record: dict) -> None:
+        try:
+            results[name] = scorer.score(gated, [record], strict=False)
+        except BaseException as exc:  # noqa: BLE001  (the test inspects it)
+            results[name] = exc
+
+    stuck = threading.Thread(target=one, args=("stuck", passengers[0]))
+    stuck.start()
+    wait_for(lambda: gated.calls, 30, interval=0.001)
+    queued = [threading.Thread(target=one, args=(name, passengers[i])) for i, name in ((1, "leader"), (2, "follower"))]
+    queued[0].start()
+    if batching:  # the leader opened the next batch; the follower joins it
+        wait_for(lambda: scorer._open, 30, interval=0.001)
+    queued[1].start()
+    if batching:
+        wait_for(lambda: len(next(iter(scorer._open.values()), None).parts) == 2 if scorer._open else False, 30,
+                 interval=0.001)
+    for thread in [stuck, *queued]:
+        thread.join(30)
+    assert all(type(results[name]).__name__ == "ModelTimeout" for name in ("stuck", "leader", "follower"))
+    assert scorer.overdue  # the stuck call still runs
+    if batching:
+        assert results["follower"] is results["leader"]  # given up together, before the model thread took them
+    gated.release.set()
+    wait_for(lambda: not scorer.overdue, 30, interval=0.01)
+    answer = scorer.score(gated, [passengers[3]], strict=False)
+    assert answer.predictions == unbatched(served_model, passengers[3:4])[0]
+    assert gated.calls == [1, 1]  # the stuck call and the last one: the cancelled ones never reached the model
+
+
+@pytest.mark.parametrize("batching", [True, False], ids=["batching", "no-batching"])
+def test_a_scorer_used_before_a_fork_answers_in_the_child(served_model, passengers, batching):
+    """The model thread does not survive a fork: the child starts its own (and its own wake-up pipes)."""
+    scorer = Scorer(batching=batching, max_wait=0.002, max_records=256, timeout=20)
+    expected = scorer.score(served_model, passengers[:2], strict=False).predictions
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only with the right answer, never hang (the timeout makes a 504 of a hang)
+        code = 1
+        try:
+            code = 0 if scorer.score(served_model, passengers[:2], strict=False).predictions == expected else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert scorer.score(served_model, passengers[:2], strict=False).predictions == expected  # the parent's still serves
 
 
 def test_settings_and_app_wire_the_knobs(served_artifact, serving_keys):
