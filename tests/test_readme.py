@@ -221,3 +221,63 @@ def test_only_the_test_command_installs_system_packages():
     for script in (setup, main):
         assert "apt-get" not in script and "system_package" not in script
     assert "system_package postgresql" in test and "system_package chromium" in test
+
+
+# -- keys: a newcomer's shell has no BLACKBOX_* variables -------------------------------------------------------
+
+# Commands that check an artifact's or a pointer's signature (refused, exit 4, or aliases hidden, without a trusted
+# key), and those that sign (refused, exit 2, without a signing key). blackbox-train signs what it saves: unsigned,
+# no loader in this README accepts it.
+NEEDS_TRUST = {"verify", "requirements", "export", "score", "serve", "push", "list", "pull", "promote", "rollback",
+               "rebuild", "drift"}
+NEEDS_SIGNING = {"push", "promote", "rollback", "rebuild", "blackbox-train"}
+SHELLS = ("bash", "sh", "shell", "console")
+
+
+def _as_written(line: str) -> str:
+    """A synopsis line without its optional ``[...]`` parts (innermost first): what a user runs when copying it."""
+    while (shorter := re.sub(r"\[[^\[\]]*\]", " ", line)) != line:
+        line = shorter
+    return line
+
+
+def shell_steps() -> list[tuple[str, frozenset[str]]]:
+    """Every README shell command line with the BLACKBOX_ variables set for it: exported earlier in its block or
+    prefixed to it. Lines that elide arguments (``...``) are left out: they are not meant to be run as they stand."""
+    steps = []
+    for lang, body in FENCE.findall(readme()):
+        if lang not in SHELLS:
+            continue
+        exported: set[str] = set()
+        for line in _logical_lines(body):
+            words = line.split()
+            if words[0] == "export":
+                exported |= {w.partition("=")[0] for w in words[1:] if "=" in w}
+                continue
+            prefixed = set()
+            while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", words[0]):
+                prefixed.add(words.pop(0).partition("=")[0])
+            if words and words[0] in PROGRAMS and "..." not in words:
+                steps.append((" ".join(words), frozenset(exported | prefixed)))
+    return steps
+
+
+def test_the_shell_steps_are_found():
+    """Guards the extraction: the release cycle's exported keys are seen, and the loaders are there to check."""
+    steps = dict(shell_steps())
+    assert any(line.startswith("blackbox score") for line in steps)
+    assert any("BLACKBOX_TRUSTED_KEYS" in env and line.startswith("blackbox promote") for line, env in steps.items())
+
+
+@pytest.mark.parametrize(("line", "env"), shell_steps(), ids=[line for line, _ in shell_steps()])
+def test_readme_commands_name_the_keys_they_need(line, env):
+    """Copied into a fresh shell, a README command must not be refused for want of a key it never named."""
+    words = _as_written(line).split()
+    name = "blackbox-train" if words[0].endswith("blackbox-train") else words[1]
+    missing = []
+    if (name in NEEDS_TRUST or "--push" in words) and "--trusted-keys" not in words \
+            and "BLACKBOX_TRUSTED_KEYS" not in env:
+        missing.append("a trusted key (--trusted-keys keys/blackbox.pub, or BLACKBOX_TRUSTED_KEYS exported before it)")
+    if name in NEEDS_SIGNING and "--signing-key" not in words and "BLACKBOX_SIGNING_KEY" not in env:
+        missing.append("a signing key (--signing-key keys/blackbox.key, or BLACKBOX_SIGNING_KEY exported before it)")
+    assert not missing, f"README: `{line}`, run as written, is refused: it needs {' and '.join(missing)}"
