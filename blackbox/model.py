@@ -260,6 +260,8 @@ class Model:
         array = np.asarray(values)
         if array.dtype.kind in "fc":
             bad = ~np.isfinite(array)
+            if not bad.any():
+                return
         elif array.dtype == object:
             bad = np.frompyfunc(_not_finite, 1, 1)(array).astype(bool)
         else:

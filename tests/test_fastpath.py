@@ -220,6 +220,68 @@ def test_same_compares_sparse_outputs_exactly_without_a_warning():
         assert not same(sparse.csr_matrix(np.eye(3, dtype=int)), sparse.csr_matrix(np.eye(3, dtype=int)[::-1]))
 
 
+def test_the_shortcuts_of_compiled_steps_give_the_general_answers(titanic):
+    """What a one-row call takes a shorter way to: an imputer with nothing to impute, a category's type checked
+    value by value, a binary model's probabilities: the step's own answer, in a new array."""
+    from scipy.special import expit
+
+    from blackbox.fastpath.estimators import Linear
+    from blackbox.fastpath.transformers import Imputer, OneHot, _object_kind, _value_kind
+
+    imputer = SimpleImputer(strategy="median").fit(np.array([[1.0, 2.0], [3.0, np.nan], [5.0, 6.0]]))
+    node = Imputer(imputer, "imputer", np.dtype(np.float64))
+    for X in (np.array([[1.5, -2.0]]), np.array([[np.nan, 7.0], [0.0, np.nan]]), np.array([[1e300, -0.0]])):
+        out = node.transform(X)
+        assert compiler_same(out, imputer.transform(X)) and not np.shares_memory(out, X)
+    with pytest.raises(Defer):  # scikit-learn refuses infinity
+        node.transform(np.array([[1.0, np.inf]]))
+    odd = ["a", np.str_("a"), "", 1, 1.5, np.int64(2), np.float32(2.5), True, np.bool_(False), None, np.nan, b"a", object()]
+    assert [_value_kind(v) for v in odd] == [_object_kind([v]) for v in odd]
+    encoder = OneHotEncoder(handle_unknown="ignore", sparse_output=False).fit(np.array([["a"], ["b"]], dtype=object))
+    onehot = OneHot(encoder, "onehot", np.dtype(object))
+    for value in ("b", "unseen", np.nan):
+        row = np.array([[value]], dtype=object)
+        assert compiler_same(onehot.transform(row), encoder.transform(row))
+    with pytest.raises(Defer):  # a number among string categories: the reference decides
+        onehot.transform(np.array([[3]], dtype=object))
+
+    X_train, _, y_train, _ = titanic
+    numbers = X_train[["sibsp", "parch"]].to_numpy(dtype=float)
+    model = LogisticRegression().fit(numbers, y_train)
+    linear = Linear(model, "model")
+    for X in (numbers[:1], numbers[:7]):
+        proba, scores = linear.predict_proba(X), linear._decision(X)
+        assert compiler_same(proba, np.stack([1 - expit(scores), expit(scores)], axis=1))
+        assert np.abs(proba - model.predict_proba(X)).max() <= 1e-9
+
+
+class AsFrame(TransformerMixin, BaseEstimator):
+    """A user's step that answers a DataFrame (the mapper stacks it with np.hstack like any other output)."""
+
+    def fit(self, X, y=None):
+        self.n_features_in_ = np.shape(X)[1]
+        return self
+
+    def transform(self, X):
+        return pd.DataFrame(np.asarray(X, dtype=float) * 2)
+
+
+def test_a_part_that_answers_a_frame_is_stacked_as_the_mapper_stacks_it(titanic):
+    from sklearn_pandas import DataFrameMapper
+
+    X_train, X_test, y_train, _ = titanic
+    columns = ["age", "fare", "sibsp"]
+    mapper = DataFrameMapper([(["age"], [SimpleImputer(), AsFrame()]), (["fare"], SimpleImputer()), ("sibsp", None)])
+    pipeline = make_pipeline(mapper, LogisticRegression()).fit(X_train[columns], y_train)
+    plan, record, schema = _plan(pipeline, X_train[columns])
+    assert plan is not None, record
+    assert _modes(record)["steps[dataframemapper]"] == "compiled"
+    for rows in (X_test[columns], X_test[columns].iloc[[0]]):
+        frame, _ = schema.to_frame(_records(rows))
+        labels, proba = plan.both(frame)
+        assert np.array_equal(labels, pipeline.predict(frame)) and np.abs(proba - pipeline.predict_proba(frame)).max() <= 1e-9
+
+
 def test_a_sparse_part_of_a_column_transformer_runs_it_the_reference_way(titanic):
     X_train, X_test, y_train, _ = titanic
     ct = ColumnTransformer([("num", SimpleImputer(), ["age", "fare"]),
@@ -369,9 +431,11 @@ def test_checked_records_give_the_frames_answers_without_building_it(training_pi
     # The slices user steps get, and the values compiled steps get, are the frame's, from either source.
     for source in (Prepared(schema, records), frame):
         table = Table(source, schema.columns)
-        for positions in ([3, 4], [7], [0, 1, 2, 5, 6]):
+        for positions in ([3, 4], [7], [0, 1, 2, 5, 6], [2], [1], [0]):
             pd.testing.assert_frame_equal(table.frame_of(positions), frame.iloc[:, positions], check_exact=True)
-            assert compiler_same(table.values(positions, frame.iloc[:, positions].values.dtype), frame.iloc[:, positions].values)
+            values = table.values(positions, frame.iloc[:, positions].values.dtype)
+            assert compiler_same(values, frame.iloc[:, positions].values) and values.flags.c_contiguous
+            assert not any(np.shares_memory(values, frame._get_column_array(p)) for p in positions)
     # No DataFrame of the whole input is built on the way.
     monkeypatch.setattr(Prepared, "frame", lambda self: pytest.fail("built the DataFrame"))
     plan.both(Prepared(schema, records))

@@ -48,7 +48,7 @@ def _fallback(step: Any, path: str, reason: str) -> Called:
 def same(a: Any, b: Any) -> bool:
     """Bit-for-bit equality of two outputs (NaN equal to NaN), including dtype and shape (and a sparse matrix's format)."""
     if isinstance(a, (pd.DataFrame, pd.Series)) or isinstance(b, (pd.DataFrame, pd.Series)):
-        return type(a) is type(b) and a.equals(b) and list(getattr(a, "dtypes", [a.dtype])) == list(getattr(b, "dtypes", [b.dtype]))
+        return type(a) is type(b) and a.equals(b) and _dtypes(a) == _dtypes(b)
     from scipy import sparse
 
     if sparse.issparse(a) or sparse.issparse(b):
@@ -67,6 +67,10 @@ def same(a: Any, b: Any) -> bool:
     if a.dtype == object:
         return all(x == y or (x != x and y != y) for x, y in zip(a.ravel().tolist(), b.ravel().tolist()))
     return bool(np.array_equal(a, b))
+
+
+def _dtypes(data: pd.DataFrame | pd.Series) -> list[Any]:
+    return list(data.dtypes) if isinstance(data, pd.DataFrame) else [data.dtype]
 
 
 def close(a: Any, b: Any) -> bool:

@@ -83,17 +83,20 @@ class Columns(Node):
         from scipy import sparse
 
         outputs = []
+        plain = True  # every output a 2-D ndarray: np.hstack is np.concatenate(axis=1), without its per-array checks
         for columns, node in self.parts:
             X = columns.take(table)
             out = X if node is None else node.transform(X)
-            if sparse.issparse(out):
-                raise Defer("a sparse part: the container combines those sparsely")
+            if type(out) is not np.ndarray:
+                plain = False
+                if sparse.issparse(out):
+                    raise Defer("a sparse part: the container combines those sparsely")
             if len(out.shape) == 1:
                 if self.one_d != "column":
                     raise Defer("a 1-D part: ColumnTransformer refuses it")
                 out = np.array([out]).T
             outputs.append(out)
-        return np.hstack(outputs)
+        return np.concatenate(outputs, axis=1) if plain else np.hstack(outputs)
 
     def records(self) -> list[dict[str, Any]]:
         own = super().records()

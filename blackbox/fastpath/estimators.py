@@ -135,7 +135,10 @@ class Linear(Estimator):
             from scipy.special import expit
 
             prob = expit(scores)
-            return np.stack([1 - prob, prob], axis=1)
+            both = np.empty((len(prob), 2), dtype=prob.dtype)  # np.stack([1 - prob, prob], axis=1), without its checks
+            np.subtract(1, prob, out=both[:, 0])
+            both[:, 1] = prob
+            return both
         from sklearn.utils.extmath import softmax
 
         proba: np.ndarray = softmax(scores.copy(), copy=False)

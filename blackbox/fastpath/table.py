@@ -118,7 +118,8 @@ class Prepared:
         found = self._built.get(position)
         if found is None:
             values = self._values[position]
-            found = _arrow_strings(values, self.schema.fields[position].dtype) if len(values) <= _SMALL else None
+            arrow = _arrow_string_dtype(self.schema.fields[position].dtype)
+            found = _arrow_strings(values, arrow) if arrow is not None and len(values) <= _SMALL else None
             if found is None:
                 found = self.schema.column(position, values, self.index)
             self._built[position] = found
@@ -147,22 +148,21 @@ def _column_index(names: tuple[str, ...]) -> pd.Index:
     return pd.Index(list(names))
 
 
-def _arrow_strings(values: Any, dtype: str) -> Any:
-    """What ``pd.array(values, dtype=dtype)`` gives for an Arrow string dtype when every value is a str or None, else None.
+def _arrow_strings(values: Any, dtype: pd.StringDtype) -> Any:
+    """What ``pd.array(values, dtype=dtype)`` gives for an Arrow string ``dtype`` when every value is a str or None, else None.
 
     ``ArrowStringArray._from_sequence`` turns each value into a string or a
     missing marker (``ensure_string_array``, nothing to do here) and builds
     the array from ``pa.array(..., large_string, from_pandas=True)``: that
     last step alone.
     """
-    built = _arrow_string_dtype(dtype)
-    if built is None or not all(type(v) is str or v is None for v in values):
+    if not all(type(v) is str or v is None for v in values):
         return None
-    return ArrowStringArray(pa.array(values, type=pa.large_string(), from_pandas=True), dtype=built)  # type: ignore[call-arg]
+    return ArrowStringArray(pa.array(values, type=pa.large_string(), from_pandas=True), dtype=dtype)  # type: ignore[call-arg]
 
 
 @functools.lru_cache(maxsize=64)
-def _arrow_string_dtype(dtype: str) -> Any:
+def _arrow_string_dtype(dtype: str) -> pd.StringDtype | None:
     """The pandas dtype for a schema dtype when it is pandas' string dtype of Arrow storage, else None."""
     built = pd.api.types.pandas_dtype(dtype)
     return built if pa is not None and isinstance(built, pd.StringDtype) and built.storage == "pyarrow" else None
@@ -225,6 +225,11 @@ class Table:
 
     def values(self, positions: Sequence[int], dtype: np.dtype) -> np.ndarray:
         """``frame[cols].values``: a new 2-D array of ``dtype`` (the common dtype recorded at build)."""
+        if len(positions) == 1:
+            column = self.numpy(positions[0])
+            if column.dtype == dtype:  # the same values in a new (rows, 1) array
+                one: np.ndarray = column.reshape(-1, 1).copy()
+                return one
         out = np.empty((len(self), len(positions)), dtype=dtype)
         for j, position in enumerate(positions):
             out[:, j] = self.numpy(position)

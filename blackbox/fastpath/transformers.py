@@ -61,6 +61,9 @@ class Imputer(Node):
         if X.dtype.kind in "biu":  # no NaN fits in an integer array: nothing to impute
             out: np.ndarray = X.astype(self.out_dtype)
             return out
+        if X.dtype.kind == "f" and np.isfinite(X).all():  # nothing missing, nothing refused: the copy as it is
+            copied: np.ndarray = X.copy()
+            return copied
         _no_infinity(X)
         out = X.copy()
         mask = out != out  # NaN, as scikit-learn's _get_mask finds it for float and object arrays
@@ -156,7 +159,7 @@ class OneHot(Node):
             for i, value in enumerate(column.tolist()):
                 if value != value:
                     column = nan_at
-                elif kind is not None and _object_kind([value]) != kind:
+                elif kind is not None and _value_kind(value) != kind:
                     raise Defer("a category of another type than training's: scikit-learn refuses mixed types")
                 else:
                     column = lookup.get(value)
@@ -219,6 +222,15 @@ def _set(out: np.ndarray, rows: np.ndarray, found: np.ndarray, lookup: dict[Any,
     columns = np.fromiter(lookup.values(), dtype=np.intp, count=len(lookup))
     known = found >= 0
     out[rows[known], columns[found[known]]] = 1
+
+
+def _value_kind(value: Any) -> str | None:
+    """``_object_kind([value])``, without the list (a one-row call checks every value)."""
+    if type(value) is str:
+        return "str"
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)):
+        return "number"
+    return None
 
 
 def _object_kind(values: list[Any]) -> str | None:
