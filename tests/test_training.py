@@ -393,3 +393,33 @@ def test_cli_bad_data_is_one_line_exit_2_without_traceback(kaggle, tmp_path):
         assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
         assert "Traceback" not in result.output
         assert not out.exists()
+
+
+@pytest.mark.slow  # trains the small grid once
+def test_push_trusts_the_key_it_just_signed_with(keys, tmp_path, monkeypatch):
+    """`blackbox-train --signing-key K --push STORE` in a shell without BLACKBOX_TRUSTED_KEYS (there is no
+    --trusted-keys to give): before, the run trained, saved, and was then refused at the push (exit 4)."""
+    from blackbox.signing import SIGNING_KEY_ENV, TRUSTED_KEYS_ENV
+
+    monkeypatch.delenv(TRUSTED_KEYS_ENV)
+    monkeypatch.delenv(SIGNING_KEY_ENV)
+    store = tmp_path / "models"
+    result = CliRunner().invoke(cli, ["--small-grid", "--n-jobs", "1", "--no-verify", "--version", "1.0.0",
+                                      "--out", str(tmp_path / "m.bbx"), "--signing-key", str(keys["private"]),
+                                      "--push", str(store)])
+    assert result.exit_code == 0, result.output
+    assert "push: titanic@1.0.0 is in" in result.output
+    from blackbox import Store
+
+    assert [r.version for r in Store.open(str(store)).list(trusted_keys=keys["public"])] == ["1.0.0"]
+
+
+def test_push_without_a_signing_key_is_refused_before_training(tmp_path, monkeypatch):
+    """The push would refuse an unsigned artifact after the whole search: say so before it starts."""
+    from blackbox.signing import SIGNING_KEY_ENV
+
+    monkeypatch.delenv(SIGNING_KEY_ENV)
+    result = CliRunner().invoke(cli, ["--small-grid", "--out", str(tmp_path / "m.bbx"), "--push", str(tmp_path / "s")])
+    assert result.exit_code == 2, result.output
+    assert "--signing-key" in result.output and "search:" not in result.output
+    assert not (tmp_path / "m.bbx").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shlex
 import sys
 import time
@@ -23,6 +24,8 @@ from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
 from sklearn.model_selection import train_test_split
 
 import blackbox
+from blackbox import signing
+from blackbox.signing import SIGNING_KEY_ENV, TRUSTED_KEYS_ENV, PublicKey
 from blackbox.store import Store
 from training.data import DataError, builtin_titanic_path, load_data
 from training.pipeline import SCORING, n_candidates, parallel_backend, param_grid, search
@@ -111,7 +114,9 @@ def train(
     predicted for them, to check a server elsewhere against (isolation_env/).
     ``backend="dask"`` runs the search's fits on the Dask cluster at ``scheduler``
     (default: a local cluster of worker processes).
-    ``push`` names a model store (blackbox.store) to publish the saved artifact in.
+    ``push`` names a model store (blackbox.store) to publish the saved artifact in, verified with
+    $BLACKBOX_TRUSTED_KEYS if set, else with the signing key's public half; it needs a signing key,
+    checked before the search.
 
     Raises :class:`training.data.DataError` for unusable input data.
     """
@@ -122,6 +127,7 @@ def train(
 
     out = Path(out)
     data = Path(data) if data is not None else None
+    push_trust = _push_trust(signing_key) if push is not None else None  # before the search, which takes minutes
 
     X, y, source = load_data(data)
     balance = {int(k): int(v) for k, v in y.value_counts().sort_index().items()}
@@ -217,10 +223,29 @@ def train(
     }
     say(format_summary(summary))
     if push is not None:
-        release = Store.open(push).push(path, signing_key=signing_key)  # the same key signs NAME@latest's pointer
+        # The same key signs NAME@latest's pointer.
+        release = Store.open(push).push(path, signing_key=signing_key, trusted_keys=push_trust)
         summary["release"] = release.to_dict()
         say(f"push: {release.ref} is in {push} ({release.uri})")
     return summary
+
+
+def _push_trust(signing_key: str | Path | None) -> PublicKey | None:
+    """Whom the push trusts: BLACKBOX_TRUSTED_KEYS when set, else the public half of the key that signs here.
+
+    The push verifies the artifact this run signed moments before; without a trusted key it refused that
+    artifact after the whole search (the command has no --trusted-keys). Without a signing key it is refused
+    before the search: a store takes no unsigned artifact, and pointers are signed.
+    """
+    key = signing_key or os.environ.get(SIGNING_KEY_ENV) or None
+    if key is None:
+        raise blackbox.UsageError(
+            f"--push needs a signing key (the artifact and its store pointer are signed): pass --signing-key KEY "
+            f"or set {SIGNING_KEY_ENV} (`blackbox keygen --out keys` makes one)."
+        )
+    if os.environ.get(TRUSTED_KEYS_ENV):
+        return None
+    return signing.load_private_key(key).public_key()
 
 
 def write_predictions(path: Path, estimator: Any, X: pd.DataFrame, manifest: dict[str, Any]) -> None:
