@@ -11,10 +11,16 @@ workers that vetted, immutable copy, never the file an operator may replace.
 SIGHUP vets the file at each served path the same way, in the master, before
 gunicorn starts new workers: a file that passes replaces the workers'
 copy and the workers are replaced gracefully; one that fails (unsigned,
-corrupt, crashing, hanging) is logged as ``reload_failed`` and its model keeps
-its old copy (or stays not ready), while the others take their new one. When
-every file fails, nothing else happens: the running workers keep serving. Following a store,
-SIGHUP only replaces the workers (each follows the store itself).
+corrupt, crashing, hanging) is logged as ``reload_failed`` (naming the served
+path) and its model keeps its old copy (or stays not ready), while the others
+take their new one. When every file fails, nothing else happens: the running
+workers keep serving. Each vetting is counted in
+``blackbox_sighup_reloads_total{model, outcome="ok"|"refused"}``, which the
+master writes to the multiprocess metrics directory every worker's ``/metrics``
+reads. SIGHUPs are coalesced: those that arrive together are one, and those
+that arrive while a reload runs are folded into one more (which replaces the
+workers again only if a file changed meanwhile). Following a store, SIGHUP only
+replaces the workers (each follows the store itself).
 
 SIGTERM is gunicorn's graceful stop: each worker's ``/ready`` turns 503
 (``draining``), workers finish the requests in flight (up to
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
 import sys
 from collections.abc import Mapping
@@ -41,7 +48,7 @@ from blackbox import BlackboxError, ExitCode
 from .app import create_app
 from .holder import Vetted
 from .logs import RequestLog
-from .metrics import mark_process_dead
+from .metrics import SIGHUP_RELOADS, mark_process_dead
 from .state import EXTENSION
 
 _KNOWN_SETTINGS = frozenset(setting.name for setting in KNOWN_SETTINGS)
@@ -119,28 +126,39 @@ class Server(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type h
         signal.signal(signal.SIGTERM, draining)
         return app
 
-    def admit(self) -> None:
+    def admit(self) -> bool:
         """In the master, at SIGHUP: vet the file at each served path; the workers started next load those copies.
 
         A model whose file fails keeps its previous copy (or stays unavailable);
         when every file fails, nothing changes and this raises the first error.
+        Each outcome is logged (``reload_admitted``, ``reload_failed`` naming the
+        served path) and counted in ``blackbox_sighup_reloads_total``. Returns
+        whether any model's copy (or availability) changed.
         """
         admitted = dict(self.app_config["ARTIFACT"] or {})
         unavailable = dict(self.app_config["UNAVAILABLE"] or {})
         failures: list[BlackboxError] = []
+        log = RequestLog(self.app_config.get("LOG_FORMAT") or "json")
         for name, source in self.sources.items():
             try:
                 admitted[name] = str(self.vetted.admit(source))
                 unavailable.pop(name, None)
             except BlackboxError as exc:
                 failures.append(exc)
-                log = RequestLog(self.app_config.get("LOG_FORMAT") or "json")
-                log.event("reload_failed", logging.ERROR, model=name, artifact=str(source), code=exc.code, reason=exc.message)
+                reason = exc.message if str(source) in exc.message else f"{source}: {exc.message}"
+                SIGHUP_RELOADS.labels(name, "refused").inc()
+                log.event("reload_failed", logging.ERROR, model=name, artifact=str(source), code=exc.code, reason=reason)
                 if name not in admitted:
-                    unavailable[name] = exc.message
+                    unavailable[name] = reason
+                continue
+            SIGHUP_RELOADS.labels(name, "ok").inc()
+            log.event("reload_admitted", logging.INFO, model=name, artifact=str(source),
+                      sha256=Path(admitted[name]).stem)
         if failures and len(failures) == len(self.sources):
             raise failures[0]
+        changed = (admitted, unavailable) != (self.app_config["ARTIFACT"], self.app_config["UNAVAILABLE"])
         self.app_config["ARTIFACT"], self.app_config["UNAVAILABLE"] = admitted, unavailable
+        return changed
 
     def run(self) -> None:
         """As BaseApplication.run, with the master below."""
@@ -152,15 +170,53 @@ class Server(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type h
 
 
 class _Arbiter(Arbiter):  # type: ignore[misc]
-    """gunicorn's master, except that a SIGHUP whose artifact fails its vetting changes nothing."""
+    """gunicorn's master, except that SIGHUPs are coalesced and one whose artifact fails its vetting changes nothing.
+
+    Every SIGHUP would otherwise be a reload of its own, each replacing workers
+    that may not have loaded their model yet. SIGHUPs that arrive together are
+    one; those that arrive while a reload runs (vetting takes seconds) are folded
+    into one more, which vets the files again and replaces the workers only if a
+    file changed meanwhile (the workers it would replace started after the signal).
+    """
+
+    _folded = False
+
+    def wait_for_signals(self, timeout: float = 1.0) -> list[int]:
+        signals: list[int] = super().wait_for_signals(timeout)
+        if signals.count(signal.SIGHUP) > 1:
+            first = signals.index(signal.SIGHUP)
+            signals = [sig for i, sig in enumerate(signals) if sig != signal.SIGHUP or i == first]
+        return signals
 
     def reload(self) -> None:
+        folded, self._folded = self._folded, False
         try:
-            self.app.admit()
-        except BlackboxError as exc:
-            self.log.error("reload: failed, the running workers keep serving the old model: %s", exc.message)
-            return
-        super().reload()
+            changed = self.app.admit()
+        except BlackboxError:
+            self.log.error("reload: every served file was refused (each reload_failed line says why); "
+                           "the running workers keep serving the old model")
+        else:
+            if folded and not changed:
+                self.log.info("reload: SIGHUP(s) received during the last reload, no file changed since: "
+                              "the workers it started stay")
+            else:
+                super().reload()
+        self._fold_pending()
+
+    def _fold_pending(self) -> None:
+        """SIGHUPs queued while reloading become one more reload, marked as folded; other signals keep their order."""
+        pending: list[int] = []
+        while True:
+            try:
+                pending.append(self.SIG_QUEUE.get_nowait())
+            except queue.Empty:
+                break
+        hups = pending.count(signal.SIGHUP)
+        if hups:
+            self._folded = True
+            self.log.info("reload: %d SIGHUP(s) received while reloading, folded into one more reload", hups)
+        for sig in [sig for sig in pending if sig != signal.SIGHUP] + [signal.SIGHUP] * bool(hups):
+            self.SIG_QUEUE.put_nowait(sig)
 
 
 def _child_exit(server: Any, worker: Any) -> None:

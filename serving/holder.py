@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import blackbox
-from blackbox import Model
+from blackbox import BlackboxError, Model
 from blackbox.artifact import read_bytes
 
 READY_WAIT = 10.0
@@ -92,11 +92,15 @@ class Vetted:
         if copy.exists():
             return copy
         scratch = tempfile.mkdtemp(prefix=".candidate-", dir=self.directory)
-        candidate = Path(scratch, Path(path).name)  # its own name, so that messages name the file given
+        candidate = Path(scratch, Path(path).name)
         candidate.write_bytes(data)  # vet the very bytes the workers will load, not a file that may change
         try:
             vet(candidate, self._options, self._timeout)
             os.replace(candidate, copy)
+        except BlackboxError as exc:  # name the file the operator gave, not the private copy
+            exc.message = exc.message.replace(str(candidate), str(path))
+            exc.args = (exc.message, *exc.args[1:])
+            raise
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return copy

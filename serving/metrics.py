@@ -175,3 +175,12 @@ def mark_process_dead(pid: int) -> None:
     """gunicorn ``child_exit`` hook body: forget an exited worker's live gauges."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.mark_process_dead(pid)
+
+
+SIGHUP_RELOADS = Counter(
+    "blackbox_sighup_reloads", "SIGHUP vettings of a served file by blackbox serve's master, by model and outcome (ok: "
+    "the new workers take it; refused: unsigned, corrupt, crashing or hanging, and the old copy keeps serving).",
+    ["model", "outcome"], registry=None,
+)
+"""Counted in gunicorn's master (serving/gunicorn_app.py): every worker's ``/metrics`` shows it because blackbox serve
+sets ``PROMETHEUS_MULTIPROC_DIR`` before the master imports this module (without it, nobody would see it)."""
