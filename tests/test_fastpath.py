@@ -534,6 +534,26 @@ def test_the_forest_walk_finds_each_trees_leaf_at_every_batch_size(titanic, rows
     assert np.array_equal(labels, forest.predict(X)) and np.abs(proba - forest.predict_proba(X)).max() <= 1e-9
 
 
+def test_a_step_wrong_only_for_a_few_rows_is_refused_at_save(titanic, monkeypatch):
+    """The proof runs the verification rows in small batches too: a forest walk that stops too early (used up to
+    SMALL_BATCH rows; all the rows at once take tree_.apply) must not be used."""
+    from blackbox.fastpath.estimators import Trees
+
+    X_train, _, y_train, _ = titanic
+    pipeline = make_pipeline(ColumnTransformer([("num", SimpleImputer(), NUMBERS)]),
+                             RandomForestClassifier(n_estimators=10, random_state=0)).fit(X_train, y_train)
+    derive = Trees._derive
+
+    def shallow(self):
+        derive(self)
+        self.depth = 2  # every row stops two levels down: wrong leaves, for small batches only
+
+    monkeypatch.setattr(Trees, "_derive", shallow)
+    plan, record, _ = _plan(pipeline, X_train)
+    assert plan is None and record["enabled"] is False
+    assert "on the verification rows (batches of " in record["reason"], record["reason"]
+
+
 # ---------------------------------------------------------------- the commands: inspect shows the plan, score and serve turn it off
 
 @pytest.fixture(scope="module")

@@ -207,6 +207,10 @@ class Trees(Estimator):
         self.threshold = np.concatenate(threshold)
         self.children = np.concatenate(children).astype(np.intp)
         self.is_leaf = self.children[0::2] == np.arange(len(self.feature))
+        # The walk's own copies, indexed by twice the node's number (2i: node i's; 2i + 1 unused), so a level
+        # is children2[2i + went_right] with no multiplication: six numpy calls a level instead of eight.
+        self.feature2, self.threshold2, self.is_leaf2 = (np.repeat(a, 2) for a in (self.feature, self.threshold, self.is_leaf))
+        self.children2 = 2 * self.children
         self.outputs: np.ndarray = np.concatenate(outputs)  # (all nodes, classes) or (all nodes,)
         self.depth = max(int(t.max_depth) for t in self.trees)
 
@@ -234,14 +238,17 @@ class Trees(Estimator):
             return np.stack([t.apply(X32) for t in self.trees], axis=1) + self.offsets
         rows, width = X32.shape
         values = X32.ravel()
-        starts = np.repeat(np.arange(rows) * width, len(self.offsets))  # where each (row, tree)'s row begins in values
-        nodes = np.tile(self.offsets, rows)
+        starts = np.repeat(np.arange(rows) * width, len(self.offsets)) if rows > 1 else None  # each (row, tree)'s row in values
+        doubled = np.tile(2 * self.offsets, rows)  # 2i for node i
+        feature2, threshold2, children2, is_leaf2 = self.feature2, self.threshold2, self.children2, self.is_leaf2
         for level in range(self.depth):
-            # Right when not X <= threshold (scikit-learn's test; X is finite here), as 2i + 1.
-            nodes = self.children[2 * nodes + (values[starts + self.feature[nodes]] > self.threshold[nodes])]
-            if level % _LEAF_CHECK == _LEAF_CHECK - 1 and self.is_leaf[nodes].all():
+            at = feature2.take(doubled) if starts is None else starts + feature2.take(doubled)
+            # Right when not X <= threshold (scikit-learn's test; X is finite here): node i's children at 2i and 2i + 1.
+            doubled = children2.take(doubled + (values.take(at) > threshold2.take(doubled)))
+            if level % _LEAF_CHECK == _LEAF_CHECK - 1 and is_leaf2.take(doubled).all():
                 break
-        return nodes.reshape(rows, len(self.offsets))
+        nodes: np.ndarray = (doubled >> 1).reshape(rows, len(self.offsets))
+        return nodes
 
     def _summed(self, X: Any) -> np.ndarray:
         leaves = self._leaves(X)

@@ -4,8 +4,10 @@ Scope: building (:func:`build_plan`), proving and running the whole path.
 :func:`build_plan` compiles each step (:mod:`.compiler`) on the verification
 rows (every row of ``train_data`` plus generated edge rows, :mod:`.edges`),
 then checks the whole plan against the reference, ``estimator.predict`` and
-``predict_proba``: labels identical, probabilities within 1e-9, and a row the
-reference refuses is refused (deferred) by the plan too. It measures the
+``predict_proba``, on all of them at once and again in small batches (from
+one row up: a step may take another way for a few rows): labels identical,
+probabilities within 1e-9, and a row the reference refuses is refused
+(deferred) by the plan too. It measures the
 speed-up on single rows and returns the plan with its record (compiled steps,
 fallbacks and why, the speed-up); a plan that fails the whole check is not
 used (``plan`` is None, the record says why).
@@ -26,6 +28,7 @@ Rules callers rely on:
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from collections.abc import Callable
@@ -44,6 +47,9 @@ ATTRIBUTE = "_blackbox_fast_path"
 
 PLAN_VERSION = 1
 _TIMED_ROWS = 30
+_SMALL_BATCHES = (1, 4, 12, 13, 32, 64, 65)
+"""Batch sizes the verification rows are also run in, in turn: what a server sends, on both sides of each
+size a step changes method at (``estimators.SMALL_BATCH``, the one-hot encoder's column-wise rows)."""
 
 
 class Plan:
@@ -147,7 +153,9 @@ def reference(estimator: Any, frame: pd.DataFrame) -> tuple[Any, Any]:
 def prove(plan: Plan, estimator: Any, schema: Any, accepted: list[dict[str, Any]], refused: list[dict[str, Any]]) -> str | None:
     """Why the plan does not give the reference's answers on the verification records, or None.
 
-    Both input forms (the prepared frame, and :class:`Prepared` records). On the
+    Both input forms (the prepared frame, and :class:`Prepared` records), all
+    records at once and again in small batches (:data:`_SMALL_BATCHES`), since
+    a step may take another way for a few rows than for many. On the
     records the model accepts: labels identical, probabilities (and regression
     outputs) within the tolerance. On a record the model refuses: the plan
     defers (so the caller gets the model's own error) or raises the same type
@@ -155,15 +163,25 @@ def prove(plan: Plan, estimator: Any, schema: Any, accepted: list[dict[str, Any]
     """
     frame = schema.to_frame(accepted)[0]
     labels, proba = reference(estimator, frame)
-    for form, source in (("frame", frame), ("records", Prepared(schema, accepted))):
+    sources = [("frame", frame, slice(None)), ("records", Prepared(schema, accepted), slice(None))]
+    start = 0
+    for size in itertools.cycle(_SMALL_BATCHES):
+        if start >= len(accepted):
+            break
+        rows = slice(start, start + size)
+        sources += [(f"batches of {size} records", Prepared(schema, accepted[rows]), rows),
+                    (f"batches of {size} rows", schema.to_frame(accepted[rows])[0], rows)]
+        start += size
+    for form, source, rows in sources:
         try:
             got_labels, got_proba = plan.both(source) if proba is not None else (plan.predict(source), None)
         except Defer as exc:
             return f"the plan deferred on the verification rows ({form}): {exc}"
-        labels_ok = compiler.close(got_labels, labels) if np.asarray(labels).dtype.kind == "f" else compiler.same(got_labels, labels)
+        expected = labels[rows]
+        labels_ok = compiler.close(got_labels, expected) if np.asarray(labels).dtype.kind == "f" else compiler.same(got_labels, expected)
         if not labels_ok:
             return f"labels differ from the reference on the verification rows ({form})"
-        if proba is not None and not compiler.close(got_proba, proba):
+        if proba is not None and not compiler.close(got_proba, proba[rows]):
             return f"probabilities differ from the reference by more than {compiler.TOLERANCE} on the verification rows ({form})"
     for i, record in enumerate(refused):
         row = schema.to_frame([record])[0]
