@@ -9,6 +9,10 @@ loads it twice (once with ``fast_path=False``: the reference path), and for
 * ``Model.predict(record)`` without the plan (schema checks, the DataFrame, the pipeline);
 * ``Model.predict(record)`` with the plan (schema checks, the plan on the checked columns).
 
+Then, for batches of 1, 4 and 32 records (a server's model calls hold 1-4),
+the model call itself, ``predict_and_proba_frame(checked(batch))``, with and
+without the plan, paired the same way for ``--duration`` / 2 seconds per size.
+
 Pairing the sides call by call puts them under the same background load (the
 machine is shared): quote the ratios, not the times. Every round checks that
 both Model paths give the same prediction for the record, and before timing
@@ -40,6 +44,7 @@ from blackbox.model import PROBA_TOLERANCE
 from bench_server import RESULTS, machine, percentile, titanic_records, train
 
 TARGETS = {"lr": 15.0, "rf": 8.0}
+BATCH_SIZES = (1, 4, 32)
 LR_P50_MS = 0.5
 PIPELINE, NO_PLAN, PLAN = "pipeline.predict(DataFrame([record]))", "Model.predict, no plan", "Model.predict, plan"
 
@@ -61,6 +66,7 @@ def main() -> None:
                 sys.exit(f"bench_fastpath: {kind}: no fast path was built: {fast.manifest.to_json()['fast_path']}")
             check(fast, slow, records, kind)
             results["models"][kind] = measure(fast, slow, records, args.duration)
+            results["models"][kind]["batches"] = measure_batches(fast, slow, records, args.duration / 2)
             results["models"][kind]["plan"] = fast.manifest.to_json()["fast_path"]
     print(table(results["models"]))
     RESULTS.mkdir(exist_ok=True)
@@ -109,6 +115,29 @@ def measure(fast: blackbox.Model, slow: blackbox.Model, records: list[dict], dur
                                    for label, v in latencies.items()}}
 
 
+def measure_batches(fast: blackbox.Model, slow: blackbox.Model, records: list[dict], duration: float) -> dict:
+    """The model call on checked batches of BATCH_SIZES records, with and without the plan, paired call by call."""
+    out = {}
+    for size in BATCH_SIZES:
+        batches = [records[i:i + size] for i in range(0, len(records) - size + 1, size)]
+        times: dict[str, list[float]] = {"plan": [], "no plan": []}
+        started, i = time.perf_counter(), 0
+        while time.perf_counter() - started < duration or i < 3:
+            batch = batches[i % len(batches)]
+            answers = []
+            for label, model in (("plan", fast), ("no plan", slow)):
+                t0 = time.perf_counter()
+                answers.append(model.predict_and_proba_frame(model.checked(batch))[0])
+                times[label].append(time.perf_counter() - t0)
+            if answers[0] != answers[1]:
+                sys.exit(f"bench_fastpath: a batch of {size}: fast path {answers[0]!r}, reference {answers[1]!r}")
+            i += 1
+        p50 = {label: statistics.median(v) for label, v in times.items()}
+        out[str(size)] = {"rounds": i, "plan_p50_us": 1e6 * p50["plan"], "no_plan_p50_us": 1e6 * p50["no plan"],
+                          "plan_us_per_record": 1e6 * p50["plan"] / size, "speedup": p50["no plan"] / p50["plan"]}
+    return out
+
+
 def table(models: dict) -> str:
     lines = ["| model | side | p50 ms | p99 ms | p50 x vs pipeline | p50 x vs Model.predict without plan |", "|---|---|---|---|---|---|"]
     verdicts = []
@@ -129,7 +158,13 @@ def table(models: dict) -> str:
                         f"{sum(s['mode'] == 'called' for s in steps)} called as they are "
                         f"({', '.join(s['step'].rsplit('.', 1)[-1] for s in steps if s['mode'] == 'called') or 'none'}), "
                         f"{sum(s['mode'] == 'reference' for s in steps)} fallbacks")
-    return "\n".join(lines) + "\n\ntargets:\n" + "\n".join(verdicts)
+    batches = ["| model | records per call | plan p50 us | us per record | no plan p50 us | x |", "|---|---|---|---|---|---|"]
+    for kind, result in models.items():
+        for size, cell in result["batches"].items():
+            batches.append(f"| {kind} | {size} | {cell['plan_p50_us']:.0f} | {cell['plan_us_per_record']:.0f} "
+                           f"| {cell['no_plan_p50_us']:.0f} | {cell['speedup']:.1f}x |")
+    return "\n".join(lines) + "\n\nthe model call (predict_and_proba_frame of checked records):\n" + "\n".join(batches) + \
+        "\n\ntargets:\n" + "\n".join(verdicts)
 
 
 if __name__ == "__main__":
