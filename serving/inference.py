@@ -21,7 +21,10 @@ other requests are being validated. The model is called by one thread at a time:
 code that need not be thread-safe (sklearn-pandas' ``DataFrameMapper`` writes
 ``self.transformed_names_`` on every transform), and the GIL would serialise
 that work anyway. A hot reload changes the model object; batches are per
-model object, so no call ever mixes two models.
+model object, so no call ever mixes two models. Every hand-off between a
+request's thread and the model thread (a batch queued, a batch answered) is a
+byte written to the waiting thread's pipe with the GIL released
+(:class:`_Signal`), never a lock or condition released with the GIL held.
 
 One request never fails another: when the shared call of a batch raises, the
 leader (still holding the model) calls the model again for each request of the
