@@ -90,13 +90,19 @@ def data_summary(frame: pd.DataFrame, source: str | None) -> dict[str, Any]:
     }
 
 
+def scorer_name(search: Any) -> str | None:
+    """A search's ``scoring`` as recorded: its name, the repr of a callable or dict, None for the estimator's own score."""
+    scoring = search.scoring
+    return scoring if scoring is None or isinstance(scoring, str) else repr(scoring)
+
+
 def search_metrics(search: Any) -> dict[str, Any]:
     """Best parameters, best CV score and mean ± std of every candidate of a fitted search."""
     results = search.cv_results_
     best = search.best_index_
     metrics: dict[str, Any] = jsonable(
         {
-            "scoring": search.scoring if isinstance(search.scoring, str) else repr(search.scoring),
+            "scoring": scorer_name(search),
             "cv": repr(search.cv),
             "best_params": search.best_params_,
             "best_score": search.best_score_,

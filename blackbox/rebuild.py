@@ -39,7 +39,7 @@ from .artifact import Artifact, read_bytes, read_header, read_manifest
 from .atomic import atomic_write
 from .containment.isolation import verify
 from .errors import BlackboxError, ExitCode, RebuildError, UsageError
-from .manifest import Manifest
+from .manifest import Manifest, scorer_name
 from .signing import SIGNING_KEY_ENV
 from .trust import TrustedKeys, authenticate
 
@@ -67,7 +67,7 @@ def recipe_section(recipe: Mapping[str, Any], search: Any) -> dict[str, Any]:
         "cv": None if search is None else {
             "splitter": repr(search.cv),
             "folds": search.n_splits_,
-            "scoring": search.scoring if isinstance(search.scoring, str) else repr(search.scoring),
+            "scoring": scorer_name(search),
         },
         "source": _package_source(Path(init).parent, package),
     }

@@ -569,7 +569,7 @@ def _convert(field: Field, dtype: Any, check: _Check, values: list[Any], report:
                 if field.nullable:
                     report.add(row, field.name, _IMPUTED[null], _imputed_expected(field), _NO_VALUE[null], warning=True)
                 else:
-                    report.add(row, field.name, "null" if null else "missing", _null_expected(field) if null else EXPECTED[field.kind], _NO_VALUE[null])
+                    report.add(row, field.name, "null" if null else "missing", _null_expected(field), _NO_VALUE[null])
             out.append(fill)
         else:
             out.append(_checked(field, check, row, value, fill, report))

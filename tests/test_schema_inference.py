@@ -246,6 +246,10 @@ def test_a_field_the_model_cannot_do_without_is_required_and_says_why(wine, tmp_
         strict.prepare([{"alcohol": None, "hue": 1.0}])
     assert issues(caught.value.problems) == [(0, "alcohol", "null")]
     assert "the model cannot predict without it" in caught.value.problems[0]["expected"]
+    with pytest.raises(SchemaError) as caught:
+        strict.prepare([{"hue": 1.0}])  # absent, not null: the same reason
+    assert issues(caught.value.problems) == [(0, "alcohol", "missing")]
+    assert caught.value.problems[0]["expected"] == "a number (the model cannot predict without it)"
     assert lenient.predict({"hue": 1.0}) == int(imputes.predict(pd.DataFrame({"alcohol": [np.nan], "hue": [1.0]}))[0])
 
 

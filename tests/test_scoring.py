@@ -322,6 +322,20 @@ def test_outputs_follow_the_umask(scoring_artifact, scoring_rows, tmp_path):
     assert (tmp_path / "out.rejects.csv").stat().st_mode & 0o777 == 0o644
 
 
+def test_an_earlier_runs_rejects_file_is_kept_and_named_when_another_format_is_written(scoring_artifact, scoring_rows, tmp_path, capsys):
+    frame = scoring_rows.head(20).astype({"pclass": str})
+    frame.loc[3, "pclass"] = "first"
+    source = write_input(frame, tmp_path / "in.csv")
+    assert run(scoring_artifact, source, "-o", tmp_path / "out.csv", "--on-error", "skip") == 10
+    kept = (tmp_path / "out.rejects.csv").read_bytes()
+    capsys.readouterr()
+    assert run(scoring_artifact, source, "-o", tmp_path / "out.parquet", "--on-error", "skip") == 2
+    assert "out.rejects.csv' already exists; pass overwrite=True to replace it, or choose another rejects path" in capsys.readouterr().err
+    assert (tmp_path / "out.rejects.csv").read_bytes() == kept and not (tmp_path / "out.parquet").exists()
+    assert run(scoring_artifact, source, "-o", tmp_path / "out.parquet", "--on-error", "skip",
+               "--rejects", tmp_path / "parquet-rejects.csv") == 10
+
+
 def test_existing_output_is_refused_unless_overwrite(scoring_artifact, scoring_rows, tmp_path, capsys):
     source = write_input(scoring_rows.head(5), tmp_path / "in.csv")
     out = tmp_path / "out.csv"

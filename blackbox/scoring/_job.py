@@ -143,7 +143,7 @@ def score(
         meter.close()
     if not rejected:
         rejects.unlink(missing_ok=True)  # another run's (overwrite was checked): it does not list this output's rows
-    label = f"{model.name} {model.version} (sha256 {model.sha256[:12]})"
+    label = f"{model.name} {model.version} (payload sha256 {model.sha256[:12]})"
     return Summary(read, read - rejected, rejected, time.perf_counter() - started, output, rejects if rejected else None, label, loads)
 
 
@@ -165,10 +165,10 @@ def _check_options(
         raise UsageError(f"The chunk size must be at least 1 row, not {chunk_size}.")
     if len({input.resolve(), output.resolve(), rejects.resolve()}) < 3:
         raise UsageError(f"The input {str(input)!r}, the output {str(output)!r} and the rejects file {str(rejects)!r} must be three different files.")
-    for path in (output, rejects):
+    for path, other in ((output, "output path"), (rejects, "rejects path (rejects=, default OUTPUT_STEM.rejects.csv)")):
         if path.exists() and not overwrite:
             raise UsageError(
-                f"{str(path)!r} already exists; pass overwrite=True to replace it, or choose another path.",
+                f"{str(path)!r} already exists; pass overwrite=True to replace it, or choose another {other}.",
                 options={"overwrite": True},
             )
 
