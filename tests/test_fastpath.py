@@ -514,9 +514,9 @@ def test_model_predict_runs_records_through_the_plan_and_defers_whole(training_p
     assert called and isinstance(model.plan.final, (estimators.Linear, estimators.Trees))
 
 
-@pytest.mark.parametrize("rows", [1, 2, 5, 12, 13, 40])
+@pytest.mark.parametrize("rows", [1, 2, 5, 12, 13, 40, 64, 65])
 def test_the_forest_walk_finds_each_trees_leaf_at_every_batch_size(titanic, rows):
-    from blackbox.fastpath.estimators import SMALL_BATCH, Trees
+    from blackbox.fastpath.estimators import SMALL_BATCH, SUMMED_AT_ONCE, Trees
 
     X_train, _, y_train, _ = titanic
     numbers = X_train[NUMBERS].fillna(0).to_numpy()
@@ -530,8 +530,10 @@ def test_the_forest_walk_finds_each_trees_leaf_at_every_batch_size(titanic, rows
     expected = np.stack([t.tree_.apply(X.astype(np.float32)) for t in forest.estimators_], axis=1) + node.offsets
     assert np.array_equal(node._leaves(X), expected)
     assert (rows <= SMALL_BATCH) == (rows in (1, 2, 5, 12))  # both ways of finding leaves are covered
+    assert (rows <= SUMMED_AT_ONCE) == (rows != 65)  # and both ways of summing the trees' outputs
     labels, proba = node.both(X)
-    assert np.array_equal(labels, forest.predict(X)) and np.abs(proba - forest.predict_proba(X)).max() <= 1e-9
+    # The trees' probabilities added in tree order, as the forest adds them (n_jobs=None): the same bits.
+    assert np.array_equal(labels, forest.predict(X)) and compiler_same(proba, forest.predict_proba(X))
 
 
 def test_a_step_wrong_only_for_a_few_rows_is_refused_at_save(titanic, monkeypatch):

@@ -15,7 +15,8 @@ subclass that overrides ``predict`` or ``predict_proba`` is not compiled):
   all trees' nodes, rows x trees walked level by level; measured ~3x cheaper
   than ``tree_.apply`` per tree for one row of a 100-tree forest, even at about
   12 rows) and by ``tree_.apply`` per tree for larger ones; tree outputs are
-  summed in tree order (a cumulative sum), as the forest does.
+  summed in tree order (a cumulative sum up to ``SUMMED_AT_ONCE`` rows, then
+  tree by tree), as the forest does.
 
 Rules: a non-finite value (or one beyond float32 for trees) defers, so the
 reference gives its own answer (NaN routing of trees that learnt it) or its own
@@ -33,6 +34,9 @@ from .base import Defer, Node, Unsupported
 
 SMALL_BATCH = 12
 """Up to this many rows, trees are walked all at once; above it, per tree with ``tree_.apply`` (measured crossover)."""
+SUMMED_AT_ONCE = 64
+"""Up to this many rows, the trees' outputs are gathered at once and summed by one cumulative sum (at 32 rows of a
+100-tree forest ~60 us, the loop over trees ~175 us); above it, tree by tree (the same additions, in the same order)."""
 _LEAF_CHECK = 4
 """The walk stops early when every row is at a leaf, checked every this many levels."""
 
@@ -255,7 +259,7 @@ class Trees(Estimator):
         if not self.forest:
             single: np.ndarray = self.outputs[leaves[:, 0]]
             return single
-        if len(leaves) <= SMALL_BATCH:
+        if len(leaves) <= SUMMED_AT_ONCE:
             return np.cumsum(self.outputs[leaves], axis=1)[:, -1] / len(self.trees)  # (rows, trees[, classes]) summed in tree order
         # The same sums in the same order, tree by tree: a chunk of 50,000 rows would otherwise hold every tree's output at once.
         total: np.ndarray = self.outputs[leaves[:, 0]]

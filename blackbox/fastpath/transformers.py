@@ -152,7 +152,7 @@ class OneHot(Node):
         out = np.zeros((X.shape[0], self.n_out), dtype=self.out_dtype)
         for j, (lookup, nan_at, kind) in enumerate(self.lookups):
             column = X[:, j]
-            if len(column) > _COLUMNWISE_ROWS and (
+            if len(column) > COLUMNWISE_ROWS and (
                 _strings_encoded(column, lookup, nan_at, out) if kind == "str" else _numbers_encoded(column, lookup, nan_at, out)
             ):
                 continue
@@ -168,7 +168,7 @@ class OneHot(Node):
         return out
 
 
-_COLUMNWISE_ROWS = 64
+COLUMNWISE_ROWS = 64
 """Rows above which a column of strings is encoded column-wise (batch scoring's chunks), not value by value."""
 
 
