@@ -448,7 +448,7 @@ def _blocks(frame: pd.DataFrame) -> list[tuple]:
             for b in frame._mgr.blocks]
 
 
-def test_user_steps_get_what_the_frame_holds_down_to_its_blocks(training_pipeline, titanic):
+def test_user_steps_get_what_the_frame_holds_down_to_its_blocks(training_pipeline, titanic, monkeypatch):
     """Each column Prepared builds is the one to_frame builds, and each slice a user step gets is ``frame[cols]``.
 
     The same type, dtype, values and missing markers (an Arrow string column: the
@@ -487,6 +487,15 @@ def test_user_steps_get_what_the_frame_holds_down_to_its_blocks(training_pipelin
                 assert got.to_numpy().flags.writeable == expected.to_numpy().flags.writeable
                 got.iloc[0, 0] = None if got.dtypes.iloc[0].kind == "O" or isinstance(got.dtypes.iloc[0], pd.StringDtype) else 99
                 pd.testing.assert_frame_equal(table.frame_of(positions), expected, check_exact=True)
+    # The blocks were built directly (this pandas passed the check); a pandas that fails it gets the general constructor.
+    from blackbox.fastpath import table as table_module
+
+    assert table_module._internals() is not None
+    monkeypatch.setattr(table_module, "_internals", lambda: None)
+    frame, _ = schema.to_frame(records)
+    for positions in ([3, 4], [7]):
+        got = Table(Prepared(schema, records), names).frame_of(positions)
+        pd.testing.assert_frame_equal(got, frame[[names[p] for p in positions]], check_exact=True)
 
 
 def compiler_same(a, b) -> bool:

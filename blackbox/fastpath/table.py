@@ -24,11 +24,13 @@ Rules (the same answers for both forms, proved at save on both):
   the same blocks ``frame[cols]`` holds (one 2-D block for columns of one numpy
   dtype, one block per extension array), since a user step may look at them.
 
-Both are on the path of every call, so each is built the cheapest way that
-gives the same objects (measured on one record: a pandas string column ~20 us
-through ``pd.array``, ~5 us from its Arrow array; a frame ~15 us through
-``DataFrame._from_arrays``, ~6 us from its blocks), and the general way
-otherwise.
+Columns and frames are on the path of every call, so each is built the
+cheapest way that gives the same objects (measured on one record: a pandas
+string column ~20 us through ``pd.array``, ~5 us from its Arrow array, up to
+64 rows; a frame ~15 us through ``DataFrame._from_arrays``, ~6 us from its
+blocks, with pandas' block constructors, used once a frame built with them
+at first use is seen to equal the public constructor's), and the general
+way otherwise.
 """
 
 from __future__ import annotations
@@ -50,21 +52,28 @@ if TYPE_CHECKING:
 _FROM_ARRAYS = getattr(pd.DataFrame, "_from_arrays", None)
 
 
-def _pandas_internals() -> Any:
-    """pandas' own block constructors (a frame of one block per dtype group without regrouping), or None in another pandas."""
+@functools.cache
+def _internals() -> Any:
+    """pandas' own block constructors (a frame of one block per dtype group without regrouping), once they are seen
+    to build what pandas' public constructor builds; None in a pandas where they do not (the general constructor then)."""
     try:
         blocks = importlib.import_module("pandas.core.internals.blocks")
-        return types.SimpleNamespace(
+        internals = types.SimpleNamespace(
             new_block=blocks.new_block, get_block_type=blocks.get_block_type, ExtensionBlock=blocks.ExtensionBlock,
             BlockManager=importlib.import_module("pandas.core.internals").BlockManager,
             BlockPlacement=importlib.import_module("pandas._libs.internals").BlockPlacement,
             from_manager=getattr(pd.DataFrame, "_from_mgr"),  # noqa: B009 - private, not in the stubs
         )
-    except (ImportError, AttributeError):  # pragma: no cover - the general constructor then
+        index = pd.RangeIndex(2)
+        for arrays in ([np.array([1, 2]), np.array([3, 4])], [pd.array(["a", None], dtype="str")]):
+            names = [f"c{i}" for i in range(len(arrays))]
+            got = _blocks_frame(internals, arrays, pd.Index(names), index)
+            expected = pd.DataFrame(dict(zip(names, arrays)), index=index)
+            if got is None or not (got.equals(expected) and list(got.dtypes) == list(expected.dtypes)):
+                return None
+    except Exception:  # noqa: BLE001 - another pandas: the general constructor then
         return None
-
-
-_INTERNALS = _pandas_internals()
+    return internals
 
 try:  # a pandas string column of Arrow storage, built from its Arrow array (pd.array's own last step)
     import pyarrow as pa
@@ -268,9 +277,11 @@ def _from_blocks(arrays: list[Any], columns: pd.Index, index: pd.Index) -> pd.Da
     Columns of one numpy dtype are one C-ordered 2-D block (a copy, as
     ``np.vstack`` makes it); extension arrays one block each, as pandas keeps them.
     """
-    internals = _INTERNALS
-    if internals is None:
-        return None
+    internals = _internals()
+    return None if internals is None else _blocks_frame(internals, arrays, columns, index)
+
+
+def _blocks_frame(internals: Any, arrays: list[Any], columns: pd.Index, index: pd.Index) -> pd.DataFrame | None:
     first = arrays[0]
     if type(first) is np.ndarray:
         if first.dtype.kind not in "biufO" or any(type(a) is not np.ndarray or a.dtype != first.dtype for a in arrays):
