@@ -16,6 +16,8 @@ any check is not swapped in: the old model keeps serving, and ``/ready``,
 ``/model``, the log and the ``blackbox_reloads_total`` metric say what happened
 and why. A release that failed its own checks is not tried again until the
 reference moves; a store that could not be reached is tried again at the next poll.
+Any other error of a poll (a bug, a full disk) is logged with its traceback and
+counted like a refusal, and the thread goes on: it never stops following silently.
 
 Until a first model is held, the follower retries with a doubling back-off
 capped at ``POLL_INTERVAL`` (30 s when that is 0). Meanwhile it serves the last
@@ -46,6 +48,7 @@ import datetime as dt
 import json
 import logging
 import threading
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -100,6 +103,7 @@ class Follower:
         self._refused_sha: str | None = None  # a target that failed its own checks: not retried until the alias moves
         self._served_from: str | None = None
         self._error: BlackboxError | None = None
+        self._stopped = False
         self.status: dict[str, Any] = {"ref": self._ref, "store": self._store.uri, "result": None}
 
     def admit_initial(self) -> tuple[Target, str, str | None] | None:
@@ -142,7 +146,13 @@ class Follower:
 
     def start(self) -> None:
         """Follow in a daemon thread: first until a model is held, then every POLL_INTERVAL (never when that is 0)."""
+        self._stopped = False
         threading.Thread(target=self._run, name=f"blackbox-follow-{self.name}", daemon=True).start()
+
+    def stop(self) -> None:
+        """End the thread after its current check (an app torn down in process: tests, an embedding host)."""
+        self._stopped = True
+        self._wake.set()
 
     def restart(self) -> None:
         """In a process forked from one that follows (``gunicorn --preload``): follow here too, with fresh locks.
@@ -334,10 +344,10 @@ class Follower:
         interval = self._settings.poll_interval
         cap = interval or MAX_BACKOFF
         delay = min(1.0, cap)
-        while self._holder.model is None:
+        while self._holder.model is None and not self._stopped:
             self._holder.loading = True
             try:
-                self.check()
+                self._poll()
             finally:
                 self._holder.loading = False
             if self._holder.model is not None:
@@ -345,7 +355,20 @@ class Follower:
             self._wake.wait(delay)
             self._wake.clear()
             delay = min(delay * 2, cap)
-        while interval > 0:
+        while interval > 0 and not self._stopped:
             self._wake.wait(interval)
             self._wake.clear()
+            if not self._stopped:
+                self._poll()
+
+    def _poll(self) -> None:
+        """One check from the thread: an error that is not a refusal (a bug, an OSError) is logged, counted and
+        shown in the status, and the thread goes on; it never stops following silently."""
+        try:
             self.check()
+        except Exception as exc:  # noqa: BLE001  the thread must outlive whatever one check raises
+            self._metrics.reloaded(self.name, "failed")
+            reason = f"{type(exc).__name__}: {exc}"[:500]
+            self._log.event("reload_failed", logging.ERROR, ref=self._ref, code="internal_error", reason=reason,
+                            traceback="".join(traceback.format_exception(exc)))
+            self._note("failed" if self._holder.model is not None else "unavailable", code="internal_error", reason=reason)
