@@ -134,13 +134,22 @@ def _body(request: Request) -> bytes:
             "send it uncompressed (no Content-Encoding)."
         )
     limit = request.max_content_length
-    if limit is not None and request.content_length is not None and request.content_length > limit:
-        raise _too_large(limit, f"{request.content_length} bytes")
+    length = request.content_length
+    if limit is not None and length is not None and length > limit:
+        raise _too_large(limit, f"{length} bytes")
     try:
-        if request.content_length is not None or not request.environ.get("wsgi.input_terminated"):
+        if length is not None:  # one read of that many bytes (werkzeug's stream would read in chunks until EOF)
+            data: bytes = environ["wsgi.input"].read(length)
+            if len(data) < length:
+                raise BadRequest(
+                    f"The body ended after {len(data)} of the {length} bytes its Content-Length announced; "
+                    "send the whole body."
+                )
+            return data
+        if not environ.get("wsgi.input_terminated"):
             return request.get_data(cache=False)
-        stream = request.environ["wsgi.input"]
-        data: bytes = stream.read() if limit is None else stream.read(limit + 1)
+        stream = environ["wsgi.input"]
+        data = stream.read() if limit is None else stream.read(limit + 1)
     except TimeoutError:  # the socket's read timeout (serving/worker.py)
         raise BodyTimeout(
             "The body did not arrive within the server's read timeout (setting READ_TIMEOUT, "

@@ -304,6 +304,15 @@ def test_malformed_body_is_400(client, data):
         assert "UTF-8" in body["error"]["message"] and "0xe3" in body["error"]["message"]
 
 
+def test_a_body_shorter_than_its_content_length_is_400_saying_so(client):
+    data = json.dumps(PASSENGER).encode()
+    response = client.post("/predict", data=data, content_type="application/json",
+                           environ_overrides={"CONTENT_LENGTH": str(len(data) + 10)})
+    body = assert_error(response, 400, "malformed_body")
+    assert f"after {len(data)} of the {len(data) + 10} bytes" in body["error"]["message"]
+    assert post(client, PASSENGER).status_code == 200
+
+
 def test_huge_integer_literal_is_refused_fast(client):
     data = b'{"pclass": ' + b"9" * 5000 + b"}"
     started = time.perf_counter()
