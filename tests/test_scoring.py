@@ -221,8 +221,14 @@ def test_jsonl_rejects_lines_that_are_not_json(scoring_artifact, scoring_rows, t
 def test_missing_column_is_an_input_error(scoring_artifact, scoring_rows, tmp_path, capsys):
     source = write_input(scoring_rows.drop(columns=["age", "fare"]), tmp_path / "in.csv")
     assert run(scoring_artifact, source, "-o", tmp_path / "out.csv", "--on-error", "skip") == 9
-    assert "lacks column(s) 'age', 'fare'" in capsys.readouterr().err
-    assert not (tmp_path / "out.csv").exists()
+    err = capsys.readouterr().err
+    assert "lacks column(s) 'age', 'fare'" in err and not (tmp_path / "out.csv").exists()
+    nullable = {field.name for field in blackbox.load(scoring_artifact).schema.fields if field.nullable}
+    assert {"age", "fare"} <= nullable and "add it empty to score this one" in err  # the model imputes them
+    required = next(field.name for field in blackbox.load(scoring_artifact).schema.fields if not field.nullable)
+    source = write_input(scoring_rows.drop(columns=[required]), tmp_path / "in2.csv")
+    assert run(scoring_artifact, source, "-o", tmp_path / "out.csv") == 9
+    assert "add it empty" not in capsys.readouterr().err
 
 
 def test_column_of_the_wrong_type_fails_naming_it(scoring_artifact, scoring_rows, tmp_path, capsys):

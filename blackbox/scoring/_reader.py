@@ -45,6 +45,7 @@ class Source:
     def __init__(self, path: Path, fmt: str, schema: Schema, id_column: str | None, chunk_size: int) -> None:
         self.path, self.format, self.chunk_size, self.id_column = path, fmt, chunk_size, id_column
         self.columns = list(dict.fromkeys(([id_column] if id_column else []) + schema.columns))
+        self._nullable = {field.name for field in schema.fields if field.nullable}
         self.size = path.stat().st_size
         self.id_type = pa.string()
         self._total = self.size  # bytes, or rows for Parquet
@@ -122,7 +123,10 @@ class Source:
             raise SchemaError(
                 f"{str(self.path)!r} lacks column(s) {', '.join(map(repr, missing[:5]))}"
                 f"{' and more' if len(missing) > 5 else ''}, which {what} need ({', '.join(self.columns)}). "
-                "Add them (names match exactly), or score another file.",
+                "Add them (names match exactly), or score another file."
+                + (" A row may leave them empty (the model fills them in, with a null_imputed warning), but a file "
+                   "without the whole column is more likely the wrong file: add it empty to score this one."
+                   if all(name in self._nullable for name in missing) else ""),
                 [problem(None, name, "missing", "a column", "no such column") for name in missing],
             )
 
