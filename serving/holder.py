@@ -34,7 +34,7 @@ from blackbox import BlackboxError, Model
 from blackbox.artifact import read_bytes
 
 READY_WAIT = 10.0
-"""Seconds a request waits for a model that is being loaded (a fresh worker taking over) before its 503."""
+"""Seconds a request waits for a model that is being loaded (a worker started while none was serving) before its 503."""
 
 
 class NotReady(Exception):
@@ -82,7 +82,8 @@ class Vetted:
     def __init__(self, directory: str | os.PathLike[str], options: Mapping[str, Any], timeout: float) -> None:
         self.directory = Path(directory)
         self._options = options
-        self._timeout = timeout
+        self.timeout = timeout
+        """Seconds a vetting (and a new worker's load, at SIGHUP) may take: ``LOAD_TIMEOUT``."""
 
     def admit(self, path: str | os.PathLike[str]) -> Path:
         """The vetted copy of the artifact at ``path``: copied and vetted unless these bytes passed before."""
@@ -95,7 +96,7 @@ class Vetted:
         candidate = Path(scratch, Path(path).name)
         candidate.write_bytes(data)  # vet the very bytes the workers will load, not a file that may change
         try:
-            vet(candidate, self._options, self._timeout)
+            vet(candidate, self._options, self.timeout)
             os.replace(candidate, copy)
         except BlackboxError as exc:  # name the file the operator gave, not the private copy
             exc.message = exc.message.replace(str(candidate), str(path))

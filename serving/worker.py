@@ -25,7 +25,10 @@ Closing is the loop's too: gthread's ``close_graceful`` (FIN, then up to 2 s
 waiting for the client, so unread input does not make the kernel reset the
 answer away) blocks the loop and its heartbeat, so idle clients that never
 close got the worker killed. Here the socket is half-closed and drained by the
-loop, for :data:`LINGER` s or :data:`LINGER_BYTES` at most.
+loop, for :data:`LINGER` s or :data:`LINGER_BYTES` at most. A stopping worker
+(SIGTERM, a reload retiring it) serves what it accepted; a connection that has
+sent nothing is closed only :data:`STOP_GRACE` s after the stop (closing it at
+once reset requests accepted just before the SIGTERM, their bytes in flight).
 
 Limits: at most gunicorn's ``worker_connections`` (1000) connections per
 worker, lingering ones included; each buffers at most the body limit
@@ -46,6 +49,16 @@ gunicorn's status (400, 414, 431, ...), a message naming the limit and its
 gunicorn setting, and a request id that its one warning line in the log
 repeats; gunicorn would answer HTML. The sync worker (``--threads 1``,
 :class:`SyncWorker`) answers the same way.
+
+Readiness (both workers, under :class:`serving.gunicorn_app.Server`): once
+every model of the worker's app is loaded (or has failed), the worker says so
+in the server's :class:`Readiness` directory, a file named by its pid. A worker
+the master starts while another is serving (``Server.hold``: a reload, a
+replacement) loads its models before it enters the accept loop, notifying
+gunicorn's heartbeat meanwhile, so connections go to the workers that serve; a
+worker started when none is serving (the first ones) accepts at once, so
+``/health`` answers while it loads. A worker holds at most ``LOAD_TIMEOUT``
+seconds, then accepts anyway (``/ready`` says why it is not ready).
 """
 
 from __future__ import annotations
@@ -53,15 +66,19 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import os
 import re
 import selectors
 import socket
 import ssl
+import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from functools import partial
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 from gunicorn.http import errors as parse_errors
@@ -94,6 +111,8 @@ _BARE_LF = re.compile(rb"(?<!\r)\n")
 LINGER = 2.0
 """Seconds a closed connection drains what its client still sends (gunicorn's ``close_graceful``), in the loop."""
 LINGER_BYTES = 64 * 1024
+STOP_GRACE = 1.0
+"""Seconds a stopping worker still waits for the first bytes of a connection it accepted (the request is on its way)."""
 
 
 class _Conn(gthread.TConn):  # type: ignore[misc]  # gunicorn ships no type hints
@@ -135,11 +154,90 @@ class JsonErrors:
         _send_error(client, answer, request_id)
 
 
-class SyncWorker(JsonErrors, sync.SyncWorker):  # type: ignore[misc]
+class Readiness:
+    """A private directory where each worker says its models are loaded: a file named by its pid, empty, or why not."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+
+    def mark(self, pid: int, failure: str | None) -> None:
+        scratch = self.directory / f".{pid}"
+        scratch.write_text(failure or "")
+        os.replace(scratch, self.directory / str(pid))  # the master never reads half a file
+
+    def read(self, pid: int) -> str | None:
+        """None until the worker has said; then "" (loaded) or why a model did not load."""
+        try:
+            return (self.directory / str(pid)).read_text()
+        except FileNotFoundError:
+            return None
+
+    def forget(self, pid: int) -> None:
+        (self.directory / str(pid)).unlink(missing_ok=True)
+
+
+def settled(wsgi: Any) -> tuple[bool, str | None]:
+    """(whether every model of the app is loaded or has failed, why those that failed did); a model refused
+    before the workers started (``UNAVAILABLE``) is settled and no failure of this worker."""
+    state = getattr(wsgi, "extensions", {}).get(EXTENSION)
+    if state is None:
+        return True, None
+    pending, failed = False, []
+    for name, served in state.models.items():
+        holder = served.holder
+        if holder.model is not None or name in state.settings.unavailable:
+            continue
+        if holder.loading or holder.failure is None:
+            pending = True
+        else:
+            failed.append(f"{name}: {holder.failure}")
+    return not pending, "; ".join(failed) or None
+
+
+class Held:
+    """The accept loop entered once the app's models are loaded when the master says to hold (mixed into both workers)."""
+
+    app: Any
+    wsgi: Any
+    pid: int
+    ppid: int
+    alive: bool
+    log: Any
+    notify: Callable[[], None]  # gunicorn's heartbeat
+
+    def run(self) -> None:
+        readiness: Readiness | None = getattr(self.app, "readiness", None)
+        if readiness is not None:
+            state = getattr(self.wsgi, "extensions", {}).get(EXTENSION)
+            limit = float(getattr(getattr(state, "settings", None), "load_timeout", 120))
+            if getattr(self.app, "hold", False):
+                readiness.mark(self.pid, self._settle(limit, self.notify))
+            else:
+                threading.Thread(target=lambda: readiness.mark(self.pid, self._settle(limit, lambda: None)),
+                                 name="blackbox-readiness", daemon=True).start()
+        super().run()  # type: ignore[misc]
+
+    def _settle(self, limit: float, tick: Callable[[], None]) -> str | None:
+        """Until the models are loaded or failed (or ``limit`` s, or the worker is told to stop); why not, or None."""
+        deadline = time.monotonic() + limit
+        while True:
+            done, failure = settled(self.wsgi)
+            if done:
+                return failure
+            if not self.alive or os.getppid() != self.ppid:
+                return "the worker was stopped while loading"
+            if time.monotonic() >= deadline:
+                self.log.warning("Models not loaded after %g s (LOAD_TIMEOUT); accepting requests anyway", limit)
+                return f"the model did not load within {limit:g} s (LOAD_TIMEOUT, blackbox serve --load-timeout)"
+            tick()
+            time.sleep(0.1)
+
+
+class SyncWorker(JsonErrors, Held, sync.SyncWorker):  # type: ignore[misc]
     """gunicorn's sync worker (``--threads 1``) with JSON error answers."""
 
 
-class ThreadWorker(JsonErrors, gthread.ThreadWorker):  # type: ignore[misc]
+class ThreadWorker(JsonErrors, Held, gthread.ThreadWorker):  # type: ignore[misc]
     """gthread with requests read in the event loop, under a deadline (see the module docstring)."""
 
     def init_process(self) -> None:
@@ -147,6 +245,7 @@ class ThreadWorker(JsonErrors, gthread.ThreadWorker):  # type: ignore[misc]
         self.closing: deque[tuple[float, _Conn]] = deque()  # (deadline, conn) half-closed, draining
         self._limits: tuple[int | None, float] | None = None
         self._slow_logged = 0.0
+        self._stopped_at: float | None = None
         super().init_process()  # loads the app, then runs the loop
 
     def limits(self) -> tuple[int | None, float]:
@@ -307,7 +406,10 @@ class ThreadWorker(JsonErrors, gthread.ThreadWorker):  # type: ignore[misc]
                     f"The request did not arrive within {conn.read_timeout:g} s (the server's read timeout, setting "
                     "READ_TIMEOUT, blackbox serve --read-timeout); send the whole request at once."))
             self._close(conn)
-        if not self.alive:  # stopping: idle connections need no answer
+        if not self.alive:  # stopping: a connection silent STOP_GRACE s after the stop needs no answer
+            self._stopped_at = self._stopped_at or now
+            if now - self._stopped_at < STOP_GRACE:
+                return  # closing one accepted just before the stop would reset the request its client sent
             for _, conn in list(self.reading):
                 if conn.waiting and not conn.buffer:
                     self._release(conn)

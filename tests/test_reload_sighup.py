@@ -1,4 +1,5 @@
-"""SIGHUP reloads of ``blackbox serve FILE`` (serving/gunicorn_app.py): coalesced, counted, and named by the user's path.
+"""SIGHUP reloads of ``blackbox serve FILE`` (serving/gunicorn_app.py): coalesced, counted, named by the user's path,
+and handed over: the old workers serve until the new ones have their model, and stay if the new ones fail.
 
 Real servers on 127.0.0.1 (2 workers), each stopped at the end; waits are generous bounds against hangs.
 """
@@ -6,14 +7,21 @@ Real servers on 127.0.0.1 (2 workers), each stopped at the end; waits are genero
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import signal
 import threading
 import time
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
-from _helpers import PASSENGER, Server, call, variant, wait_for
+import blackbox
+
+from _helpers import PASSENGER, Server, call, user_module, variant, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -111,8 +119,196 @@ def test_a_refused_reload_is_counted_and_names_the_served_path(kind, artifact, t
         shutil.copy(newer, served)
         server.process.send_signal(signal.SIGHUP)
         wait_for(lambda: {version(server) for _ in range(4)} == {"2.0.0"}, 60, server=server, what="2.0.0 served")
-        assert server.metric("blackbox_sighup_reloads_total", model="titanic", outcome="ok") == 1
+        wait_for(lambda: server.metric("blackbox_sighup_reloads_total", model="titanic", outcome="ok") == 1, 20,
+                 server=server, what="the reload counted once the new workers are ready")
         assert server.metric("blackbox_sighup_reloads_total", model="titanic", outcome="refused") == 1
         assert server.stop() == 0
     finally:
         server.kill()
+
+
+class Load:
+    """Client threads posting ``record`` in a loop, and one polling /ready, each answer kept with its latency."""
+
+    def __init__(self, server: Server, record: dict, clients: int = 3) -> None:
+        self.server, self.record = server, record
+        self.answers: list[tuple[float, int, str]] = []  # (seconds, status, version or error) of each /predict
+        self.started: list[float] = []  # when each of them was sent (time.time(), as the server log)
+        self.ready: list[tuple[int, bytes]] = []  # (status, body) of each /ready
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._predict, daemon=True) for _ in range(clients)]
+        self.threads.append(threading.Thread(target=self._ready, daemon=True))
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=40)
+
+    def _predict(self) -> None:
+        while not self.stop.is_set():
+            start, sent = time.monotonic(), time.time()
+            try:
+                status, body = call(self.server.url + "/predict", self.record, timeout=30)
+                said = str(json.loads(body)["model"]["version"]) if status == 200 else body[:200].decode()
+            except OSError as exc:  # refused, reset or timed out: not served either
+                status, said = 0, repr(exc)
+            self.answers.append((time.monotonic() - start, status, said))
+            self.started.append(sent)
+
+    def _ready(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.ready.append(call(self.server.url + "/ready", timeout=30))
+            except OSError as exc:
+                self.ready.append((0, repr(exc).encode()))
+            time.sleep(0.05)
+
+    def versions(self, last: int) -> set[str]:
+        return {said for _, _, said in self.answers[-last:]}
+
+
+def booted(server: Server) -> list[int]:
+    return [int(pid) for pid in re.findall(r"Booting worker with pid: (\d+)", server.log.read_text())]
+
+
+def test_a_reload_under_load_hands_over_without_a_gap(artifact, tmp_path):
+    """Before: the new workers took connections while loading: /predict waited up to 10 s and /ready said 503."""
+    served = tmp_path / "served.bbx"
+    shutil.copy(artifact, served)
+    newer = variant(artifact, tmp_path, "2.0.0")
+    server = Server([str(served), "--workers", "2"], tmp_path / "server.log")
+    try:
+        server.wait_ready(workers=2)
+        with Load(server, PASSENGER) as load:
+            wait_for(lambda: len(load.answers) >= 20, 30, server=server, what="answers before the reload")
+            before = len(load.answers)
+            shutil.copy(newer, served)
+            server.process.send_signal(signal.SIGHUP)
+            wait_for(lambda: len(load.answers) > before + 20 and load.versions(20) == {"2.0.0"}, 90, server=server,
+                     what="2.0.0 served")
+            settled(server)
+            after = len(load.answers)
+            wait_for(lambda: len(load.answers) >= after + 20, 30, server=server, what="answers after the hand-over")
+        log = server.log.read_text()
+        assert server.stop() == 0
+    finally:
+        server.kill()
+    slowest = max(seconds for seconds, _, _ in load.answers)
+    failed = [(status, said) for _, status, said in load.answers if status != 200]
+    not_ready = [body[:200] for status, body in load.ready if status != 200]
+    print(f"\nreload under load: {len(load.answers)} answers, slowest {slowest:.2f} s, {len(failed)} failed, "
+          f"/ready {len(not_ready)} of {len(load.ready)} not 200")
+    assert failed == [], failed[:5]
+    assert not_ready == [], not_ready[:5]
+    slow = [(time.strftime("%H:%M:%S", time.gmtime(sent)) + f".{int(sent % 1 * 1000):03d}", round(answer[0], 2))
+            for sent, answer in zip(load.started, load.answers) if answer[0] >= 1.0]
+    assert slowest < 2.0, (slow[:10], [line for line in log.splitlines() if '"event":"request"' not in line][-30:])
+    assert {said for _, _, said in load.answers[after:]} == {"2.0.0"}
+    assert log.count("Booting worker") == 4, log[-3000:]
+
+
+TRAP_SOURCE = '''
+import os
+import signal
+import sys
+
+from sklearn.base import BaseEstimator, TransformerMixin
+
+
+class WorkerTrap(BaseEstimator, TransformerMixin):
+    """Identity; with ``crash``, unpickling it segfaults outside the fitting process and outside ``python -I``.
+
+    blackbox's isolated check runs ``python -I``, so the artifact passes it, and a serving worker then crashes.
+    """
+
+    def __init__(self, crash=False):
+        self.crash = crash
+
+    def fit(self, X, y=None):
+        self.home_pid_ = os.getpid()
+        return self
+
+    def transform(self, X):
+        return X
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if self.crash and not sys.flags.isolated and os.getpid() != self.home_pid_:
+            os.kill(os.getpid(), signal.SIGSEGV)
+'''
+RECORD = {"a": 0.5, "b": -0.1}
+
+
+@pytest.fixture(scope="module")
+def trapped(tmp_path_factory):
+    """``trapped(version, crash)``: a signed two-feature artifact ``trap`` that crashes a serving worker if ``crash``."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+
+    root = tmp_path_factory.mktemp("worker_traps")
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"a": rng.normal(size=60), "b": rng.normal(size=60)})
+    y = (X.a + X.b > 0).astype(int)
+    with user_module(tmp_path_factory.mktemp("worker_trap_src"), "bbx_worker_trap", TRAP_SOURCE) as module:
+        def make(version: str, crash: bool = False) -> Path:
+            pipeline = Pipeline([("trap", module.WorkerTrap(crash)), ("clf", LogisticRegression())]).fit(X, y)
+            return blackbox.save(pipeline, root / f"trap-{version}.bbx", train_data=X, name="trap", version=version)
+
+        yield make
+
+
+def test_new_workers_that_crash_after_the_vetting_leave_the_old_ones_serving(trapped, tmp_path):
+    """Before: the old workers were retired at once and the new ones crashed in a loop: nothing served."""
+    served = tmp_path / "served.bbx"
+    shutil.copy(trapped("1.0.0"), served)
+    crashing, newer = trapped("2.0.0", crash=True), trapped("3.0.0")
+    server = Server([str(served), "--workers", "2", "--load-timeout", "20"], tmp_path / "server.log")
+    try:
+        server.wait_ready(workers=2)
+        old = booted(server)
+        with Load(server, RECORD, clients=2) as load:
+            shutil.copy(crashing, served)
+            server.process.send_signal(signal.SIGHUP)
+            wait_for(lambda: '"event":"reload_failed"' in server.log.read_text(), 40, server=server,
+                     what="the crashing workers' reload failed")
+            wait_for(lambda: server.metric("blackbox_sighup_reloads_total", model="trap", outcome="refused") == 1, 20,
+                     server=server, what="the failed hand-over counted")
+            settled(server)
+            failed = next(json.loads(line) for line in server.log.read_text().splitlines()
+                          if '"event":"reload_failed"' in line)
+            assert str(served) in failed["reason"] and "isolated" in failed["reason"], failed
+            assert len(booted(server)) == 4, server.log.read_text()[-3000:]  # two new ones, not replaced in a loop
+            assert load.versions(10) == {"1.0.0"}
+            assert server.metric("blackbox_sighup_reloads_total", model="trap", outcome="ok") == 0
+
+            # A worker started later (one exits) loads the model that serves, not the file that crashed.
+            os.kill(old[0], signal.SIGTERM)
+            wait_for(lambda: len(booted(server)) == 5, 30, server=server, what="the exited worker replaced")
+            wait_for(lambda: server.log.read_text().count('"event":"model_loaded"') == 3, 30, server=server,
+                     what="the replacement's model loaded")
+            settled(server)
+        assert server.process.poll() is None
+        slowest = max(seconds for seconds, _, _ in load.answers)
+        bad = [(status, said) for _, status, said in load.answers if (status, said) != (200, "1.0.0")]
+        print(f"\ncrashing new workers: {len(load.answers)} answers, slowest {slowest:.2f} s, {len(bad)} not 1.0.0")
+        assert load.answers and bad == [], bad[:5]
+
+        shutil.copy(newer, served)
+        server.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: {_version(server) for _ in range(4)} == {"3.0.0"}, 60, server=server, what="3.0.0 served")
+        wait_for(lambda: server.metric("blackbox_sighup_reloads_total", model="trap", outcome="ok") == 1, 20,
+                 server=server, what="the good reload counted")
+        assert server.stop() == 0
+    finally:
+        server.kill()
+
+
+def _version(server: Server) -> str:
+    status, body = call(server.url + "/predict", RECORD, timeout=30)
+    assert status == 200, body[:300]
+    return str(json.loads(body)["model"]["version"])
