@@ -216,18 +216,19 @@ TRAP_SOURCE = '''
 import os
 import signal
 import sys
+import time
 
 from sklearn.base import BaseEstimator, TransformerMixin
 
 
 class WorkerTrap(BaseEstimator, TransformerMixin):
-    """Identity; with ``crash``, unpickling it segfaults outside the fitting process and outside ``python -I``.
+    """Identity; unpickled outside the fitting process and outside ``python -I``, ``mode`` segv or hang does that.
 
-    blackbox's isolated check runs ``python -I``, so the artifact passes it, and a serving worker then crashes.
+    blackbox's isolated check runs ``python -I``, so the artifact passes it, and a serving worker then crashes or hangs.
     """
 
-    def __init__(self, crash=False):
-        self.crash = crash
+    def __init__(self, mode="pass"):
+        self.mode = mode
 
     def fit(self, X, y=None):
         self.home_pid_ = os.getpid()
@@ -238,15 +239,19 @@ class WorkerTrap(BaseEstimator, TransformerMixin):
 
     def __setstate__(self, state):
         super().__setstate__(state)
-        if self.crash and not sys.flags.isolated and os.getpid() != self.home_pid_:
-            os.kill(os.getpid(), signal.SIGSEGV)
+        if not sys.flags.isolated and os.getpid() != self.home_pid_:
+            if self.mode == "segv":
+                os.kill(os.getpid(), signal.SIGSEGV)
+            elif self.mode == "hang":
+                time.sleep(3600)
 '''
 RECORD = {"a": 0.5, "b": -0.1}
 
 
 @pytest.fixture(scope="module")
 def trapped(tmp_path_factory):
-    """``trapped(version, crash)``: a signed two-feature artifact ``trap`` that crashes a serving worker if ``crash``."""
+    """``trapped(version, mode)``: a signed two-feature artifact ``trap``; a serving worker loading it segfaults or
+    hangs (``mode`` "segv", "hang"), the isolated check passes it."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
 
@@ -255,8 +260,8 @@ def trapped(tmp_path_factory):
     X = pd.DataFrame({"a": rng.normal(size=60), "b": rng.normal(size=60)})
     y = (X.a + X.b > 0).astype(int)
     with user_module(tmp_path_factory.mktemp("worker_trap_src"), "bbx_worker_trap", TRAP_SOURCE) as module:
-        def make(version: str, crash: bool = False) -> Path:
-            pipeline = Pipeline([("trap", module.WorkerTrap(crash)), ("clf", LogisticRegression())]).fit(X, y)
+        def make(version: str, mode: str = "pass") -> Path:
+            pipeline = Pipeline([("trap", module.WorkerTrap(mode)), ("clf", LogisticRegression())]).fit(X, y)
             return blackbox.save(pipeline, root / f"trap-{version}.bbx", train_data=X, name="trap", version=version)
 
         yield make
@@ -266,7 +271,7 @@ def test_new_workers_that_crash_after_the_vetting_leave_the_old_ones_serving(tra
     """Before: the old workers were retired at once and the new ones crashed in a loop: nothing served."""
     served = tmp_path / "served.bbx"
     shutil.copy(trapped("1.0.0"), served)
-    crashing, newer = trapped("2.0.0", crash=True), trapped("3.0.0")
+    crashing, newer = trapped("2.0.0", "segv"), trapped("3.0.0")
     server = Server([str(served), "--workers", "2", "--load-timeout", "20"], tmp_path / "server.log")
     try:
         server.wait_ready(workers=2)
@@ -303,6 +308,34 @@ def test_new_workers_that_crash_after_the_vetting_leave_the_old_ones_serving(tra
         wait_for(lambda: {_version(server) for _ in range(4)} == {"3.0.0"}, 60, server=server, what="3.0.0 served")
         wait_for(lambda: server.metric("blackbox_sighup_reloads_total", model="trap", outcome="ok") == 1, 20,
                  server=server, what="the good reload counted")
+        assert server.stop() == 0
+    finally:
+        server.kill()
+
+
+def test_new_workers_that_hang_while_loading_are_stopped_at_the_load_timeout(trapped, tmp_path):
+    """The sync worker (--threads 1) holds too. Before: the old workers were retired at once; nothing served."""
+    served = tmp_path / "served.bbx"
+    shutil.copy(trapped("1.0.0"), served)
+    server = Server([str(served), "--workers", "2", "--threads", "1", "--load-timeout", "10"], tmp_path / "server.log")
+    try:
+        server.wait_ready(workers=2)
+        with Load(server, RECORD, clients=2) as load:
+            shutil.copy(trapped("2.0.0", "hang"), served)
+            server.process.send_signal(signal.SIGHUP)
+            wait_for(lambda: '"event":"reload_failed"' in server.log.read_text(), 60, server=server,
+                     what="the hanging workers' reload failed")
+            new = booted(server)[2:]
+            assert len(new) == 2, server.log.read_text()[-3000:]
+            wait_for(lambda: all(f"Worker exiting (pid: {pid})" in server.log.read_text() for pid in new), 30,
+                     server=server, what="the hanging workers stopped")
+            settled(server)
+            failed = next(json.loads(line) for line in server.log.read_text().splitlines()
+                          if '"event":"reload_failed"' in line)
+            assert "not ready within 10 s" in failed["reason"], failed
+        assert len(booted(server)) == 4 and server.process.poll() is None
+        bad = [(status, said) for _, status, said in load.answers if (status, said) != (200, "1.0.0")]
+        assert load.answers and bad == [], bad[:5]
         assert server.stop() == 0
     finally:
         server.kill()
