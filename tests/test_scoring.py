@@ -123,6 +123,24 @@ def test_each_scored_row_carries_its_own_warnings_uncapped_and_aligned_past_reje
     assert [None if pd.isna(tags) else tags for tags in got["warnings"]] == expected
 
 
+def test_field_names_cannot_pass_for_other_warnings(scoring_artifact, scoring_rows, tmp_path):
+    """Unknown names holding the separators are percent-encoded: each tag reads back as the name that caused it."""
+    from urllib.parse import unquote
+
+    record = json.loads(scoring_rows.drop(columns="passenger").head(1).to_json(orient="records"))[0]
+    odd = ["x:out_of_range;age", "b%20", "new\nline", ""]
+    many = {f"extra{i}": 1 for i in range(3000)}  # one row, thousands of warnings
+    lines = [json.dumps({**record, name: 1}) for name in odd] + [json.dumps({**record, **many})]
+    source = tmp_path / "in.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    scoring.score(scoring_artifact, source, tmp_path / "out.jsonl", allow_unsigned=True)
+    got = read_output(tmp_path / "out.jsonl")["warnings"].tolist()
+    for name, tags in zip(odd, got):
+        parsed = [tag.rsplit(":", 1) for tag in tags.split(";")]
+        assert [(unquote(field), issue) for field, issue in parsed if issue == "unknown_field"] == [(name, "unknown_field")], tags
+    assert got[-1].count("unknown_field") == 3000 and got[-1].startswith("extra0:unknown_field;extra1:")
+
+
 def test_warnings_stay_with_their_rows_when_the_model_rejects_rows_of_the_chunk(poison_artifacts, tmp_path):
     frame = poisoned(300, (20, 260), value=7.0)  # rows 20 and 260: the model refuses them
     frame.loc[[9, 20, 258, 260, 299], "b"] = 50.0  # rows 10, 21, 259, 261, 300: out of range, scored
@@ -556,6 +574,24 @@ def test_a_model_that_fails_on_every_row_of_a_chunk_fails_the_run(rows, broken_f
     err = capsys.readouterr().err
     assert "The model failed on every row" in err and f"from row {broken_from} to row {min(rows, broken_from + chunk - 1)}" in err
     assert "column a at or above 100.0" in err and "Traceback" not in err
+    assert sorted(os.listdir(tmp_path)) == ["in.csv"]
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_a_short_chunk_the_model_fails_on_entirely_is_rejects_when_other_rows_scored(chunk, poison_artifact, tmp_path):
+    """Rows 4 and 5 poison the model: in a short last chunk of their own that is no proof the model is broken."""
+    frame = poisoned(5, (4, 5))
+    source = write_input(frame, tmp_path / "in.csv")
+    assert run(poison_artifact, source, "-o", tmp_path / "out.csv", "--on-error", "skip", "--chunk-size", chunk) == 10
+    assert read_output(tmp_path / "out.csv").row.tolist() == [1, 2, 3]
+    assert pd.read_csv(tmp_path / "out.rejects.csv")[["row", "issue"]].values.tolist() == [[4, "model_error"], [5, "model_error"]]
+
+
+def test_a_model_failing_on_every_row_of_a_small_input_still_fails_the_run(poison_artifact, tmp_path, capsys):
+    source = write_input(poisoned(3, (1, 2, 3)), tmp_path / "in.csv")
+    assert run(poison_artifact, source, "-o", tmp_path / "out.csv", "--on-error", "skip", "--chunk-size", 2) == 14
+    err = capsys.readouterr().err
+    assert "The model failed on every row" in err and "poisoned value 13.0" in err and "Traceback" not in err
     assert sorted(os.listdir(tmp_path)) == ["in.csv"]
 
 

@@ -19,7 +19,7 @@ from ._dask import WorkerArtifact, dask_client, dask_results, worker_loads
 from ._processes import process_results
 from ._progress import Progress
 from ._reader import FORMATS, Source, format_of
-from ._scorer import MODEL_ERROR, MODEL_ISSUES, score_chunk
+from ._scorer import MODEL_ERROR, MODEL_ISSUES, model_failed, score_chunk
 from ._writer import OutputSpec, RejectsWriter, open_writer
 
 DEFAULT_CHUNK_ROWS = 50_000
@@ -109,6 +109,8 @@ def score(
     source = Source(input, source_format, model.schema, id_column, chunk_size)
     spec = OutputSpec(model, id_column, source.id_type, probabilities)
     read = rejected = 0
+    refused: list[tuple[int, Any, dict[str, Any]]] = []  # the first and last row the model failed on, while none scored
+    refused_rows = 0
     meter = Progress(sys.stderr) if progress else None
     with contextlib.ExitStack() as stack:
         remote = WorkerArtifact(str(Path(artifact).resolve()), model.sha256, keyring, allow_unsigned, fast_path)
@@ -136,8 +138,16 @@ def score(
                 bad = len({row for row, _, _ in scored.rejects})
                 read += len(scored.rows) + bad
                 rejected += bad
+                model_rejects = [reject for reject in scored.rejects if reject[2]["issue"] in MODEL_ISSUES]
+                if read == rejected and model_rejects:
+                    refused = [(refused or model_rejects)[0], model_rejects[-1]]
+                    refused_rows += len({row for row, _, _ in model_rejects})
                 if meter:
                     meter.update(read, rejected, source.fraction())
+            if read and read == rejected and refused:  # the model failed on every valid row: not a few bad rows
+                (first, _, problem), (last, _, _) = refused
+                reason = problem["received"] if problem["issue"] == MODEL_ERROR else f"{problem['expected']}: {problem['received']}"
+                raise model_failed("every row", refused_rows, first, last, reason)
         loads = client.run(worker_loads, remote) if engine == "dask" else {}
     if meter:
         meter.close()

@@ -7,15 +7,18 @@ a NaN or infinite answer) are rejected with that error's problem and the rest is
 predicted again; any other exception (the model's own code raising) has its rows
 found by retrying halves down to single rows, issue ``model_error`` with the
 exception as the reason. Only when the model fails on every row of a chunk of
-several (seen early: :data:`BROKEN_AFTER_ROWS` single rows failing with no call
-succeeding), or isolating the failures would take more than
+at least :data:`BROKEN_AFTER_ROWS` rows (seen early: that many single rows
+failing with no call succeeding), or isolating the failures would take more than
 :data:`MAX_ISOLATION_CALLS` model calls, is it the model's fault:
-:class:`ModelFailedError` (exit 14) fails the run.
+:class:`ModelFailedError` (exit 14) fails the run. A smaller chunk failing
+entirely (the input's short last chunk) is rejects like any other; the run
+(:mod:`._job`) fails the same way when the model scored no row of it at all.
 """
 
 from __future__ import annotations
 
 import collections
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,7 +42,7 @@ MODEL_ERROR = "model_error"
 MODEL_ISSUES = frozenset({MODEL_ERROR, "model_rejected", "invalid_model_output"})
 """Issues of rejects the model, not the schema, refused (the last two from ModelInputError and ModelOutputError)."""
 BROKEN_AFTER_ROWS = 8
-"""Single rows that all fail, with no call on the chunk succeeding, that show the model fails on everything."""
+"""Rows that all fail, with no call on the chunk succeeding, that show the model fails on everything."""
 
 
 def score_chunk(model: Model, chunk: Chunk, id_column: str | None, probabilities: bool) -> Scored:
@@ -146,12 +149,14 @@ def _predict(model: Model, source: pd.DataFrame | Prepared, probabilities: bool)
     search = _Isolation(model, source, probabilities)
     if (error := search.predict(np.arange(len(source)))) is not None:
         search.isolate(np.arange(len(source)), error)
-        if len(source) > 1 and len(search.failed) == len(source):
+        if len(source) >= BROKEN_AFTER_ROWS and len(search.failed) == len(source):
             raise _AtFault("every row", error)
     if not probabilities:
         return search.predictions, None, search.failed
-    proba = np.concatenate(search.probas) if len(search.probas) != 1 else search.probas[0]
-    return search.predictions, proba if search.probas else np.empty((0, len(model.classes or ()))), search.failed
+    if not search.probas:  # every row failed: rejects, and no probabilities to concatenate
+        return search.predictions, np.empty((0, len(model.classes or ()))), search.failed
+    proba = np.concatenate(search.probas) if len(search.probas) > 1 else search.probas[0]
+    return search.predictions, proba, search.failed
 
 
 class _AtFault(Exception):
@@ -162,11 +167,16 @@ class _AtFault(Exception):
         self.which, self.error = which, error
 
     def raised(self, numbers: np.ndarray) -> ModelFailedError:
-        return ModelFailedError(
-            f"The model failed on {self.which} of the {len(numbers):,} valid rows from row {numbers[0]} to row {numbers[-1]} "
-            f"(1-based), although they passed its schema: {_reason(self.error)}. This is not a few bad rows to reject: "
-            "the model cannot score this input. Check the model (blackbox verify) and the input against its training data."
-        )
+        return model_failed(self.which, len(numbers), int(numbers[0]), int(numbers[-1]), _reason(self.error))
+
+
+def model_failed(which: str, rows: int, first: int, last: int, reason: str) -> ModelFailedError:
+    """The model, not the data, is at fault: it failed on ``which`` of ``rows`` valid rows (1-based ``first`` to ``last``)."""
+    return ModelFailedError(
+        f"The model failed on {which} of the {rows:,} valid rows from row {first} to row {last} (1-based), although "
+        f"they passed its schema: {reason}. This is not a few bad rows to reject: the model cannot score this input. "
+        "Check the model (blackbox verify) and the input against its training data."
+    )
 
 
 def _call(model: Model, source: pd.DataFrame | Prepared, probabilities: bool) -> tuple[list[Any], np.ndarray | None]:
@@ -200,14 +210,25 @@ def _prepare(model: Model, data: pd.DataFrame | list[Any]) -> tuple[pd.DataFrame
 
 
 def _tags(flagged: Flagged, rows: int, columns: list[str]) -> list[str | None]:
-    """Each row's warnings as ``field:issue`` joined by ``;`` in schema order (unknown fields last), None for a row without."""
-    tags: list[str | None] = [None] * rows
+    """Each row's warnings as ``field:issue`` joined by ``;`` in schema order (unknown fields last), None for a row without.
+
+    A field name is percent-encoded where it holds ``%``, ``;``, ``:`` or a control character
+    (``urllib.parse.unquote`` reads it back), so no name can pass for another warning.
+    """
+    tags: list[list[str] | None] = [None] * rows
     order = {name: position for position, name in enumerate(columns)}
     for field, issue in sorted(flagged, key=lambda key: (order.get(key[0], len(order)), key[0], key[1])):
-        tag = f"{field}:{issue}"
+        tag = f"{_ESCAPE.sub(lambda m: f'%{ord(m.group()):02X}', field)}:{issue}"
         for row in flagged[field, issue]:
-            tags[row] = tag if tags[row] is None else f"{tags[row]};{tag}"
-    return tags
+            found = tags[row]
+            if found is None:
+                tags[row] = [tag]
+            else:
+                found.append(tag)
+    return [None if found is None else ";".join(found) for found in tags]
+
+
+_ESCAPE = re.compile(r"[%;:\x00-\x1f\x7f]")
 
 
 def _by_row(model: Model, data: pd.DataFrame | list[Any], problems: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
