@@ -333,7 +333,7 @@ class _Arbiter(Arbiter):  # type: ignore[misc]
         said = {pid: self.app.readiness.read(pid) for pid in handover.incoming & alive}
         failure = next((f"a new worker (pid {pid}) exited before its model was loaded (its exit is logged above)"
                         for pid in sorted(handover.incoming - alive)), None)
-        failure = failure or next((f"a new worker (pid {pid}) could not load it: {text}"
+        failure = failure or next((f"a new worker (pid {pid}) could not load it: {text.rstrip('.')}"
                                    for pid, text in sorted(said.items()) if text), None)
         if failure is None and any(text is None for text in said.values()):
             if time.monotonic() < handover.deadline:

@@ -57,8 +57,10 @@ the master starts while another is serving (``Server.hold``: a reload, a
 replacement) loads its models before it enters the accept loop, notifying
 gunicorn's heartbeat meanwhile, so connections go to the workers that serve; a
 worker started when none is serving (the first ones) accepts at once, so
-``/health`` answers while it loads. A worker holds at most ``LOAD_TIMEOUT``
-seconds, then accepts anyway (``/ready`` says why it is not ready).
+``/health`` answers while it loads. A held worker whose model failed to load
+goes on holding (a reload's master stops it); it holds at most
+``LOAD_TIMEOUT`` seconds in all, then accepts anyway (``/ready`` says why it
+is not ready).
 """
 
 from __future__ import annotations
@@ -210,16 +212,21 @@ class Held:
         if readiness is not None:
             state = getattr(self.wsgi, "extensions", {}).get(EXTENSION)
             limit = float(getattr(getattr(state, "settings", None), "load_timeout", 120))
+            deadline = time.monotonic() + limit
             if getattr(self.app, "hold", False):
-                readiness.mark(self.pid, self._settle(limit, self.notify))
+                failure = self._settle(limit, deadline, self.notify)
+                readiness.mark(self.pid, failure)
+                while failure and self.alive and os.getppid() == self.ppid and time.monotonic() < deadline:  # the master stops it
+                    self.notify()
+                    time.sleep(0.1)
             else:
-                threading.Thread(target=lambda: readiness.mark(self.pid, self._settle(limit, lambda: None)),
+                threading.Thread(target=lambda: readiness.mark(self.pid, self._settle(limit, deadline, lambda: None)),
                                  name="blackbox-readiness", daemon=True).start()
         super().run()  # type: ignore[misc]
 
-    def _settle(self, limit: float, tick: Callable[[], None]) -> str | None:
-        """Until the models are loaded or failed (or ``limit`` s, or the worker is told to stop); why not, or None."""
-        deadline = time.monotonic() + limit
+    def _settle(self, limit: float, deadline: float, tick: Callable[[], None]) -> str | None:
+        """Until the models are loaded or failed (or ``deadline``, ``limit`` s from the start, or the worker is told
+        to stop), calling ``tick`` meanwhile; why not, or None."""
         while True:
             done, failure = settled(self.wsgi)
             if done:
@@ -227,7 +234,7 @@ class Held:
             if not self.alive or os.getppid() != self.ppid:
                 return "the worker was stopped while loading"
             if time.monotonic() >= deadline:
-                self.log.warning("Models not loaded after %g s (LOAD_TIMEOUT); accepting requests anyway", limit)
+                self.log.warning("Models not loaded after %g s (LOAD_TIMEOUT): accepting requests meanwhile", limit)
                 return f"the model did not load within {limit:g} s (LOAD_TIMEOUT, blackbox serve --load-timeout)"
             tick()
             time.sleep(0.1)

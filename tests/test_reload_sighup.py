@@ -244,6 +244,8 @@ class WorkerTrap(BaseEstimator, TransformerMixin):
                 os.kill(os.getpid(), signal.SIGSEGV)
             elif self.mode == "hang":
                 time.sleep(3600)
+            elif self.mode == "raise":
+                raise RuntimeError("WorkerTrap: refusing to load in a serving worker")
 '''
 RECORD = {"a": 0.5, "b": -0.1}
 
@@ -251,7 +253,7 @@ RECORD = {"a": 0.5, "b": -0.1}
 @pytest.fixture(scope="module")
 def trapped(tmp_path_factory):
     """``trapped(version, mode)``: a signed two-feature artifact ``trap``; a serving worker loading it segfaults or
-    hangs (``mode`` "segv", "hang"), the isolated check passes it."""
+    hangs or raises (``mode`` "segv", "hang", "raise"), the isolated check passes it."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
 
@@ -267,11 +269,12 @@ def trapped(tmp_path_factory):
         yield make
 
 
-def test_new_workers_that_crash_after_the_vetting_leave_the_old_ones_serving(trapped, tmp_path):
-    """Before: the old workers were retired at once and the new ones crashed in a loop: nothing served."""
+@pytest.mark.parametrize("mode", ["segv", "raise"])
+def test_new_workers_that_fail_after_the_vetting_leave_the_old_ones_serving(mode, trapped, tmp_path):
+    """Before (segv): the old workers were retired at once and the new ones crashed in a loop: nothing served."""
     served = tmp_path / "served.bbx"
     shutil.copy(trapped("1.0.0"), served)
-    crashing, newer = trapped("2.0.0", "segv"), trapped("3.0.0")
+    crashing, newer = trapped("2.0.0", mode), trapped("3.0.0")
     server = Server([str(served), "--workers", "2", "--load-timeout", "20"], tmp_path / "server.log")
     try:
         server.wait_ready(workers=2)
@@ -287,6 +290,7 @@ def test_new_workers_that_crash_after_the_vetting_leave_the_old_ones_serving(tra
             failed = next(json.loads(line) for line in server.log.read_text().splitlines()
                           if '"event":"reload_failed"' in line)
             assert str(served) in failed["reason"] and "isolated" in failed["reason"], failed
+            assert ("exited" if mode == "segv" else "refusing to load") in failed["reason"], failed
             assert len(booted(server)) == 4, server.log.read_text()[-3000:]  # two new ones, not replaced in a loop
             assert load.versions(10) == {"1.0.0"}
             assert server.metric("blackbox_sighup_reloads_total", model="trap", outcome="ok") == 0
