@@ -12,6 +12,7 @@ it runs or help lists it: importing this module loads neither Flask nor ``servin
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -19,7 +20,9 @@ import importlib
 import importlib.util
 import json
 import os
-from collections.abc import Callable, Mapping
+import signal
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import click
@@ -691,17 +694,39 @@ def drift(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; return the exit code instead of exiting (tests pass argv)."""
-    try:
-        code = cli.main(args=argv, prog_name="blackbox", standalone_mode=False)
-    except BlackboxError as exc:
-        click.echo(f"blackbox: {exc.message}", err=True)
-        return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        return ExitCode.USAGE
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        return ExitCode.INTERNAL
+    """Run the CLI; return the exit code instead of exiting (tests pass argv).
+
+    SIGTERM (a ``timeout``, systemd, a cancelled job) unwinds like Ctrl-C does, so
+    temporary files are removed and worker processes stopped; the process exits 143.
+    """
+    with _terminated_unwinds():
+        try:
+            code = cli.main(args=argv, prog_name="blackbox", standalone_mode=False)
+        except BlackboxError as exc:
+            click.echo(f"blackbox: {exc.message}", err=True)
+            return exc.exit_code
+        except click.ClickException as exc:
+            exc.show()
+            return ExitCode.USAGE
+        except click.exceptions.Abort:
+            click.echo("Aborted.", err=True)
+            return ExitCode.INTERRUPTED
     return code if isinstance(code, int) else ExitCode.OK
+
+
+@contextlib.contextmanager
+def _terminated_unwinds() -> Iterator[None]:
+    """While the CLI runs in the main thread: SIGTERM raises SystemExit(143) (Python's default kills at once)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def unwind(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, unwind)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 

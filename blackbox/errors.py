@@ -37,6 +37,7 @@ class ExitCode(IntEnum):
     REBUILD_DRIFTED = 12
     REBUILD_FAILED = 13
     MODEL_FAILED = 14  # the model fails on valid input, or answers NaN or infinity
+    INTERRUPTED = 130  # stopped by Ctrl-C (128 + SIGINT; SIGTERM exits 143): nothing half-written is left
 
 
 def problem(row: int | None, field: str | None, issue: str, expected: str, received: str) -> dict[str, Any]:

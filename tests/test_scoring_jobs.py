@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,16 +16,18 @@ import blackbox
 from blackbox import scoring
 from blackbox.cli import main
 
-from _helpers import user_module, write_input
+from _helpers import PYTHON, child_env, user_module, wait_for, write_input
 
 CRASH_SOURCE = '''
 import os
 import signal
+import time
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
 CRASH_AT = 12345.5
+HANG_AT = 666.0
 
 
 class CrashOn(BaseEstimator, TransformerMixin):
@@ -33,8 +38,13 @@ class CrashOn(BaseEstimator, TransformerMixin):
         return self
 
     def transform(self, X):
-        if (np.asarray(X["a"], dtype=float) == CRASH_AT).any():
+        a = np.asarray(X["a"], dtype=float)
+        if (a == CRASH_AT).any():
             os.kill(os.getpid(), signal.SIGSEGV)
+        if (a == HANG_AT).any() and os.environ.get("BBX_HANG_MARKER"):
+            with open(os.environ["BBX_HANG_MARKER"], "w") as marker:
+                marker.write(str(os.getpid()))
+            time.sleep(3600)
         return X
 '''
 
@@ -91,3 +101,42 @@ def test_bad_jobs_are_usage_errors(options, message, scoring_artifact, scoring_r
     source = write_input(scoring_rows.head(5), tmp_path / "in.csv")
     assert main(["score", str(scoring_artifact), str(source), "-o", str(tmp_path / "out.csv"), *options]) == 2
     assert message in capsys.readouterr().err
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/status").exists() and "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+
+
+@pytest.mark.parametrize("stop, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGKILL, -9)])
+def test_stopping_the_run_while_a_worker_hangs_leaves_no_worker_and_no_file(stop, code, crash_artifact, tmp_path):
+    """The parent alone gets the signal (as from `timeout`, systemd or kill), while a worker is stuck in the model."""
+    rng = np.random.default_rng(2)
+    frame = pd.DataFrame({"a": rng.normal(size=400).round(6), "b": rng.normal(size=400).round(6)})
+    frame.loc[300, "a"] = 666.0
+    source = write_input(frame, tmp_path / "in.csv")
+    marker = tmp_path / "hung.pid"
+    out = tmp_path / "out" / "scored.csv"
+    out.parent.mkdir()
+    log = tmp_path / "score.log"
+    with log.open("w") as err:  # a file, not a pipe: a worker left behind would hold a pipe open
+        process = subprocess.Popen([PYTHON, "-m", "blackbox", "score", str(crash_artifact), str(source), "-o", str(out),
+                                    "--jobs", "2", "--chunk-size", "50", "--allow-unsigned"],
+                                   env={**child_env(), "BBX_HANG_MARKER": str(marker)}, stderr=err)
+    try:
+        wait_for(lambda: marker.exists() and marker.read_text(), 120, what="a worker hanging in the model")
+        hung = int(marker.read_text())
+        process.send_signal(stop)
+        assert process.wait(timeout=30) == code, log.read_text()
+        wait_for(lambda: not _alive(hung), 15, what="the hung worker gone")
+        assert os.listdir(out.parent) == [] or stop == signal.SIGKILL  # a killed parent cannot clean up; nothing is published
+        assert not out.exists()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if marker.exists() and marker.read_text() and _alive(int(marker.read_text())):
+            os.kill(int(marker.read_text()), signal.SIGKILL)  # never leave a hung worker behind, even on failure

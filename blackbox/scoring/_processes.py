@@ -17,14 +17,24 @@ Rules callers rely on:
   size and ``jobs``, not by the input.
 * A worker that dies (a segfault in the model's code, the OOM killer) fails the
   run with :class:`~blackbox.errors.ModelFailedError` naming the rows of the
-  chunks in flight (which one killed it is not known); nothing is published. Leaving early (an error, the first reject with
-  ``on_error='fail'``) cancels the chunks not started.
+  chunks in flight (which one killed it is not known); nothing is published.
+* Leaving early (an error, the first reject with ``on_error='fail'``, Ctrl-C,
+  SIGTERM through the CLI) terminates the workers, even one stuck in a hung
+  model; the workers ignore Ctrl-C (this process stops them) and, on Linux,
+  are killed when this process dies, so none is left behind.
+* Called from a script, the ``spawn`` start needs the script's work under
+  ``if __name__ == "__main__":`` (Python's rule for spawned processes).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import ctypes
 import multiprocessing
+import os
+import signal
+import sys
 from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -38,7 +48,7 @@ def process_results(
     chunks: Iterator[Chunk], artifact: WorkerArtifact, id_column: str | None, probabilities: bool, jobs: int
 ) -> Generator[Scored, None, None]:
     """Each chunk scored in one of ``jobs`` worker processes, yielded in input order (close it to stop early)."""
-    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_started)
     pending: collections.deque[tuple[Chunk, Future[Scored]]] = collections.deque()
     try:
         for chunk in chunks:
@@ -47,8 +57,34 @@ def process_results(
                 yield _result(pending)
         while pending:
             yield _result(pending)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    except BaseException:  # leaving early: waiting for the chunks in flight could be forever (a hung model)
+        _terminate(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _worker_started() -> None:
+    """In each worker: Ctrl-C is for the parent, which stops the workers; and a worker dies with its parent (Linux)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _terminate(pool: ProcessPoolExecutor) -> None:
+    """Cancel what has not started and kill the workers (the executor has no public way to, before Python 3.14)."""
+    workers = list((getattr(pool, "_processes", None) or {}).values())  # shutdown() forgets them
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in workers:
+        if process.is_alive():
+            process.kill()
+    for process in workers:
+        process.join(timeout=5)
 
 
 def _result(pending: collections.deque[tuple[Chunk, Future[Scored]]]) -> Scored:
