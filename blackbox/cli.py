@@ -37,6 +37,9 @@ from .manifest import Data, FastPath, Git, Manifest, Output
 from .signing import TRUSTED_KEYS_ENV
 from .store import Release, Store
 
+MAX_EXPIRY_DAYS = 36_500
+"""The longest --expires-in: a hundred years (beyond a few million days the date cannot be written)."""
+
 
 class _Command(click.Command):
     """A command whose blackbox errors end with the flags for the parameters their message names."""
@@ -169,7 +172,7 @@ def keygen(directory: str, name: str, key_type: str) -> None:
 @click.argument("path", type=click.Path(dir_okay=False, exists=True))
 @click.option("--key", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Private key from keygen (with --oms: a P-256 key, keygen --type ec-p256).")
-@click.option("--expires-in", type=click.IntRange(min=1), default=None, metavar="DAYS",
+@click.option("--expires-in", type=click.IntRange(min=1, max=MAX_EXPIRY_DAYS), default=None, metavar="DAYS",
               help="Make the signature expire after this many days.")
 @click.option("--oms", is_flag=True,
               help="Write a detached OpenSSF model signing bundle over the whole file (PATH.sig) instead; the artifact "
@@ -446,7 +449,7 @@ def score(
 store_argument = click.argument("store", metavar="STORE")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 pointer_expiry_option = click.option(
-    "--expires-in", type=click.IntRange(min=1), default=None, metavar="DAYS",
+    "--expires-in", type=click.IntRange(min=1, max=MAX_EXPIRY_DAYS), default=None, metavar="DAYS",
     help="Readers refuse the signed pointer after DAYS days (a frozen store cannot serve it forever); default: never.")
 
 

@@ -101,4 +101,7 @@ def test_cli_promote_expires_in_days(store, capsys):
     assert "the pointer expires in 30 days" in capsys.readouterr().out
     left = expires_at(root) - dt.datetime.now(dt.UTC)
     assert dt.timedelta(days=29, hours=23) < left <= dt.timedelta(days=30)
-    assert main(["promote", str(root), "titanic", "2.0.0", "--alias", "production", "--expires-in", "0"]) == 2
+    for days in ("0", "3000000"):  # none, and past the year 9999 (an OverflowError traceback before)
+        assert main(["promote", str(root), "titanic", "2.0.0", "--alias", "production", "--expires-in", days]) == 2
+    with pytest.raises(blackbox.UsageError, match="after the year 9999"):
+        blackbox.Store.open(root).promote("titanic", "2.0.0", "production", expires_in=dt.timedelta(days=3_000_000))

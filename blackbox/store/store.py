@@ -510,7 +510,10 @@ def _expiry(expires_in: dt.timedelta | None, signer: PrivateKey | None) -> str |
         raise UsageError(f"expires_in must be a positive duration, not {expires_in}.")
     if signer is None:
         raise UsageError("An unsigned pointer cannot expire (the expiry is a claim of its signature): pass a signing key.")
-    return (dt.datetime.now(dt.UTC) + expires_in).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        return (dt.datetime.now(dt.UTC) + expires_in).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except OverflowError:
+        raise UsageError(f"expires_in {expires_in} ends after the year 9999; give a shorter duration.") from None
 
 
 def _signed(release: Release) -> bool:
