@@ -616,6 +616,19 @@ def test_a_dask_worker_self_tests_the_artifact_it_loads(scoring_artifact, scorin
         remote.load()
 
 
+def test_a_worker_refuses_a_re_signed_file_with_the_same_payload(scoring_artifact, scoring_model, tmp_path):
+    """Replaced while scoring by a file with the same payload but another manifest (schema, golden sample): refused."""
+    from blackbox.scoring._dask import WorkerArtifact, manifest_sha256
+    from blackbox.signing import Keyring
+
+    bad = doctored(scoring_artifact, tmp_path / "doctored.bbx")
+    remote = WorkerArtifact(str(bad), scoring_model.sha256, Keyring.from_environment(), False, True, manifest_sha256(scoring_model))
+    with pytest.raises(blackbox.IntegrityError, match="changed while it was being scored"):
+        remote.load()
+    assert WorkerArtifact(str(scoring_artifact), scoring_model.sha256, Keyring.from_environment(), False, True,
+                          manifest_sha256(scoring_model)).load().sha256 == scoring_model.sha256
+
+
 def test_isolating_model_failures_is_bounded(poison_artifact, tmp_path, monkeypatch, capsys):
     """Rows the model fails on cost model calls to find; past the bound the run fails rather than crawl."""
     monkeypatch.setattr(scoring._scorer, "MAX_ISOLATION_CALLS", 20)

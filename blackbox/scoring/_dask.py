@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
+import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -50,17 +52,25 @@ class WorkerArtifact:
     keyring: Keyring = field(compare=False)
     allow_unsigned: bool
     fast_path: bool = True
+    manifest_sha256: str | None = None  # the driver's manifest (schema, golden sample, ...): None, not compared
 
     def load(self) -> Model:
         """The worker's own copy, verified and self-tested like every loader's (the worker's packages may differ)."""
         model = persist.load(self.path, trusted_keys=self.keyring, allow_unsigned=self.allow_unsigned, fast_path=self.fast_path)
-        if model.sha256 != self.sha256:
+        manifest = manifest_sha256(model)
+        if model.sha256 != self.sha256 or self.manifest_sha256 not in (None, manifest):
             raise IntegrityError(
-                f"{self.path!r} changed while it was being scored (payload sha256 {model.sha256[:12]}, "
-                f"expected {self.sha256[:12]}); rerun once it stops changing."
+                f"{self.path!r} changed while it was being scored (payload sha256 {model.sha256[:12]}, manifest "
+                f"{manifest[:12]}; expected {self.sha256[:12]}, {(self.manifest_sha256 or 'any')[:12]}); rerun once it "
+                "stops changing."
             )
         model.self_test()
         return model
+
+
+def manifest_sha256(model: Model) -> str:
+    """A digest of the model's manifest as read (a re-signed file with the same payload has another)."""
+    return hashlib.sha256(json.dumps(model.manifest.to_json(), sort_keys=True).encode()).hexdigest()
 
 
 # Per worker process: the model of the artifact being scored (one at a time) and how often each was loaded.

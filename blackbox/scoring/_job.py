@@ -15,7 +15,7 @@ from .. import persist
 from ..atomic import atomic_writer
 from ..errors import ExitCode, SchemaError, UsageError
 from ..signing import Keyring
-from ._dask import WorkerArtifact, dask_client, dask_results, worker_loads
+from ._dask import WorkerArtifact, dask_client, dask_results, manifest_sha256, worker_loads
 from ._processes import process_results
 from ._progress import Progress
 from ._reader import FORMATS, Source, format_of
@@ -113,7 +113,8 @@ def score(
     refused_rows = 0
     meter = Progress(sys.stderr) if progress else None
     with contextlib.ExitStack() as stack:
-        remote = WorkerArtifact(str(Path(artifact).resolve()), model.sha256, keyring, allow_unsigned, fast_path)
+        remote = WorkerArtifact(str(Path(artifact).resolve()), model.sha256, keyring, allow_unsigned, fast_path,
+                                manifest_sha256(model))
         if engine == "dask":
             client = stack.enter_context(dask_client(scheduler))
             results = dask_results(client, source.chunks(), remote, id_column, bool(spec.proba_names))
