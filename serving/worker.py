@@ -13,13 +13,22 @@ the next request on the connection is buffered like the first. The loop
 answers ``Expect: 100-continue`` itself (gunicorn's own is suppressed) and
 keeps buffering the body. A request that can never complete is refused at
 once by the loop with a JSON error from the one table (serving/errors.py):
-bare-LF line endings or a Transfer-Encoding not ending in ``chunked`` (400), a
-Content-Length or chunked body over the limit (413). A request still
+bare-LF line endings, a Transfer-Encoding not ending in ``chunked`` or a
+malformed chunk size or chunk end (400, ``Connection: close``: the app could
+answer without reading the body, and the connection could not go on), a
+Content-Length or chunked body over the limit (413). A request line gunicorn
+would refuse (HTTP/0.9's ``GET /``, say) goes to a thread at once, for the
+parser's 400, without waiting for headers. A request still
 incomplete ``READ_TIMEOUT`` seconds after its connection was accepted (or,
 kept alive, became readable again, or its previous request was answered) gets
 a JSON 408 and its connection is closed; a connection that sent nothing is
-closed without an answer. A waiting client costs a file descriptor and its
-buffer, never a thread.
+closed without an answer. A client that closes (or half-closes) in the middle
+of a request gets what the parser and the app make of what it sent (a 400:
+the request line, or a body shorter than its Content-Length), with
+``Connection: close``. A body the app did not read, found malformed when
+gthread drains it afterwards (a bad trailer), closes the connection without
+a second answer. A waiting client costs a file descriptor and its buffer,
+never a thread.
 
 Closing is the loop's too: gthread's ``close_graceful`` (FIN, then up to 2 s
 waiting for the client, so unread input does not make the kernel reset the
@@ -49,6 +58,16 @@ gunicorn's status (400, 414, 431, ...), a message naming the limit and its
 gunicorn setting, and a request id that its one warning line in the log
 repeats; gunicorn would answer HTML. The sync worker (``--threads 1``,
 :class:`SyncWorker`) answers the same way.
+
+The sync worker serves one connection at a time, by design: it reads each
+request whole (the same :func:`examine`, the same refusals and 100 Continue)
+within ``READ_TIMEOUT`` in all before gunicorn parses it from memory, telling
+gunicorn's heartbeat meanwhile, so a slow client gets the JSON 408 and never
+gets the worker killed (``--timeout``: gunicorn's traceback and 500). What it
+cannot do: while it reads one slow client (up to ``READ_TIMEOUT``, then up to
+2 s of gunicorn's linger after the answer) every other client waits; facing
+untrusted clients, use the default worker or a buffering proxy. TLS is read as
+gunicorn does, each read (not the request) bounded by ``READ_TIMEOUT``.
 
 Readiness (both workers, under :class:`serving.gunicorn_app.Server`): once
 every model of the worker's app is loaded (or has failed), the worker says so
@@ -83,6 +102,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
+from gunicorn import util
 from gunicorn.http import errors as parse_errors
 from gunicorn.workers import gthread, sync
 from werkzeug.exceptions import (
@@ -110,6 +130,9 @@ _EXPECT = re.compile(rb"\r\nexpect[ \t]*:")
 _EXPECT_CONTINUE = re.compile(rb"\r\nexpect[ \t]*:[ \t]*100-continue[ \t]*(?=\r\n|$)")
 _EXPECT_CONTINUE_LINE = re.compile(rb"\r\nexpect[ \t]*:[ \t]*100-continue[ \t]*(?=\r\n|$)", re.IGNORECASE)
 _BARE_LF = re.compile(rb"(?<!\r)\n")
+_REQUEST_LINE = re.compile(rb"[^ ]+ [^ ]+ HTTP/.+|PROXY .*")
+"""Every request line gunicorn's parser takes matches (method, target, version; or a PROXY protocol line)."""
+_CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]+")
 LINGER = 2.0
 """Seconds a closed connection drains what its client still sends (gunicorn's ``close_graceful``), in the loop."""
 LINGER_BYTES = 64 * 1024
@@ -128,6 +151,7 @@ class _Conn(gthread.TConn):  # type: ignore[misc]  # gunicorn ships no type hint
         self.waiting = False
         self.continued = False  # the loop sent 100 Continue for the request in the buffer
         self.drained = 0  # bytes drained after close (see ThreadWorker._close); -1 once closed
+        self.ended = False  # the client closed (or half-closed) before its request was whole
 
     def init(self) -> None:
         super().init()  # in the thread, after gthread made the socket blocking
@@ -154,6 +178,32 @@ class JsonErrors:
             self.log.warning("Invalid request from ip=%s, answered %d (request id %s): %s",
                              (addr or ("",))[0], answer.code, request_id, _shown(exc))
         _send_error(client, answer, request_id)
+
+
+class Bounded:
+    """The app's limits and the one warning line for a client too slow for them (mixed into both workers)."""
+
+    wsgi: Any
+    log: Any
+    _limits: tuple[int | None, float] | None = None
+    _slow_logged = 0.0
+
+    def limits(self) -> tuple[int | None, float]:
+        """(body limit in bytes, read timeout in seconds), from the app's settings."""
+        if self._limits is None:
+            state = getattr(self.wsgi, "extensions", {}).get(EXTENSION)
+            settings = getattr(state, "settings", None)
+            self._limits = (getattr(settings, "max_content_length", None),
+                            float(getattr(settings, "read_timeout", DEFAULT_READ_TIMEOUT)))
+        return self._limits
+
+    def too_slow(self, client: Any, timeout: float) -> None:
+        """Log a socket read or write past the read timeout: one warning line, at most one a second."""
+        now = time.monotonic()
+        if now - self._slow_logged >= 1.0:
+            self._slow_logged = now
+            self.log.warning("Client %s too slow: a socket read or write took over the read timeout (%g s); "
+                             "connection closed.", client, timeout)
 
 
 class Readiness:
@@ -240,29 +290,88 @@ class Held:
             time.sleep(0.1)
 
 
-class SyncWorker(JsonErrors, Held, sync.SyncWorker):  # type: ignore[misc]
-    """gunicorn's sync worker (``--threads 1``) with JSON error answers."""
+class SyncWorker(Bounded, JsonErrors, Held, sync.SyncWorker):  # type: ignore[misc]
+    """gunicorn's sync worker (``--threads 1``): each request read whole within the read timeout first, JSON errors."""
+
+    def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
+        """gunicorn's, given the request :meth:`receive` read (TLS as it comes: the handshake is gunicorn's)."""
+        if not self.cfg.is_ssl:
+            request = self.receive(client)
+            if request is None:
+                util.close_graceful(client)
+                return
+            client = _Buffered(client, bytes(request))  # type: ignore[assignment]  # a socket to gunicorn
+        client.settimeout(self.limits()[1])  # each write of the answer (and each TLS read)
+        super().handle(listener, client, addr)
+
+    def handle_request(self, listener: Any, req: Any, client: socket.socket, addr: Any) -> None:
+        """gunicorn's, with a client too slow for the read timeout logged as one warning line, not a traceback."""
+        try:
+            super().handle_request(listener, req, client, addr)
+        except TimeoutError:
+            self.too_slow(addr, self.limits()[1])
+
+    def receive(self, client: socket.socket) -> bytearray | None:
+        """The request on ``client``, read until :func:`examine` says it is whole (or the client closed: the parser
+        answers what it can of it), at most the read timeout in all, the heartbeat told between reads; None once
+        answered (a 408, a refusal) or if the client sent nothing."""
+        limit, timeout = self.limits()
+        deadline = time.monotonic() + timeout
+        buffer, continued = bytearray(), False
+        while True:
+            verdict = examine(buffer, limit) if buffer else WAIT
+            if verdict is READY:
+                _drop_expect(buffer)  # answered here; gunicorn would send its own 100 Continue
+                return buffer
+            if isinstance(verdict, Exception):
+                _send_error(client, verdict)
+                return None
+            if verdict is CONTINUE and not continued:
+                continued = True
+                _send(client, b"HTTP/1.1 100 Continue\r\n\r\n")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if buffer:
+                    _send_error(client, _late(timeout))
+                return None
+            self.notify()  # a slow client is no reason for gunicorn to kill the worker
+            client.settimeout(min(left, 1.0))
+            try:
+                data = client.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return None
+            if not data:
+                return buffer or None
+            buffer += data
 
 
-class ThreadWorker(JsonErrors, Held, gthread.ThreadWorker):  # type: ignore[misc]
+class _Buffered:
+    """A client socket whose reads return the bytes :meth:`SyncWorker.receive` read first (all else is the socket's)."""
+
+    def __init__(self, sock: socket.socket, data: bytes) -> None:
+        self._sock = sock
+        self._data = data
+
+    def recv(self, size: int, *flags: int) -> bytes:
+        if not self._data:
+            return self._sock.recv(size, *flags)
+        data, self._data = self._data[:size], self._data[size:]
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class ThreadWorker(Bounded, JsonErrors, Held, gthread.ThreadWorker):  # type: ignore[misc]
     """gthread with requests read in the event loop, under a deadline (see the module docstring)."""
 
     def init_process(self) -> None:
         self.reading: deque[tuple[float, _Conn]] = deque()  # (deadline, conn), in deadline order
         self.closing: deque[tuple[float, _Conn]] = deque()  # (deadline, conn) half-closed, draining
-        self._limits: tuple[int | None, float] | None = None
-        self._slow_logged = 0.0
         self._stopped_at: float | None = None
         super().init_process()  # loads the app, then runs the loop
-
-    def limits(self) -> tuple[int | None, float]:
-        """(body limit in bytes, read timeout in seconds), from the app's settings."""
-        if self._limits is None:
-            state = getattr(self.wsgi, "extensions", {}).get(EXTENSION)
-            settings = getattr(state, "settings", None)
-            self._limits = (getattr(settings, "max_content_length", None),
-                            float(getattr(settings, "read_timeout", DEFAULT_READ_TIMEOUT)))
-        return self._limits
 
     def accept(self, listener: Any) -> None:
         try:
@@ -309,15 +418,22 @@ class ThreadWorker(JsonErrors, Held, gthread.ThreadWorker):  # type: ignore[misc
         self._examine(conn)
 
     def handle_request(self, req: Any, conn: _Conn) -> bool:
-        """gthread's, with a client too slow for the read timeout logged as one warning line (at most one a second)."""
+        """gthread's, with a client too slow for the read timeout logged as one warning line (at most one a second);
+        a request its client ended early (see :meth:`_read`) is answered with ``Connection: close``."""
+        if conn.ended:
+            req.force_close()
         try:
             return bool(super().handle_request(req, conn))
         except TimeoutError:
-            now = time.monotonic()
-            if now - self._slow_logged >= 1.0:
-                self._slow_logged = now
-                self.log.warning("Client %s too slow: a socket read or write took over the read timeout (%g s); "
-                                 "connection closed.", conn.client, conn.read_timeout)
+            self.too_slow(conn.client, conn.read_timeout)
+            return False
+
+    def _keepalive_after(self, conn: _Conn, keepalive: bool) -> bool:
+        """gthread's, except that a body the app left unread and that turns out malformed when drained closes the
+        connection quietly: the app has answered already, and gthread would send a second answer (its 400)."""
+        try:
+            return bool(super()._keepalive_after(conn, keepalive))
+        except parse_errors.ParseException:
             return False
 
     def _await(self, conn: _Conn) -> None:
@@ -331,8 +447,12 @@ class ThreadWorker(JsonErrors, Held, gthread.ThreadWorker):  # type: ignore[misc
         data = _recv(conn)
         if data is None:
             return
-        if not data:  # the client closed
+        if not data:  # the client closed, or half-closed: what it began is the parser's to answer (a 400, say)
             self._release(conn)
+            if conn.buffer:
+                conn.ended = True
+                self._hand_over(conn)
+                return
             self.nr_conns -= 1
             conn.close()
             return
@@ -354,6 +474,10 @@ class ThreadWorker(JsonErrors, Held, gthread.ThreadWorker):  # type: ignore[misc
             _send_error(conn.sock, verdict)
             self._close(conn)
             return
+        self._hand_over(conn)
+
+    def _hand_over(self, conn: _Conn) -> None:
+        """The buffered request to a thread (which gives the buffer to gunicorn's parser)."""
         _drop_expect(conn.buffer)  # gunicorn would send its own 100 Continue
         conn.continued = False
         conn.data_ready = True
@@ -409,9 +533,7 @@ class ThreadWorker(JsonErrors, Held, gthread.ThreadWorker):  # type: ignore[misc
                 continue  # handed over, closed, or waiting again with a later deadline
             self._release(conn)
             if conn.buffer:
-                _send_error(conn.sock, BodyTimeout(
-                    f"The request did not arrive within {conn.read_timeout:g} s (the server's read timeout, setting "
-                    "READ_TIMEOUT, blackbox serve --read-timeout); send the whole request at once."))
+                _send_error(conn.sock, _late(conn.read_timeout))
             self._close(conn)
         if not self.alive:  # stopping: a connection silent STOP_GRACE s after the stop needs no answer
             self._stopped_at = self._stopped_at or now
@@ -439,6 +561,10 @@ def examine(buffer: bytearray, limit: int | None) -> str | Exception:
     end = buffer.find(b"\r\n\r\n")
     if _BARE_LF.search(buffer, 0, len(buffer) if end < 0 else end):
         return BadRequest("The request's header lines end in a bare LF; HTTP/1.1 requires CRLF (\\r\\n) line endings.")
+    start = 2 if buffer.startswith(b"\r\n") else 0  # gunicorn skips one empty line before the request line
+    line_end = buffer.find(b"\r\n", start)
+    if line_end >= 0 and not _REQUEST_LINE.fullmatch(buffer, start, line_end):
+        return READY  # gunicorn's parser refuses it (400) before reading on: no need to wait for the headers
     if end < 0:
         return READY if len(buffer) > HEADER_LIMIT else WAIT
     head = bytes(buffer[:end]).lower()
@@ -463,18 +589,21 @@ def examine(buffer: bytearray, limit: int | None) -> str | Exception:
 
 
 def _chunks(buffer: bytearray, position: int, limit: int | None) -> str | Exception:
-    """Whether a chunked body ends in ``buffer`` (READY also when malformed: the parser refuses it)."""
+    """Whether a chunked body ends in ``buffer``; a 400 when a chunk size or a chunk's CRLF is wrong (as gunicorn's
+    parser checks them). The app might answer without reading the body (a 415, say), and gthread would then find the
+    framing broken while draining it and answer again; refused here, it gets one answer and ``Connection: close``.
+    What else is malformed (extensions, trailers) goes to the parser (READY): :meth:`ThreadWorker._keepalive_after`.
+    """
     total = 0
     while True:
         line_end = buffer.find(b"\r\n", position)
         if line_end < 0:
             return READY if len(buffer) - position > 1024 else WAIT
-        try:
-            size = int(bytes(buffer[position:line_end]).split(b";", 1)[0].strip(), 16)
-        except ValueError:
-            return READY
-        if size < 0:
-            return READY
+        text, extension, _ = bytes(buffer[position:line_end]).partition(b";")
+        text = text.rstrip(b" \t") if extension else text
+        if not _CHUNK_SIZE.fullmatch(text):
+            return _bad_chunks(f"a chunk size is {text[:20].decode('latin-1')!r}, not a hex number")
+        size = int(text, 16)
         if size == 0:
             return READY if buffer.find(b"\r\n\r\n", line_end) >= 0 else WAIT  # the end of the trailers
         total += size
@@ -483,6 +612,19 @@ def _chunks(buffer: bytearray, position: int, limit: int | None) -> str | Except
         position = line_end + 2 + size + 2
         if position > len(buffer):
             return WAIT
+        if buffer[position - 2:position] != b"\r\n":
+            return _bad_chunks(f"a chunk of {size} bytes is not followed by CRLF")
+
+
+def _bad_chunks(what: str) -> BadRequest:
+    return BadRequest(f"The chunked body is malformed ({what}); send each chunk as its size in hex, CRLF, that many "
+                      "bytes, CRLF, and end with a zero-size chunk (or send a Content-Length instead).")
+
+
+def _late(timeout: float) -> BodyTimeout:
+    """The 408 of a request not whole within the read timeout."""
+    return BodyTimeout(f"The request did not arrive within {timeout:g} s (the server's read timeout, setting "
+                       "READ_TIMEOUT, blackbox serve --read-timeout); send the whole request at once.")
 
 
 def _drop_expect(buffer: bytearray) -> None:

@@ -172,7 +172,7 @@ def test_a_thread_timing_out_on_a_slow_client_logs_one_warning_line(monkeypatch)
     logged: list[tuple[str, tuple]] = []
     worker.log = type("Log", (), {"warning": lambda self, *a: logged.append(("warning", a)),
                                   "exception": lambda self, *a: logged.append(("exception", a))})()
-    conn = type("Conn", (), {"client": ("127.0.0.1", 5), "read_timeout": 4.0})()
+    conn = type("Conn", (), {"client": ("127.0.0.1", 5), "read_timeout": 4.0, "ended": False})()
     assert worker.handle_request(object(), conn) is False  # the connection is closed, nothing re-raised
     assert worker.handle_request(object(), conn) is False
     assert [kind for kind, _ in logged] == ["warning"]  # one line, and the second within the second is not logged
