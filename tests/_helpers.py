@@ -529,3 +529,19 @@ def racing_promotes(uri: str, artifact: Path, tmp_path: Path) -> None:
     assert sorted(targets) == sorted(landed)  # every landed promote is recorded once, nothing else
     assert len(landed) >= 3  # each race has a winner
     assert store.resolve("titanic@production").version == current.version
+
+
+def received(sock, seconds: float, until: bytes | None = None) -> bytes:
+    """What the server sent on ``sock`` until it closed, ``until`` appeared, or ``seconds`` passed (a bound: a hang)."""
+    data = b""
+    deadline = time.monotonic() + seconds
+    while (until is None or until not in data) and (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data

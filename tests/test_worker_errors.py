@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from _helpers import Server, call
+from _helpers import Server, call, received
 
 pytestmark = pytest.mark.slow
 
@@ -33,19 +33,9 @@ def server(request, served_artifact, serving_keys, tmp_path_factory) -> Iterator
 
 def answer(server: Server, request: bytes) -> tuple[int, dict[str, str], bytes]:
     """(status, headers, body) of the one answer to ``request``, read until the server closes (bounded)."""
-    data = b""
-    deadline = time.monotonic() + 10
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
         sock.sendall(request)
-        while (left := deadline - time.monotonic()) > 0:
-            sock.settimeout(left)
-            try:
-                chunk = sock.recv(65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            data += chunk
+        data = received(sock, 10)
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)

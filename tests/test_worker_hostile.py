@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from _helpers import PASSENGER, Server, call
+from _helpers import PASSENGER, Server, call, received
 
 pytestmark = pytest.mark.slow
 CLIENTS = 100
@@ -63,18 +63,7 @@ def served_promptly(server: Server, times: int = 4) -> None:
 
 def read_until(sock: socket.socket, marker: bytes, seconds: float) -> bytes:
     """What the server sent on ``sock`` until ``marker`` appeared, it closed, or ``seconds`` passed."""
-    data = b""
-    deadline = time.monotonic() + seconds
-    while marker not in data and (left := deadline - time.monotonic()) > 0:
-        sock.settimeout(left)
-        try:
-            chunk = sock.recv(65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        data += chunk
-    return data
+    return received(sock, seconds, marker)
 
 
 def trickle(socks: list[socket.socket], piece: bytes, stop: threading.Event) -> threading.Thread:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from _helpers import Server, call
+from _helpers import Server, call, received
 
 pytestmark = pytest.mark.slow
 READ_TIMEOUT = 2
@@ -38,18 +38,7 @@ def server(request, served_artifact, serving_keys, tmp_path_factory) -> Iterator
 
 def answers(sock: socket.socket, seconds: float = 8) -> bytes:
     """Everything the server sends on ``sock`` until it closes (or ``seconds`` pass: a hang)."""
-    data = b""
-    deadline = time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        sock.settimeout(left)
-        try:
-            chunk = sock.recv(65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        data += chunk
-    return data
+    return received(sock, seconds)
 
 
 def statuses(data: bytes) -> list[int]:
