@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import pickle
+import time
 from pathlib import Path
 
 import joblib
@@ -15,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from joblib.externals.loky import ProcessPoolExecutor
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
@@ -344,6 +346,20 @@ def test_grid_search_with_loky_processes_unpickles_the_mapper_and_learns(titanic
     metrics = holdout_metrics(grid.best_estimator_, X_test, y_test)
     assert set(metrics) == {"accuracy", "roc_auc", "f1", "log_loss"}
     assert metrics["accuracy"] > 0.7
+
+
+def test_a_loky_worker_timing_out_under_the_suites_warning_filters_does_not_hang_the_executor():
+    """The suite turns warnings into errors process-wide; loky warns from its manager thread when an idle worker
+    times out while jobs wait, and an error there killed that thread, leaving every later search waiting forever
+    (joblib's reusable executor times workers out after 300 s, so a full run hung, a lone file never did)."""
+    executor = ProcessPoolExecutor(max_workers=2, timeout=0.2)  # a private one: a hang here cannot reach other tests
+    try:
+        for round_ in range(15):
+            futures = [executor.submit(abs, -number) for number in range(20)]
+            assert [future.result(timeout=30) for future in futures] == list(range(20)), f"round {round_}"
+            time.sleep(0.2 + round_ % 5 * 0.01)  # workers time out around the next round's submissions
+    finally:
+        executor.shutdown(wait=False, kill_workers=True)
 
 
 def test_search_is_deterministic_for_a_seed_sequential_or_parallel(titanic):
