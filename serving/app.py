@@ -125,8 +125,10 @@ def _start_threads(app: Flask, models: Mapping[str, Served]) -> None:
 
     Threads do not survive a fork: under ``gunicorn --preload`` the app is built in
     the master, and without the hook no worker would follow the store or refresh
-    its drift gauges. The hook holds the app weakly (it cannot be unregistered, and
-    must not keep a discarded app's models alive).
+    its drift gauges. The child also makes their locks (and the holders' events)
+    anew: one a parent's thread held at the fork would stay held there forever. The
+    hook holds the app weakly (it cannot be unregistered, and must not keep a
+    discarded app's models alive).
     """
     for served in models.values():
         if served.follower is not None:
@@ -139,9 +141,10 @@ def _start_threads(app: Flask, models: Mapping[str, Served]) -> None:
         if forked_app is None:
             return
         for served in forked_app.extensions[EXTENSION].models.values():
+            served.holder.forked()
             if served.follower is not None:
                 served.follower.restart()
-            served.monitor.start()
+            served.monitor.restart()
 
     os.register_at_fork(after_in_child=forked)
 

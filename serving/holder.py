@@ -140,6 +140,12 @@ class ModelHolder:
         if model is not None:
             self._arrived.set()
 
+    def forked(self) -> None:
+        """In a process forked from this one: a fresh event (a parent's thread may have been setting it at the fork)."""
+        self._arrived = threading.Event()
+        if self._model is not None:
+            self._arrived.set()
+
     def require(self) -> Model:
         """The current model, or 503 when there is none (read it once per request)."""
         model = self._model

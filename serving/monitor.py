@@ -104,6 +104,15 @@ class Monitor:
         if self.capacity and self._interval > 0:
             threading.Thread(target=self._refresh, name="blackbox-drift", daemon=True).start()
 
+    def restart(self) -> None:
+        """In a process forked from this one (``gunicorn --preload``): refresh here too, with a fresh lock.
+
+        Another thread may have held the lock when the process forked; no thread of the parent is in the child to
+        release it, so every request observing records would wait for it forever.
+        """
+        self._lock = threading.Lock()
+        self.start()
+
     def _snapshot(self, model: Model) -> tuple[list[Mapping[str, Any]], int]:
         with self._lock:
             if model.sha256 != self._sha:

@@ -1,0 +1,99 @@
+"""The drift monitor's state outside the request: in a process forked from one serving (``gunicorn --preload``), and
+when a background refresh fails.
+
+A fork copies a lock in whatever state it is in, and no thread but the forking one: a lock another thread held at
+that instant stays held in the child forever. The children here always ``os._exit`` and are killed after a
+generous bound, so a hang fails the test instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from serving import create_app
+
+
+def in_child(body: Callable[[], int], seconds: float = 30) -> int:
+    """Run ``body`` in a forked child; its exit code (1: it raised), or fail if it did not end within ``seconds``."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = body()
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail(f"the forked child did not answer within {seconds} s (a lock held at the fork?)")
+
+
+def test_a_monitor_locked_by_another_thread_at_the_fork_observes_and_reports_in_the_child(base_config, passengers):
+    """Before: the child's /predict blocked forever on the monitor's lock (the parent's thread held it at the fork)."""
+    app = create_app({**base_config, "DRIFT_INTERVAL": 0})
+    client = app.test_client()
+    assert client.post("/predict", json=passengers[:3]).status_code == 200
+    monitor = app.extensions["blackbox"].monitor
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with monitor._lock:
+            held.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert held.wait(10)
+
+    def child() -> int:
+        if client.post("/predict", json=passengers[3:8]).status_code != 200:
+            return 2
+        body = client.get("/drift").get_json()
+        return 0 if body["window"]["records"] == 8 and body["worker"]["pid"] == os.getpid() else 3
+
+    try:
+        assert in_child(child) == 0
+    finally:
+        release.set()
+        holder.join(10)
+    assert client.get("/drift").get_json()["window"]["records"] == 3  # the parent's window is its own
+
+
+def test_a_holder_whose_event_was_locked_at_the_fork_takes_a_new_model_in_the_child(base_config, served_model):
+    """The follower's swap sets the holder's event (under its lock) in the parent's thread: the child's must be its own.
+
+    Before: the child's swap (``holder.model = ...``, as its follower does) blocked forever on the event's lock.
+    """
+    app = create_app({**base_config, "DRIFT_INTERVAL": 0})
+    holder = app.extensions["blackbox"].holder
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with holder._arrived._cond:  # the lock Event.set() takes: a swap in the parent at the fork
+            held.set()
+            release.wait(60)
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    assert held.wait(10)
+
+    def child() -> int:
+        holder.model = served_model
+        return 0 if holder.require() is served_model else 2
+
+    try:
+        assert in_child(child) == 0
+    finally:
+        release.set()
+        thread.join(10)
