@@ -35,7 +35,7 @@ from .containment.imports import pickle_globals
 from .errors import AuthenticityError, BlackboxError, ExitCode, SchemaError
 from .manifest import Data, FastPath, Git, Manifest, Output
 from .signing import TRUSTED_KEYS_ENV
-from .store import Release, Store
+from .store import Pointer, Release, Store
 
 MAX_EXPIRY_DAYS = 36_500
 """The longest --expires-in: a hundred years (beyond a few million days the date cannot be written)."""
@@ -500,20 +500,36 @@ def list_releases(
 ) -> None:
     """List the releases in STORE (of NAME only, if given) in version order, with their aliases.
 
-    An alias whose pointer does not verify with the trusted keys is left out, with a warning.
+    Each alias shows its pointer's expiry, if it has one. An alias whose pointer expired
+    is shown as EXPIRED, with how to re-sign it (readers refuse it until then); one whose
+    pointer does not verify with the trusted keys is left out, with a warning.
     """
     releases = Store.open(store).list(name, trusted_keys=_keys(trusted_keys), allow_unsigned=allow_unsigned)
     if as_json:
         click.echo(json.dumps([_release_json(r) for r in releases], indent=2, sort_keys=True))
-        return
-    rows = [("NAME", "VERSION", "CREATED", "FILE_SHA256", "KEY", "ALIASES", "METRICS")] + [
-        (r.name, r.version, r.created_at or "-", r.sha256[:12], r.key_id or "unsigned", ",".join(r.aliases) or "-",
-         _metrics_text(r.metrics))
-        for r in releases
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)) + "  " + row[-1])
+    else:
+        rows = [("NAME", "VERSION", "CREATED", "FILE_SHA256", "KEY", "ALIASES", "METRICS")] + [
+            (r.name, r.version, r.created_at or "-", r.sha256[:12], r.key_id or "unsigned",
+             ",".join(map(_alias_text, r.alias_pointers)) or "-", _metrics_text(r.metrics))
+            for r in releases
+        ]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+        for row in rows:
+            click.echo("  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)) + "  " + row[-1])
+    for r in releases:
+        for p in r.alias_pointers:
+            if p.expired:
+                click.echo(
+                    f"{r.name}@{p.alias} (version {r.version}) expired at {p.expires_at}: readers refuse it (pull, "
+                    f"serve; what already serves stays). Re-sign it: blackbox promote {store} {r.name} {r.version} "
+                    f"--alias {p.alias} --expires-in DAYS", err=as_json,
+                )
+
+
+def _alias_text(pointer: Pointer) -> str:
+    if pointer.expires_at is None:
+        return pointer.alias
+    return f"{pointer.alias} ({'EXPIRED' if pointer.expired else 'expires'} {pointer.expires_at})"
 
 
 def _metrics_text(metrics: dict[str, Any]) -> str:

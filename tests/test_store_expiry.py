@@ -3,7 +3,8 @@
 Someone who can write to the store but holds no key cannot forge a newer pointer,
 but can keep putting back the current one, so that no new release ever reaches
 the servers. A pointer promoted with ``expires_in`` is refused once that time has
-passed; the publisher re-signs it by promoting the same version again.
+passed; the publisher re-signs it by promoting the same version again. ``list``
+shows each alias's expiry, and an expired alias as expired, with that remedy.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import blackbox
 from blackbox.cli import main
 from serving import create_app
 
-from _helpers import variant
+from _helpers import run_cli, variant
 
 SOON = dt.timedelta(seconds=2)
 
@@ -33,8 +34,8 @@ def store(artifact, tmp_path):
     return root, store
 
 
-def expires_at(root) -> dt.datetime:
-    claims = json.loads((root / "titanic" / "aliases" / "production.json").read_text())["signature"]
+def expires_at(root, alias: str = "production") -> dt.datetime:
+    claims = json.loads((root / "titanic" / "aliases" / f"{alias}.json").read_text())["signature"]
     return dt.datetime.strptime(claims["expires_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
 
 
@@ -105,3 +106,51 @@ def test_cli_promote_expires_in_days(store, capsys):
         assert main(["promote", str(root), "titanic", "2.0.0", "--alias", "production", "--expires-in", days]) == 2
     with pytest.raises(blackbox.UsageError, match="after the year 9999"):
         blackbox.Store.open(root).promote("titanic", "2.0.0", "production", expires_in=dt.timedelta(days=3_000_000))
+
+
+def expire(root, alias: str, private_key) -> str:
+    """Re-sign ALIAS's pointer as it stands with an expiry a day ago (its term ran out); return that expiry."""
+    from blackbox import signing
+    from blackbox.store import pointers
+
+    path = root / "titanic" / "aliases" / f"{alias}.json"
+    past = (dt.datetime.now(dt.UTC) - dt.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    path.write_bytes(pointers.seal(json.loads(path.read_text())["signed"], signing.load_private_key(private_key), past))
+    return past
+
+
+def test_list_shows_expiries_and_an_expired_alias_marked_with_what_to_do(store, keys, capsys, caplog, tmp_path):
+    root, store_ = store
+    store_.promote("titanic", "2.0.0", "staging", expires_in=dt.timedelta(days=30))
+    store_.promote("titanic", "1.0.0", "canary")
+    staging = expires_at(root, "staging").strftime("%Y-%m-%dT%H:%M:%SZ")
+    expired = expire(root, "production", keys["private"])
+    canary = root / "titanic" / "aliases" / "canary.json"  # edited after it was signed: not believed at all
+    canary.write_text(canary.read_text().replace('"rollback": false', '"rollback": true'))
+
+    code, out, err = run_cli(capsys, "list", root, "titanic", "--json")
+    assert code == 0, err
+    listed = {r["version"]: r for r in json.loads(out)}
+    pointers = {v: {p["alias"]: p for p in r["alias_pointers"]} for v, r in listed.items()}
+    assert set(pointers["1.0.0"]) == {"production"} and set(pointers["2.0.0"]) == {"latest", "staging"}
+    assert pointers["2.0.0"]["staging"]["expires_at"] == staging and not pointers["2.0.0"]["staging"]["expired"]
+    assert pointers["2.0.0"]["latest"]["expires_at"] is None
+    assert pointers["1.0.0"]["production"]["expires_at"] == expired and pointers["1.0.0"]["production"]["expired"]
+    assert listed["1.0.0"]["aliases"] == [] and listed["2.0.0"]["aliases"] == ["latest", "staging"]  # what readers resolve
+    assert "titanic@production" in err and "--expires-in" in err
+    assert "Not listing alias titanic@canary" in caplog.text and "edited after it was signed" in caplog.text
+    assert "titanic@production" not in caplog.text  # listed, not warned about as unbelievable
+
+    code, out, err = run_cli(capsys, "list", root)
+    assert code == 0, err
+    rows = {line.split()[1]: line for line in out.splitlines() if line.startswith("titanic ")}
+    assert f"production (EXPIRED {expired})" in rows["1.0.0"]
+    assert f"latest,staging (expires {staging})" in rows["2.0.0"] and "canary" not in out
+    note = next(line for line in out.splitlines() if "titanic@production" in line)
+    assert "readers refuse it" in note and f"blackbox promote {root} titanic 1.0.0 --alias production --expires-in DAYS" in note
+
+    with pytest.raises(blackbox.AuthenticityError, match="expired at"):  # readers keep refusing it
+        store_.resolve("titanic@production")
+    code, _, err = run_cli(capsys, "pull", root, "titanic@production", "-o", tmp_path / "pulled.bbx")
+    assert code == 4 and "expired at" in err and not (tmp_path / "pulled.bbx").exists()
+    assert [r.aliases for r in store_.list("titanic")] == [(), ("latest", "staging")]

@@ -27,7 +27,8 @@ before then by promoting the same version again with ``expires_in``.
 A reader believes a pointer if its signature verifies against the trusted keys
 (an unsigned one, as older blackbox versions wrote, only with
 ``allow_unsigned``, loudly), has not expired (a writer about to replace it reads
-it with ``expiry=False``, keeping its history) and names the requested model and alias. Given
+it with ``expiry=False``, keeping its history; ``list`` too, reporting it as expired
+rather than believed) and names the requested model and alias. Given
 the release it accepted before (``after``), it also refuses a pointer with a
 lower sequence (an old pointer replayed) and one naming an older version that
 is not a rollback; ``allow_downgrade`` lifts both, for an operator. Whether the
@@ -110,20 +111,28 @@ def read(
             f"{where} is the pointer of {statement.get('name')}@{statement.get('alias')}, not of {name}@{alias}: "
             f"it was copied there by someone who can write to the store. Refusing it; promote {name}@{alias} again."
         )
-    if expiry:
-        signing.check_expiry(
-            {"expires_at": expires_at}, what=f"{where}, the alias pointer of {name}@{alias},",
-            remedy="past its expiry it is refused, since a store frozen on an old pointer would otherwise serve it "
-            f"forever. What already serves stays. Its publisher re-signs it: `blackbox promote STORE {name} VERSION "
-            f"--alias {alias} --expires-in DAYS --signing-key KEY`.",
-        )
     sequence, rollback = statement.get("sequence", 0), statement.get("rollback", False)
     if type(sequence) is not int or not isinstance(rollback, bool):
         raise damaged(where, "is not a valid alias pointer (sequence, rollback)")
     release = Release.from_record(statement, where=where)
     pointer = Pointer(alias=alias, sequence=sequence, rollback=rollback, updated_at=statement.get("updated_at"), key_id=key_id,
                       expires_at=expires_at)
-    return dataclasses.replace(release, pointer=pointer), statement["history"]
+    release = dataclasses.replace(release, pointer=pointer)
+    if expiry:
+        check_expiry(release, where)
+    return release, statement["history"]
+
+
+def check_expiry(release: Release, where: str) -> None:
+    """Refuse ``release``, read through a pointer (at ``where``), if that pointer's signed expiry has passed."""
+    assert release.pointer is not None
+    name, alias = release.name, release.pointer.alias
+    signing.check_expiry(
+        {"expires_at": release.pointer.expires_at}, what=f"{where}, the alias pointer of {name}@{alias},",
+        remedy="past its expiry it is refused, since a store frozen on an old pointer would otherwise serve it "
+        f"forever. What already serves stays. Its publisher re-signs it: `blackbox promote STORE {name} VERSION "
+        f"--alias {alias} --expires-in DAYS --signing-key KEY`.",
+    )
 
 
 def check_succession(release: Release, after: Release | None, ref: str, *, allow_downgrade: bool) -> None:

@@ -44,7 +44,7 @@ _PEP440 = re.compile(
     re.IGNORECASE,
 )
 _PRE_RANK = {"a": 0, "alpha": 0, "b": 1, "beta": 1, "c": 2, "rc": 2, "pre": 2, "preview": 2}
-_NOT_RECORD = ("aliases", "uri", "pointer")  # where a release was found, not what it is
+_NOT_RECORD = ("aliases", "uri", "pointer", "alias_pointers")  # where a release was found, not what it is
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,15 +57,19 @@ class Pointer:
     updated_at: str | None
     key_id: str | None  # the pointer's signer; None: unsigned
     expires_at: str | None = None  # believed until then (its signature's claim); None: no expiry
+    expired: bool = False  # past expires_at when read: only Store.list reports such a pointer, readers refuse it
 
 
 @dataclasses.dataclass(frozen=True)
 class Release:
     """One immutable version of a model in a store.
 
-    ``aliases`` are the aliases seen pointing at it when it was read: all of them
-    from :meth:`Store.list`, the one used from :meth:`Store.resolve`; ``pointer``
-    is that alias's pointer, when resolved through one.
+    ``aliases`` are the aliases seen pointing at it when it was read, as readers
+    resolve them: all of them from :meth:`Store.list`, the one used from
+    :meth:`Store.resolve`; ``pointer`` is that alias's pointer, when resolved
+    through one. ``alias_pointers`` (from :meth:`Store.list` only) are the verified
+    pointers of those aliases and of the ones naming it whose pointer expired
+    (``expired``; readers refuse those, so they are not in ``aliases``).
     """
 
     name: str
@@ -78,6 +82,7 @@ class Release:
     aliases: tuple[str, ...] = ()
     uri: str = ""
     pointer: Pointer | None = None
+    alias_pointers: tuple[Pointer, ...] = ()
 
     @property
     def ref(self) -> str:
@@ -89,7 +94,8 @@ class Release:
 
     def to_dict(self) -> dict[str, Any]:
         pointer = dataclasses.asdict(self.pointer) if self.pointer is not None else None
-        return {**self.record(), "aliases": list(self.aliases), "uri": self.uri, "pointer": pointer}
+        listed = [dataclasses.asdict(p) for p in self.alias_pointers]
+        return {**self.record(), "aliases": list(self.aliases), "uri": self.uri, "pointer": pointer, "alias_pointers": listed}
 
     @classmethod
     def from_record(cls, record: dict[str, Any], *, where: str) -> Release:

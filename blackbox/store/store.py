@@ -19,7 +19,8 @@ one, and ``list`` ignores it.
 Pointers are written only by ``push`` (``latest``), ``promote`` and
 ``rollback``, signed with the signing key, and change only by compare-and-swap,
 so a writer that lost a race is told instead of silently undoing the other's
-work; ``promote`` and ``rollback`` may sign one that expires (``expires_in``). Write access to the store is not enough to change what a reader
+work; ``promote`` and ``rollback`` may sign one that expires (``expires_in``), which
+``list`` still shows, marked expired, while every reader refuses it. Write access to the store is not enough to change what a reader
 resolves: pointers are verified with the trusted keys. ``latest`` is moved by
 every push to the highest version (:func:`~blackbox.store.releases.version_key`);
 ``NAME`` alone means ``NAME@latest``.
@@ -56,6 +57,7 @@ from .backends import Conflict, Key, open_backend
 from .releases import (
     ALIASES,
     LATEST,
+    Pointer,
     Release,
     check_alias,
     check_name,
@@ -138,6 +140,8 @@ class Store:
 
         What is not a release is left out; so is an alias whose pointer cannot be believed
         (verified with ``trusted_keys``, as :meth:`resolve` does), with a warning naming it.
+        An alias whose pointer verifies but has expired is not in ``aliases`` (no reader
+        resolves it) but is in ``alias_pointers``, marked ``expired``, beside the others' expiries.
         """
         with self._io("listing"):
             names = [check_name("model name", name)] if name is not None else [
@@ -145,15 +149,17 @@ class Store:
             ]
             releases = []
             for model in names:
-                aliases: dict[str, list[str]] = {}
+                found: dict[str, list[Pointer]] = {}
                 for alias in self._aliases(model):
                     try:
-                        target, _, _ = self._pointer(model, alias, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned)
+                        target, _, _ = self._pointer(
+                            model, alias, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned, expiry=False
+                        )
                     except (AuthenticityError, StoreError) as exc:
                         log.warning("Not listing alias %s@%s: %s", model, alias, exc.message)
                         continue
                     if target is not None:
-                        aliases.setdefault(target.version, []).append(alias)
+                        found.setdefault(target.version, []).append(self._judged(target))
                 for version in self._backend.children((model,)):
                     if not valid_name(version) or version in (ALIASES, LATEST):
                         continue
@@ -163,7 +169,9 @@ class Store:
                         log.warning("Not listing %s: %s", self._where((model, version)), exc.message)
                         continue
                     if release is not None:
-                        releases.append(self._located(release, tuple(aliases.get(version, ()))))
+                        listed = tuple(found.get(version, ()))
+                        located = self._located(release, tuple(p.alias for p in listed if not p.expired))
+                        releases.append(dataclasses.replace(located, alias_pointers=listed))
         return sorted(releases, key=lambda r: (r.name, version_key(r.version)))
 
     def resolve(
@@ -388,12 +396,14 @@ class Store:
         trusted_keys: TrustedKeys = None,
         allow_unsigned: bool = False,
         for_update: bool = False,
+        expiry: bool = True,
     ) -> tuple[Release | None, builtins.list[dict[str, Any]], Any]:
         """The release NAME@ALIAS's pointer names (None if unset), its history, and the token ``_swap`` compares.
 
         A pointer that cannot be believed raises (blackbox.store.pointers); ``for_update``
         (a writer about to replace it), it is logged and treated as unset, history and all,
-        except an expired one, whose history the writer keeps.
+        except an expired one, whose history the writer keeps. Without ``expiry`` (``list``,
+        which reports it) an expired pointer is returned as any other.
         """
         key = (name, ALIASES, f"{alias}.json")
         try:
@@ -404,7 +414,7 @@ class Store:
             return None, [], token
         try:
             release, history = pointers.read(
-                data, self._where(key), name, alias, trusted_keys, allow_unsigned, expiry=not for_update
+                data, self._where(key), name, alias, trusted_keys, allow_unsigned, expiry=expiry and not for_update
             )
         except (AuthenticityError, StoreError) as exc:
             if not for_update:
@@ -412,6 +422,15 @@ class Store:
             log.warning("Replacing %s, which cannot be believed (%s); its history is dropped.", self._where(key), exc.message)
             return None, [], token
         return self._located(release, (alias,)), history, token
+
+    def _judged(self, target: Release) -> Pointer:
+        """The pointer ``target`` was read through, marked ``expired`` if readers would refuse it for its age."""
+        assert target.pointer is not None
+        try:
+            pointers.check_expiry(target, self._where((target.name, ALIASES, f"{target.pointer.alias}.json")))
+        except AuthenticityError:
+            return dataclasses.replace(target.pointer, expired=True)
+        return target.pointer
 
     def _swap(self, name: str, alias: str, pointer: bytes, token: Any) -> None:
         try:
