@@ -9,7 +9,9 @@ record's unknown or huge fields never stay in memory; everything costly (typing 
 :func:`blackbox.monitoring.drift.compare`) runs when :meth:`Monitor.report` is asked
 (the body of ``GET /drift``, :mod:`serving.routes.ops`) and in a daemon thread
 that refreshes the Prometheus gauges every ``DRIFT_INTERVAL`` seconds when
-records arrived since the last refresh.
+records arrived since the last refresh. A refresh that fails, for whatever reason,
+is logged (``drift_failed``, with the error's type) and tried again the next
+round: the thread never stops refreshing silently.
 
 Each served model has its own window (``/models/{name}/drift``; gauges with
 its ``model`` label). The window belongs to one model: it is emptied when the holder swaps in a model
@@ -28,6 +30,7 @@ import logging
 import os
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -137,4 +140,8 @@ class Monitor:
                     self.report()
                 except BlackboxError as exc:  # keep refreshing; the log says why this round failed
                     self._log.event("drift_failed", logging.ERROR, model=self.name, code=exc.code, reason=exc.message)
+                except Exception as exc:  # noqa: BLE001  a bug must not end the thread: the gauges would stay stale
+                    self._log.event("drift_failed", logging.ERROR, model=self.name, code="internal_error",
+                                    reason=f"{type(exc).__name__}: {exc}"[:500],
+                                    traceback="".join(traceback.format_exception(exc)))
 

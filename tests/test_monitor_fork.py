@@ -8,6 +8,7 @@ generous bound, so a hang fails the test instead of hanging it.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -16,7 +17,10 @@ from collections.abc import Callable
 
 import pytest
 
+from blackbox.monitoring import drift
 from serving import create_app
+
+from _helpers import wait_for
 
 
 def in_child(body: Callable[[], int], seconds: float = 30) -> int:
@@ -97,3 +101,39 @@ def test_a_holder_whose_event_was_locked_at_the_fork_takes_a_new_model_in_the_ch
     finally:
         release.set()
         thread.join(10)
+
+
+def test_a_refresh_that_raises_an_unexpected_error_is_logged_and_the_gauges_refresh_again(
+    base_config, passengers, monkeypatch, caplog,
+):
+    """The fault is injected (validation refuses every odd record before it reaches the window): one refresh's
+    comparison raises a ValueError, as a bug or an unforeseen pandas corner would.
+
+    Before: the drift thread died on it silently, and the gauges stayed stale for the life of the worker.
+    """
+    real, failures = drift.compare, []
+
+    def failing_once(*args, **kwargs):
+        if not failures:
+            failures.append(1)
+            raise ValueError("cannot reindex on an axis with duplicate labels")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(drift, "compare", failing_once)
+    before = set(threading.enumerate())
+    app = create_app({**base_config, "DRIFT_INTERVAL": 0.05})
+    (refresher,) = [thread for thread in set(threading.enumerate()) - before if thread.name == "blackbox-drift"]
+    client = app.test_client()
+    assert client.post("/predict", json=passengers[:20]).status_code == 200
+
+    def published() -> bool:  # set by the refresher alone: nothing here asks GET /drift
+        return 'blackbox_feature_psi{feature="age"' in client.get("/metrics").get_data(as_text=True)
+
+    wait_for(published, 20, what="the gauges refreshed after the failed round")
+    assert failures and refresher.is_alive()
+    lines = [json.loads(message) for message in caplog.messages if message.startswith("{")]
+    failed = [line for line in lines if line["event"] == "drift_failed"]
+    assert len(failed) == 1, failed
+    assert failed[0]["code"] == "internal_error" and failed[0]["model"] == "titanic", failed
+    assert "ValueError" in failed[0]["reason"] and "duplicate labels" in failed[0]["reason"], failed
+    assert "ValueError" in failed[0]["traceback"], failed
