@@ -13,12 +13,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
 from blackbox.cli import main
-from blackbox.monitoring.predlog import MAX_TEXT, PredictionLog, read_log
+from blackbox.monitoring import predlog
+from blackbox.monitoring.predlog import MAX_TEXT, TRANSIENT, PredictionLog, read_log
 from serving import create_app
 from serving.recorder import Recorder
 from serving.state import EXTENSION
@@ -177,6 +179,52 @@ def test_concurrent_first_use_creates_the_tables_once(db):
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(lambda log: log.ensure_tables(), logs))
     assert read_log(str(db)).empty
+
+
+@pytest.fixture
+def writing(db, monkeypatch):
+    """Another worker writing to the new file, still in rollback-journal mode, as when it switches the file to WAL
+    or creates the tables; and the log's pauses, recorded on a clock of their own (the writer commits at the first)."""
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    clock = SimpleNamespace(now=0.0, pauses=[], release=True)
+
+    def pause(seconds: float) -> None:
+        clock.pauses.append(seconds)
+        clock.now += seconds
+        if clock.release and holder.in_transaction:
+            holder.execute("COMMIT")
+
+    monkeypatch.setattr(predlog, "time", SimpleNamespace(monotonic=lambda: clock.now, sleep=pause))
+    yield clock
+    if holder.in_transaction:
+        holder.execute("ROLLBACK")
+    holder.close()
+
+
+def test_first_use_waits_for_another_worker_writing_instead_of_failing(db, writing):
+    """SQLite answers "database is locked" at once to a connection switching to WAL while another holds the write
+    lock, without waiting busy_timeout (several gunicorn workers' first use of one file): the log waits as long."""
+    log = PredictionLog(str(db))
+    log.ensure_tables()
+    assert writing.pauses  # it waited for the other worker
+    assert read_log(str(db)).empty
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    log.dispose()
+
+
+def test_first_use_gives_up_after_the_busy_timeout_and_the_caller_retries(db, writing):
+    writing.release = False  # the other worker holds on
+    log = PredictionLog(str(db))
+    with pytest.raises(TRANSIENT, match="database is locked"):
+        log.ensure_tables()
+    assert sum(writing.pauses) >= predlog.SQLITE_BUSY_MS / 1000  # as long as busy_timeout would have waited
+    writing.release = True
+    writing.pauses.clear()
+    log.ensure_tables()  # once the lock is gone (the recorder's next try)
+    assert read_log(str(db)).empty
+    log.dispose()
 
 
 # ---------------------------------------------------------------- gunicorn, several workers on one file

@@ -7,7 +7,9 @@ about HTTP or threads; the server's queue and writer thread live in
 
 Any SQLAlchemy URL works (PostgreSQL in production, ``postgresql+psycopg://``
 with ``pip install 'blackbox[postgres]'``); a plain path is a SQLite file,
-opened in WAL mode so several gunicorn workers append while readers read.
+opened in WAL mode so several gunicorn workers append while readers read; a
+worker's first use waits (up to :data:`SQLITE_BUSY_MS`) while another switches a
+new file to WAL or creates the tables, instead of failing.
 
 ``blackbox_predictions`` holds one row per predicted record: its request id and
 its index in the request (``row``), the time, the model (name, version and
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import sqlite3
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -181,12 +184,33 @@ def _engine(url: URL) -> Engine:
     @sa.event.listens_for(engine, "connect")
     def _pragmas(connection: Any, _record: Any) -> None:
         cursor = connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")  # first: switching to WAL may wait on another worker
-        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
+        _switch_to_wal(cursor)
         cursor.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a crash loses at most the last commits, never corrupts
         cursor.close()
 
     return engine
+
+
+def _switch_to_wal(cursor: Any) -> None:
+    """``PRAGMA journal_mode=WAL``, waiting as long as busy_timeout would for another connection's write lock.
+
+    On a file still in rollback-journal mode (a new log, which several workers may
+    open at once) SQLite answers "database is locked" at once, without calling the
+    busy handler, while another connection holds the write lock (switching the file
+    to WAL itself, or creating the tables): waiting there could deadlock it. So wait here.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_MS / 1000
+    delay = 0.005
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
 
 def _dumps(value: Any) -> str:
