@@ -34,8 +34,11 @@ workers over (each follows the store itself). gunicorn's own settings are
 fixed at start: SIGHUP reopens the log files but re-reads no setting.
 
 A worker started while others serve (one that replaces a worker that exited,
-or that ``max_requests`` recycled) also loads before it accepts; an old worker
-that exits during a hand-over is not replaced (the new generation is coming).
+or that ``max_requests`` recycled) also loads before it accepts. An old worker
+that exits during a hand-over is not replaced while it runs (the new generation
+is coming): a hand-over that finishes leaves the new generation, whole; one
+that is abandoned replaces the worker then, with one loading the copy that
+serves. Either way the server ends with ``workers`` workers.
 
 SIGTERM is gunicorn's graceful stop: each worker's ``/ready`` turns 503
 (``draining``), workers finish the requests in flight (up to

@@ -244,6 +244,8 @@ class WorkerTrap(BaseEstimator, TransformerMixin):
                 os.kill(os.getpid(), signal.SIGSEGV)
             elif self.mode == "hang":
                 time.sleep(3600)
+            elif self.mode == "slow":
+                time.sleep(8)
             elif self.mode == "raise":
                 raise RuntimeError("WorkerTrap: refusing to load in a serving worker")
 '''
@@ -252,8 +254,8 @@ RECORD = {"a": 0.5, "b": -0.1}
 
 @pytest.fixture(scope="module")
 def trapped(tmp_path_factory):
-    """``trapped(version, mode)``: a signed two-feature artifact ``trap``; a serving worker loading it segfaults or
-    hangs or raises (``mode`` "segv", "hang", "raise"), the isolated check passes it."""
+    """``trapped(version, mode)``: a signed two-feature artifact ``trap``; a serving worker loading it segfaults,
+    hangs, raises or takes 8 s (``mode`` "segv", "hang", "raise", "slow"), the isolated check passes it."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
 
@@ -344,6 +346,48 @@ def test_new_workers_that_hang_while_loading_are_stopped_at_the_load_timeout(tra
         assert server.stop() == 0
     finally:
         server.kill()
+
+
+@pytest.mark.parametrize("mode", ["slow", "hang", "segv"], ids=["finished", "abandoned", "new-ones-crash"])
+def test_an_old_worker_killed_during_a_hand_over_is_replaced_once_the_hand_over_ends(mode, trapped, tmp_path):
+    """The new generation loads slowly (8 s: the hand-over finishes), hangs (abandoned at the load timeout) or
+    crashes (abandoned when the first one exits); meanwhile an old worker is killed (-9). It is not replaced during
+    the hand-over (the new generation is coming), and the server ends up with --workers workers, answering."""
+    served = tmp_path / "served.bbx"
+    shutil.copy(trapped("1.0.0"), served)
+    server = Server([str(served), "--workers", "2", "--load-timeout", "20"], tmp_path / "server.log")
+    try:
+        server.wait_ready(workers=2)
+        old = booted(server)
+        shutil.copy(trapped("2.0.0", mode), served)
+        server.process.send_signal(signal.SIGHUP)
+        if mode == "segv":  # before the new ones crash: while the master vets the file
+            wait_for(lambda: "Hang up: Master" in server.log.read_text(), 30, server=server, what="the reload began")
+        else:  # the new ones take 8 s or more to load: the hand-over is under way
+            wait_for(lambda: len(booted(server)) == 4, 60, server=server, what="the new generation started")
+        os.kill(old[0], signal.SIGKILL)
+        ended = "the new workers are ready" if mode == "slow" else "the running workers keep serving the old model"
+        wait_for(lambda: ended in server.log.read_text(), 60, server=server, what="the hand-over ended")
+        wait_for(lambda: len(workers(server)) == 2, 60, server=server, what="two workers again")
+        settled(server)
+        log = server.log.read_text()
+        assert len(workers(server)) == 2, log[-3000:]
+        if mode == "slow":
+            assert len(booted(server)) == 4, log[-3000:]  # the new generation is whole: nothing to replace
+        else:  # one replacement, started only once the hand-over was abandoned
+            assert len(booted(server)) == 5, log[-3000:]
+            assert log.index(ended) < log.index(f"Booting worker with pid: {booted(server)[4]}"), log[-3000:]
+        expected = "2.0.0" if mode == "slow" else "1.0.0"
+        assert {_version(server) for _ in range(6)} == {expected}
+        assert server.stop() == 0
+    finally:
+        server.kill()
+
+
+def workers(server: Server) -> set[int]:
+    """The master's child processes (once the server has settled: its workers)."""
+    pid = server.process.pid
+    return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
 
 
 def _version(server: Server) -> str:
