@@ -23,8 +23,10 @@ status is 500, but with its own code ``invalid_model_output``, a message that
 says so and the rows in the details (never a 200 with ``null``).
 
 A model call past the request timeout is a 504 ``timeout`` whose message names
-the limit and its setting (the server is slow, not broken); a body not received
-within the read timeout is a 408 ``request_timeout``.
+the limit and its setting (the server is slow, not broken), and so is a request
+in hand when gunicorn stops the worker for its timeout (504 ``worker_timeout``,
+answered by the worker); a body not received within the read timeout is a 408
+``request_timeout``.
 """
 
 from __future__ import annotations
@@ -52,7 +54,14 @@ from blackbox.errors import ModelInputError, ModelOutputError
 
 from . import jsonio
 from .holder import NotReady
-from .http_errors import BodyTimeout, InvalidFeedback, PredictionLogOff, PredictionLogUnavailable, TooManyRecords
+from .http_errors import (
+    BodyTimeout,
+    InvalidFeedback,
+    PredictionLogOff,
+    PredictionLogUnavailable,
+    TooManyRecords,
+    WorkerTimeout,
+)
 from .inference import ModelTimeout
 from .lifecycle import request_id
 from .state import UnknownModel
@@ -66,6 +75,7 @@ TABLE: Mapping[type[BaseException], tuple[int, str]] = {
     PredictionLogOff: (409, "prediction_log_off"),
     PredictionLogUnavailable: (503, "prediction_log_unavailable"),
     ModelTimeout: (504, "timeout"),
+    WorkerTimeout: (504, "worker_timeout"),
     NotReady: (503, "not_ready"),
     UnknownModel: (404, "not_found"),
     BodyTimeout: (408, "request_timeout"),

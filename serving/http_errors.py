@@ -30,6 +30,10 @@ class BodyTimeout(Exception):
     """The client did not send its body within the read timeout (HTTP 408)."""
 
 
+class WorkerTimeout(Exception):
+    """gunicorn's master stopped the worker for its timeout while it handled the request (HTTP 504)."""
+
+
 class MissingScope(Forbidden):
     """A known key without the scope the route needs (RFC 6750's ``insufficient_scope``)."""
 

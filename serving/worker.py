@@ -25,9 +25,11 @@ a JSON 408 and its connection is closed; a connection that sent nothing is
 closed without an answer. A client that closes (or half-closes) in the middle
 of a request gets what the parser and the app make of what it sent (a 400:
 the request line, or a body shorter than its Content-Length), with
-``Connection: close``. A body the app did not read, found malformed when
-gthread drains it afterwards (a bad trailer), closes the connection without
-a second answer. A waiting client costs a file descriptor and its buffer,
+``Connection: close``. A chunked body is read whole by the thread before the
+app sees it, so what the parser finds malformed in it (a bad trailer) gets
+its 400 with ``Connection: close`` before any other answer (found when
+draining a body the app left unread, it came after the app's answer, which
+said keep-alive). A waiting client costs a file descriptor and its buffer,
 never a thread.
 
 Closing is the loop's too: gthread's ``close_graceful`` (FIN, then up to 2 s
@@ -66,8 +68,17 @@ gunicorn's heartbeat meanwhile, so a slow client gets the JSON 408 and never
 gets the worker killed (``--timeout``: gunicorn's traceback and 500). What it
 cannot do: while it reads one slow client (up to ``READ_TIMEOUT``, then up to
 2 s of gunicorn's linger after the answer) every other client waits; facing
-untrusted clients, use the default worker or a buffering proxy. TLS is read as
-gunicorn does, each read (not the request) bounded by ``READ_TIMEOUT``.
+untrusted clients, use the default worker or a buffering proxy. Over TLS it
+reads the same way once gunicorn has wrapped the socket (the handshake is part
+of the first read, under the same deadline): a client that stalls mid-request
+gets the JSON 408, one that stalls in the handshake is closed (no request yet).
+
+A request in hand when gunicorn's master stops the worker for its timeout
+(SIGABRT: on the sync worker ``SystemExit`` in the request's thread) is
+answered 504 ``worker_timeout`` naming ``--timeout``, not a 500, and the
+worker exits as gunicorn's does (the master replaces it). The default worker's
+loop tells the heartbeat while its threads serve, so this is the sync worker's
+case.
 
 Readiness (both workers, under :class:`serving.gunicorn_app.Server`): once
 every model of the worker's app is loaded (or has failed), the worker says so
@@ -86,6 +97,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import os
 import re
@@ -102,8 +114,10 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
-from gunicorn import util
+from gunicorn import http, util
+from gunicorn import sock as gunicorn_sock
 from gunicorn.http import errors as parse_errors
+from gunicorn.http.body import Body, ChunkedReader
 from gunicorn.workers import gthread, sync
 from werkzeug.exceptions import (
     BadRequest,
@@ -117,7 +131,7 @@ from werkzeug.exceptions import (
 )
 
 from .errors import INTERNAL_MESSAGE, classify
-from .http_errors import BodyTimeout
+from .http_errors import BodyTimeout, WorkerTimeout
 from .payloads import _too_large
 from .state import EXTENSION
 
@@ -166,10 +180,22 @@ class JsonErrors:
 
     cfg: Any
     log: Any
+    aborted: bool  # gunicorn's, set here by handle_abort
+
+    def handle_abort(self, sig: int, frame: Any) -> None:
+        """gunicorn's (the master's SIGABRT at the worker timeout: ``sys.exit`` in the thread at hand), remembered so
+        that the request it interrupts (on the sync worker) is answered as that, not as a 500."""
+        self.aborted = True
+        super().handle_abort(sig, frame)  # type: ignore[misc]
 
     def handle_error(self, req: Any, client: socket.socket, addr: Any, exc: BaseException) -> None:
         """Answer what the parser refused (or an error outside the app) as JSON; log one line with the request id."""
         request_id = uuid.uuid4().hex
+        if isinstance(exc, SystemExit) and self.aborted:
+            self.log.error("Worker timeout (%d s) with a request in hand from ip=%s: answered 504 (request id %s)",
+                           self.cfg.timeout, (addr or ("",))[0], request_id)
+            _send_error(client, _stopped(self.cfg.timeout), request_id)
+            return
         answer = refusal(exc, self.cfg)
         if answer is None:  # the server's fault, not the request's
             self.log.exception("Error handling request (request id %s)", request_id)
@@ -196,6 +222,21 @@ class Bounded:
             self._limits = (getattr(settings, "max_content_length", None),
                             float(getattr(settings, "read_timeout", DEFAULT_READ_TIMEOUT)))
         return self._limits
+
+    def read_chunked(self, req: Any) -> None:
+        """A chunked body read whole before the app sees it (from memory: the loop or :meth:`SyncWorker.receive` buffered
+        it; TLS on the default worker reads the socket, as the app would), so that what gunicorn's parser finds
+        malformed in it (a trailer, a chunk extension) is its 400 with ``Connection: close`` before any answer; found
+        when draining what the app left unread, it came after an answer that said keep-alive. The app reads the bytes.
+        At most one byte past the body limit is read: the app refuses that (413), and the connection closes."""
+        body = getattr(req, "body", None)
+        if body is None or not isinstance(body.reader, ChunkedReader):
+            return
+        limit = self.limits()[0]
+        data = body.read() if limit is None else body.read(limit + 1)
+        if limit is not None and len(data) > limit:
+            req.force_close()
+        req.body = Body(io.BytesIO(data))
 
     def too_slow(self, client: Any, timeout: float) -> None:
         """Log a socket read or write past the read timeout: one warning line, at most one a second."""
@@ -294,19 +335,37 @@ class SyncWorker(Bounded, JsonErrors, Held, sync.SyncWorker):  # type: ignore[mi
     """gunicorn's sync worker (``--threads 1``): each request read whole within the read timeout first, JSON errors."""
 
     def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
-        """gunicorn's, given the request :meth:`receive` read (TLS as it comes: the handshake is gunicorn's)."""
-        if not self.cfg.is_ssl:
+        """gunicorn's, except that gunicorn parses the request :meth:`receive` read, from memory, over TLS too (the
+        socket wrapped as gunicorn does; the handshake happens in the first read, under the same deadline)."""
+        req = None
+        try:
+            if self.cfg.is_ssl:
+                client = gunicorn_sock.ssl_wrap_socket(client, self.cfg)
             request = self.receive(client)
             if request is None:
-                util.close_graceful(client)
                 return
+            client.settimeout(self.limits()[1])  # each write of the answer
             client = _Buffered(client, bytes(request))  # type: ignore[assignment]  # a socket to gunicorn
-        client.settimeout(self.limits()[1])  # each write of the answer (and each TLS read)
-        super().handle(listener, client, addr)
+            req = next(http.get_parser(self.cfg, client, addr))
+            self.handle_request(listener, req, client, addr)
+        except (StopIteration, parse_errors.NoMoreData) as exc:
+            self.log.debug("Closing connection. %s", exc)
+        except ssl.SSLError as exc:  # a failed handshake, say: one warning line (the 403 cannot get through)
+            if exc.args[0] != ssl.SSL_ERROR_EOF:
+                self.handle_error(req, client, addr, exc)
+        except OSError as exc:  # writing the answer to a client that left
+            if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
+                self.log.exception("Socket error processing request.")
+        except BaseException as exc:  # noqa: BLE001  gunicorn's too: what the parser refused, the worker's abort
+            self.handle_error(req, client, addr, exc)
+        finally:
+            util.close_graceful(client)
 
     def handle_request(self, listener: Any, req: Any, client: socket.socket, addr: Any) -> None:
-        """gunicorn's, with a client too slow for the read timeout logged as one warning line, not a traceback."""
+        """gunicorn's, with a client too slow for the read timeout logged as one warning line, not a traceback; a chunked
+        body is read first (:meth:`Bounded.read_chunked`)."""
         try:
+            self.read_chunked(req)
             super().handle_request(listener, req, client, addr)
         except TimeoutError:
             self.too_slow(addr, self.limits()[1])
@@ -340,6 +399,8 @@ class SyncWorker(Bounded, JsonErrors, Held, sync.SyncWorker):  # type: ignore[mi
                 data = client.recv(65536)
             except TimeoutError:
                 continue
+            except ssl.SSLError:
+                raise  # gunicorn's to log (a failed handshake)
             except OSError:
                 return None
             if not data:
@@ -419,21 +480,15 @@ class ThreadWorker(Bounded, JsonErrors, Held, gthread.ThreadWorker):  # type: ig
 
     def handle_request(self, req: Any, conn: _Conn) -> bool:
         """gthread's, with a client too slow for the read timeout logged as one warning line (at most one a second);
-        a request its client ended early (see :meth:`_read`) is answered with ``Connection: close``."""
+        a request its client ended early (see :meth:`_read`) is answered with ``Connection: close``; a chunked body
+        is read first (:meth:`Bounded.read_chunked`)."""
         if conn.ended:
             req.force_close()
         try:
+            self.read_chunked(req)
             return bool(super().handle_request(req, conn))
         except TimeoutError:
             self.too_slow(conn.client, conn.read_timeout)
-            return False
-
-    def _keepalive_after(self, conn: _Conn, keepalive: bool) -> bool:
-        """gthread's, except that a body the app left unread and that turns out malformed when drained closes the
-        connection quietly: the app has answered already, and gthread would send a second answer (its 400)."""
-        try:
-            return bool(super()._keepalive_after(conn, keepalive))
-        except parse_errors.ParseException:
             return False
 
     def _await(self, conn: _Conn) -> None:
@@ -592,7 +647,7 @@ def _chunks(buffer: bytearray, position: int, limit: int | None) -> str | Except
     """Whether a chunked body ends in ``buffer``; a 400 when a chunk size or a chunk's CRLF is wrong (as gunicorn's
     parser checks them). The app might answer without reading the body (a 415, say), and gthread would then find the
     framing broken while draining it and answer again; refused here, it gets one answer and ``Connection: close``.
-    What else is malformed (extensions, trailers) goes to the parser (READY): :meth:`ThreadWorker._keepalive_after`.
+    What else is malformed (extensions, trailers) goes to the parser (READY): :meth:`Bounded.read_chunked`.
     """
     total = 0
     while True:
@@ -625,6 +680,14 @@ def _late(timeout: float) -> BodyTimeout:
     """The 408 of a request not whole within the read timeout."""
     return BodyTimeout(f"The request did not arrive within {timeout:g} s (the server's read timeout, setting "
                        "READ_TIMEOUT, blackbox serve --read-timeout); send the whole request at once.")
+
+
+def _stopped(timeout: int) -> WorkerTimeout:
+    """The 504 of a request in hand when the master stopped the worker for its timeout."""
+    return WorkerTimeout(f"The server stopped the worker handling this request after {timeout} s without an answer "
+                         "(gunicorn's worker timeout, blackbox serve --timeout); a new worker is starting. The model "
+                         "is too slow for that timeout: raise --timeout (keeping --request-timeout below it), or send "
+                         "fewer records per request.")
 
 
 def _drop_expect(buffer: bytearray) -> None:
