@@ -1,7 +1,7 @@
 """Three edges of the gunicorn workers' answers (serving/worker.py), against real servers on 127.0.0.1.
 
 - Over TLS, the sync worker reads a request whole within the read timeout as over plain HTTP: a client that stalls
-  mid-request gets the JSON 408, and the log no traceback.
+  mid-request gets the JSON 408, and the log no traceback (the default worker does not yet: a strict xfail).
 - A request in hand when gunicorn's master kills the sync worker for its ``--timeout`` (SIGABRT) is answered with a
   JSON 504 naming that timeout, the worker still exits, and the master replaces it.
 - A chunked body whose trailer is malformed gets one answer, and it says ``Connection: close`` (the server closes).
@@ -40,15 +40,17 @@ READ_TIMEOUT = 2
 class Gunicorn(Server):
     """Plain gunicorn serving ``serving:create_app()`` with the sync worker, one process, its output in a file."""
 
-    def __init__(self, args: list[str], log: Path, env: dict[str, str], *, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(self, args: list[str], log: Path, env: dict[str, str], *, tls: ssl.SSLContext | None = None,
+                 worker: str = "SyncWorker") -> None:
         self.port = free_port()
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.log = log
         self.tls = tls
+        self.worker = worker
         with log.open("wb") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "gunicorn", "serving:create_app()", "--bind", f"127.0.0.1:{self.port}",
-                 "--workers", "1", "--worker-class", "serving.worker.SyncWorker", "--no-control-socket", *args],
+                 "--workers", "1", "--worker-class", f"serving.worker.{worker}", "--no-control-socket", *args],
                 stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env})
 
     def get(self, path: str, timeout: float = 5) -> tuple[int, bytes]:
@@ -105,8 +107,8 @@ def throwaway_cert(directory: Path) -> tuple[Path, Path]:
     return certfile, keyfile
 
 
-@pytest.fixture(scope="module")
-def tls_server(served_artifact, serving_keys, tmp_path_factory) -> Iterator[Gunicorn]:
+@pytest.fixture(scope="module", params=["SyncWorker", "ThreadWorker"])
+def tls_server(request, served_artifact, serving_keys, tmp_path_factory) -> Iterator[Gunicorn]:
     directory = tmp_path_factory.mktemp("tls")
     certfile, keyfile = throwaway_cert(directory)
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -114,7 +116,7 @@ def tls_server(served_artifact, serving_keys, tmp_path_factory) -> Iterator[Guni
     running = Gunicorn(["--timeout", "6", "--certfile", str(certfile), "--keyfile", str(keyfile)],
                        directory / "server.log",
                        {"BLACKBOX_ARTIFACT": str(served_artifact), "BLACKBOX_TRUSTED_KEYS": str(serving_keys[1]),
-                        "BLACKBOX_READ_TIMEOUT": str(READ_TIMEOUT)}, tls=client)
+                        "BLACKBOX_READ_TIMEOUT": str(READ_TIMEOUT)}, tls=client, worker=request.param)
     try:
         running.wait_ready()
         yield running
@@ -122,7 +124,15 @@ def tls_server(served_artifact, serving_keys, tmp_path_factory) -> Iterator[Guni
         running.stop()
 
 
-def test_over_tls_a_stalled_request_on_the_sync_worker_gets_the_json_408(tls_server):
+def known_gap(server: Gunicorn, request: pytest.FixtureRequest) -> None:
+    if server.worker == "ThreadWorker":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "the default worker reads TLS in a thread as gthread does: a stall there is gunicorn's 'Socket error "
+            "processing request.' traceback (and no answer)")))
+
+
+def test_over_tls_a_stalled_request_gets_the_json_408(tls_server, request):
+    known_gap(tls_server, request)
     with tls_server.connect() as sock:
         sock.sendall(b"GET /ready HTTP/1.1\r\nHost: x\r\n")  # and nothing more
         got = received(sock, READ_TIMEOUT + 8)
@@ -131,6 +141,19 @@ def test_over_tls_a_stalled_request_on_the_sync_worker_gets_the_json_408(tls_ser
     assert tls_server.get("/health")[0] == 200  # the worker serves on
     log = tls_server.log.read_text()
     assert "Traceback" not in log and "WORKER TIMEOUT" not in log, log[-3000:]
+
+
+def test_over_tls_a_failed_or_stalled_handshake_is_closed_with_at_most_a_warning_line(tls_server, request):
+    known_gap(tls_server, request)
+    with socket.create_connection(("127.0.0.1", tls_server.port), timeout=5) as plain:
+        plain.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")  # plain HTTP to the TLS port
+        assert b"HTTP/1.1 200" not in received(plain, READ_TIMEOUT + 8)
+    with socket.create_connection(("127.0.0.1", tls_server.port), timeout=5) as silent:
+        silent.sendall(b"\x16\x03\x01")  # the first bytes of a ClientHello, then nothing
+        assert received(silent, READ_TIMEOUT + 8) == b""
+    assert tls_server.get("/health")[0] == 200
+    log = tls_server.log.read_text()
+    assert "Traceback" not in log, log[-3000:]
 
 
 def test_over_tls_a_whole_request_and_an_expect_100_continue_are_served(tls_server):
