@@ -87,7 +87,7 @@ def create_app(
     models: dict[str, Served] = {}
     loads: dict[str, Callable[[], Any]] = {}
     for name, source in sources.items():
-        holder = ModelHolder(wait=READY_WAIT if background else 0.0)
+        holder = ModelHolder(wait=READY_WAIT if background else 0.0, settle=settings.settle_heap)
         serve = functools.partial(_serve, name, source, holder, metrics, log, settings, len(keys))
         follower = None
         if name in settings.unavailable:

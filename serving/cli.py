@@ -149,6 +149,7 @@ def serve(
             BATCH_MAX_RECORDS=batch_max_records,
             REQUEST_TIMEOUT=request_timeout,
             READ_TIMEOUT=read_timeout,
+            SETTLE_HEAP=None if "BLACKBOX_SETTLE_HEAP" in os.environ else True,  # its own workers: on, unless told
         )
         _check_exposure(host, settings, insecure_no_auth)
         _check_timeouts(settings, timeout)

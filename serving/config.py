@@ -90,6 +90,10 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
         # Seconds a client has to send a whole request, headers and body, from its first byte
         # (serving/worker.py); past that it gets a 408 and the connection is closed.
         "READ_TIMEOUT": 15,
+        # After each model load, keep the process's objects out of full garbage collections (serving/heap.py):
+        # a ~100 ms stall every few seconds per worker otherwise. It freezes the whole process, so it is off for an
+        # app built inside another program; blackbox serve turns it on for its workers unless this is set.
+        "SETTLE_HEAP": False,
     }
 )
 
@@ -132,6 +136,7 @@ class Settings:
     prediction_log: URL | None
     request_timeout: float
     read_timeout: float
+    settle_heap: bool
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -172,6 +177,7 @@ class Settings:
             prediction_log=_prediction_log(config["PREDICTION_LOG"]),
             request_timeout=_positive(config, "REQUEST_TIMEOUT"),
             read_timeout=_positive(config, "READ_TIMEOUT"),
+            settle_heap=_bool(config, "SETTLE_HEAP"),
         )
 
 

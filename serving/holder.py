@@ -33,6 +33,8 @@ import blackbox
 from blackbox import BlackboxError, Model
 from blackbox.artifact import read_bytes
 
+from . import heap
+
 READY_WAIT = 10.0
 """Seconds a request waits for a model that is being loaded (a worker started while none was serving) before its 503."""
 
@@ -118,10 +120,13 @@ class ModelHolder:
     set when the process was told to stop; ``/ready`` then says 503.
     ``failure`` says why no model could be loaded (None: none failed), for
     ``/ready`` and ``GET /models`` while the server's other models serve.
+    With ``settle``, each model installed is first kept out of the garbage
+    collector's full collections (:func:`serving.heap.settle`).
     """
 
-    def __init__(self, model: Model | None = None, *, wait: float = 0.0) -> None:
+    def __init__(self, model: Model | None = None, *, wait: float = 0.0, settle: bool = False) -> None:
         self._model = model
+        self._settle = settle  # after each install, keep the model out of full collections (serving.heap)
         self._arrived = threading.Event()
         if model is not None:
             self._arrived.set()
@@ -138,6 +143,8 @@ class ModelHolder:
     def model(self, model: Model | None) -> None:
         self._model = model  # the swap: one reference assignment
         if model is not None:
+            if self._settle:
+                heap.settle()
             self._arrived.set()
 
     def forked(self) -> None:
