@@ -221,15 +221,16 @@ class Trees(Estimator):
         self.depth = max(int(t.max_depth) for t in self.trees)
 
     def _leaf_outputs(self, tree: Any, estimator: Any) -> np.ndarray:
-        """What ``estimator.predict_proba`` (classifier, normalised per row) or ``predict`` gives for each node."""
+        """What ``estimator.predict_proba`` (classifier) or ``predict`` gives for each node.
+
+        Since scikit-learn 1.4 (the floor) a classifier's ``tree_.value`` holds each node's class fractions and
+        ``predict_proba`` returns them as they are: dividing them by their sum again (as for the counts of older
+        versions) moved an impure leaf's fractions by an ulp, and where a forest's probabilities tied, its label.
+        """
         value: np.ndarray = tree.value[:, 0, :]
         if not self.classifier:
             return value[:, 0].copy()
-        proba = value[:, : estimator.n_classes_].copy()
-        normalizer = proba.sum(axis=1)[:, np.newaxis]
-        normalizer[normalizer == 0.0] = 1.0
-        proba /= normalizer
-        return proba
+        return value[:, : estimator.n_classes_].copy()
 
     def _float32(self, X: Any) -> np.ndarray:
         """``X`` as the float32 array scikit-learn's trees read, or :class:`Defer` where scikit-learn would refuse it."""
