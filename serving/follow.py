@@ -157,11 +157,13 @@ class Follower:
     def restart(self) -> None:
         """In a process forked from one that follows (``gunicorn --preload``): follow here too, with fresh locks.
 
-        The parent's thread is not in the child, and may have held the lock when it forked.
+        The parent's thread is not in the child, and may have held the lock when it forked. A follower that was
+        stopped stays stopped (a host that tore the app down, then forks for its own work).
         """
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self.start()
+        if not self._stopped:
+            self.start()
 
     def check(self) -> dict[str, Any]:
         """Resolve the reference; swap in its release if it changed and passes every check."""

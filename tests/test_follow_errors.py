@@ -52,3 +52,24 @@ def test_an_unexpected_error_in_a_poll_is_logged_and_the_follower_goes_on(follow
     assert failures and failed and "No space left on device" in failed[0]["reason"] and "OSError" in failed[0]["traceback"]
     metrics = client.get("/metrics").get_data(as_text=True)
     assert 'blackbox_reloads_total{model="titanic",result="failed"} 1.0' in metrics
+
+
+def test_a_stopped_follower_stays_stopped_in_a_forked_child(following):
+    """An embedding host that stopped the follower, then forks (a multiprocessing pool): no follower in the child."""
+    import os
+    import threading
+
+    _, app = following
+    for served in app.extensions[EXTENSION].models.values():
+        served.follower.stop()
+    wait_for(lambda: not any(t.name.startswith("blackbox-follow-") for t in threading.enumerate()),
+             what="the follower thread ending")
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only when no follower runs here; never raise into pytest
+        code = 1
+        try:
+            code = 0 if not any(t.name.startswith("blackbox-follow-") for t in threading.enumerate()) else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the fork hook restarted a follower the host had stopped"
