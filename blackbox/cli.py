@@ -36,6 +36,7 @@ from .errors import AuthenticityError, BlackboxError, ExitCode, SchemaError
 from .manifest import Data, FastPath, Git, Manifest, Output
 from .signing import TRUSTED_KEYS_ENV
 from .store import Pointer, Release, Store
+from .store.pointers import resign_command
 
 MAX_EXPIRY_DAYS = 36_500
 """The longest --expires-in: a hundred years (beyond a few million days the date cannot be written)."""
@@ -521,8 +522,8 @@ def list_releases(
             if p.expired:
                 click.echo(
                     f"{r.name}@{p.alias} (version {r.version}) expired at {p.expires_at}: readers refuse it (pull, "
-                    f"serve; what already serves stays). Re-sign it: blackbox promote {store} {r.name} {r.version} "
-                    f"--alias {p.alias} --expires-in DAYS", err=as_json,
+                    f"serve; what already serves stays). Re-sign it: "
+                    f"{resign_command(r.name, p.alias, store=store, version=r.version)}", err=as_json,
                 )
 
 

@@ -108,14 +108,19 @@ def test_cli_promote_expires_in_days(store, capsys):
         blackbox.Store.open(root).promote("titanic", "2.0.0", "production", expires_in=dt.timedelta(days=3_000_000))
 
 
-def expire(root, alias: str, private_key) -> str:
-    """Re-sign ALIAS's pointer as it stands with an expiry a day ago (its term ran out); return that expiry."""
+def resign(root, alias: str, private_key, expires_at) -> None:
+    """Re-sign ALIAS's pointer as it stands, with the trusted key, claiming ``expires_at`` (whatever it is)."""
     from blackbox import signing
     from blackbox.store import pointers
 
     path = root / "titanic" / "aliases" / f"{alias}.json"
+    path.write_bytes(pointers.seal(json.loads(path.read_text())["signed"], signing.load_private_key(private_key), expires_at))
+
+
+def expire(root, alias: str, private_key) -> str:
+    """Re-sign ALIAS's pointer as it stands with an expiry a day ago (its term ran out); return that expiry."""
     past = (dt.datetime.now(dt.UTC) - dt.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    path.write_bytes(pointers.seal(json.loads(path.read_text())["signed"], signing.load_private_key(private_key), past))
+    resign(root, alias, private_key, past)
     return past
 
 
@@ -147,10 +152,61 @@ def test_list_shows_expiries_and_an_expired_alias_marked_with_what_to_do(store, 
     assert f"production (EXPIRED {expired})" in rows["1.0.0"]
     assert f"latest,staging (expires {staging})" in rows["2.0.0"] and "canary" not in out
     note = next(line for line in out.splitlines() if "titanic@production" in line)
-    assert "readers refuse it" in note and f"blackbox promote {root} titanic 1.0.0 --alias production --expires-in DAYS" in note
+    resign_with = "--alias production --expires-in DAYS --signing-key KEY"  # what the reader's refusal says too
+    assert "readers refuse it" in note and f"blackbox promote {root} titanic 1.0.0 {resign_with}" in note
 
-    with pytest.raises(blackbox.AuthenticityError, match="expired at"):  # readers keep refusing it
+    with pytest.raises(blackbox.AuthenticityError, match="expired at") as refused:  # readers keep refusing it
         store_.resolve("titanic@production")
+    assert f"blackbox promote STORE titanic VERSION {resign_with}" in refused.value.message
     code, _, err = run_cli(capsys, "pull", root, "titanic@production", "-o", tmp_path / "pulled.bbx")
     assert code == 4 and "expired at" in err and not (tmp_path / "pulled.bbx").exists()
     assert [r.aliases for r in store_.list("titanic")] == [(), ("latest", "staging")]
+
+
+ODD_EXPIRIES = [12345, 0, ["2099-01-01T00:00:00Z"], {"at": "2099-01-01T00:00:00Z"}, True, "", "not-a-time",
+                "2099-13-01T00:00:00Z", "2099-1-1T00:00:00Z", "2099-01-01T00:00:00+00:00", " 2099-01-01T00:00:00Z"]
+
+
+@pytest.mark.parametrize("odd", ODD_EXPIRIES, ids=repr)
+def test_a_trusted_pointer_with_a_malformed_expiry_is_refused_by_readers_and_left_out_of_list(store, keys, odd, capsys,
+                                                                                              caplog, tmp_path):
+    """The signer writes a UTC timestamp or nothing: anything else is a malformed pointer, neither expired nor valid.
+
+    Before: a non-string raised a raw TypeError from resolve and crashed ``list``; a bad string was listed as
+    EXPIRED; "" and 0 were believed as never expiring.
+    """
+    root, store_ = store
+    store_.promote("titanic", "2.0.0", "staging", expires_in=dt.timedelta(days=30))
+    resign(root, "production", keys["private"], odd)
+
+    with pytest.raises(blackbox.AuthenticityError) as refused:
+        store_.resolve("titanic@production")
+    message = refused.value.message
+    assert "titanic@production" in message and "expiry" in message and repr(odd) in message, message
+    assert "blackbox promote STORE titanic VERSION --alias production --expires-in DAYS --signing-key KEY" in message
+    code, _, err = run_cli(capsys, "pull", root, "titanic@production", "-o", tmp_path / "pulled.bbx")
+    assert code == 4 and "expiry" in err and not (tmp_path / "pulled.bbx").exists()
+
+    caplog.clear()
+    code, out, err = run_cli(capsys, "list", root, "titanic", "--json")
+    assert code == 0, err
+    listed = {r["version"]: r for r in json.loads(out)}
+    assert listed["1.0.0"]["alias_pointers"] == [] and listed["1.0.0"]["aliases"] == []
+    assert listed["2.0.0"]["aliases"] == ["latest", "staging"]  # everything else is listed
+    assert f"Not listing alias titanic@production: {message}" in caplog.text  # the reader's own words
+    code, out, err = run_cli(capsys, "list", root)
+    assert code == 0, err
+    assert "production" not in out and "EXPIRED" not in out and "(expires )" not in out and "expired at" not in err
+    assert [r.aliases for r in store_.list("titanic")] == [(), ("latest", "staging")]
+
+
+def test_a_well_formed_expiry_is_still_believed_until_it_passes(store, keys):
+    """The stricter check refuses only malformed expiries: a future timestamp is believed, a past one is expired."""
+    root, store_ = store
+    resign(root, "production", keys["private"], "2099-01-01T00:00:00Z")
+    assert store_.resolve("titanic@production").pointer.expires_at == "2099-01-01T00:00:00Z"
+    resign(root, "production", keys["private"], None)
+    assert store_.resolve("titanic@production").pointer.expires_at is None
+    expire(root, "production", keys["private"])
+    with pytest.raises(blackbox.AuthenticityError, match="expired at"):
+        store_.resolve("titanic@production")

@@ -28,7 +28,10 @@ A reader believes a pointer if its signature verifies against the trusted keys
 (an unsigned one, as older blackbox versions wrote, only with
 ``allow_unsigned``, loudly), has not expired (a writer about to replace it reads
 it with ``expiry=False``, keeping its history; ``list`` too, reporting it as expired
-rather than believed) and names the requested model and alias. Given
+rather than believed) and names the requested model and alias. The signer writes
+either no expiry or a UTC timestamp (``YYYY-MM-DDTHH:MM:SSZ``); any other signed
+``expires_at`` (a number, "", a list, an impossible date) is refused as malformed,
+by every reader and by ``list``: it is neither never-expiring nor merely expired. Given
 the release it accepted before (``after``), it also refuses a pointer with a
 lower sequence (an old pointer replayed) and one naming an older version that
 is not a rollback; ``allow_downgrade`` lifts both, for an operator. Whether the
@@ -39,6 +42,7 @@ checked where it is downloaded (blackbox.store.store).
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import logging
 import time
@@ -56,6 +60,7 @@ log = logging.getLogger("blackbox")
 TYPE = "blackbox-release-pointer/v1"
 _TAG = b"blackbox-release-pointer-v1\n"  # signed ahead of the statement: no artifact manifest (JSON) starts so
 HISTORY_LIMIT = 50
+_TIME = "%Y-%m-%dT%H:%M:%SZ"  # a signed expiry, as blackbox.signing writes and reads it
 
 
 def statement(
@@ -111,28 +116,46 @@ def read(
             f"{where} is the pointer of {statement.get('name')}@{statement.get('alias')}, not of {name}@{alias}: "
             f"it was copied there by someone who can write to the store. Refusing it; promote {name}@{alias} again."
         )
+    what = f"{where}, the alias pointer of {name}@{alias},"
+    expires = _expiry(expires_at, what, name, alias)
     sequence, rollback = statement.get("sequence", 0), statement.get("rollback", False)
     if type(sequence) is not int or not isinstance(rollback, bool):
         raise damaged(where, "is not a valid alias pointer (sequence, rollback)")
     release = Release.from_record(statement, where=where)
+    expired = expires is not None and dt.datetime.now(dt.UTC) >= expires
+    if expiry and expired:
+        raise AuthenticityError(
+            f"{what} expired at {expires_at}; past its expiry it is refused, since a store frozen on an old pointer "
+            f"would otherwise serve it forever. What already serves stays. Its publisher re-signs it: "
+            f"`{resign_command(name, alias)}`."
+        )
     pointer = Pointer(alias=alias, sequence=sequence, rollback=rollback, updated_at=statement.get("updated_at"), key_id=key_id,
-                      expires_at=expires_at)
-    release = dataclasses.replace(release, pointer=pointer)
-    if expiry:
-        check_expiry(release, where)
-    return release, statement["history"]
+                      expires_at=expires_at, expired=expired)
+    return dataclasses.replace(release, pointer=pointer), statement["history"]
 
 
-def check_expiry(release: Release, where: str) -> None:
-    """Refuse ``release``, read through a pointer (at ``where``), if that pointer's signed expiry has passed."""
-    assert release.pointer is not None
-    name, alias = release.name, release.pointer.alias
-    signing.check_expiry(
-        {"expires_at": release.pointer.expires_at}, what=f"{where}, the alias pointer of {name}@{alias},",
-        remedy="past its expiry it is refused, since a store frozen on an old pointer would otherwise serve it "
-        f"forever. What already serves stays. Its publisher re-signs it: `blackbox promote STORE {name} VERSION "
-        f"--alias {alias} --expires-in DAYS --signing-key KEY`.",
-    )
+def resign_command(name: str, alias: str, *, store: str = "STORE", version: str = "VERSION") -> str:
+    """The command that re-signs NAME@ALIAS's pointer with a fresh expiry: every message saying how uses this one."""
+    return f"blackbox promote {store} {name} {version} --alias {alias} --expires-in DAYS --signing-key KEY"
+
+
+def _expiry(expires_at: Any, what: str, name: str, alias: str) -> dt.datetime | None:
+    """A pointer's signed expiry as a time (None: it has none); raise unless the signer's own format, exactly."""
+    if expires_at is None:
+        return None
+    try:
+        if not isinstance(expires_at, str):
+            raise ValueError
+        expires = dt.datetime.strptime(expires_at, _TIME).replace(tzinfo=dt.UTC)
+        if expires.strftime(_TIME) != expires_at:  # strptime also takes "2099-1-1T0:0:0Z"
+            raise ValueError
+    except ValueError:
+        raise AuthenticityError(
+            f"{what} is signed with a malformed expiry {expires_at!r} (a signer writes a UTC timestamp "
+            f"YYYY-MM-DDTHH:MM:SSZ, or none); refusing it, neither as never expiring nor as expired. Its publisher "
+            f"re-signs it: `{resign_command(name, alias)}` (or without --expires-in, for none)."
+        ) from None
+    return expires
 
 
 def check_succession(release: Release, after: Release | None, ref: str, *, allow_downgrade: bool) -> None:

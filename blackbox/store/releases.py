@@ -57,7 +57,7 @@ class Pointer:
     updated_at: str | None
     key_id: str | None  # the pointer's signer; None: unsigned
     expires_at: str | None = None  # believed until then (its signature's claim); None: no expiry
-    expired: bool = False  # past expires_at when read: only Store.list reports such a pointer, readers refuse it
+    expired: bool = False  # past expires_at when read: readers refuse it; only Store.list (and a writer replacing it) sees it
 
 
 @dataclasses.dataclass(frozen=True)

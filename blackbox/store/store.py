@@ -159,7 +159,8 @@ class Store:
                         log.warning("Not listing alias %s@%s: %s", model, alias, exc.message)
                         continue
                     if target is not None:
-                        found.setdefault(target.version, []).append(self._judged(target))
+                        assert target.pointer is not None
+                        found.setdefault(target.version, []).append(target.pointer)
                 for version in self._backend.children((model,)):
                     if not valid_name(version) or version in (ALIASES, LATEST):
                         continue
@@ -422,15 +423,6 @@ class Store:
             log.warning("Replacing %s, which cannot be believed (%s); its history is dropped.", self._where(key), exc.message)
             return None, [], token
         return self._located(release, (alias,)), history, token
-
-    def _judged(self, target: Release) -> Pointer:
-        """The pointer ``target`` was read through, marked ``expired`` if readers would refuse it for its age."""
-        assert target.pointer is not None
-        try:
-            pointers.check_expiry(target, self._where((target.name, ALIASES, f"{target.pointer.alias}.json")))
-        except AuthenticityError:
-            return dataclasses.replace(target.pointer, expired=True)
-        return target.pointer
 
     def _swap(self, name: str, alias: str, pointer: bytes, token: Any) -> None:
         try:
