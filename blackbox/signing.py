@@ -43,6 +43,8 @@ REVOKED_KEYS_ENV = "BLACKBOX_REVOKED_KEYS"
 SIGNING_KEY_ENV = "BLACKBOX_SIGNING_KEY"
 _DOMAIN = b"blackbox-artifact-signature-v1\n"
 _CLAIMS = ("alg", "key_id", "signed_at", "expires_at")
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+"""How a signature writes ``signed_at`` and ``expires_at`` (UTC), and the only form of ``expires_at`` it believes."""
 KEY_TYPES = ("ed25519", "ec-p256")  # what keygen makes
 ED25519, ECDSA_P256 = "ed25519", "ecdsa-p256-sha256"  # the block's alg for each
 PrivateKey = Ed25519PrivateKey | ec.EllipticCurvePrivateKey
@@ -107,7 +109,7 @@ def sign(manifest_bytes: bytes, private_key: PrivateKey, *, expires_at: str | No
     claims = {
         "alg": algorithm(private_key),
         "key_id": key_id(private_key.public_key()),
-        "signed_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "signed_at": dt.datetime.now(dt.UTC).strftime(TIME_FORMAT),
         "expires_at": expires_at,
     }
     message = _message(claims, manifest_bytes)
@@ -255,10 +257,30 @@ def check_expiry(
     claims: dict[str, Any], *, now: dt.datetime | None = None, what: str = "The artifact's signature",
     remedy: str = "re-sign it or ship a newer one.",
 ) -> None:
-    """Raise AuthenticityError (``what`` expired at ..., ``remedy``) if the claims' ``expires_at`` has passed."""
+    """Raise AuthenticityError (``what`` expired at ..., ``remedy``) if the claims' ``expires_at`` has passed or is
+    not the signer's own timestamp (a number, "", an impossible date: neither never-expiring nor merely expired)."""
     expires = claims.get("expires_at")
-    if expires and (now or dt.datetime.now(dt.UTC)) >= _parse_time(expires):
+    try:
+        when = expiry_time(expires)
+    except ValueError:
+        raise AuthenticityError(
+            f"{what} is signed with a malformed expiry {expires!r} (a signer writes a UTC timestamp "
+            f"YYYY-MM-DDTHH:MM:SSZ, or none); refusing it: {remedy}"
+        ) from None
+    if when is not None and (now or dt.datetime.now(dt.UTC)) >= when:
         raise AuthenticityError(f"{what} expired at {expires}; {remedy}")
+
+
+def expiry_time(expires_at: Any) -> dt.datetime | None:
+    """A signed ``expires_at`` as a time (None: no expiry); ValueError unless exactly as the signer writes it."""
+    if expires_at is None:
+        return None
+    if not isinstance(expires_at, str):
+        raise ValueError(f"not a timestamp: {expires_at!r}")
+    when = dt.datetime.strptime(expires_at, TIME_FORMAT).replace(tzinfo=dt.UTC)
+    if when.strftime(TIME_FORMAT) != expires_at:  # strptime also takes "2099-1-1T0:0:0Z"
+        raise ValueError(f"not in the signer's format: {expires_at!r}")
+    return when
 
 
 def _message(claims: dict[str, Any], manifest_bytes: bytes) -> bytes:
@@ -294,10 +316,3 @@ def _load_public_key(path: Path) -> PublicKey:
             f"{str(path)!r} is not an Ed25519 or ECDSA P-256 public key (expected a .pub from `blackbox keygen`)."
         )
     return key
-
-
-def _parse_time(text: str) -> dt.datetime:
-    try:
-        return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
-    except ValueError:
-        raise AuthenticityError(f"The signature's expiry {text!r} is not a UTC timestamp; refusing it.") from None

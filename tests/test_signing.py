@@ -388,3 +388,20 @@ def test_load_an_artifact_signed_with_a_p256_key(saved, keys, tmp_path, capsys):
     with pytest.raises(blackbox.AuthenticityError, match="not among the trusted keys"):
         blackbox.load(copy, trusted_keys=[keys["public"]])
     assert blackbox.verify(copy, trusted_keys=tmp_path / "k" / "hsm.pub").ok  # the isolated child trusts it too
+
+
+@pytest.mark.parametrize("expires_at", ["", 0, 4102444800, "not-a-time", "2099-13-01T00:00:00Z", "2099-1-1T00:00:00Z",
+                                        "2099-01-01T00:00:00+00:00", ["2099-01-01T00:00:00Z"]])
+def test_a_trusted_signature_with_a_malformed_expiry_is_refused(saved, keys, tmp_path, expires_at):
+    """The signer writes a UTC timestamp or none: anything else is refused, neither believed forever ("", 0: before)
+    nor a raw TypeError (a number, a list: before)."""
+    parts = unpack(saved.read_bytes())
+    odd = tmp_path / "odd.bbx"
+    odd.write_bytes(pack(parts.manifest_bytes, parts.payload,
+                         signing.sign(parts.manifest_bytes, signing.load_private_key(keys["private"]), expires_at=expires_at)))
+    with pytest.raises(blackbox.AuthenticityError, match="malformed expiry"):
+        blackbox.load(odd)
+    fine = tmp_path / "fine.bbx"
+    fine.write_bytes(pack(parts.manifest_bytes, parts.payload, signing.sign(
+        parts.manifest_bytes, signing.load_private_key(keys["private"]), expires_at="2999-01-01T00:00:00Z")))
+    assert blackbox.load(fine).name == blackbox.load(saved).name

@@ -60,7 +60,6 @@ log = logging.getLogger("blackbox")
 TYPE = "blackbox-release-pointer/v1"
 _TAG = b"blackbox-release-pointer-v1\n"  # signed ahead of the statement: no artifact manifest (JSON) starts so
 HISTORY_LIMIT = 50
-_TIME = "%Y-%m-%dT%H:%M:%SZ"  # a signed expiry, as blackbox.signing writes and reads it
 
 
 def statement(
@@ -144,18 +143,13 @@ def _expiry(expires_at: Any, what: str, name: str, alias: str) -> dt.datetime | 
     if expires_at is None:
         return None
     try:
-        if not isinstance(expires_at, str):
-            raise ValueError
-        expires = dt.datetime.strptime(expires_at, _TIME).replace(tzinfo=dt.UTC)
-        if expires.strftime(_TIME) != expires_at:  # strptime also takes "2099-1-1T0:0:0Z"
-            raise ValueError
+        return signing.expiry_time(expires_at)
     except ValueError:
         raise AuthenticityError(
             f"{what} is signed with a malformed expiry {expires_at!r} (a signer writes a UTC timestamp "
             f"YYYY-MM-DDTHH:MM:SSZ, or none); refusing it, neither as never expiring nor as expired. Its publisher "
             f"re-signs it: `{resign_command(name, alias)}` (or without --expires-in, for none)."
         ) from None
-    return expires
 
 
 def check_succession(release: Release, after: Release | None, ref: str, *, allow_downgrade: bool) -> None:
