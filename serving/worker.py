@@ -14,9 +14,15 @@ answers ``Expect: 100-continue`` itself (gunicorn's own is suppressed) and
 keeps buffering the body. A request that can never complete is refused at
 once by the loop with a JSON error from the one table (serving/errors.py):
 bare-LF line endings, a Transfer-Encoding not ending in ``chunked`` or a
-malformed chunk size or chunk end (400, ``Connection: close``: the app could
-answer without reading the body, and the connection could not go on), a
-Content-Length or chunked body over the limit (413). A request line gunicorn
+malformed chunk size or chunk end, a chunk-size line (with its extensions)
+over :data:`CHUNK_LINE_LIMIT` bytes or a body of over :data:`MAX_CHUNKS`
+chunks (400, ``Connection: close``: the app could answer without reading the
+body, and the connection could not go on), a Content-Length or chunked body
+over the limit, or a chunked body whose framing, extensions and trailers
+bring it over the limit plus :data:`HEADER_LIMIT` (413). The loop reads a
+chunked body once however it trickles in (:class:`Scan`), and gunicorn's
+parser is given the buffered bytes a read at a time (:class:`_Preread`), so a
+body's parsing costs time linear in its size. A request line gunicorn
 would refuse (HTTP/0.9's ``GET /``, say) goes to a thread at once, for the
 parser's 400, without waiting for headers. A request still
 incomplete ``READ_TIMEOUT`` seconds after its connection was accepted (or,
@@ -42,9 +48,10 @@ sent nothing is closed only :data:`STOP_GRACE` s after the stop (closing it at
 once reset requests accepted just before the SIGTERM, their bytes in flight).
 
 Limits: at most gunicorn's ``worker_connections`` (1000) connections per
-worker, lingering ones included; each buffers at most the body limit
-(``MAX_CONTENT_LENGTH``) plus :data:`HEADER_LIMIT` (longer headers are handed
-over at once: gunicorn answers 400/431). TLS and HTTP/2 are handed to a thread
+worker, lingering ones included; each buffers at most :data:`HEADER_LIMIT` of
+headers (longer ones are handed over at once: gunicorn answers 400/431) and
+the body limit (``MAX_CONTENT_LENGTH``), a chunked one with
+:data:`HEADER_LIMIT` more for its framing, extensions and trailers. TLS and HTTP/2 are handed to a thread
 as gthread does; there every socket read and write is bounded by
 ``READ_TIMEOUT`` each (not in total). A client too slow for it while a
 thread serves its request (reading the answer, say) is logged as one warning
