@@ -82,11 +82,16 @@ def close(a: Any, b: Any) -> bool:
     return same(a, b)
 
 
-def transformer(step: Any, path: str, ref_in: Any, arr_in: Any) -> Node:
-    """A verified node for a transformer receiving ``ref_in`` (its own input) and ``arr_in`` (the same as values, or None)."""
-    expected = step.transform(ref_in)
+def transformer(step: Any, path: str, ref_in: Any, arr_in: Any, *, dense: bool = False) -> Node:
+    """A verified node for a transformer receiving ``ref_in`` (its own input) and ``arr_in`` (the same as values, or None).
+
+    ``dense``: its container makes its output an array (a ColumnTransformer
+    with a dense output calls ``toarray()`` on a sparse part), so the node is
+    held to that array and may compute it directly.
+    """
+    expected = _densified(step.transform(ref_in)) if dense else step.transform(ref_in)
     try:
-        node = _build(step, path, ref_in, arr_in)
+        node = _build(step, path, ref_in, arr_in, dense)
     except Unsupported as exc:
         return _fallback(step, path, str(exc))
     if isinstance(node, Called):
@@ -95,7 +100,7 @@ def transformer(step: Any, path: str, ref_in: Any, arr_in: Any) -> Node:
     if given is None:
         return _fallback(step, path, "its input is a single column (1-D), which the compiled step does not take")
     try:
-        got = node.transform(given)
+        got = _densified(node.transform(given)) if dense else node.transform(given)
     except Defer as exc:
         return _fallback(step, path, f"deferred on the verification rows: {exc}")
     except Exception as exc:  # noqa: BLE001 - any failure of compiled code means: run the reference
@@ -105,7 +110,13 @@ def transformer(step: Any, path: str, ref_in: Any, arr_in: Any) -> Node:
     return node
 
 
-def _build(step: Any, path: str, ref_in: Any, arr_in: Any) -> Node:
+def _densified(out: Any) -> Any:
+    from scipy import sparse
+
+    return out.toarray() if sparse.issparse(out) else out
+
+
+def _build(step: Any, path: str, ref_in: Any, arr_in: Any, dense: bool) -> Node:
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import FunctionTransformer
 
@@ -113,22 +124,25 @@ def _build(step: Any, path: str, ref_in: Any, arr_in: Any) -> Node:
     if builder is not None:
         if not isinstance(arr_in, np.ndarray) or arr_in.ndim != 2:
             raise Unsupported("its input is not a 2-D array of values")
+        if getattr(step, "sparse_output", False) and not dense:
+            raise Unsupported("sparse_output=True where the next step gets the sparse matrix "
+                              "(compiled inside a ColumnTransformer whose output is dense)")
         return builder(step, path, arr_in.dtype)
     if type(step) is FunctionTransformer:
         return transformers.Function(step, path)
     if type(step) is Pipeline or type(step).__name__ == "TransformerPipeline" and type(step).__module__.startswith("sklearn_pandas"):
-        return _chain(step, path, ref_in, arr_in)
+        return _chain(step, path, ref_in, arr_in, dense)
     if not is_library_object(step):
         return Called(step, path, "called")
     raise Unsupported(f"no compiler for {type(step).__name__}")
 
 
-def _chain(pipeline: Any, path: str, ref_in: Any, arr_in: Any) -> Chain:
+def _chain(pipeline: Any, path: str, ref_in: Any, arr_in: Any, dense: bool) -> Chain:
+    """Each step verified on what the one before gives; ``dense`` holds for the last only (its output is the chain's)."""
     nodes: list[Node] = []
-    for name, step in pipeline.steps:
-        if step is None or step == "passthrough":
-            continue
-        node = transformer(step, f"{path}.{name}", ref_in, arr_in)
+    steps = [(name, step) for name, step in pipeline.steps if step is not None and step != "passthrough"]
+    for i, (name, step) in enumerate(steps):
+        node = transformer(step, f"{path}.{name}", ref_in, arr_in, dense=dense and i == len(steps) - 1)
         nodes.append(node)
         ref_in = arr_in = step.transform(ref_in)
     return Chain(pipeline, path, nodes)
@@ -168,7 +182,7 @@ def _slice(frame: pd.DataFrame, positions: list[int], how: str) -> Slice:
 
 
 def _part(child: Any, path: str, frame: pd.DataFrame, table: Table, positions: list[int], vector: bool,
-          as_frame: bool, ref_in: Any) -> tuple[Slice, Node | None]:
+          as_frame: bool, ref_in: Any, dense: bool = False) -> tuple[Slice, Node | None]:
     """A container's child on its columns, verified on the slice it will be handed at run time."""
     values = None if vector else _slice(frame, positions, VALUES)
     reference_how = (SERIES if as_frame else VECTOR) if vector else (FRAME if as_frame else VALUES)
@@ -176,7 +190,7 @@ def _part(child: Any, path: str, frame: pd.DataFrame, table: Table, positions: l
     if child is None or child == "passthrough":
         return (values or reference), (Identity(child, path) if child == "passthrough" else None)
     arr_in = values.take(table) if values is not None else None
-    node = transformer(child, path, ref_in, arr_in)
+    node = transformer(child, path, ref_in, arr_in, dense=dense)
     if node.form == "array" and values is not None:
         return values, node
     if node.form != "array":
@@ -230,8 +244,9 @@ def _column_transformer(ct: Any, path: str, frame: pd.DataFrame, table: Table) -
             raise Unsupported(f"{name} reads a column the schema does not hold")
         vector = np.isscalar(columns) and not isinstance(columns, bool)
         ref_in = _safe_indexing(frame, wanted[0] if vector else wanted, axis=1)
-        parts.append(_part(child, f"{path}.{name}", frame, table, [names.index(c) for c in wanted], vector, True, ref_in))
-    return Columns(ct, path, parts, one_d="refuse")
+        parts.append(_part(child, f"{path}.{name}", frame, table, [names.index(c) for c in wanted], vector, True, ref_in,
+                           dense=True))
+    return Columns(ct, path, parts, one_d="refuse", densify=True)
 
 
 def final_step(step: Any, path: str, X: Any, expected: tuple[Any, Any]) -> estimators.Estimator:

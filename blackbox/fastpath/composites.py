@@ -9,7 +9,10 @@ child was verified with (see ``Node.form``), then stacks the outputs with
 * DataFrameMapper: ``default=False``, ``df_out=False``, column lists or single
   names (not callables); ColumnTransformer: dense output, default output
   container. Other settings are :class:`~blackbox.fastpath.base.Unsupported`.
-* A sparse child output defers (the container would combine it sparsely).
+* A sparse child output is made an array with ``toarray()`` in a
+  ColumnTransformer (whose output is dense: a sparse one is not compiled), as
+  it does itself; in a DataFrameMapper it defers (sklearn-pandas combines the
+  parts sparsely first).
 """
 
 from __future__ import annotations
@@ -72,10 +75,12 @@ class Columns(Node):
 
     form = "table"
 
-    def __init__(self, step: Any, path: str, parts: Sequence[tuple[Slice, Node | None]], one_d: str) -> None:
+    def __init__(self, step: Any, path: str, parts: Sequence[tuple[Slice, Node | None]], one_d: str,
+                 densify: bool = False) -> None:
         super().__init__(step, path)
         self.parts = list(parts)
         self.one_d = one_d  # what a 1-D child output becomes: "column" (mapper) or "refuse" (ColumnTransformer)
+        self.densify = densify  # a sparse child output becomes its toarray() (ColumnTransformer), else defers
 
     def transform(self, table: Any) -> np.ndarray:
         if not isinstance(table, Table):
@@ -90,7 +95,9 @@ class Columns(Node):
             if type(out) is not np.ndarray:
                 plain = False
                 if sparse.issparse(out):
-                    raise Defer("a sparse part: the container combines those sparsely")
+                    if not self.densify:
+                        raise Defer("a sparse part: the container combines those sparsely")
+                    out = out.toarray()
             if len(out.shape) == 1:
                 if self.one_d != "column":
                     raise Defer("a 1-D part: ColumnTransformer refuses it")

@@ -113,7 +113,12 @@ class Scaler(Node):
 
 
 class OneHot(Node):
-    """``OneHotEncoder``: dense output, no ``drop``, no infrequent categories, unknown categories as zeros."""
+    """``OneHotEncoder``: no ``drop``, no infrequent categories, unknown categories as zeros; always a dense output.
+
+    With ``sparse_output=True`` (the encoder's default) it is the ``toarray()``
+    of the encoder's output, built only where that is what the next step gets
+    (see ``compiler.transformer``'s ``dense``).
+    """
 
     def __init__(self, step: Any, path: str, dtype: np.dtype) -> None:
         super().__init__(step, path)
@@ -123,8 +128,6 @@ class OneHot(Node):
             raise Unsupported(f"drop={step.drop!r}")
         if getattr(step, "_infrequent_enabled", False):
             raise Unsupported("infrequent categories (min_frequency / max_categories)")
-        if step.sparse_output:
-            raise Unsupported("sparse_output=True")
         if dtype.kind not in "biufO":
             raise Unsupported(f"input dtype {dtype}")
         self.dtype, self.width = dtype, len(step.categories_)
