@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shlex
 import time
 
 import pytest
@@ -161,6 +162,18 @@ def test_list_shows_expiries_and_an_expired_alias_marked_with_what_to_do(store, 
     code, _, err = run_cli(capsys, "pull", root, "titanic@production", "-o", tmp_path / "pulled.bbx")
     assert code == 4 and "expired at" in err and not (tmp_path / "pulled.bbx").exists()
     assert [r.aliases for r in store_.list("titanic")] == [(), ("latest", "staging")]
+
+
+def test_the_resign_hint_quotes_a_store_path_a_shell_would_split(artifact, keys, capsys, tmp_path):
+    root = tmp_path / "my models; v2"
+    store_ = blackbox.Store.open(root)
+    store_.push(artifact)
+    store_.promote("titanic", "1.0.0", "production")
+    expire(root, "production", keys["private"])
+    code, out, err = run_cli(capsys, "list", root)
+    assert code == 0, err
+    note = next(line for line in out.splitlines() if "titanic@production" in line)
+    assert f"blackbox promote {shlex.quote(str(root))} titanic 1.0.0 --alias production" in note, note
 
 
 ODD_EXPIRIES = [12345, 0, ["2099-01-01T00:00:00Z"], {"at": "2099-01-01T00:00:00Z"}, True, "", "not-a-time",

@@ -45,6 +45,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import shlex
 import time
 from typing import Any
 
@@ -134,7 +135,11 @@ def read(
 
 
 def resign_command(name: str, alias: str, *, store: str = "STORE", version: str = "VERSION") -> str:
-    """The command that re-signs NAME@ALIAS's pointer with a fresh expiry: every message saying how uses this one."""
+    """The command that re-signs NAME@ALIAS's pointer with a fresh expiry: every message saying how uses this one.
+
+    Each value is quoted for a POSIX shell (a store path with a space stays one argument).
+    """
+    store, name, version, alias = map(shlex.quote, (store, name, version, alias))
     return f"blackbox promote {store} {name} {version} --alias {alias} --expires-in DAYS --signing-key KEY"
 
 
