@@ -11,7 +11,10 @@ record's unknown or huge fields never stay in memory; everything costly (typing 
 that refreshes the Prometheus gauges every ``DRIFT_INTERVAL`` seconds when
 records arrived since the last refresh. A refresh that fails, for whatever reason,
 is logged (``drift_failed``, with the error's type) and tried again the next
-round: the thread never stops refreshing silently.
+round: the thread never stops refreshing silently. Rounds failing the same way
+are logged once, then again every :data:`FAILURE_REPEAT` seconds with how many
+rounds failed (``rounds_failed``); the first round that succeeds after them logs
+``drift_recovered``.
 
 Each served model has its own window (``/models/{name}/drift``; gauges with
 its ``model`` label). The window belongs to one model: it is emptied when the holder swaps in a model
@@ -43,6 +46,9 @@ from .holder import ModelHolder, identity
 from .logs import RequestLog
 from .metrics import Metrics
 
+FAILURE_REPEAT = 600.0
+"""Seconds before refresh rounds still failing the same way are logged again."""
+
 
 class Monitor:
     """The last ``capacity`` validated records this worker scored with the held model (0: off)."""
@@ -62,6 +68,9 @@ class Monitor:
         self._seen = 0  # records observed since the window was (re)started
         self._reported = 0  # value of _seen at the last gauge refresh
         self._features: tuple[str, ...] = ()  # features the gauges currently show
+        self._failure: tuple[str, str] | None = None  # (code, reason) of the rounds failing since the last success
+        self._failed_rounds = 0
+        self._failure_logged = 0.0  # time.monotonic() when it was last logged
 
     def observe(self, model: Model, records: Sequence[Mapping[str, Any]]) -> None:
         """Remember records ``model`` just scored (the one call on the request path)."""
@@ -139,9 +148,25 @@ class Monitor:
                 try:
                     self.report()
                 except BlackboxError as exc:  # keep refreshing; the log says why this round failed
-                    self._log.event("drift_failed", logging.ERROR, model=self.name, code=exc.code, reason=exc.message)
+                    self._failed(exc.code, exc.message)
                 except Exception as exc:  # noqa: BLE001  a bug must not end the thread: the gauges would stay stale
-                    self._log.event("drift_failed", logging.ERROR, model=self.name, code="internal_error",
-                                    reason=f"{type(exc).__name__}: {exc}"[:500],
-                                    traceback="".join(traceback.format_exception(exc)))
+                    self._failed("internal_error", f"{type(exc).__name__}: {exc}"[:500],
+                                 traceback="".join(traceback.format_exception(exc)))
+                else:
+                    self._recovered()
+
+    def _failed(self, code: str, reason: str, **extra: str) -> None:
+        """Log a failed round unless the rounds before failed the same way and were logged under FAILURE_REPEAT ago."""
+        self._failed_rounds += 1
+        now = time.monotonic()
+        if (code, reason) == self._failure and now - self._failure_logged < FAILURE_REPEAT:
+            return
+        self._failure, self._failure_logged = (code, reason), now
+        self._log.event("drift_failed", logging.ERROR, model=self.name, code=code, reason=reason,
+                        rounds_failed=self._failed_rounds, **extra)
+
+    def _recovered(self) -> None:
+        if self._failure is not None:
+            self._log.event("drift_recovered", logging.INFO, model=self.name, rounds_failed=self._failed_rounds)
+            self._failure, self._failed_rounds = None, 0
 

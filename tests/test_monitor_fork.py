@@ -137,3 +137,36 @@ def test_a_refresh_that_raises_an_unexpected_error_is_logged_and_the_gauges_refr
     assert failed[0]["code"] == "internal_error" and failed[0]["model"] == "titanic", failed
     assert "ValueError" in failed[0]["reason"] and "duplicate labels" in failed[0]["reason"], failed
     assert "ValueError" in failed[0]["traceback"], failed
+
+
+def test_a_refresh_that_keeps_failing_is_logged_once_and_its_recovery_once(base_config, passengers, monkeypatch, caplog):
+    """Before: every round (each DRIFT_INTERVAL, 30 s by default) logged the same ERROR and traceback again."""
+    real, broken = drift.compare, threading.Event()
+    broken.set()
+    rounds = []
+
+    def compare(*args, **kwargs):
+        rounds.append(broken.is_set())
+        if broken.is_set():
+            raise ValueError("cannot reindex on an axis with duplicate labels")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(drift, "compare", compare)
+    app = create_app({**base_config, "DRIFT_INTERVAL": 0.02})
+    client = app.test_client()
+    assert client.post("/predict", json=passengers[:20]).status_code == 200
+    wait_for(lambda: len(rounds) >= 15, 20, what="15 failing refresh rounds")
+
+    def events(name: str) -> list[dict]:
+        return [line for line in map(json.loads, filter(lambda m: m.startswith("{"), caplog.messages)) if line["event"] == name]
+
+    assert len(events("drift_failed")) == 1, events("drift_failed")
+    broken.clear()
+    wait_for(lambda: events("drift_recovered"), 20, what="the recovery logged")
+    (recovered,) = events("drift_recovered")
+    assert recovered["model"] == "titanic" and recovered["rounds_failed"] >= 15, recovered
+    broken.set()
+    assert client.post("/predict", json=passengers[20:30]).status_code == 200  # new records: the next round compares again
+    wait_for(lambda: len(events("drift_failed")) == 2, 20, what="a new failure after the recovery logged again")
+    time.sleep(0.3)
+    assert len(events("drift_failed")) == 2 and len(events("drift_recovered")) == 1
