@@ -89,7 +89,7 @@ def transformer(step: Any, path: str, ref_in: Any, arr_in: Any, *, dense: bool =
     with a dense output calls ``toarray()`` on a sparse part), so the node is
     held to that array and may compute it directly.
     """
-    expected = _densified(step.transform(ref_in)) if dense else step.transform(ref_in)
+    expected = _kept(step.transform(ref_in), dense)
     try:
         node = _build(step, path, ref_in, arr_in, dense)
     except Unsupported as exc:
@@ -100,7 +100,7 @@ def transformer(step: Any, path: str, ref_in: Any, arr_in: Any, *, dense: bool =
     if given is None:
         return _fallback(step, path, "its input is a single column (1-D), which the compiled step does not take")
     try:
-        got = _densified(node.transform(given)) if dense else node.transform(given)
+        got = _kept(node.transform(given), dense)
     except Defer as exc:
         return _fallback(step, path, f"deferred on the verification rows: {exc}")
     except Exception as exc:  # noqa: BLE001 - any failure of compiled code means: run the reference
@@ -110,10 +110,11 @@ def transformer(step: Any, path: str, ref_in: Any, arr_in: Any, *, dense: bool =
     return node
 
 
-def _densified(out: Any) -> Any:
+def _kept(out: Any, dense: bool) -> Any:
+    """What the container keeps of a step's output: its ``toarray()`` where ``dense`` and it is sparse, else itself."""
     from scipy import sparse
 
-    return out.toarray() if sparse.issparse(out) else out
+    return out.toarray() if dense and sparse.issparse(out) else out
 
 
 def _build(step: Any, path: str, ref_in: Any, arr_in: Any, dense: bool) -> Node:
@@ -195,7 +196,7 @@ def _part(child: Any, path: str, frame: pd.DataFrame, table: Table, positions: l
         return values, node
     if node.form != "array":
         given = reference.take(table)
-        if not same(node.transform(given), child.transform(ref_in)):
+        if not same(_kept(node.transform(given), dense), _kept(child.transform(ref_in), dense)):
             return reference, Called(child, path, "reference", "the rebuilt column slice gave another output")
     return reference, node
 

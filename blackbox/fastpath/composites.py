@@ -74,6 +74,7 @@ class Columns(Node):
     """DataFrameMapper or ColumnTransformer: each child on its slice, outputs side by side."""
 
     form = "table"
+    densify = False  # what a plan pickled before the attribute existed does with a sparse part: defer
 
     def __init__(self, step: Any, path: str, parts: Sequence[tuple[Slice, Node | None]], one_d: str,
                  densify: bool = False) -> None:
