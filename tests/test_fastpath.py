@@ -14,7 +14,16 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, PowerTransformer, StandardScaler
+from sklearn.preprocessing import (
+    MaxAbsScaler,
+    MinMaxScaler,
+    OneHotEncoder,
+    OrdinalEncoder,
+    PowerTransformer,
+    RobustScaler,
+    StandardScaler,
+)
+from sklearn.tree import DecisionTreeClassifier
 
 from blackbox.fastpath import Defer, build_plan
 from blackbox.model import SklearnModel
@@ -178,6 +187,79 @@ def test_a_sparse_matrix_handed_on_runs_the_reference_way_and_says_why(titanic, 
     assert "sparse" in reasons[refused], record["steps"]
     if plan is not None:
         _assert_exact(plan, pipeline, schema, X_test)
+
+
+@pytest.mark.parametrize("scaler", [RobustScaler(), RobustScaler(with_centering=False, quantile_range=(10, 90)),
+                                    RobustScaler(with_scaling=False), MaxAbsScaler()], ids=repr)
+def test_robust_and_max_abs_scalers_are_compiled(titanic, scaler):
+    X_train, X_test, y_train, _ = titanic
+    ct = ColumnTransformer([("num", make_pipeline(SimpleImputer(), scaler), NUMBERS),
+                            ("cat", OneHotEncoder(handle_unknown="ignore"), CATEGORIES)])
+    pipeline = Pipeline([("ct", ct), ("model", LogisticRegression(max_iter=1000))]).fit(X_train, y_train)
+    plan, record, schema = _plan(pipeline, X_train)
+    assert plan is not None, record
+    assert set(_modes(record).values()) == {"compiled"}, record["steps"]
+    _assert_exact(plan, pipeline, schema, X_test)
+
+
+ORDINAL = ["sex", "embarked", "pclass"]
+
+
+def _odd_rows(X_test: pd.DataFrame, n: int) -> list[dict]:
+    """Unseen strings and numbers, missing values, and rows as they are, cycled to ``n`` rows."""
+    base = _records(X_test.dropna(subset=["embarked"]).head(8))
+    odd = [{**base[0], "sex": "unknown"}, {**base[1], "embarked": None}, {**base[2], "pclass": 7},
+           {**base[3], "sex": "other", "embarked": "X"}]
+    rows = odd + base
+    return [rows[i % len(rows)] for i in range(n)]
+
+
+@pytest.mark.parametrize("rows", [1, 12, 65, 400])
+def test_an_ordinal_encoder_before_a_forest_answers_unseen_and_missing_as_the_encoder_does(titanic, rows):
+    X_train, X_test, y_train, _ = titanic
+    X_train = X_train.copy()
+    X_train.loc[X_train.index[::40], "embarked"] = np.nan  # missing in training: NaN is one of its categories
+    encoder = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1, encoded_missing_value=-2)
+    ct = ColumnTransformer([("num", SimpleImputer(), NUMBERS), ("cat", encoder, ORDINAL)])
+    pipeline = Pipeline([("ct", ct), ("model", RandomForestClassifier(n_estimators=20, random_state=0))]).fit(X_train, y_train)
+    embarked = pipeline.named_steps["ct"].named_transformers_["cat"].categories_[1]
+    assert embarked[-1] != embarked[-1]
+    plan, record, schema = _plan(pipeline, X_train)
+    assert plan is not None, record
+    assert _modes(record)["steps[ct].cat"] == "compiled", record["steps"]
+    frame, _ = schema.to_frame(_odd_rows(X_test, rows))
+    labels, proba = plan.both(frame)
+    assert np.array_equal(labels, pipeline.predict(frame))
+    assert np.abs(proba - pipeline.predict_proba(frame)).max() <= 1e-9
+    encoded = pipeline.named_steps["ct"].transform(frame)
+    assert (encoded == -1).any() and ((encoded == -2).any() or rows < 2)  # the odd rows did reach both codes
+
+
+@pytest.mark.parametrize("rows", [1, 65])
+def test_an_ordinal_encoder_refusing_unknowns_defers_so_the_pipeline_raises_its_own_error(titanic, rows):
+    X_train, X_test, y_train, _ = titanic
+    ct = ColumnTransformer([("cat", OrdinalEncoder(), ["sex", "pclass"])])
+    pipeline = Pipeline([("ct", ct), ("model", DecisionTreeClassifier(random_state=0))]).fit(X_train, y_train)
+    plan, record, schema = _plan(pipeline, X_train)
+    assert plan is not None and set(_modes(record).values()) == {"compiled"}, record
+    known, _ = schema.to_frame(_records(X_test.head(rows)))
+    assert np.array_equal(plan.predict(known), pipeline.predict(known))
+    unseen, _ = schema.to_frame([{**r, "pclass": 7} for r in _records(X_test.head(rows))])
+    with pytest.raises(ValueError, match="unknown categories"):
+        pipeline.predict(unseen)
+    with pytest.raises(Defer):
+        plan.predict(unseen)
+
+
+def test_an_ordinal_encoder_with_infrequent_categories_runs_the_reference_way_and_says_why(titanic):
+    X_train, X_test, y_train, _ = titanic
+    encoder = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1, max_categories=2)
+    pipeline = make_pipeline(ColumnTransformer([("cat", encoder, ORDINAL)]), DecisionTreeClassifier(random_state=0))
+    pipeline.fit(X_train, y_train)
+    plan, record, schema = _plan(pipeline, X_train)
+    reasons = {step["path"]: step.get("reason") for step in record["steps"]}
+    assert "infrequent" in reasons["steps[columntransformer].cat"], record["steps"]
+    _assert_exact(plan, pipeline, schema, X_test)
 
 
 def test_a_column_transformer_reading_some_of_the_training_columns(tmp_path):

@@ -33,10 +33,18 @@ TOLERANCE = 1e-9
 
 def _leaf_builders() -> dict[type, Callable[[Any, str, np.dtype], Node]]:
     from sklearn.impute import SimpleImputer
-    from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, StandardScaler
+    from sklearn.preprocessing import (
+        MaxAbsScaler,
+        MinMaxScaler,
+        OneHotEncoder,
+        OrdinalEncoder,
+        RobustScaler,
+        StandardScaler,
+    )
 
-    return {SimpleImputer: transformers.Imputer, StandardScaler: transformers.Scaler,
-            MinMaxScaler: transformers.Scaler, OneHotEncoder: transformers.OneHot}
+    return {SimpleImputer: transformers.Imputer, StandardScaler: transformers.Scaler, MinMaxScaler: transformers.Scaler,
+            RobustScaler: transformers.Scaler, MaxAbsScaler: transformers.Scaler, OneHotEncoder: transformers.OneHot,
+            OrdinalEncoder: transformers.Ordinal}
 
 
 def _fallback(step: Any, path: str, reason: str) -> Called:
@@ -251,15 +259,21 @@ def _column_transformer(ct: Any, path: str, frame: pd.DataFrame, table: Table) -
 
 
 def final_step(step: Any, path: str, X: Any, expected: tuple[Any, Any]) -> estimators.Estimator:
-    """A verified node for the last step, given its input ``X`` and the reference's (labels, probabilities)."""
+    """A verified node for the last step, given its input ``X`` and the reference's (labels, probabilities).
+
+    The node classes are tried in turn; the first whose kind the step is builds it or says why not.
+    """
+    from . import boosting
+
     try:
-        try:
-            node: estimators.Linear | estimators.Trees = estimators.Linear(step, path)
-        except Unsupported as linear:
+        for compiled in (estimators.Linear, estimators.Trees, boosting.Boosting):
             try:
-                node = estimators.Trees(step, path)
-            except Unsupported:
-                raise Unsupported(f"no compiler for {type(step).__name__} ({linear})") from None
+                node: estimators.Estimator = compiled(step, path)
+                break
+            except estimators.NotThisKind:
+                continue
+        else:
+            raise Unsupported(f"no compiler for {type(step).__name__}")
     except Unsupported as exc:
         return estimators.CalledEstimator(step, path, "reference" if is_library_object(step) else "called",
                                           str(exc) if is_library_object(step) else None)

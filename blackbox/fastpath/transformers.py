@@ -1,7 +1,7 @@
 """Compiled scikit-learn transformers: the fitted attributes applied with the estimator's own arithmetic.
 
-Scope: SimpleImputer, StandardScaler, MinMaxScaler, OneHotEncoder and
-FunctionTransformer, each for the settings listed in its ``compile``; any other
+Scope: SimpleImputer, StandardScaler, MinMaxScaler, RobustScaler, MaxAbsScaler,
+OneHotEncoder, OrdinalEncoder and FunctionTransformer, each for the settings listed in its ``compile``; any other
 setting raises :class:`~blackbox.fastpath.base.Unsupported` (the step then runs
 the reference way). Rules:
 
@@ -74,11 +74,11 @@ class Imputer(Node):
 
 
 class Scaler(Node):
-    """``StandardScaler`` (dense) and ``MinMaxScaler``: in-place arithmetic on a float copy, as scikit-learn does."""
+    """``StandardScaler``, ``MinMaxScaler``, ``RobustScaler``, ``MaxAbsScaler`` (dense): in-place arithmetic on a float copy, as scikit-learn does."""
 
     def __init__(self, step: Any, path: str, dtype: np.dtype) -> None:
         super().__init__(step, path)
-        from sklearn.preprocessing import MinMaxScaler, StandardScaler
+        from sklearn.preprocessing import MaxAbsScaler, MinMaxScaler, RobustScaler, StandardScaler
 
         if dtype.kind not in "biuf":
             raise Unsupported(f"input dtype {dtype}")
@@ -91,8 +91,14 @@ class Scaler(Node):
         elif type(step) is MinMaxScaler:
             self.ops = [("mul", step.scale_), ("add", step.min_)]
             self.clip = step.feature_range if step.clip else None
+        elif type(step) is RobustScaler:
+            self.ops = [op for op in (("sub", step.center_) if step.with_centering else None,
+                                      ("div", step.scale_) if step.with_scaling else None) if op]
+            self.clip = None
+        elif type(step) is MaxAbsScaler:
+            self.ops, self.clip = [("div", step.scale_)], None
         else:
-            raise Unsupported("not a StandardScaler or MinMaxScaler")
+            raise Unsupported("not a StandardScaler, MinMaxScaler, RobustScaler or MaxAbsScaler")
 
     def transform(self, X: Any) -> np.ndarray:
         X = _checked(X, self.dtype, self.width)
@@ -126,105 +132,137 @@ class OneHot(Node):
             raise Unsupported(f"handle_unknown={step.handle_unknown!r}")
         if step.drop is not None or getattr(step, "drop_idx_", None) is not None:
             raise Unsupported(f"drop={step.drop!r}")
-        if getattr(step, "_infrequent_enabled", False):
-            raise Unsupported("infrequent categories (min_frequency / max_categories)")
-        if dtype.kind not in "biufO":
-            raise Unsupported(f"input dtype {dtype}")
-        self.dtype, self.width = dtype, len(step.categories_)
+        self.dtype, self.width, self.features = _encoder_input(step, dtype)
         self.out_dtype = np.dtype(step.dtype)
-        # (category -> column, column of NaN, the kind of the categories: None for numbers)
-        self.lookups: list[tuple[dict[Any, int], int | None, str | None]] = []
-        offset = 0
-        for categories in step.categories_:
-            values = list(categories)
-            nan_at = None
-            if values and isinstance(values[-1], float) and values[-1] != values[-1]:
-                nan_at, values = offset + len(values) - 1, values[:-1]
-            kind = _object_kind(values) if categories.dtype == object else None
-            if categories.dtype == object and kind is None:
-                raise Unsupported("object categories that are neither all strings nor all numbers")
-            if categories.dtype != object and categories.dtype.kind not in "biuf":
-                raise Unsupported(f"categories of dtype {categories.dtype}")
-            self.lookups.append(({v: offset + i for i, v in enumerate(values)}, nan_at, kind))
-            offset += len(categories)
-        self.n_out = offset
+        self.offsets = np.cumsum([0] + [len(c) for c in step.categories_]).tolist()
+        self.n_out = self.offsets.pop()
 
     def transform(self, X: Any) -> np.ndarray:
         X = _checked(X, self.dtype, self.width)
         _no_infinity(X)
         out = np.zeros((X.shape[0], self.n_out), dtype=self.out_dtype)
-        for j, (lookup, nan_at, kind) in enumerate(self.lookups):
+        for j, (feature, offset) in enumerate(zip(self.features, self.offsets)):
             column = X[:, j]
-            if len(column) > COLUMNWISE_ROWS and (
-                _strings_encoded(column, lookup, nan_at, out) if kind == "str" else _numbers_encoded(column, lookup, nan_at, out)
-            ):
+            found = _found(column, *feature) if len(column) > COLUMNWISE_ROWS else None
+            if found is not None:
+                rows = np.flatnonzero(found >= 0)
+                out[rows, offset + found[rows]] = 1
                 continue
             for i, value in enumerate(column.tolist()):
-                if value != value:
-                    column = nan_at
-                elif kind is not None and _value_kind(value) != kind:
-                    raise Defer("a category of another type than training's: scikit-learn refuses mixed types")
-                else:
-                    column = lookup.get(value)
-                if column is not None:
-                    out[i, column] = 1
+                at = _position(value, *feature)
+                if at is not None:
+                    out[i, offset + at] = 1
         return out
 
 
-COLUMNWISE_ROWS = 64
-"""Rows above which a column of strings is encoded column-wise (batch scoring's chunks), not value by value."""
+class Ordinal(Node):
+    """``OrdinalEncoder``: each category's index; NaN as ``encoded_missing_value``; no infrequent categories.
 
-
-def _strings_encoded(column: np.ndarray, lookup: dict[Any, int], nan_at: int | None, out: np.ndarray) -> bool:
-    """Set ``out``'s ones for a column of strings and float NaNs in one hash lookup; False (nothing set) for anything else.
-
-    The same answer as the value-by-value loop, which handles (or defers) every
-    other column: a string's column is its category's (none when unseen), a NaN's
-    is ``nan_at``.
+    An unseen category is ``unknown_value`` with ``handle_unknown="use_encoded_value"``;
+    with ``"error"`` it defers, so the reference raises its own error.
     """
-    types = set(map(type, column))
-    if not types <= {str, float}:
-        return False
-    missing = np.zeros(len(column), dtype=bool)
-    if float in types:
-        missing = np.fromiter(map(float.__instancecheck__, column), dtype=bool, count=len(column))
-        if not all(v != v for v in column[missing].tolist()):  # a number among the strings: the loop defers
-            return False
-    rows = np.flatnonzero(~missing)
-    found = pd.Index(list(lookup), dtype=object).get_indexer(column[rows])
-    _set(out, rows, found, lookup)
-    if nan_at is not None:
-        out[missing, nan_at] = 1
-    return True
+
+    def __init__(self, step: Any, path: str, dtype: np.dtype) -> None:
+        super().__init__(step, path)
+        self.dtype, self.width, self.features = _encoder_input(step, dtype)
+        self.out_dtype = np.dtype(step.dtype)
+        self.unknown = step.unknown_value if step.handle_unknown == "use_encoded_value" else None
+        self.missing = step.encoded_missing_value
+
+    def transform(self, X: Any) -> np.ndarray:
+        X = _checked(X, self.dtype, self.width)
+        _no_infinity(X)
+        out = np.empty((X.shape[0], self.width), dtype=self.out_dtype)
+        for j, feature in enumerate(self.features):
+            column = X[:, j]
+            found = _found(column, *feature) if len(column) > COLUMNWISE_ROWS else None
+            if found is None:
+                positions = (_position(value, *feature) for value in column.tolist())
+                found = np.array([-1 if at is None else at for at in positions], dtype=np.intp)
+            unseen = found < 0
+            if unseen.any() and self.unknown is None:
+                raise Defer("an unseen category: the encoder (handle_unknown='error') refuses it")
+            out[:, j] = found
+            if feature[1] is not None:
+                out[found == feature[1], j] = self.missing
+            out[unseen, j] = self.unknown
+        return out
 
 
-def _numbers_encoded(column: np.ndarray, lookup: dict[Any, int], nan_at: int | None, out: np.ndarray) -> bool:
-    """The same for a numeric column and numeric categories (each exact in float64): equal numbers match, as in a dict."""
+Feature = tuple[dict[Any, int], int | None, str | None]
+"""One encoder input column's categories: each one's index (NaN's apart), NaN's index (None: not a category),
+and the categories' kind ("str", "number", or None for a numeric dtype)."""
+
+
+def _encoder_input(step: Any, dtype: np.dtype) -> tuple[np.dtype, int, list[Feature]]:
+    """The input an encoder's node takes (dtype, width) and its features' categories; Unsupported for the rest."""
+    if getattr(step, "_infrequent_enabled", False):
+        raise Unsupported("infrequent categories (min_frequency / max_categories)")
+    if dtype.kind not in "biufO":
+        raise Unsupported(f"input dtype {dtype}")
+    features = []
+    for categories in step.categories_:
+        values = list(categories)
+        nan_at = None
+        if values and isinstance(values[-1], float) and values[-1] != values[-1]:
+            nan_at, values = len(values) - 1, values[:-1]
+        kind = _object_kind(values) if categories.dtype == object else None
+        if categories.dtype == object and kind is None:
+            raise Unsupported("object categories that are neither all strings nor all numbers")
+        if categories.dtype != object and categories.dtype.kind not in "biuf":
+            raise Unsupported(f"categories of dtype {categories.dtype}")
+        features.append(({v: i for i, v in enumerate(values)}, nan_at, kind))
+    return dtype, len(features), features
+
+
+def _position(value: Any, lookup: dict[Any, int], nan_at: int | None, kind: str | None) -> int | None:
+    """The index of ``value``'s category (None: unseen); a value of another type than the categories' defers."""
+    if value != value:
+        return nan_at
+    if kind is not None and _value_kind(value) != kind:
+        raise Defer("a category of another type than training's: scikit-learn refuses mixed types")
+    return lookup.get(value)
+
+
+COLUMNWISE_ROWS = 64
+"""Rows above which a column is encoded column-wise (batch scoring's chunks), not value by value."""
+
+
+def _found(column: np.ndarray, lookup: dict[Any, int], nan_at: int | None, kind: str | None) -> np.ndarray | None:
+    """Every value's :func:`_position` at once (-1: unseen), or None where only the value-by-value loop answers.
+
+    Strings (with float NaNs) are found by one hash lookup, numbers by one
+    sorted search; anything else (a number among strings: the loop defers) is None.
+    """
+    if kind == "str":
+        types = set(map(type, column))
+        if not types <= {str, float}:
+            return None
+        missing = np.zeros(len(column), dtype=bool)
+        if float in types:
+            missing = np.fromiter(map(float.__instancecheck__, column), dtype=bool, count=len(column))
+            if not all(v != v for v in column[missing].tolist()):
+                return None
+        found = np.full(len(column), -1 if nan_at is None else nan_at, dtype=np.intp)
+        rows = np.flatnonzero(~missing)
+        found[rows] = pd.Index(list(lookup), dtype=object).get_indexer(column[rows])
+        return found
     keys = np.array(list(lookup), dtype=object)
     if column.dtype.kind not in "iuf" or not all(type(k) in (int, float) or isinstance(k, (np.integer, np.floating)) for k in keys):
-        return False
+        return None
     numbers = keys.astype(np.float64)
-    if not (np.isfinite(numbers).all() and (np.abs(numbers) < 2.0**53).all() and (numbers == keys).all()):
-        return False
+    if not (len(numbers) and np.isfinite(numbers).all() and (np.abs(numbers) < 2.0**53).all() and (numbers == keys).all()):
+        return None
     values = column.astype(np.float64)
     if column.dtype.kind in "iu" and not (np.abs(values) < 2.0**53).all():
-        return False
+        return None
     order = np.argsort(numbers, kind="stable")
     ranked = numbers[order]
     at = np.minimum(np.searchsorted(ranked, values), len(ranked) - 1)
-    hit = ranked[at] == values  # NaN never equals
-    found = np.where(hit, order[at], -1)
-    _set(out, np.arange(len(column)), found, lookup)
+    found = np.where(ranked[at] == values, order[at], -1)  # NaN never equals
     if nan_at is not None:
-        out[np.isnan(values), nan_at] = 1
-    return True
-
-
-def _set(out: np.ndarray, rows: np.ndarray, found: np.ndarray, lookup: dict[Any, int]) -> None:
-    """``out[row, lookup's column of the found key] = 1`` for every row whose key was found (``found`` >= 0)."""
-    columns = np.fromiter(lookup.values(), dtype=np.intp, count=len(lookup))
-    known = found >= 0
-    out[rows[known], columns[found[known]]] = 1
+        found[np.isnan(values)] = nan_at
+    return found
 
 
 def _value_kind(value: Any) -> str | None:
