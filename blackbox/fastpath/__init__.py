@@ -10,6 +10,7 @@ scikit-learn ``Pipeline``s. Built from the FITTED estimator at save time
 * :mod:`.transformers`: SimpleImputer, StandardScaler, MinMaxScaler, OneHotEncoder, FunctionTransformer;
 * :mod:`.composites`: Pipeline chains, sklearn-pandas DataFrameMapper, ColumnTransformer;
 * :mod:`.estimators`: linear models, decision trees and random forests;
+* :mod:`.boosting`: HistGradientBoosting classifiers and regressors (numeric splits);
 * :mod:`.compiler`: a node per fitted object, each proved on the input it really gets;
 * :mod:`.edges`: the generated edge rows;
 * :mod:`.plan`: the plan, its whole-path proof, its speed measurement and its manifest record.

@@ -20,6 +20,11 @@ subclass that overrides ``predict`` or ``predict_proba`` is not compiled):
   added and dropped before the next: at 50,000 rows of a 100-tree forest that
   took the plan from ~1.3x the estimator's time to par).
 
+HistGradientBoosting classifiers and regressors are compiled in :mod:`.boosting`.
+An estimator class that is not a node class's kind raises :class:`NotThisKind`
+(the compiler tries the next); one of its kind with settings it does not
+compile raises :class:`~blackbox.fastpath.base.Unsupported` with the reason.
+
 Rules: a non-finite value (or one beyond float32 for trees) defers, so the
 reference gives its own answer (NaN routing of trees that learnt it) or its own
 error. Derived arrays (the forest's packed nodes) are rebuilt after unpickling,
@@ -43,10 +48,16 @@ _LEAF_CHECK = 4
 """The walk stops early when every row is at a leaf, checked every this many levels."""
 
 
+class NotThisKind(Unsupported):
+    """The estimator is not of the kind this node class compiles (the compiler tries the next one)."""
+
+
 class Estimator(Node):
     """A final step: ``predict``, and ``predict_proba`` where the estimator has it."""
 
     has_proba = False
+    classifier = False
+    """Whether ``predict`` gives labels (held to the reference's exactly) rather than numbers (within the tolerance)."""
 
     def predict(self, X: Any) -> np.ndarray:
         raise NotImplementedError
@@ -99,7 +110,7 @@ class Linear(Estimator):
 
         cls = type(step)
         if not isinstance(step, (LinearClassifierMixin, LinearModel)):
-            raise Unsupported("not a scikit-learn linear model")
+            raise NotThisKind("not a scikit-learn linear model")
         if not isinstance(step.coef_, np.ndarray):
             raise Unsupported("sparse coef_ (sparsify())")
         if isinstance(step, LinearClassifierMixin):
@@ -176,7 +187,7 @@ class Trees(Estimator):
         forests = (RandomForestClassifier, RandomForestRegressor, ExtraTreesClassifier, ExtraTreesRegressor)
         trees = (DecisionTreeClassifier, DecisionTreeRegressor, ExtraTreeClassifier, ExtraTreeRegressor)
         if cls not in forests + trees:
-            raise Unsupported("not a scikit-learn decision tree or forest of them")
+            raise NotThisKind("not a scikit-learn decision tree or forest of them")
         if getattr(step, "n_outputs_", 1) != 1:
             raise Unsupported("several outputs")
         self.forest = cls in forests
