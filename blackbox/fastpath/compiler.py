@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import estimators, transformers
+from . import boosting, estimators, transformers
 from .base import Called, Defer, Node, Unsupported, is_library_object
 from .composites import FRAME, SERIES, VALUES, VECTOR, Chain, Columns, Identity, Slice
 from .table import Table
@@ -263,8 +263,6 @@ def final_step(step: Any, path: str, X: Any, expected: tuple[Any, Any]) -> estim
 
     The node classes are tried in turn; the first whose kind the step is builds it or says why not.
     """
-    from . import boosting
-
     try:
         for compiled in (estimators.Linear, estimators.Trees, boosting.Boosting):
             try:

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import compiler, estimators, transformers
+from . import boosting, compiler, estimators, transformers
 from .base import Defer, Node
 from .edges import edge_records
 from .table import Prepared, Table, as_frame
@@ -48,7 +48,8 @@ ATTRIBUTE = "_blackbox_fast_path"
 PLAN_VERSION = 1
 _TIMED_ROWS = 30
 _SMALL_BATCHES = tuple(sorted({1, 4, 32, *(size + more for size in (estimators.SMALL_BATCH, estimators.SUMMED_AT_ONCE,
-                                                                   transformers.COLUMNWISE_ROWS) for more in (0, 1))}))
+                                                                   boosting.WALKED_AT_ONCE, transformers.COLUMNWISE_ROWS)
+                                           for more in (0, 1))}))
 """Batch sizes the verification rows are also run in, in turn: what a server sends, and both sides of each
 size a step changes method at."""
 
