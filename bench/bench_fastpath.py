@@ -1,8 +1,9 @@
-"""In-process prediction latency with and without the fast path, beside the bare pipeline, LR, RF and CT.
+"""In-process prediction latency with and without the fast path, beside the bare pipeline, LR, RF, CT and HGB.
 
 One run trains the training package's pipeline with a LogisticRegression and a
-100-tree RandomForest, and scikit-learn's own ColumnTransformer pipeline (``ct``,
-library steps only; ``bench_server.train``), saves each with the fast path,
+100-tree RandomForest, and scikit-learn's own ColumnTransformer pipeline with a
+LogisticRegression (``ct``) and a HistGradientBoostingClassifier (``hgb``), library
+steps only (``bench_server.train``), saves each with the fast path,
 loads it twice (once with ``fast_path=False``: the reference path), and for
 ``--duration`` seconds per side measures, round by round on the same ``--block``
 records (10) a side:
@@ -24,7 +25,7 @@ ends the run with status 1. Prints a table (p50 and p99, each side's ratio to
 the bare pipeline and to Model.predict without the plan) and the targets,
 writes bench/results/fastpath.json.
 
-    .venv/bin/python bench/bench_fastpath.py [--duration S] [--models lr,rf,ct] [--block N]
+    .venv/bin/python bench/bench_fastpath.py [--duration S] [--models lr,rf,ct,hgb] [--block N]
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ PIPELINE, NO_PLAN, PLAN = "pipeline.predict(DataFrame([record]))", "Model.predic
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=5.0, help="Seconds per side [default: 5].")
-    parser.add_argument("--models", default="lr,rf,ct", help="Comma-separated: lr, rf, ct (bench_server.train).")
+    parser.add_argument("--models", default="lr,rf,ct,hgb", help="Comma-separated: lr, rf, ct, hgb (bench_server.train).")
     parser.add_argument("--block", type=int, default=BLOCK, help=f"Calls per side per turn [default: {BLOCK}; 1: call by call].")
     args = parser.parse_args()
     records = titanic_records()

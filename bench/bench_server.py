@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, help="Seconds per load cell [default: 3, --quick: 1].")
     parser.add_argument("--rounds", type=int, help="Rounds of every load cell on every server [default: 2, --quick: 1].")
     parser.add_argument("--quick", action="store_true", help="Short cells and fewer repeats (a smoke run).")
-    parser.add_argument("--models", default="lr,rf", help="Comma-separated: lr, rf, ct (see train).")
+    parser.add_argument("--models", default="lr,rf", help="Comma-separated: lr, rf, ct, hgb (see train).")
     parser.add_argument("--server", action="append", default=[], metavar="WxT",
                         help="Also run blackbox serve with WORKERS x THREADS (repeatable), to compare layouts.")
     args = parser.parse_args()
@@ -159,9 +159,10 @@ def titanic_records() -> list[dict[str, Any]]:
 
 def train(kind: str, tmp: Path, private: Path) -> Path:
     """A signed Titanic model: the training package's pipeline with a LogisticRegression (``lr``) or a
-    100-tree RandomForest (``rf``), or (``ct``) scikit-learn's own ColumnTransformer (imputers, a scaler,
-    a default OneHotEncoder) and a LogisticRegression: library steps only, so the plan compiles all of it,
-    where ``lr`` and ``rf`` call the training package's feature classes as they are."""
+    100-tree RandomForest (``rf``), or scikit-learn's own ColumnTransformer (imputers, a scaler, a default
+    OneHotEncoder) and a LogisticRegression (``ct``) or a HistGradientBoostingClassifier (``hgb``): library
+    steps only, so the plan compiles all of it, where ``lr`` and ``rf`` call the training package's feature
+    classes as they are."""
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.model_selection import train_test_split
 
@@ -173,17 +174,18 @@ def train(kind: str, tmp: Path, private: Path) -> Path:
     pipeline = build_pipeline(X_train.columns, seed=42)
     if kind == "rf":
         pipeline.set_params(model=RandomForestClassifier(n_estimators=100, random_state=42))
-    elif kind == "ct":
-        pipeline = library_pipeline()
+    elif kind in ("ct", "hgb"):
+        pipeline = library_pipeline(kind)
     elif kind != "lr":
-        sys.exit(f"bench_server: unknown model {kind!r}; use lr, rf or ct")
+        sys.exit(f"bench_server: unknown model {kind!r}; use lr, rf, ct or hgb")
     pipeline.fit(X_train, y_train)
     return blackbox.save(pipeline, tmp / f"titanic-{kind}.bbx", train_data=X_train, name=f"titanic-{kind}",
                          version="bench", signing_key=private)
 
 
-def library_pipeline() -> Any:
+def library_pipeline(kind: str) -> Any:
     from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline, make_pipeline
@@ -194,7 +196,8 @@ def library_pipeline() -> Any:
         ("cat", make_pipeline(SimpleImputer(strategy="most_frequent"), OneHotEncoder(handle_unknown="ignore")),
          ["sex", "embarked", "pclass"]),
     ])
-    return Pipeline([("encode", encode), ("model", LogisticRegression(max_iter=1000))])
+    model = HistGradientBoostingClassifier(random_state=42) if kind == "hgb" else LogisticRegression(max_iter=1000)
+    return Pipeline([("encode", encode), ("model", model)])
 
 
 # -- in-process --------------------------------------------------------------
