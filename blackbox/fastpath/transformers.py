@@ -185,7 +185,8 @@ class Ordinal(Node):
             out[:, j] = found
             if feature[1] is not None:
                 out[found == feature[1], j] = self.missing
-            out[unseen, j] = self.unknown
+            if unseen.any():  # None (handle_unknown='error') fits no integer output, even written nowhere
+                out[unseen, j] = self.unknown
         return out
 
 
@@ -204,7 +205,7 @@ def _encoder_input(step: Any, dtype: np.dtype) -> tuple[np.dtype, int, list[Feat
     for categories in step.categories_:
         values = list(categories)
         nan_at = None
-        if values and isinstance(values[-1], float) and values[-1] != values[-1]:
+        if values and isinstance(values[-1], (float, np.floating)) and values[-1] != values[-1]:  # float32's NaN too
             nan_at, values = len(values) - 1, values[:-1]
         kind = _object_kind(values) if categories.dtype == object else None
         if categories.dtype == object and kind is None:
@@ -216,10 +217,16 @@ def _encoder_input(step: Any, dtype: np.dtype) -> tuple[np.dtype, int, list[Feat
 
 
 def _position(value: Any, lookup: dict[Any, int], nan_at: int | None, kind: str | None) -> int | None:
-    """The index of ``value``'s category (None: unseen); a value of another type than the categories' defers."""
-    if value != value:
+    """The index of ``value``'s category (None: unseen); a value of another type than the categories' defers.
+
+    Only a float NaN is the missing category, as scikit-learn's ``is_scalar_nan`` says: pd.NA (no truth value)
+    and pd.NaT (unequal to itself) are other types. Numeric categories (``kind`` None) take numbers, and bools
+    of a bool column.
+    """
+    of = _value_kind(value)
+    if of == "number" and value != value:
         return nan_at
-    if kind is not None and _value_kind(value) != kind:
+    if of != (kind or "number") and not (kind is None and isinstance(value, (bool, np.bool_))):
         raise Defer("a category of another type than training's: scikit-learn refuses mixed types")
     return lookup.get(value)
 
