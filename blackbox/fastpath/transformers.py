@@ -227,7 +227,7 @@ def _position(value: Any, lookup: dict[Any, int], nan_at: int | None, kind: str 
     if of == "number" and value != value:
         return nan_at
     if of != (kind or "number") and not (kind is None and isinstance(value, (bool, np.bool_))):
-        raise Defer("a category of another type than training's: scikit-learn refuses mixed types")
+        raise Defer(f"a value of type {type(value).__name__} among categories of another type: the reference decides")
     return lookup.get(value)
 
 
