@@ -7,7 +7,8 @@ scikit-learn ``Pipeline``s. Built from the FITTED estimator at save time
 
 * :mod:`.base`: the node protocol, ``Defer`` (run this call the reference way) and steps called as they are;
 * :mod:`.table`: the input frame's columns, taken out once, by position;
-* :mod:`.transformers`: SimpleImputer, StandardScaler, MinMaxScaler, OneHotEncoder, FunctionTransformer;
+* :mod:`.transformers`: SimpleImputer, the Standard/MinMax/Robust/MaxAbs scalers, OneHotEncoder, OrdinalEncoder,
+  FunctionTransformer;
 * :mod:`.composites`: Pipeline chains, sklearn-pandas DataFrameMapper, ColumnTransformer;
 * :mod:`.estimators`: linear models, decision trees and random forests;
 * :mod:`.boosting`: HistGradientBoosting classifiers and regressors (numeric splits);
