@@ -24,10 +24,18 @@ and a call it defers runs the estimator itself; ``model.plan = None`` (or
 to the plan without a DataFrame (:class:`~blackbox.fastpath.table.Prepared`);
 the ``*_frame`` methods take either that or a prepared frame. The self-test
 runs the golden sample through both routes.
+
+The plan is derived at save by the fast-path code of that day, and rides
+pickled in the payload; the estimator is what the artifact is. So a plan never
+stops a model from being served: one recorded with another ``PLAN_VERSION``
+than this blackbox reads is not used, and one that raises or differs in the
+self-test where the estimator does not is dropped; either way with one warning,
+and the model predicts through the estimator (re-saving it builds a new plan).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import reprlib
@@ -41,11 +49,13 @@ import pandas as pd
 from .artifact import Artifact
 from .errors import ModelInputError, ModelOutputError, SelfTestError, UsageError
 from .fastpath import ATTRIBUTE as _PLAN_ATTRIBUTE
-from .fastpath import Defer
+from .fastpath import PLAN_VERSION, Defer
 from .fastpath.table import Prepared, as_frame
 from .manifest import Manifest, jsonable
 from .schema import Schema
 from .signing import read_block
+
+log = logging.getLogger("blackbox")
 
 if TYPE_CHECKING:
     from .fastpath.plan import Plan
@@ -79,6 +89,9 @@ class Model:
         self.schema = Schema.from_dict(manifest.schema)
         self._artifact = artifact
         self.plan: Plan | None = getattr(estimator, _PLAN_ATTRIBUTE, None) if manifest.fast_path_enabled else None
+        if self.plan is not None and getattr(self.plan, "version", None) != PLAN_VERSION:
+            self._drop_plan(f"it was saved as fast-path version {getattr(self.plan, 'version', None)!r}, "
+                            f"and this blackbox reads version {PLAN_VERSION}")
 
     # -- what an adapter provides -------------------------------------------
     @classmethod
@@ -280,13 +293,30 @@ class Model:
         return self.manifest.has_proba
 
     def self_test(self) -> None:
-        """Re-run the golden sample, through the fast path (if any) and the reference; raise SelfTestError on any difference."""
-        plan = self.plan
+        """Re-run the golden sample through the estimator (SelfTestError on any difference), then through the fast path.
+
+        A fast path that raises or differs there is dropped (see the module docstring), never the model.
+        """
+        plan, self.plan = self.plan, None
         try:
-            for self.plan in ([plan, None] if plan is not None else [None]):
-                self._self_test("the fast path" if self.plan is not None else "the model")
+            self._self_test("the model")
         finally:
             self.plan = plan
+        if plan is None:
+            return
+        try:
+            self._self_test("the fast path")
+        except Exception as exc:  # noqa: BLE001  the estimator passed: whatever failed is the plan's
+            self._drop_plan(f"its golden-sample self-test failed ({type(exc).__name__}: {exc})"[:800])
+
+    def _drop_plan(self, why: str) -> None:
+        """Predict through the estimator from now on, in every Model built from it (the plan is the estimator's attribute)."""
+        log.warning("Model %r %s: its fast path is not used, because %s; it predicts through the estimator instead, "
+                    "with the same answers more slowly. Re-save it with this blackbox to build a new fast path.",
+                    self.name, self.version, why)
+        self.plan = None
+        if getattr(self.estimator, _PLAN_ATTRIBUTE, None) is not None:
+            setattr(self.estimator, _PLAN_ATTRIBUTE, None)
 
     def _self_test(self, route: str) -> None:
         golden = self.manifest.golden

@@ -27,6 +27,6 @@ not used: the user's functions and DataFrameMapper have no converter).
 """
 
 from .base import Defer
-from .plan import ATTRIBUTE, Plan, build_plan, summary
+from .plan import ATTRIBUTE, PLAN_VERSION, Plan, build_plan, summary
 
-__all__ = ["ATTRIBUTE", "Defer", "Plan", "build_plan", "summary"]
+__all__ = ["ATTRIBUTE", "PLAN_VERSION", "Defer", "Plan", "build_plan", "summary"]

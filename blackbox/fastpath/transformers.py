@@ -132,10 +132,21 @@ class OneHot(Node):
             raise Unsupported(f"handle_unknown={step.handle_unknown!r}")
         if step.drop is not None or getattr(step, "drop_idx_", None) is not None:
             raise Unsupported(f"drop={step.drop!r}")
-        self.dtype, self.width, self.features = _encoder_input(step, dtype)
         self.out_dtype = np.dtype(step.dtype)
-        self.offsets = np.cumsum([0] + [len(c) for c in step.categories_]).tolist()
+        self._read(dtype)
+
+    def _read(self, dtype: np.dtype) -> None:
+        self.dtype, self.width, self.features = _encoder_input(self.step, dtype)
+        self.offsets = np.cumsum([0] + [len(c) for c in self.step.categories_]).tolist()
         self.n_out = self.offsets.pop()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A node pickled before the encoders shared one reading of the categories held ``lookups`` (output columns,
+        in artifacts saved until f7794e1): read the categories again from the fitted encoder it holds."""
+        self.__dict__.update(state)
+        if "features" not in state:
+            del self.__dict__["lookups"]
+            self._read(self.dtype)
 
     def transform(self, X: Any) -> np.ndarray:
         X = _checked(X, self.dtype, self.width)
