@@ -63,6 +63,7 @@ import blackbox
 from blackbox import signing
 from blackbox.artifact import unpack
 from blackbox.model import PROBA_TOLERANCE
+from serving.cli import DEFAULT_THREADS
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
@@ -358,7 +359,7 @@ class BaselineServer(Process):
 class CeilingServer(Process):
     """bench/flask_ceiling.py (parse the body, answer a constant) with blackbox serve's gunicorn settings."""
 
-    def __init__(self, workers: int = 2, threads: int = 32) -> None:
+    def __init__(self, workers: int = 2, threads: int = DEFAULT_THREADS) -> None:
         command = [sys.executable, "-m", "gunicorn", "-w", str(workers), "-k", "gthread", "--threads", str(threads),
                    "--keep-alive", "5", "--chdir", str(BENCH)]
         super().__init__(command, dict(os.environ), lambda text: text.count("ceiling_loaded") >= workers)

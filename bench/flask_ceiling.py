@@ -2,11 +2,11 @@
 
 Parses the JSON body and answers a constant; no model, no validation, no
 metrics, no logs. bench_server.py runs it with ``blackbox serve``'s own
-worker and thread settings (gunicorn's gthread, 2 workers x 32 threads,
+worker and thread settings (gunicorn's gthread, 2 workers x serving.cli.DEFAULT_THREADS threads,
 keep-alive 5 s), so the difference to blackbox is what blackbox does per
 request, not how gunicorn is set up:
 
-    gunicorn -w 2 -k gthread --threads 32 --keep-alive 5 --chdir bench flask_ceiling:app
+    gunicorn -w 2 -k gthread --threads 16 --keep-alive 5 --chdir bench flask_ceiling:app
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from .config import Settings
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-DEFAULT_THREADS = 32
+DEFAULT_THREADS = 16
 """Threads per gunicorn worker; the measurements behind it are in serving/gunicorn_app.py."""
 
 

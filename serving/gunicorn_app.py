@@ -89,9 +89,14 @@ def options(*, bind: str, workers: int, threads: int, timeout: int) -> dict[str,
     settings: dict[str, Any] = {
         "bind": [bind],
         "workers": workers,
-        # gthread, workers = cores, 32 threads each (serving/cli.py). Micro-batching
-        # (inference.py) can only gather requests that have a thread in the worker, so
-        # threads must cover the connections one worker may hold. bench/bench_server.py,
+        # gthread, workers = cores, 16 threads each (serving/cli.py). With the fast path a
+        # model call costs ~0.1-0.6 ms, and fewer threads contend less for the GIL: LR, single
+        # records, 2x16 against 2x32 in two interleaved sweeps (2026-12-01, each beside a Flask
+        # ceiling at the same threads): req/s c=10 +7% / +23%, c=32 +12% / +14%, c=100 +30% / +25%,
+        # c=1 and p99 within noise; 2x8 was no better than 2x16, 2x4 worse. (Slow clients hold no
+        # thread: serving/worker.py buffers requests in its loop.) Before the fast path, when a
+        # call cost ~10 ms, threads had to cover the connections one worker may hold for
+        # micro-batching (inference.py) to gather them. bench/bench_server.py then,
         # shared 2-core VM, LogisticRegression, single records, req/s at c=8 / c=32, three
         # runs (the third after batches stopped building a frame per request): 2x32 118/342, 135/295, 169/430; 2x16 98/338, 139/186, 126/483;
         # 1x16 or 1x32 (one core for Python) 87/108, 93/167, 57/217; 2x4 50/110, 139/120;

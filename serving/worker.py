@@ -3,7 +3,7 @@
 Why: gunicorn's gthread worker gives a connection to a thread as soon as it is
 accepted; the thread waits up to 5 s for a first byte, then reads the headers
 and (in the app) the body with blocking reads and no deadline. Clients sending
-a byte a second thus hold every thread (2 workers x 32) and everyone else waits.
+a byte a second thus hold every thread (2 workers x 16: 32 clients) and everyone else waits.
 
 Here the worker's event loop (its one selector, no thread) reads each request
 into a buffer without blocking until its headers and body are complete, and

@@ -267,7 +267,7 @@ def test_slow_clients_do_not_take_the_capacity_of_others(served_artifact, servin
     stop = threading.Event()
     socks: list[socket.socket] = []
     try:
-        # 90 clients send their headers a byte a second (slowloris), 30 their bodies; 2 workers x 32 threads.
+        # 90 clients send their headers a byte a second (slowloris), 30 their bodies; 2 workers x the default 16 threads.
         socks += [slow_socket(server.port, b"POST /predict HTTP/1.1\r\nHost: x\r\nX-Slow: ") for _ in range(90)]
         head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{"
         socks += [slow_socket(server.port, head) for _ in range(30)]

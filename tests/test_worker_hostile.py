@@ -1,7 +1,7 @@
 """Hostile clients against the real ``blackbox serve`` (serving/worker.py): lingering, pipelined and 100-continue
 slowloris, and requests whose framing can never complete.
 
-One server on 127.0.0.1 (2 workers x 32 threads, a 4 s read timeout, a 10 s worker timeout) serves every test of
+One server on 127.0.0.1 (2 workers x the default threads, a 4 s read timeout, a 10 s worker timeout) serves every test of
 the module; each test opens a bounded number of sockets (100, more than the threads) and closes them.
 """
 
