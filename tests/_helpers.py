@@ -24,10 +24,12 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
+import numpy as np
 import pytest
 
 PYTHON = sys.executable
@@ -545,3 +547,44 @@ def received(sock, seconds: float, until: bytes | None = None) -> bytes:
             break
         data += chunk
     return data
+
+
+# -- the fast path ----------------------------------------------------------------------
+def json_records(frame: Any) -> list[dict]:
+    """A frame's rows as JSON gives them (a missing value as null)."""
+    return json.loads(frame.to_json(orient="records"))
+
+
+def fast_plan(pipeline: Any, X_train: Any) -> tuple[Any, dict, Any]:
+    """What ``blackbox.save`` builds for ``pipeline`` fit on ``X_train``: (the plan or None, its manifest record, the schema)."""
+    from blackbox.fastpath import build_plan
+    from blackbox.model import SklearnModel
+    from blackbox.schema import infer_schema
+
+    schema = infer_schema(X_train, limit=SklearnModel.numeric_limit(pipeline))
+    plan, record = build_plan(pipeline, X_train, schema)
+    return plan, record, schema
+
+
+def proved_plan(pipeline: Any, X_train: Any) -> tuple[Any, dict[str, dict], Any]:
+    """:func:`fast_plan`, asserting there is a plan; its record's steps by path."""
+    plan, record, schema = fast_plan(pipeline, X_train)
+    assert plan is not None, record
+    return plan, {step["path"]: step for step in record["steps"]}, schema
+
+
+def assert_plan_answers(plan: Any, pipeline: Any, schema: Any, records: list[dict], batches: Sequence[int]) -> None:
+    """The pipeline's labels, and probabilities within 1e-9, in each batch size (the records cycled to 4,000, three
+    batches a size), from the prepared frame and from the records."""
+    from blackbox.fastpath.table import Prepared
+
+    records = (records * (4000 // len(records) + 1))[:4000]
+    for size in batches:
+        for start in range(0, min(len(records), 3 * size), size):
+            batch = records[start:start + size]
+            frame = schema.to_frame(batch)[0]
+            labels, proba = pipeline.predict(frame), pipeline.predict_proba(frame)
+            for source in (frame, Prepared(schema, batch)):
+                got_labels, got_proba = plan.both(source)
+                assert np.array_equal(got_labels, labels), size
+                assert np.abs(got_proba - proba).max() <= 1e-9, size

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import warnings
 
 import numpy as np
@@ -29,23 +28,15 @@ from blackbox.fastpath import Defer, build_plan
 from blackbox.model import SklearnModel
 from blackbox.schema import infer_schema
 
+from _helpers import fast_plan, json_records
+
 NUMBERS = ["age", "fare", "sibsp", "parch"]
 CATEGORIES = ["sex", "embarked", "pclass"]
 
 
-def _records(frame: pd.DataFrame) -> list[dict]:
-    return json.loads(frame.to_json(orient="records"))
-
-
-def _plan(pipeline, X_train):
-    schema = infer_schema(X_train, limit=SklearnModel.numeric_limit(pipeline))
-    plan, record = build_plan(pipeline, X_train, schema)
-    return plan, record, schema
-
-
 def _assert_exact(plan, pipeline, schema, frame: pd.DataFrame) -> None:
     """Rows the plan never saw (the holdout), one batch and one row at a time."""
-    prepared, _ = schema.to_frame(_records(frame.dropna(subset=["embarked"])))  # training saw no missing port
+    prepared, _ = schema.to_frame(json_records(frame.dropna(subset=["embarked"])))  # training saw no missing port
     labels, proba = plan.both(prepared)
     assert np.array_equal(labels, pipeline.predict(prepared))
     assert np.abs(proba - pipeline.predict_proba(prepared)).max() <= 1e-9
@@ -72,7 +63,7 @@ def training_pipeline(request, titanic):
 
 def test_training_pipelines_compile_every_library_step_and_call_the_users(training_pipeline, titanic):
     X_train, X_test, _, _ = titanic
-    plan, record, schema = _plan(training_pipeline, X_train)
+    plan, record, schema = fast_plan(training_pipeline, X_train)
     assert plan is not None, record
     modes = _modes(record)
     assert modes["steps[mapper]"] == "compiled"
@@ -86,8 +77,8 @@ def test_training_pipelines_compile_every_library_step_and_call_the_users(traini
 
 def test_edge_rows_missing_unseen_and_out_of_range(training_pipeline, titanic):
     X_train, X_test, _, _ = titanic
-    plan, _, schema = _plan(training_pipeline, X_train)
-    base = _records(X_test.dropna().head(2))
+    plan, _, schema = fast_plan(training_pipeline, X_train)
+    base = json_records(X_test.dropna().head(2))
     odd = [{**r, "age": None, "fare": None} for r in base] + [
         {**r, "sex": "unknown", "embarked": "X", "name": "No Title Here", "pclass": 7, "fare": 1e9, "age": -40.0} for r in base]
     frame, _ = schema.to_frame(odd)
@@ -101,7 +92,7 @@ def test_a_value_the_model_refuses_defers_to_the_reference(titanic):
     pipeline = make_pipeline(
         ColumnTransformer([("num", StandardScaler(), ["fare"])]), LogisticRegression()).fit(X_train[["fare"]].fillna(0), y_train)
     frame = pd.DataFrame({"fare": [1.0, 7.0]})
-    plan, record, schema = _plan(pipeline, X_train[["fare"]].fillna(0))
+    plan, record, schema = fast_plan(pipeline, X_train[["fare"]].fillna(0))
     assert plan is not None, record
     with pytest.raises(ValueError, match="infinity"):
         pipeline.predict(pd.DataFrame({"fare": [np.inf]}))
@@ -119,7 +110,7 @@ def test_column_transformer_pipeline(titanic):
          CATEGORIES),
     ], remainder="drop")
     pipeline = Pipeline([("ct", ct), ("model", LogisticRegression(max_iter=1000))]).fit(X_train, y_train)
-    plan, record, schema = _plan(pipeline, X_train)
+    plan, record, schema = fast_plan(pipeline, X_train)
     assert plan is not None, record
     modes = _modes(record)
     assert set(modes.values()) == {"compiled"}, modes
@@ -137,7 +128,7 @@ def test_a_default_one_hot_encoder_in_a_dense_column_transformer_is_compiled(tit
     ])
     pipeline = Pipeline([("ct", ct), ("model", LogisticRegression(max_iter=1000))]).fit(X_train, y_train)
     assert not pipeline.named_steps["ct"].sparse_output_
-    plan, record, schema = _plan(pipeline, X_train)
+    plan, record, schema = fast_plan(pipeline, X_train)
     assert plan is not None, record
     modes = _modes(record)
     assert set(modes.values()) == {"compiled"}, record["steps"]
@@ -162,7 +153,7 @@ def test_a_sparse_part_of_a_dense_column_transformer_is_made_dense_as_scikit_lea
     ct = ColumnTransformer([("num", make_pipeline(SimpleImputer(), SparseOut()), NUMBERS),
                             ("cat", OneHotEncoder(handle_unknown="ignore"), ["sex", "embarked"])], sparse_threshold=0)
     pipeline = Pipeline([("ct", ct), ("model", LogisticRegression(max_iter=1000))]).fit(X_train, y_train)
-    plan, record, schema = _plan(pipeline, X_train)
+    plan, record, schema = fast_plan(pipeline, X_train)
     assert plan is not None, record
     modes = _modes(record)
     assert modes["steps[ct]"] == "compiled", record["steps"]
@@ -182,7 +173,7 @@ def test_a_sparse_matrix_handed_on_runs_the_reference_way_and_says_why(titanic, 
                                    ("cat", Pipeline([("encode", encoder), ("again", SparseOut())]), CATEGORIES)])
         refused = "steps[ct].cat.encode"
     pipeline = Pipeline([("ct", first), ("model", LogisticRegression(max_iter=1000))]).fit(X_train, y_train)
-    plan, record, schema = _plan(pipeline, X_train)
+    plan, record, schema = fast_plan(pipeline, X_train)
     reasons = {step["path"]: step.get("reason") for step in record["steps"]}
     assert "sparse" in reasons[refused], record["steps"]
     if plan is not None:
@@ -196,7 +187,7 @@ def test_robust_and_max_abs_scalers_are_compiled(titanic, scaler):
     ct = ColumnTransformer([("num", make_pipeline(SimpleImputer(), scaler), NUMBERS),
                             ("cat", OneHotEncoder(handle_unknown="ignore"), CATEGORIES)])
     pipeline = Pipeline([("ct", ct), ("model", LogisticRegression(max_iter=1000))]).fit(X_train, y_train)
-    plan, record, schema = _plan(pipeline, X_train)
+    plan, record, schema = fast_plan(pipeline, X_train)
     assert plan is not None, record
     assert set(_modes(record).values()) == {"compiled"}, record["steps"]
     _assert_exact(plan, pipeline, schema, X_test)
@@ -207,7 +198,7 @@ ORDINAL = ["sex", "embarked", "pclass"]
 
 def _odd_rows(X_test: pd.DataFrame, n: int) -> list[dict]:
     """Unseen strings and numbers, missing values, and rows as they are, cycled to ``n`` rows."""
-    base = _records(X_test.dropna(subset=["embarked"]).head(8))
+    base = json_records(X_test.dropna(subset=["embarked"]).head(8))
     odd = [{**base[0], "sex": "unknown"}, {**base[1], "embarked": None}, {**base[2], "pclass": 7},
            {**base[3], "sex": "other", "embarked": "X"}]
     rows = odd + base
@@ -224,7 +215,7 @@ def test_an_ordinal_encoder_before_a_forest_answers_unseen_and_missing_as_the_en
     pipeline = Pipeline([("ct", ct), ("model", RandomForestClassifier(n_estimators=20, random_state=0))]).fit(X_train, y_train)
     embarked = pipeline.named_steps["ct"].named_transformers_["cat"].categories_[1]
     assert embarked[-1] != embarked[-1]
-    plan, record, schema = _plan(pipeline, X_train)
+    plan, record, schema = fast_plan(pipeline, X_train)
     assert plan is not None, record
     assert _modes(record)["steps[ct].cat"] == "compiled", record["steps"]
     frame, _ = schema.to_frame(_odd_rows(X_test, rows))
@@ -240,11 +231,11 @@ def test_an_ordinal_encoder_refusing_unknowns_defers_so_the_pipeline_raises_its_
     X_train, X_test, y_train, _ = titanic
     ct = ColumnTransformer([("cat", OrdinalEncoder(), ["sex", "pclass"])])
     pipeline = Pipeline([("ct", ct), ("model", DecisionTreeClassifier(random_state=0))]).fit(X_train, y_train)
-    plan, record, schema = _plan(pipeline, X_train)
+    plan, record, schema = fast_plan(pipeline, X_train)
     assert plan is not None and set(_modes(record).values()) == {"compiled"}, record
-    known, _ = schema.to_frame(_records(X_test.head(rows)))
+    known, _ = schema.to_frame(json_records(X_test.head(rows)))
     assert np.array_equal(plan.predict(known), pipeline.predict(known))
-    unseen, _ = schema.to_frame([{**r, "pclass": 7} for r in _records(X_test.head(rows))])
+    unseen, _ = schema.to_frame([{**r, "pclass": 7} for r in json_records(X_test.head(rows))])
     with pytest.raises(ValueError, match="unknown categories"):
         pipeline.predict(unseen)
     with pytest.raises(Defer):
@@ -256,7 +247,7 @@ def test_an_ordinal_encoder_with_infrequent_categories_runs_the_reference_way_an
     encoder = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1, max_categories=2)
     pipeline = make_pipeline(ColumnTransformer([("cat", encoder, ORDINAL)]), DecisionTreeClassifier(random_state=0))
     pipeline.fit(X_train, y_train)
-    plan, record, schema = _plan(pipeline, X_train)
+    plan, record, schema = fast_plan(pipeline, X_train)
     reasons = {step["path"]: step.get("reason") for step in record["steps"]}
     assert "infrequent" in reasons["steps[columntransformer].cat"], record["steps"]
     _assert_exact(plan, pipeline, schema, X_test)
@@ -279,7 +270,7 @@ def test_a_column_transformer_reading_some_of_the_training_columns(tmp_path):
     plan, record = build_plan(pipeline, X, schema)
     assert plan is not None and record["enabled"], record
     assert set(_modes(record).values()) == {"compiled"}, record
-    prepared, _ = schema.to_frame(_records(X))
+    prepared, _ = schema.to_frame(json_records(X))
     labels, proba = plan.both(prepared)
     assert np.array_equal(labels, pipeline.predict(X))
     assert np.abs(proba - pipeline.predict_proba(X)).max() <= 1e-9
@@ -310,7 +301,7 @@ def test_a_user_transformer_class_is_called_as_it_is(titanic):
     original = Clipper.transform
     Clipper.transform = lambda self, X: calls.append(type(X)) or original(self, X)
     try:
-        plan, record, schema = _plan(pipeline, X_train)
+        plan, record, schema = fast_plan(pipeline, X_train)
         assert plan is not None, record
         modes = _modes(record)
         assert modes["steps[columntransformer].num.clipper"] == "called"
@@ -331,7 +322,7 @@ def test_an_unsupported_step_falls_back_and_says_why(titanic):
         ("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False, drop="first"), ["sex"]),
     ])
     pipeline = make_pipeline(ct, LogisticRegression(max_iter=1000)).fit(X_train, y_train)
-    plan, record, schema = _plan(pipeline, X_train)
+    plan, record, schema = fast_plan(pipeline, X_train)
     assert plan is not None, record
     steps = {s["path"]: s for s in record["steps"]}
     assert steps["steps[columntransformer].power.powertransformer"]["mode"] == "reference"
@@ -417,11 +408,11 @@ def test_a_part_that_answers_a_frame_is_stacked_as_the_mapper_stacks_it(titanic)
     columns = ["age", "fare", "sibsp"]
     mapper = DataFrameMapper([(["age"], [SimpleImputer(), AsFrame()]), (["fare"], SimpleImputer()), ("sibsp", None)])
     pipeline = make_pipeline(mapper, LogisticRegression()).fit(X_train[columns], y_train)
-    plan, record, schema = _plan(pipeline, X_train[columns])
+    plan, record, schema = fast_plan(pipeline, X_train[columns])
     assert plan is not None, record
     assert _modes(record)["steps[dataframemapper]"] == "compiled"
     for rows in (X_test[columns], X_test[columns].iloc[[0]]):
-        frame, _ = schema.to_frame(_records(rows))
+        frame, _ = schema.to_frame(json_records(rows))
         labels, proba = plan.both(frame)
         assert np.array_equal(labels, pipeline.predict(frame)) and np.abs(proba - pipeline.predict_proba(frame)).max() <= 1e-9
 
@@ -429,7 +420,7 @@ def test_a_part_that_answers_a_frame_is_stacked_as_the_mapper_stacks_it(titanic)
 def test_not_a_pipeline_has_no_plan(titanic):
     X_train, _, y_train, _ = titanic
     numbers = X_train[["sibsp", "parch"]]
-    plan, record, _ = _plan(LogisticRegression().fit(numbers, y_train), numbers)
+    plan, record, _ = fast_plan(LogisticRegression().fit(numbers, y_train), numbers)
     assert plan is None and record["enabled"] is False and "Pipeline" in record["reason"]
 
 
@@ -444,7 +435,7 @@ def test_saved_artifact_carries_the_plan_and_serves_through_it(training_pipeline
     model = blackbox.load(path)
     assert model.plan is not None
     model.self_test()
-    records = _records(X_test.dropna(subset=["embarked"]).head(50))
+    records = json_records(X_test.dropna(subset=["embarked"]).head(50))
     fast = model.predict_batch(records), model.predict_proba(records)
     model.plan = None  # the reference path
     slow = model.predict_batch(records), model.predict_proba(records)
@@ -460,7 +451,7 @@ def test_saved_without_the_fast_path_still_loads_and_serves(training_pipeline, t
     assert blackbox.inspect(path)["fast_path"] == {"enabled": False, "reason": "fast_path=False"}
     model = blackbox.load(path)
     assert model.plan is None
-    record = _records(X_test.dropna().head(1))[0]
+    record = json_records(X_test.dropna().head(1))[0]
     assert model.predict(record) == training_pipeline.predict(model.prepare([record])[0])[0]
 
 
@@ -534,7 +525,7 @@ def test_the_training_transformers_give_their_previous_outputs_on_every_input_fo
 
 def _odd_records(X_test: pd.DataFrame) -> list[dict]:
     """Records a server gets: missing values (null and absent), unseen categories, numbers as text, far-out numbers."""
-    base = _records(X_test.dropna().head(3))
+    base = json_records(X_test.dropna().head(3))
     absent = [{k: v for k, v in r.items() if k not in ("age", "fare")} for r in base]
     return [*base, *absent, *[{**r, "age": None, "fare": None} for r in base],
             *[{**r, "sex": "unknown", "embarked": "X", "name": "No Title Here", "pclass": 7} for r in base],
@@ -546,7 +537,7 @@ def test_checked_records_give_the_frames_answers_without_building_it(training_pi
     from blackbox.fastpath.table import Prepared, Table
 
     X_train, X_test, _, _ = titanic
-    plan, _, schema = _plan(training_pipeline, X_train)
+    plan, _, schema = fast_plan(training_pipeline, X_train)
     records = _odd_records(X_test)
     frame, _ = schema.to_frame(records)
     prepared = Prepared(schema, records)
@@ -590,7 +581,7 @@ def test_user_steps_get_what_the_frame_holds_down_to_its_blocks(training_pipelin
     X_train, X_test, _, _ = titanic
     from dataclasses import replace
 
-    _, _, schema = _plan(training_pipeline, X_train)
+    _, _, schema = fast_plan(training_pipeline, X_train)
     schema = replace(schema, fields=tuple(replace(f, nullable=True) for f in schema.fields))  # missing strings too
     records = _odd_records(X_test)
     names = schema.columns
@@ -690,7 +681,7 @@ def test_a_step_wrong_only_for_a_few_rows_is_refused_at_save(titanic, monkeypatc
         self.depth = 2  # every row stops two levels down: wrong leaves, for small batches only
 
     monkeypatch.setattr(Trees, "_derive", shallow)
-    plan, record, _ = _plan(pipeline, X_train)
+    plan, record, _ = fast_plan(pipeline, X_train)
     assert plan is None and record["enabled"] is False
     assert "on the verification rows (batches of " in record["reason"], record["reason"]
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,23 +12,13 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
-from blackbox.fastpath import Defer, build_plan
-from blackbox.model import SklearnModel
-from blackbox.schema import infer_schema
+from blackbox.fastpath import Defer
+
+from _helpers import fast_plan, json_records
 
 NUMBERS = ["age", "fare", "sibsp", "parch"]
 CATEGORIES = ["sex", "embarked", "pclass"]
 SIZES = (1, 13, 32, 33, 64, 65, 4000)
-
-
-def _records(frame: pd.DataFrame) -> list[dict]:
-    return json.loads(frame.to_json(orient="records"))
-
-
-def _plan(pipeline, X_train):
-    schema = infer_schema(X_train, limit=SklearnModel.numeric_limit(pipeline))
-    plan, record = build_plan(pipeline, X_train, schema)
-    return plan, record, schema
 
 
 def _modes(record) -> dict[str, str]:
@@ -83,7 +71,7 @@ def titanic_hgb(request, titanic):
 
 def test_titanic_classifier_is_compiled_and_exact(titanic_hgb, titanic):
     X_train, X_test, _, _ = titanic
-    plan, record, _ = _plan(titanic_hgb, X_train)
+    plan, record, _ = fast_plan(titanic_hgb, X_train)
     assert plan is not None, record
     assert set(_modes(record).values()) == {"compiled"}, record["steps"]
     _assert_same(plan, titanic_hgb, X_test.dropna(subset=["embarked"]))
@@ -91,7 +79,7 @@ def test_titanic_classifier_is_compiled_and_exact(titanic_hgb, titanic):
 
 def test_odd_values_give_the_reference_answer_or_defer_where_it_refuses(titanic_hgb, titanic):
     X_train, X_test, _, _ = titanic
-    plan, record, _ = _plan(titanic_hgb, X_train)
+    plan, record, _ = fast_plan(titanic_hgb, X_train)
     assert plan is not None, record
     frame = _odd(X_test.dropna(subset=["embarked"]), ["age", "fare"], 200)
     finite = frame[np.isfinite(frame[["age", "fare"]].fillna(0)).all(axis=1)].reset_index(drop=True)
@@ -115,7 +103,7 @@ def test_nan_and_infinity_reach_the_boosting_and_follow_its_routes(titanic):
     model = pipeline[-1]
     ages = np.concatenate([p.nodes[(p.nodes["is_leaf"] == 0) & (p.nodes["feature_idx"] == 0)] for [p] in model._predictors])
     assert set(ages["missing_go_to_left"]) == {0, 1}  # missing ages were sent both ways
-    plan, record, _ = _plan(pipeline, X_train)
+    plan, record, _ = fast_plan(pipeline, X_train)
     assert plan is not None, record
     assert _modes(record)["steps[model]"] == "compiled"
     frame = _odd(X_test.dropna(subset=["embarked"]), ["age", "fare", "sibsp"], 4000)
@@ -148,7 +136,7 @@ def test_multiclass_wine_softmax_and_labels(wine, early_stopping):
                                            n_iter_no_change=3, random_state=0)
     pipeline = Pipeline([("ct", ct), ("model", model)]).fit(X_train, y_train)
     assert model.n_trees_per_iteration_ == 3 and model.classes_.dtype == object
-    plan, record, _ = _plan(pipeline, X_train)
+    plan, record, _ = fast_plan(pipeline, X_train)
     assert plan is not None, record
     assert _modes(record)["steps[model]"] == "compiled", record["steps"]
     _assert_same(plan, pipeline, X_test)
@@ -167,7 +155,7 @@ def test_regressor_diabetes(loss):
     ct = ColumnTransformer([("num", StandardScaler(), list(X.columns))])
     pipeline = Pipeline([("ct", ct), ("model", HistGradientBoostingRegressor(loss=loss, max_iter=50, random_state=0))])
     pipeline.fit(X_train, y_train)
-    plan, record, _ = _plan(pipeline, X_train)
+    plan, record, _ = fast_plan(pipeline, X_train)
     assert plan is not None, record
     assert _modes(record)["steps[model]"] == "compiled", record["steps"]
     _assert_same(plan, pipeline, X_test)
@@ -186,7 +174,7 @@ def test_categorical_splits_run_the_reference_way_and_say_why(titanic):
     model = HistGradientBoostingClassifier(max_iter=20, categorical_features=[0, 1, 2], random_state=0)
     pipeline = Pipeline([("ct", ct), ("model", model)]).fit(X_train, y_train)
     assert any(p.nodes["is_categorical"].any() for [p] in model._predictors)
-    _, record, _ = _plan(pipeline, X_train)
+    _, record, _ = fast_plan(pipeline, X_train)
     [final] = [s for s in record["steps"] if s["path"] == "steps[model]"]
     assert final["mode"] == "reference"
     assert "categorical" in final["reason"], final
@@ -203,7 +191,7 @@ def test_saved_and_loaded_it_serves_through_the_compiled_boosting(titanic_hgb, t
     assert final["mode"] == "compiled" and final["step"].endswith("HistGradientBoostingClassifier")
     model = blackbox.load(path)
     assert model.plan is not None
-    records = _records(X_test.dropna(subset=["embarked"]).head(80))
+    records = json_records(X_test.dropna(subset=["embarked"]).head(80))
     model.plan.both(model.prepare(records)[0])  # answered by the plan, not deferred
     assert model.predict_batch(records) == titanic_hgb.predict(model.prepare(records)[0]).tolist()
     proba = np.asarray(model.predict_proba(records))

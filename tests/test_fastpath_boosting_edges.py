@@ -20,18 +20,13 @@ from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostin
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OrdinalEncoder, StandardScaler
 
-from blackbox.fastpath import Defer, build_plan
+from blackbox.fastpath import Defer
 from blackbox.fastpath.base import Unsupported
 from blackbox.fastpath.boosting import Boosting
-from blackbox.model import SklearnModel
-from blackbox.schema import infer_schema
+
+from _helpers import fast_plan
 
 SIZES = (1, 31, 32, 33, 55, 64, 65, 4000)
-
-
-def _plan(pipeline, X_train):
-    schema = infer_schema(X_train, limit=SklearnModel.numeric_limit(pipeline))
-    return build_plan(pipeline, X_train, schema)
 
 
 def _final(record) -> dict:
@@ -155,7 +150,7 @@ def test_categorical_features_every_way_run_the_reference(classification, how):
         model = HistGradientBoostingClassifier(max_iter=10, categorical_features=["cat__kind"] if how == "names" else "from_dtype")
     pipeline = Pipeline([*steps, ("model", model)]).fit(frame, y)
     assert model._preprocessor is not None
-    plan, record = _plan(pipeline, frame)
+    plan, record, _ = fast_plan(pipeline, frame)
     assert _final(record)["mode"] == "reference" and "categorical" in _final(record)["reason"], record["steps"]
     if plan is not None:
         rows = frame.iloc[:65]

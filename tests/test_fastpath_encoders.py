@@ -9,7 +9,6 @@ size, and through pipelines the way a user would write them, saved and loaded.
 
 from __future__ import annotations
 
-import json
 import warnings
 
 import numpy as np
@@ -22,40 +21,14 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import MaxAbsScaler, OneHotEncoder, OrdinalEncoder, RobustScaler
 from sklearn.tree import DecisionTreeClassifier
 
-from blackbox.fastpath import Defer, build_plan, transformers
+from blackbox.fastpath import Defer, transformers
 from blackbox.fastpath.compiler import same
-from blackbox.fastpath.table import Prepared
 from blackbox.fastpath.transformers import COLUMNWISE_ROWS
-from blackbox.model import SklearnModel
-from blackbox.schema import infer_schema
+
+from _helpers import assert_plan_answers, json_records, proved_plan
 
 NUMBERS = ["age", "fare", "sibsp", "parch"]
 BATCHES = (1, 13, COLUMNWISE_ROWS, COLUMNWISE_ROWS + 1, 4000)
-
-
-def _records(frame: pd.DataFrame) -> list[dict]:
-    return json.loads(frame.to_json(orient="records"))
-
-
-def _plan(pipeline, X_train):
-    schema = infer_schema(X_train, limit=SklearnModel.numeric_limit(pipeline))
-    plan, record = build_plan(pipeline, X_train, schema)
-    assert plan is not None, record
-    return plan, {step["path"]: step for step in record["steps"]}, schema
-
-
-def _assert_answers(plan, pipeline, schema, records: list[dict]) -> None:
-    """The pipeline's labels and probabilities in every batch size, from the frame and from the records."""
-    records = (records * (4000 // len(records) + 1))[:4000]
-    for size in BATCHES:
-        for start in range(0, min(len(records), 3 * size), size):
-            batch = records[start:start + size]
-            frame = schema.to_frame(batch)[0]
-            labels, proba = pipeline.predict(frame), pipeline.predict_proba(frame)
-            for source in (frame, Prepared(schema, batch)):
-                got_labels, got_proba = plan.both(source)
-                assert np.array_equal(got_labels, labels), size
-                assert np.abs(got_proba - proba).max() <= 1e-9, size
 
 
 def _node(step, X_fit: np.ndarray):
@@ -131,10 +104,10 @@ def test_an_ordinal_encoder_of_another_output_dtype_refusing_unknowns_is_compile
     X_train, X_test, y_train, _ = titanic
     ct = ColumnTransformer([("num", SimpleImputer(), NUMBERS), ("cat", OrdinalEncoder(dtype=dtype), ["sex", "pclass"])])
     pipeline = Pipeline([("ct", ct), ("model", DecisionTreeClassifier(random_state=0))]).fit(X_train, y_train)
-    plan, steps, schema = _plan(pipeline, X_train)
+    plan, steps, schema = proved_plan(pipeline, X_train)
     assert steps["steps[ct].cat"]["mode"] == "compiled", steps["steps[ct].cat"]
-    known = _records(X_test.dropna(subset=["embarked"]))  # training saw no missing port
-    _assert_answers(plan, pipeline, schema, known)
+    known = json_records(X_test.dropna(subset=["embarked"]))  # training saw no missing port
+    assert_plan_answers(plan, pipeline, schema, known, BATCHES)
     unseen, _ = schema.to_frame([{**r, "pclass": 7} for r in known[:COLUMNWISE_ROWS + 1]])
     with pytest.raises(Defer):
         plan.predict(unseen)
@@ -151,11 +124,11 @@ def test_float32_categories_with_nan_before_a_model_compile_and_answer_as_the_pi
         ("ord", OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1, encoded_missing_value=-2), ["decade"]),
     ])
     pipeline = Pipeline([("ct", ct), ("model", LogisticRegression(max_iter=2000))]).fit(train, y_train)
-    plan, steps, schema = _plan(pipeline, train)
+    plan, steps, schema = proved_plan(pipeline, train)
     assert {p: s["mode"] for p, s in steps.items()} == dict.fromkeys(steps, "compiled"), steps
-    base = _records(test.dropna(subset=["embarked"]).head(40))
+    base = json_records(test.dropna(subset=["embarked"]).head(40))
     odd = [dict(r, **change) for r in base[:3] for change in ({"decade": None}, {"decade": 99.0}, {"decade": 2}, {"sex": "x"})]
-    _assert_answers(plan, pipeline, schema, base + odd)
+    assert_plan_answers(plan, pipeline, schema, base + odd, BATCHES)
 
 
 @pytest.mark.parametrize("scaler", [RobustScaler(unit_variance=True), RobustScaler(quantile_range=(1.0, 99.0)),
@@ -201,7 +174,7 @@ def test_explicit_unsorted_categories_saved_and_loaded_answer_as_the_pipeline(ti
     model = blackbox.load(blackbox.save(pipeline, tmp_path / "ordinal.bbx", train_data=train))
     assert model.plan is not None
     assert {s["mode"] for s in model.plan.records()} == {"compiled"}, model.plan.records()
-    base = _records(X_test.head(60))
+    base = json_records(X_test.head(60))
     odd = [dict(r, **change) for r in base[:4] for change in ({"sex": "x"}, {"embarked": None}, {"embarked": "Z"})]
     records = base + odd
     for size in BATCHES:

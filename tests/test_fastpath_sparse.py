@@ -9,7 +9,6 @@ sparse matrix itself, the encoder runs the reference way.
 
 from __future__ import annotations
 
-import json
 import warnings
 
 import numpy as np
@@ -23,26 +22,14 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from blackbox.fastpath import Defer, build_plan
+from blackbox.fastpath import Defer
 from blackbox.fastpath.base import Called
-from blackbox.fastpath.table import Prepared
 from blackbox.fastpath.transformers import COLUMNWISE_ROWS
-from blackbox.model import SklearnModel
-from blackbox.schema import infer_schema
+
+from _helpers import assert_plan_answers, json_records, proved_plan
 
 NUMBERS = ["age", "fare", "sibsp", "parch"]
 BATCHES = (1, 13, COLUMNWISE_ROWS, COLUMNWISE_ROWS + 1, 4000)
-
-
-def _records(frame: pd.DataFrame) -> list[dict]:
-    return json.loads(frame.to_json(orient="records"))
-
-
-def _plan(pipeline, X_train):
-    schema = infer_schema(X_train, limit=SklearnModel.numeric_limit(pipeline))
-    plan, record = build_plan(pipeline, X_train, schema)
-    assert plan is not None, record
-    return plan, {step["path"]: step for step in record["steps"]}, schema
 
 
 def _accepted(schema, record: dict) -> bool:
@@ -58,16 +45,7 @@ def _assert_answers(plan, pipeline, schema, records: list[dict]) -> None:
     input forms."""
     records = [r for r in records if _accepted(schema, r)]
     assert len(records) > 40  # the held-out rows and some odd ones
-    records = (records * (4000 // len(records) + 1))[:4000]
-    for size in BATCHES:
-        for start in range(0, min(len(records), 3 * size), size):
-            batch = records[start:start + size]
-            frame = schema.to_frame(batch)[0]
-            labels, proba = pipeline.predict(frame), pipeline.predict_proba(frame)
-            for source in (frame, Prepared(schema, batch)):
-                got_labels, got_proba = plan.both(source)
-                assert np.array_equal(got_labels, labels), size
-                assert np.abs(got_proba - proba).max() <= 1e-9, size
+    assert_plan_answers(plan, pipeline, schema, records, BATCHES)
 
 
 def _with_missing_categories(titanic):
@@ -84,7 +62,7 @@ def _with_missing_categories(titanic):
 
 
 def _odd(test: pd.DataFrame) -> list[dict]:
-    base = _records(test.dropna(subset=["embarked"]).head(40))
+    base = json_records(test.dropna(subset=["embarked"]).head(40))
     changes = [{"sex": None}, {"sex": float("nan")}, {"embarked": None}, {"sex": "unknown", "embarked": "X"}, {"pclass": 7},
                {"age": None, "fare": None}]
     if "decade" in test:
@@ -101,7 +79,7 @@ def test_default_encoders_of_another_dtype_answer_as_the_pipeline_on_odd_rows_in
         ("imputed", make_pipeline(SimpleImputer(strategy="most_frequent"), OneHotEncoder(handle_unknown="ignore")), ["sex"]),
     ], sparse_threshold=0)
     pipeline = Pipeline([("ct", ct), ("model", LogisticRegression(max_iter=2000))]).fit(train, y_train)
-    plan, steps, schema = _plan(pipeline, train)
+    plan, steps, schema = proved_plan(pipeline, train)
     assert {p: s["mode"] for p, s in steps.items()} == dict.fromkeys(steps, "compiled"), steps
     _assert_answers(plan, pipeline, schema, _odd(test))
 
@@ -124,7 +102,7 @@ def test_a_default_encoder_after_a_users_step_is_compiled_not_blamed_on_the_slic
     ct = ColumnTransformer([("num", SimpleImputer(), ["age"]),
                             ("cat", make_pipeline(AsObjects(), OneHotEncoder(handle_unknown="ignore")), ["sex", "embarked"])])
     pipeline = Pipeline([("ct", ct), ("model", LogisticRegression(max_iter=2000))]).fit(X_train, y_train)
-    plan, steps, schema = _plan(pipeline, X_train)
+    plan, steps, schema = proved_plan(pipeline, X_train)
     assert steps["steps[ct].cat.asobjects"]["mode"] == "called", steps
     assert steps["steps[ct].cat.onehotencoder"]["mode"] == "compiled", steps
     _assert_answers(plan, pipeline, schema, _odd(X_test))
@@ -149,7 +127,7 @@ def test_an_encoder_followed_by_another_step_in_its_part_keeps_its_sparse_output
     ct = ColumnTransformer([("num", SimpleImputer(), ["age"]),
                             ("cat", make_pipeline(OneHotEncoder(handle_unknown="ignore"), Reversed()), ["sex", "embarked"])])
     pipeline = Pipeline([("ct", ct), ("model", LogisticRegression(max_iter=2000))]).fit(X_train, y_train)
-    plan, steps, schema = _plan(pipeline, X_train)
+    plan, steps, schema = proved_plan(pipeline, X_train)
     assert steps["steps[ct].cat.onehotencoder"]["mode"] == "reference"
     assert "sparse_output=True" in steps["steps[ct].cat.onehotencoder"]["reason"]
     Reversed.seen.clear()
@@ -177,7 +155,7 @@ def test_a_users_sparse_part_of_another_format_and_dtype_is_made_dense_as_the_co
     ct = ColumnTransformer([("num", make_pipeline(SimpleImputer(), Formatted(fmt, dtype)), ["age", "fare"]),
                             ("cat", OneHotEncoder(handle_unknown="ignore"), ["sex", "pclass"])], sparse_threshold=0)
     pipeline = Pipeline([("ct", ct), ("model", LogisticRegression(max_iter=2000))]).fit(X_train, y_train)
-    plan, steps, schema = _plan(pipeline, X_train)
+    plan, steps, schema = proved_plan(pipeline, X_train)
     assert steps["steps[ct]"]["mode"] == "compiled" and steps["steps[ct].cat"]["mode"] == "compiled", steps
     _assert_answers(plan, pipeline, schema, _odd(X_test))
 
@@ -188,7 +166,7 @@ def test_a_mapper_with_a_default_encoder_runs_the_reference_way(titanic):
     X_train, X_test, y_train, _ = titanic
     mapper = DataFrameMapper([(["age"], SimpleImputer()), (["sex", "embarked"], OneHotEncoder(handle_unknown="ignore"))])
     pipeline = Pipeline([("mapper", mapper), ("model", LogisticRegression(max_iter=2000))]).fit(X_train, y_train)
-    plan, steps, schema = _plan(pipeline, X_train)
+    plan, steps, schema = proved_plan(pipeline, X_train)
     assert steps["steps[mapper]"]["mode"] == "reference" and "sparse" in steps["steps[mapper]"]["reason"], steps
     _assert_answers(plan, pipeline, schema, _odd(X_test))
 
