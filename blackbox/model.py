@@ -28,8 +28,9 @@ runs the golden sample through both routes.
 The plan is derived at save by the fast-path code of that day, and rides
 pickled in the payload; the estimator is what the artifact is. So a plan never
 stops a model from being served: one recorded with another ``PLAN_VERSION``
-than this blackbox reads is not used, and one that raises or differs in the
-self-test where the estimator does not is dropped; either way with one warning,
+than this blackbox reads is not used, and one that raises or differs on the
+golden sample (:meth:`Model.check_plan`, run by every load, and the second half
+of :meth:`Model.self_test`) is dropped; either way with one warning,
 and the model predicts through the estimator (re-saving it builds a new plan).
 """
 
@@ -302,11 +303,16 @@ class Model:
             self._self_test("the model")
         finally:
             self.plan = plan
-        if plan is None:
+        self.check_plan()
+
+    def check_plan(self) -> None:
+        """The golden sample through the fast path alone (no DataFrame: about a millisecond, so every load runs it);
+        a plan that raises or differs is dropped (see the module docstring)."""
+        if self.plan is None:
             return
         try:
             self._self_test("the fast path")
-        except Exception as exc:  # noqa: BLE001  the estimator passed: whatever failed is the plan's
+        except Exception as exc:  # noqa: BLE001  whatever failed is the plan's: the estimator is tested on its own
             self._drop_plan(f"its golden-sample self-test failed ({type(exc).__name__}: {exc})"[:800])
 
     def _drop_plan(self, why: str) -> None:

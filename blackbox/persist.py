@@ -192,6 +192,7 @@ def loads(data: bytes, *, source: str = "artifact", fast_path: bool = True, **po
     model = Model.named(manifest.adapter)(estimator, manifest, artifact)
     if not fast_path:
         model.plan = None
+    model.check_plan()
     return model
 
 

@@ -82,14 +82,29 @@ def test_a_plan_that_fails_its_self_test_gives_way_to_the_estimator_with_one_war
     def stale(self, X):
         raise AttributeError("'OneHot' object has no attribute 'features'")
 
-    monkeypatch.setattr(transformers.OneHot, "transform", stale)
     model = blackbox.load(path, allow_unsigned=True)
-    assert model.plan is not None
+    monkeypatch.setattr(transformers.OneHot, "transform", stale)  # after the load, which now checks the plan too
     with caplog.at_level(logging.WARNING, logger="blackbox"):
         model.self_test()
     assert model.plan is None and blackbox.Model.named("sklearn")(model.estimator, model.manifest).plan is None
     (warned,) = _fast_path_warnings(caplog)
     assert "AttributeError" in warned and "Re-save" in warned, warned
+    assert model.predict_batch(records) == pipeline.predict(model.prepare(records)[0]).tolist()
+
+
+def test_a_plain_load_drops_a_plan_that_fails_the_golden_sample(saved, monkeypatch, caplog):
+    """``blackbox.load`` runs the whole self-test only where the environment differs; the plan's half costs about a
+    millisecond, so it always runs. Before: the plan was kept, and every predict raised the AttributeError."""
+    path, pipeline, records = saved
+
+    def stale(self, X):
+        raise AttributeError("'OneHot' object has no attribute 'features'")
+
+    monkeypatch.setattr(transformers.OneHot, "transform", stale)
+    with caplog.at_level(logging.WARNING, logger="blackbox"):
+        model = blackbox.load(path, allow_unsigned=True)
+    assert model.plan is None
+    assert len(_fast_path_warnings(caplog)) == 1
     assert model.predict_batch(records) == pipeline.predict(model.prepare(records)[0]).tolist()
 
 
