@@ -140,19 +140,27 @@ def test_a_refresh_that_raises_an_unexpected_error_is_logged_and_the_gauges_refr
 
 
 def test_a_refresh_that_keeps_failing_is_logged_once_and_its_recovery_once(base_config, passengers, monkeypatch, caplog):
-    """Before: every round (each DRIFT_INTERVAL, 30 s by default) logged the same ERROR and traceback again."""
+    """Before: every round (each DRIFT_INTERVAL, 30 s by default) logged the same ERROR and traceback again.
+
+    Only this app's refresher sees the fault: other tests' apps live on in this process, their refreshers too.
+    """
     real, broken = drift.compare, threading.Event()
     broken.set()
-    rounds = []
+    rounds, mine = [], []
 
     def compare(*args, **kwargs):
+        if threading.current_thread() not in mine:
+            return real(*args, **kwargs)
         rounds.append(broken.is_set())
         if broken.is_set():
             raise ValueError("cannot reindex on an axis with duplicate labels")
         return real(*args, **kwargs)
 
     monkeypatch.setattr(drift, "compare", compare)
+    before = set(threading.enumerate())
     app = create_app({**base_config, "DRIFT_INTERVAL": 0.02})
+    mine += [thread for thread in set(threading.enumerate()) - before if thread.name == "blackbox-drift"]
+    assert len(mine) == 1
     client = app.test_client()
     assert client.post("/predict", json=passengers[:20]).status_code == 200
     wait_for(lambda: len(rounds) >= 15, 20, what="15 failing refresh rounds")
