@@ -351,7 +351,9 @@ class Held:
             if getattr(self.app, "hold", False):
                 failure = self._settle(limit, deadline, self.notify)
                 readiness.mark(self.pid, failure)
-                while failure and self.alive and os.getppid() == self.ppid and time.monotonic() < deadline:  # the master stops it
+                # The master stops it; until then it must not accept (it has no model to answer with). Its own deadline
+                # may pass first (the load's), so it waits one LOAD_TIMEOUT more for the master's (the hand-over's).
+                while failure and self.alive and os.getppid() == self.ppid and time.monotonic() < deadline + limit:
                     self.notify()
                     time.sleep(0.1)
             else:
